@@ -1,0 +1,965 @@
+//! Certificates: the fleet root CA, anchor intermediate CAs, and machine
+//! identity certificates (MICs) for nodes, plus PEM helpers and CSR checks.
+//!
+//! # Hierarchy
+//!
+//! ```text
+//! fleet root CA      CN "Nexus fleet root <fleet_id>", O "Nexus Cloud", CA:TRUE, 10 years
+//! └─ anchor CA       CN "Nexus anchor CA <anchor node id>", O "Nexus Cloud", OU <fleet_id>,
+//!    │               CA:TRUE pathlen 0, 5 years (never past the root's notAfter)
+//!    └─ node MIC     see below
+//! ```
+//!
+//! All keys are ed25519. The fleet id is stored in the root's CN (after the fixed
+//! prefix) and in the intermediate's OU so both can be read back from the
+//! certificates alone.
+//!
+//! # MIC layout
+//!
+//! * X.509 v3, ed25519 subject key, random 16-byte positive serial.
+//! * Subject: CN = node id (32 lowercase hex), O = fleet id, OU = role (`anchor`/`node`).
+//! * Issuer: the issuing CA's subject (byte-identical, so webpki/openssl chain it).
+//! * Subject alternative names:
+//!   * URI `nexus://<fleet_id>/<tenant>/node/<node_id>`
+//!   * URI `nexus://<fleet_id>/site/<site>`
+//!   * URI `nexus://<fleet_id>/role/<anchor|node>`
+//!   * DNS `<node_id>.node.nexus.invalid` (webpki refuses certificates without a
+//!     usable DNS/IP name; `.invalid` can never resolve, so it names nothing real)
+//! * basicConstraints CA:FALSE (critical), keyUsage digitalSignature,
+//!   extKeyUsage serverAuth + clientAuth, subject and authority key identifiers.
+//! * notBefore = now − 5 minutes (tolerates clock skew between anchor and node),
+//!   notAfter = now + validity, capped at the issuing CA's notAfter because a
+//!   certificate cannot be used past its issuer's lifetime anyway.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::oid_registry::{OID_SIG_ED25519, Oid};
+use x509_parser::prelude::FromDer;
+
+use crate::error::CaError;
+use crate::identity::{NodeId, NodeKey, RcgenKey, RcgenPublicKey};
+
+/// A DER-encoded X.509 certificate.
+pub type CertDer = Vec<u8>;
+
+/// Organization name on the root and intermediate CAs.
+const ORGANIZATION: &str = "Nexus Cloud";
+/// Root CA subject CN prefix; the fleet id follows it.
+const ROOT_CN_PREFIX: &str = "Nexus fleet root ";
+/// Intermediate CA subject CN prefix; the anchor's node id follows it.
+const INTERMEDIATE_CN_PREFIX: &str = "Nexus anchor CA ";
+/// Scheme of all Nexus SAN URIs.
+const URI_SCHEME: &str = "nexus://";
+/// DNS SAN suffix of a MIC.
+const NODE_DNS_SUFFIX: &str = ".node.nexus.invalid";
+/// Tenant used when a profile names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Backdating of notBefore, so a node whose clock is a little behind the
+/// anchor's still accepts a freshly issued certificate.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+const ROOT_VALIDITY: time::Duration = time::Duration::days(3650);
+const INTERMEDIATE_VALIDITY: time::Duration = time::Duration::days(1826);
+
+/// SHA-256 over a certificate's DER: the fingerprint join tokens carry.
+pub fn sha256_fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// All `CERTIFICATE` blocks of a PEM document, in order, as DER.
+///
+/// Other block types (keys, CSRs) are skipped; finding no certificate at all is an error.
+pub fn pem_to_der(pem: &str) -> Result<Vec<CertDer>, CaError> {
+    let bad = |reason: String| CaError::BadPem {
+        what: "certificate",
+        label: "CERTIFICATE",
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// A certificate's DER as a PEM `CERTIFICATE` block (64-column base64, trailing newline).
+pub fn der_to_pem(der: &[u8]) -> String {
+    pem_block("CERTIFICATE", der)
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// What a node is in the fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An anchor: runs an intermediate CA and admits joining nodes.
+    Anchor,
+    /// An ordinary edge node.
+    Node,
+}
+
+impl Role {
+    /// `"anchor"` or `"node"`, as used in certificates and on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Anchor => "anchor",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = CaError;
+
+    fn from_str(s: &str) -> Result<Role, CaError> {
+        match s {
+            "anchor" => Ok(Role::Anchor),
+            "node" => Ok(Role::Node),
+            _ => Err(CaError::InvalidName {
+                what: "role",
+                value: s.to_string(),
+                reason: "expected \"anchor\" or \"node\"",
+            }),
+        }
+    }
+}
+
+/// What a machine identity certificate (MIC) says about a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MicProfile {
+    /// Fleet the node belongs to; must be the issuing CA's fleet.
+    pub fleet_id: String,
+    /// The node; must be `NodeId::from_public_key` of the certified key.
+    pub node_id: NodeId,
+    /// Tenant; an empty string is replaced by `"default"`.
+    pub tenant: String,
+    /// Site (may be empty when unknown).
+    pub site: String,
+    /// Anchor or ordinary node.
+    pub role: Role,
+    /// How long the certificate is valid from now.
+    pub validity: Duration,
+}
+
+/// Checks a fleet id, tenant or site before it goes into a URI or DN.
+///
+/// Restricting the alphabet keeps SAN URIs unambiguous (no `/`) and valid IA5 text.
+pub fn validate_name(
+    what: &'static str,
+    value: &str,
+    allow_empty: bool,
+) -> Result<(), CaError> {
+    let bad = |reason| CaError::InvalidName {
+        what,
+        value: value.to_string(),
+        reason,
+    };
+    if value.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(bad("it must not be empty"))
+        };
+    }
+    if value.len() > 63 {
+        return Err(bad("it must be at most 63 characters"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(bad("use only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+/// A CA that can sign: the fleet root, or an anchor's intermediate.
+///
+/// `Debug` does not print the key.
+pub struct CertificateAuthority {
+    cert_der: CertDer,
+    key: NodeKey,
+    fleet_id: String,
+    is_root: bool,
+    not_after: OffsetDateTime,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("fleet_id", &self.fleet_id)
+            .field("is_root", &self.is_root)
+            .field("fingerprint", &hex::encode(self.fingerprint()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// New self-signed fleet root CA (ed25519, CA:TRUE, keyCertSign+cRLSign,
+    /// 10 years, subject CN `"Nexus fleet root <fleet_id>"`, O `"Nexus Cloud"`).
+    pub fn new_fleet_root(fleet_id: &str) -> Result<CertificateAuthority, CaError> {
+        validate_name("fleet id", fleet_id, false)?;
+        let key = NodeKey::generate();
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(format!("{ROOT_CN_PREFIX}{fleet_id}"), None);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + ROOT_VALIDITY;
+        let cert = params
+            .self_signed(&RcgenKey::new(&key))
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        Ok(CertificateAuthority {
+            cert_der: cert.der().to_vec(),
+            key,
+            fleet_id: fleet_id.to_string(),
+            is_root: true,
+            not_after: truncate_to_seconds(params.not_after),
+        })
+    }
+
+    /// New anchor intermediate CA signed by this root (CA:TRUE pathlen 0,
+    /// 5 years but not past the root's expiry, CN `"Nexus anchor CA <anchor node id>"`).
+    ///
+    /// The intermediate gets its own freshly generated key; `fleet_id` must be this root's fleet.
+    pub fn new_intermediate(
+        &self,
+        fleet_id: &str,
+        anchor: NodeId,
+    ) -> Result<CertificateAuthority, CaError> {
+        if !self.is_root {
+            // A pathlen-0 intermediate cannot sign further CAs; chains would not verify.
+            return Err(CaError::Generate(
+                "anchor intermediates must be signed by the fleet root CA, not by another \
+                 intermediate"
+                    .into(),
+            ));
+        }
+        self.check_fleet(fleet_id)?;
+        let key = NodeKey::generate();
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = (now + INTERMEDIATE_VALIDITY).min(self.not_after);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&RcgenKey::new(&key), &self.issuer()?)
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        Ok(CertificateAuthority {
+            cert_der: cert.der().to_vec(),
+            key,
+            fleet_id: fleet_id.to_string(),
+            is_root: false,
+            not_after: truncate_to_seconds(params.not_after),
+        })
+    }
+
+    /// Loads a CA from its certificate PEM (the first block is used) and PKCS#8 key PEM.
+    ///
+    /// Fails if the key is not the certificate's key, the certificate is not a CA,
+    /// or it is not a Nexus root/intermediate (the fleet id cannot be read).
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, CaError> {
+        let cert_der = pem_to_der(cert_pem)?.swap_remove(0);
+        let key = NodeKey::from_pkcs8_pem(key_pem)?;
+        let cert = parse_cert(&cert_der)?;
+        let public = ed25519_public_key(&cert, "CA certificate")?;
+        if public != key.public_key() {
+            return Err(CaError::KeyMismatch);
+        }
+        let subject = cert.subject().to_string();
+        if !cert.is_ca() {
+            return Err(CaError::NotACa { subject });
+        }
+        let is_root = cert.subject().as_raw() == cert.issuer().as_raw();
+        let fleet_id = if is_root {
+            root_fleet_id(&cert)?
+        } else {
+            first_attr(cert.subject().iter_organizational_unit()).ok_or_else(|| {
+                CaError::NotAMic(format!(
+                    "CA certificate {subject:?} has no OU naming its fleet; it was not made by \
+                     Nexus"
+                ))
+            })?
+        };
+        let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+            .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+        Ok(CertificateAuthority {
+            cert_der,
+            key,
+            fleet_id,
+            is_root,
+            not_after,
+        })
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        der_to_pem(&self.cert_der)
+    }
+
+    /// The CA private key, PKCS#8 PEM. Store it with mode 0600.
+    pub fn key_pem(&self) -> String {
+        self.key.to_pkcs8_pem()
+    }
+
+    /// The fleet this CA belongs to.
+    pub fn fleet_id(&self) -> &str {
+        &self.fleet_id
+    }
+
+    /// Whether this is the self-signed fleet root (as opposed to an anchor intermediate).
+    pub fn is_root(&self) -> bool {
+        self.is_root
+    }
+
+    /// SHA-256 of the CA certificate (for a root: what join tokens carry).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        sha256_fingerprint(&self.cert_der)
+    }
+
+    /// Issue a node MIC for `public_key` (raw ed25519) with the profile.
+    ///
+    /// The node id in the profile must equal `NodeId::from_public_key(public_key)`,
+    /// and the profile's fleet must be this CA's fleet. See the module docs for the layout.
+    pub fn issue_mic(
+        &self,
+        public_key: &[u8; 32],
+        profile: &MicProfile,
+    ) -> Result<CertDer, CaError> {
+        let actual = NodeId::from_public_key(public_key);
+        if actual != profile.node_id {
+            return Err(CaError::NodeIdMismatch {
+                context: "MIC profile",
+                claimed: profile.node_id.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        if ed25519_dalek::VerifyingKey::from_bytes(public_key).is_err() {
+            return Err(CaError::BadKey(
+                "the public key is not a valid ed25519 point".into(),
+            ));
+        }
+        self.check_fleet(&profile.fleet_id)?;
+        let tenant = if profile.tenant.is_empty() {
+            DEFAULT_TENANT
+        } else {
+            profile.tenant.as_str()
+        };
+        validate_name("tenant", tenant, false)?;
+        validate_name("site", &profile.site, true)?;
+        if profile.validity.is_zero() {
+            return Err(CaError::BadValidity(
+                "the validity must be longer than zero".into(),
+            ));
+        }
+        let validity = time::Duration::try_from(profile.validity)
+            .map_err(|e| CaError::BadValidity(e.to_string()))?;
+
+        let node = profile.node_id.to_hex();
+        let fleet = profile.fleet_id.as_str();
+        let role = profile.role.as_str();
+        let now = OffsetDateTime::now_utc();
+
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node.clone());
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, fleet);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, role);
+        params.subject_alt_names = vec![
+            san_uri(format!("{URI_SCHEME}{fleet}/{tenant}/node/{node}"))?,
+            san_uri(format!("{URI_SCHEME}{fleet}/site/{}", profile.site))?,
+            san_uri(format!("{URI_SCHEME}{fleet}/role/{role}"))?,
+            rcgen::SanType::DnsName(
+                format!("{node}{NODE_DNS_SUFFIX}")
+                    .try_into()
+                    .map_err(|e: rcgen::Error| CaError::Generate(e.to_string()))?,
+            ),
+        ];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = now - CLOCK_SKEW;
+        let wanted = now
+            .checked_add(validity)
+            .ok_or_else(|| CaError::BadValidity("the validity is too long".into()))?;
+        params.not_after = wanted.min(self.not_after);
+
+        let cert = params
+            .signed_by(&RcgenPublicKey(*public_key), &self.issuer()?)
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        Ok(cert.der().to_vec())
+    }
+
+    fn check_fleet(&self, fleet_id: &str) -> Result<(), CaError> {
+        if fleet_id != self.fleet_id {
+            return Err(CaError::WrongFleet {
+                found: fleet_id.to_string(),
+                expected: self.fleet_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// An rcgen issuer whose DN and key identifier are read back from our own
+    /// certificate, so the child's issuer/AKI match this certificate byte for byte.
+    fn issuer(&self) -> Result<rcgen::Issuer<'static, RcgenKey<'_>>, CaError> {
+        rcgen::Issuer::from_ca_cert_der(
+            &CertificateDer::from(self.cert_der.as_slice()),
+            RcgenKey::new(&self.key),
+        )
+        .map_err(|e| CaError::Generate(e.to_string()))
+    }
+}
+
+fn ca_params(cn: String, fleet_ou: Option<&str>) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, ORGANIZATION);
+    if let Some(ou) = fleet_ou {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, ou);
+    }
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params.serial_number = Some(random_serial());
+    params
+}
+
+/// 16 random bytes with the top bit cleared (DER INTEGERs are signed; serials must
+/// be positive) and the next bit set so the encoding is always exactly 16 bytes.
+fn random_serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+fn san_uri(uri: String) -> Result<rcgen::SanType, CaError> {
+    Ok(rcgen::SanType::URI(uri.try_into().map_err(
+        |e: rcgen::Error| CaError::Generate(e.to_string()),
+    )?))
+}
+
+/// X.509 times have second precision; keep our cached notAfter comparable.
+fn truncate_to_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CaError::BadCertificate(format!("not a DER X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CaError::BadCertificate(format!(
+            "{} unexpected bytes after the certificate",
+            rest.len()
+        )));
+    }
+    Ok(cert)
+}
+
+fn first_attr<'a, 'b>(
+    mut iter: impl Iterator<Item = &'b x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Option<String>
+where
+    'a: 'b,
+{
+    iter.next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_string)
+}
+
+/// The fleet id stored in a root certificate's CN.
+pub(crate) fn root_fleet_id(cert: &X509Certificate<'_>) -> Result<String, CaError> {
+    let cn = first_attr(cert.subject().iter_common_name()).unwrap_or_default();
+    match cn.strip_prefix(ROOT_CN_PREFIX) {
+        Some(fleet) if !fleet.is_empty() => Ok(fleet.to_string()),
+        _ => Err(CaError::NotAMic(format!(
+            "the root certificate's CN {cn:?} does not start with {ROOT_CN_PREFIX:?}; it is \
+             not a Nexus fleet root"
+        ))),
+    }
+}
+
+fn check_ed25519_oid(oid: &Oid<'_>, what: &'static str) -> Result<(), CaError> {
+    if *oid != OID_SIG_ED25519 {
+        return Err(CaError::NotEd25519 {
+            what,
+            found: oid.to_id_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The raw ed25519 key of a certificate, refusing other algorithms.
+pub(crate) fn ed25519_public_key(
+    cert: &X509Certificate<'_>,
+    what: &'static str,
+) -> Result<[u8; 32], CaError> {
+    let spki = cert.public_key();
+    check_ed25519_oid(&spki.algorithm.algorithm, what)?;
+    spki.subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CaError::BadCertificate("ed25519 public key is not 32 bytes".into()))
+}
+
+/// Checks that `cert` carries a valid ed25519 signature by `issuer_key`.
+pub(crate) fn verify_signed_by(
+    cert: &X509Certificate<'_>,
+    issuer_key: &[u8; 32],
+) -> Result<(), CaError> {
+    check_ed25519_oid(&cert.signature_algorithm.algorithm, "certificate signature")?;
+    let sig: [u8; 64] = cert
+        .signature_value
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CaError::BadCertificate("ed25519 signature is not 64 bytes".into()))?;
+    if crate::identity::verify_signature(issuer_key, cert.tbs_certificate.as_ref(), &sig) {
+        Ok(())
+    } else {
+        Err(CaError::ChainInvalid(format!(
+            "{:?} is not signed by the expected issuer",
+            cert.subject().to_string()
+        )))
+    }
+}
+
+/// CSR check (anchor side): parse PEM PKCS#10, verify its self-signature,
+/// require an ed25519 key, return the raw public key.
+pub fn public_key_from_csr(csr_pem: &str) -> Result<[u8; 32], CaError> {
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|e| {
+        CaError::BadPem {
+            what: "certificate signing request",
+            label: "CERTIFICATE REQUEST",
+            reason: e.to_string(),
+        }
+    })?;
+    let (rest, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| CaError::BadCsr(format!("not a DER PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CaError::BadCsr("unexpected bytes after the request".into()));
+    }
+    let info = &csr.certification_request_info;
+    check_ed25519_oid(&info.subject_pki.algorithm.algorithm, "the CSR")?;
+    check_ed25519_oid(&csr.signature_algorithm.algorithm, "the CSR signature")?;
+    let public: [u8; 32] = info
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CaError::BadCsr("ed25519 public key is not 32 bytes".into()))?;
+    let sig: [u8; 64] = csr
+        .signature_value
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CaError::CsrSignatureInvalid)?;
+    if !crate::identity::verify_signature(&public, info.raw, &sig) {
+        return Err(CaError::CsrSignatureInvalid);
+    }
+    Ok(public)
+}
+
+/// Parsed, chain-verified facts about a MIC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedMic {
+    /// The node (consistent with `public_key`).
+    pub node_id: NodeId,
+    /// Fleet from the node SAN URI.
+    pub fleet_id: String,
+    /// Tenant from the node SAN URI.
+    pub tenant: String,
+    /// Site from the site SAN URI (may be empty).
+    pub site: String,
+    /// Role from the role SAN URI.
+    pub role: Role,
+    /// The certified raw ed25519 key.
+    pub public_key: [u8; 32],
+    /// notAfter as Unix seconds.
+    pub not_after_unix: i64,
+    /// The serial number, lowercase hex.
+    pub serial_hex: String,
+}
+
+/// Parse the MIC fields without verifying the chain (for displaying one's own cert).
+///
+/// Still checks the MIC is internally consistent: ed25519 key, all three Nexus SAN
+/// URIs present and naming one fleet, and the node id matching the key.
+pub fn read_mic(der: &[u8]) -> Result<VerifiedMic, CaError> {
+    let cert = parse_cert(der)?;
+    let public_key = ed25519_public_key(&cert, "the MIC")?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| CaError::BadCertificate(format!("bad subjectAltName: {e}")))?
+        .ok_or_else(|| CaError::NotAMic("it has no subjectAltName extension".into()))?;
+
+    let mut node: Option<(String, String, String)> = None;
+    let mut site: Option<(String, String)> = None;
+    let mut role: Option<(String, String)> = None;
+    for name in &sans.value.general_names {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(path) = uri.strip_prefix(URI_SCHEME) else {
+            continue;
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            [fleet, tenant, "node", id] => {
+                node = Some((fleet.to_string(), tenant.to_string(), id.to_string()))
+            }
+            [fleet, "site", s] => site = Some((fleet.to_string(), s.to_string())),
+            [fleet, "role", r] => role = Some((fleet.to_string(), r.to_string())),
+            _ => {}
+        }
+    }
+    let (fleet_id, tenant, id) = node.ok_or_else(|| {
+        CaError::NotAMic("it has no nexus://<fleet>/<tenant>/node/<id> SAN URI".into())
+    })?;
+    let (site_fleet, site) = site
+        .ok_or_else(|| CaError::NotAMic("it has no nexus://<fleet>/site/<site> SAN URI".into()))?;
+    let (role_fleet, role) = role
+        .ok_or_else(|| CaError::NotAMic("it has no nexus://<fleet>/role/<role> SAN URI".into()))?;
+    if site_fleet != fleet_id || role_fleet != fleet_id {
+        return Err(CaError::NotAMic(format!(
+            "its SAN URIs name different fleets ({fleet_id:?}, {site_fleet:?}, {role_fleet:?})"
+        )));
+    }
+    let role: Role = role.parse()?;
+    let claimed: NodeId = id.parse()?;
+    let node_id = NodeId::from_public_key(&public_key);
+    if claimed != node_id {
+        return Err(CaError::NodeIdMismatch {
+            context: "certificate",
+            claimed: claimed.to_hex(),
+            actual: node_id.to_hex(),
+        });
+    }
+    Ok(VerifiedMic {
+        node_id,
+        fleet_id,
+        tenant,
+        site,
+        role,
+        public_key,
+        not_after_unix: cert.validity().not_after.timestamp(),
+        serial_hex: hex::encode(cert.raw_serial()),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A root, an anchor intermediate and a node key with its MIC.
+    pub(crate) struct Fleet {
+        pub root: CertificateAuthority,
+        pub intermediate: CertificateAuthority,
+        pub anchor_key: NodeKey,
+        pub node_key: NodeKey,
+        pub node_mic: CertDer,
+    }
+
+    pub(crate) fn profile(fleet: &str, key: &NodeKey, role: Role) -> MicProfile {
+        MicProfile {
+            fleet_id: fleet.to_string(),
+            node_id: key.node_id(),
+            tenant: String::new(),
+            site: "lab-1".to_string(),
+            role,
+            validity: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    pub(crate) fn fleet(fleet_id: &str) -> Fleet {
+        let root = CertificateAuthority::new_fleet_root(fleet_id).unwrap();
+        let anchor_key = NodeKey::generate();
+        let intermediate = root
+            .new_intermediate(fleet_id, anchor_key.node_id())
+            .unwrap();
+        let node_key = NodeKey::generate();
+        let node_mic = intermediate
+            .issue_mic(
+                &node_key.public_key(),
+                &profile(fleet_id, &node_key, Role::Node),
+            )
+            .unwrap();
+        Fleet {
+            root,
+            intermediate,
+            anchor_key,
+            node_key,
+            node_mic,
+        }
+    }
+
+    #[test]
+    fn pem_roundtrip_keeps_all_blocks() {
+        let f = fleet("acme");
+        let pem = format!("{}{}", f.root.cert_pem(), der_to_pem(&f.node_mic));
+        let ders = pem_to_der(&pem).unwrap();
+        assert_eq!(ders, vec![f.root.cert_der().to_vec(), f.node_mic.clone()]);
+        assert!(matches!(pem_to_der("nothing"), Err(CaError::BadPem { .. })));
+    }
+
+    #[test]
+    fn read_mic_returns_profile_fields() {
+        let f = fleet("acme");
+        let mic = read_mic(&f.node_mic).unwrap();
+        assert_eq!(mic.node_id, f.node_key.node_id());
+        assert_eq!(mic.fleet_id, "acme");
+        assert_eq!(mic.tenant, DEFAULT_TENANT);
+        assert_eq!(mic.site, "lab-1");
+        assert_eq!(mic.role, Role::Node);
+        assert_eq!(mic.public_key, f.node_key.public_key());
+        assert_eq!(
+            mic.serial_hex.len(),
+            32,
+            "16-byte serial: {}",
+            mic.serial_hex
+        );
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!((mic.not_after_unix - (now + 24 * 3600)).abs() < 60);
+    }
+
+    #[test]
+    fn issue_refuses_profile_for_another_key() {
+        let f = fleet("acme");
+        let other = NodeKey::generate();
+        let err = f
+            .intermediate
+            .issue_mic(
+                &f.node_key.public_key(),
+                &profile("acme", &other, Role::Node),
+            )
+            .unwrap_err();
+        assert!(matches!(err, CaError::NodeIdMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&other.node_id().to_hex()));
+    }
+
+    #[test]
+    fn issue_refuses_other_fleet_and_bad_names() {
+        let f = fleet("acme");
+        let k = &f.node_key;
+        let err = f
+            .intermediate
+            .issue_mic(&k.public_key(), &profile("other", k, Role::Node))
+            .unwrap_err();
+        assert!(matches!(err, CaError::WrongFleet { .. }), "{err}");
+        let mut p = profile("acme", k, Role::Node);
+        p.site = "a/b".into();
+        assert!(matches!(
+            f.intermediate.issue_mic(&k.public_key(), &p),
+            Err(CaError::InvalidName { what: "site", .. })
+        ));
+        assert!(CertificateAuthority::new_fleet_root("bad fleet").is_err());
+        assert!(
+            f.intermediate
+                .new_intermediate("acme", k.node_id())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ca_load_roundtrip_and_key_mismatch() {
+        let f = fleet("acme");
+        let root = CertificateAuthority::load(&f.root.cert_pem(), &f.root.key_pem()).unwrap();
+        assert!(root.is_root());
+        assert_eq!(root.fleet_id(), "acme");
+        assert_eq!(root.cert_der(), f.root.cert_der());
+        let inter =
+            CertificateAuthority::load(&f.intermediate.cert_pem(), &f.intermediate.key_pem())
+                .unwrap();
+        assert!(!inter.is_root());
+        assert_eq!(inter.fleet_id(), "acme");
+        // A reloaded intermediate still issues MICs that read back.
+        let mic = inter
+            .issue_mic(
+                &f.anchor_key.public_key(),
+                &profile("acme", &f.anchor_key, Role::Anchor),
+            )
+            .unwrap();
+        assert_eq!(read_mic(&mic).unwrap().role, Role::Anchor);
+
+        let err =
+            CertificateAuthority::load(&f.root.cert_pem(), &f.intermediate.key_pem()).unwrap_err();
+        assert_eq!(err, CaError::KeyMismatch);
+    }
+
+    #[test]
+    fn csr_roundtrip() {
+        let key = NodeKey::generate();
+        let csr = key.csr_pem().unwrap();
+        assert!(csr.contains("BEGIN CERTIFICATE REQUEST"));
+        assert_eq!(public_key_from_csr(&csr).unwrap(), key.public_key());
+    }
+
+    #[test]
+    fn csr_with_tampered_signature_is_rejected() {
+        let key = NodeKey::generate();
+        let csr = key.csr_pem().unwrap();
+        let mut der = CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        // The ed25519 signature is the last 64 bytes of the DER.
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered = pem_block("CERTIFICATE REQUEST", &der);
+        assert_eq!(
+            public_key_from_csr(&tampered).unwrap_err(),
+            CaError::CsrSignatureInvalid
+        );
+
+        // Swapping in another key (re-pointing the request) must fail too.
+        let other = NodeKey::generate().public_key();
+        let mut swapped = CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let pos = swapped
+            .windows(32)
+            .position(|w| w == key.public_key())
+            .unwrap();
+        swapped[pos..pos + 32].copy_from_slice(&other);
+        assert_eq!(
+            public_key_from_csr(&pem_block("CERTIFICATE REQUEST", &swapped)).unwrap_err(),
+            CaError::CsrSignatureInvalid
+        );
+        assert!(matches!(
+            public_key_from_csr("garbage"),
+            Err(CaError::BadPem { .. })
+        ));
+    }
+
+    fn run(cmd: &mut std::process::Command) -> std::process::Output {
+        match cmd.output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "this test needs the openssl command-line tool: apt-get install openssl ({e})"
+            ),
+            Err(e) => panic!("could not run openssl: {e}"),
+        }
+    }
+
+    #[test]
+    fn openssl_verifies_the_chain() {
+        let f = fleet("acme");
+        let dir = tempfile::Builder::new()
+            .prefix("nexus-ca-openssl-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("root.pem");
+        let inter = dir.path().join("intermediate.pem");
+        let node = dir.path().join("node.pem");
+        std::fs::write(&root, f.root.cert_pem()).unwrap();
+        std::fs::write(&inter, f.intermediate.cert_pem()).unwrap();
+        std::fs::write(&node, der_to_pem(&f.node_mic)).unwrap();
+
+        let out = run(std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(&inter)
+            .arg(&node));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(": OK"),
+            "openssl verify failed:\n{stdout}\n{stderr}"
+        );
+
+        let out = run(std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&node));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = f.node_key.node_id();
+        assert!(
+            text.contains(&format!("URI:nexus://acme/default/node/{id}")),
+            "{text}"
+        );
+        assert!(text.contains("URI:nexus://acme/site/lab-1"), "{text}");
+        assert!(text.contains("URI:nexus://acme/role/node"), "{text}");
+        assert!(
+            text.contains(&format!("DNS:{id}.node.nexus.invalid")),
+            "{text}"
+        );
+        assert!(text.contains("TLS Web Server Authentication"), "{text}");
+        assert!(text.contains("TLS Web Client Authentication"), "{text}");
+        assert!(text.contains("ED25519"), "{text}");
+
+        // A node MIC checked against another fleet's root must fail.
+        let other = fleet("other");
+        std::fs::write(&root, other.root.cert_pem()).unwrap();
+        let out = run(std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(&inter)
+            .arg(&node));
+        assert!(!out.status.success(), "openssl accepted a foreign root");
+    }
+}

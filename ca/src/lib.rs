@@ -1,0 +1,48 @@
+//! Trust for Nexus Cloud: node identity, machine identity certificates (MICs),
+//! chain verification, TLS configurations for joining, and join tokens.
+//!
+//! Modules:
+//!
+//! * [`identity`]: [`NodeId`] (derived from the ed25519 public key) and [`NodeKey`],
+//!   signatures and CSRs.
+//! * [`cert`]: the fleet root and anchor intermediate CAs ([`CertificateAuthority`]),
+//!   MIC issuance and layout, PEM helpers, CSR verification, [`read_mic`].
+//! * [`trust`]: [`TrustStore`], the root and intermediates a node trusts, and
+//!   webpki-based MIC verification.
+//! * [`tls`]: rustls 0.23 configurations (ring provider, TLS 1.3) for an anchor's
+//!   endpoint and for a joining node that only knows the root fingerprint.
+//! * [`token`]: [`JoinToken`] encoding and the anchor's [`check_admission`] decision.
+//! * [`error`]: [`CaError`], the error type for everything but tokens.
+//!
+//! Everything public is re-exported at the crate root.
+
+pub mod cert;
+pub mod error;
+pub mod identity;
+pub mod tls;
+pub mod token;
+pub mod trust;
+
+pub use cert::{
+    CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, VerifiedMic, der_to_pem,
+    pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint, validate_name,
+};
+pub use error::CaError;
+pub use identity::{NodeId, NodeKey, verify_signature};
+pub use tls::{ANCHOR_SERVER_NAME, join_client_tls_config, server_name, server_tls_config};
+pub use token::{
+    JoinToken, Refusal, TOKEN_PREFIX, TokenError, TokenRecord, check_admission, secret_matches,
+};
+pub use trust::TrustStore;
+
+/// Formats Unix seconds as RFC 3339 UTC for messages (falls back to the raw
+/// number for times `time` cannot represent).
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("unix time {unix}"))
+}

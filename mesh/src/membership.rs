@@ -1,0 +1,483 @@
+//! The node status lifecycle, I/O-free: observations of gossip state and the passage of time go
+//! in, statuses and transitions come out. Time is injected ([`Now`]), so tests drive it by hand.
+//!
+//! ```text
+//!            heartbeat advancing, healthy
+//!   ┌──────────────► online ◄──────────────┐
+//!   │                  │ suspect_after       │ heartbeat advances again
+//!   │                  ▼ or health failing   │
+//!   │               degraded ────────────────┘
+//!   │                  │ offline_after without a heartbeat
+//!   │                  ▼
+//!   └─(new heartbeat)─ offline
+//!
+//!   draining:        set by an operator; shown while the node is alive (offline wins)
+//!   decommissioned:  set by an operator; final; forgotten after `decommission_grace`
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nexus_ca::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{NodeInfo, OperatorAction, SelfStatus};
+
+/// Timing of failure detection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipConfig {
+    /// A node whose heartbeat has not advanced for this long is `degraded` (suspected).
+    #[serde(with = "humantime_serde_compat")]
+    pub suspect_after: Duration,
+    /// A node whose heartbeat has not advanced for this long is `offline`.
+    #[serde(with = "humantime_serde_compat")]
+    pub offline_after: Duration,
+    /// How long a decommissioned node stays listed before it is forgotten.
+    #[serde(with = "humantime_serde_compat")]
+    pub decommission_grace: Duration,
+}
+
+impl Default for MembershipConfig {
+    /// Tuned for the default 250 ms gossip interval: at 50 nodes a live node's heartbeat reaches
+    /// everyone within about a second, so 1.5 s of silence is suspicious and 2.5 s is a failure.
+    fn default() -> Self {
+        MembershipConfig {
+            suspect_after: Duration::from_millis(1500),
+            offline_after: Duration::from_millis(2500),
+            decommission_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// Checks that the timings make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.suspect_after.is_zero() {
+            return Err("membership.suspect_after must be above zero".into());
+        }
+        if self.offline_after <= self.suspect_after {
+            return Err(format!(
+                "membership.offline_after ({:?}) must be longer than membership.suspect_after ({:?})",
+                self.offline_after, self.suspect_after
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations in config files are written like `1500ms` or `2s`.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a node is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Heartbeat advancing, health checks passing.
+    Online,
+    /// Health checks failing, or heartbeat late (suspected).
+    Degraded,
+    /// Heartbeat silent past `offline_after`.
+    Offline,
+    /// An operator is draining it.
+    Draining,
+    /// An operator removed it from the fleet.
+    Decommissioned,
+}
+
+impl NodeStatus {
+    /// Every status, for metrics.
+    pub const ALL: [NodeStatus; 5] = [
+        NodeStatus::Online,
+        NodeStatus::Degraded,
+        NodeStatus::Offline,
+        NodeStatus::Draining,
+        NodeStatus::Decommissioned,
+    ];
+
+    /// Lowercase name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Online => "online",
+            NodeStatus::Degraded => "degraded",
+            NodeStatus::Offline => "offline",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NodeStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        NodeStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown node status {s:?}"))
+    }
+}
+
+/// The current time, as both a monotonic reading (for detection) and wall clock (for display).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time since an arbitrary origin.
+    pub mono: Duration,
+    /// Unix milliseconds.
+    pub wall_ms: u64,
+}
+
+/// One node as the local node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Incarnation: chitchat generation (start time of the process, unix ms).
+    pub generation: u64,
+    /// Gossip address of the current incarnation.
+    pub gossip_addr: Option<SocketAddr>,
+    /// What the node publishes about itself; `None` until its state has been received.
+    pub info: Option<NodeInfo>,
+    /// Health summary the node publishes: `ok` or the failing check.
+    pub health: String,
+    /// Status the node declares about itself.
+    pub self_status: SelfStatus,
+    /// Derived status.
+    pub status: NodeStatus,
+    /// Wall clock (unix ms) when the status last changed.
+    pub status_since_ms: u64,
+    /// Wall clock (unix ms) when its heartbeat last advanced, as seen here.
+    pub last_heartbeat_ms: Option<u64>,
+    /// Operator action in force, with the unix ms it was taken at.
+    pub operator: Option<(OperatorAction, u64)>,
+    /// Last heartbeat counter seen.
+    #[serde(skip)]
+    heartbeat: u64,
+    /// Monotonic time of the last heartbeat advance.
+    #[serde(skip)]
+    last_advance: Option<Duration>,
+}
+
+/// A status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Which node.
+    pub node_id: NodeId,
+    /// Previous status.
+    pub from: NodeStatus,
+    /// New status.
+    pub to: NodeStatus,
+}
+
+/// What one gossip state says about one node incarnation.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Node id.
+    pub node_id: NodeId,
+    /// chitchat generation.
+    pub generation: u64,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// chitchat heartbeat counter.
+    pub heartbeat: u64,
+    /// Published node info, if present and parseable.
+    pub info: Option<NodeInfo>,
+    /// Published health.
+    pub health: Option<String>,
+    /// Published self status.
+    pub self_status: SelfStatus,
+}
+
+/// The membership table of one node.
+#[derive(Debug)]
+pub struct Membership {
+    config: MembershipConfig,
+    self_id: NodeId,
+    members: BTreeMap<NodeId, Member>,
+}
+
+impl Membership {
+    /// A table holding only the local node.
+    pub fn new(config: MembershipConfig, self_id: NodeId) -> Membership {
+        Membership {
+            config,
+            self_id,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// Restores a member remembered from before a restart. It keeps its last known status until
+    /// `offline_after` passes without news of it.
+    pub fn restore(&mut self, mut member: Member, now: Now) {
+        member.heartbeat = 0;
+        // Whatever it was when we last looked, it gets the full detection window to show up.
+        member.last_advance = Some(now.mono);
+        self.members.insert(member.node_id, member);
+    }
+
+    /// Members, ordered by node id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// One member.
+    pub fn get(&self, node_id: &NodeId) -> Option<&Member> {
+        self.members.get(node_id)
+    }
+
+    /// Records what gossip says about one node incarnation. Older incarnations are ignored; a
+    /// newer one (a restart) replaces the previous.
+    pub fn observe(&mut self, obs: Observation, now: Now) {
+        let member = self.members.entry(obs.node_id).or_insert_with(|| Member {
+            node_id: obs.node_id,
+            generation: obs.generation,
+            gossip_addr: Some(obs.gossip_addr),
+            info: None,
+            health: "unknown".to_string(),
+            self_status: SelfStatus::Active,
+            status: NodeStatus::Online,
+            status_since_ms: now.wall_ms,
+            last_heartbeat_ms: None,
+            operator: None,
+            heartbeat: 0,
+            last_advance: None,
+        });
+        if obs.generation < member.generation {
+            return;
+        }
+        if obs.generation > member.generation {
+            member.generation = obs.generation;
+            member.heartbeat = 0;
+        }
+        member.gossip_addr = Some(obs.gossip_addr);
+        if obs.heartbeat > member.heartbeat || member.last_advance.is_none() {
+            member.heartbeat = obs.heartbeat;
+            member.last_advance = Some(now.mono);
+            member.last_heartbeat_ms = Some(now.wall_ms);
+        }
+        if let Some(info) = obs.info {
+            member.info = Some(info);
+        }
+        if let Some(health) = obs.health {
+            member.health = health;
+        }
+        member.self_status = obs.self_status;
+    }
+
+    /// Applies an operator action published by some node. The latest action wins;
+    /// decommissioning is final.
+    pub fn apply_operator(&mut self, target: NodeId, action: OperatorAction, at_ms: u64) {
+        let Some(member) = self.members.get_mut(&target) else {
+            return;
+        };
+        match member.operator {
+            Some((OperatorAction::Decommission, _)) => {}
+            Some((_, previous)) if previous >= at_ms => {}
+            _ => member.operator = Some((action, at_ms)),
+        }
+    }
+
+    /// Re-derives every status at `now`; returns the changes. Decommissioned members past their
+    /// grace period are forgotten and returned in the second list.
+    pub fn tick(&mut self, now: Now) -> (Vec<Transition>, Vec<NodeId>) {
+        let mut transitions = Vec::new();
+        let mut forgotten = Vec::new();
+        for member in self.members.values_mut() {
+            let status = derive_status(&self.config, self.self_id, member, now);
+            if status != member.status {
+                transitions.push(Transition {
+                    node_id: member.node_id,
+                    from: member.status,
+                    to: status,
+                });
+                member.status = status;
+                member.status_since_ms = now.wall_ms;
+            }
+            if let Some((OperatorAction::Decommission, at)) = member.operator
+                && now.wall_ms.saturating_sub(at) > self.config.decommission_grace.as_millis() as u64
+            {
+                forgotten.push(member.node_id);
+            }
+        }
+        for id in &forgotten {
+            self.members.remove(id);
+        }
+        (transitions, forgotten)
+    }
+
+    /// Count of members per status.
+    pub fn counts(&self) -> BTreeMap<NodeStatus, usize> {
+        let mut counts: BTreeMap<NodeStatus, usize> =
+            NodeStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+        for member in self.members.values() {
+            *counts.entry(member.status).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn derive_status(config: &MembershipConfig, self_id: NodeId, member: &Member, now: Now) -> NodeStatus {
+    if let Some((OperatorAction::Decommission, _)) = member.operator {
+        return NodeStatus::Decommissioned;
+    }
+    let silent_for = if member.node_id == self_id {
+        Duration::ZERO
+    } else {
+        member
+            .last_advance
+            .map_or(config.offline_after, |at| now.mono.saturating_sub(at))
+    };
+    if silent_for >= config.offline_after {
+        return NodeStatus::Offline;
+    }
+    if matches!(member.operator, Some((OperatorAction::Drain, _)))
+        || member.self_status == SelfStatus::Draining
+    {
+        return NodeStatus::Draining;
+    }
+    if silent_for >= config.suspect_after || (member.health != "ok" && member.health != "unknown") {
+        return NodeStatus::Degraded;
+    }
+    NodeStatus::Online
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 16])
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            mono: Duration::from_millis(ms),
+            wall_ms: 1_700_000_000_000 + ms,
+        }
+    }
+
+    fn obs(n: u8, generation: u64, heartbeat: u64) -> Observation {
+        Observation {
+            node_id: id(n),
+            generation,
+            gossip_addr: ([127, 0, 0, 1], 7000 + n as u16).into(),
+            heartbeat,
+            info: None,
+            health: Some("ok".into()),
+            self_status: SelfStatus::Active,
+        }
+    }
+
+    fn status(m: &Membership, n: u8) -> NodeStatus {
+        m.get(&id(n)).unwrap().status
+    }
+
+    #[test]
+    fn silence_makes_a_node_degraded_then_offline_and_a_heartbeat_brings_it_back() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(obs(1, 1, 1), at(0));
+        assert!(m.tick(at(100)).0.is_empty());
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+
+        let (t, _) = m.tick(at(1600));
+        assert_eq!(t, vec![Transition { node_id: id(1), from: NodeStatus::Online, to: NodeStatus::Degraded }]);
+        m.tick(at(2600));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+
+        // Same heartbeat again is not a sign of life.
+        m.observe(obs(1, 1, 1), at(2700));
+        m.tick(at(2700));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+
+        m.observe(obs(1, 1, 2), at(2800));
+        m.tick(at(2800));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+    }
+
+    #[test]
+    fn a_restart_with_a_new_generation_is_the_same_node_and_older_generations_are_ignored() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(obs(1, 10, 50), at(0));
+        m.tick(at(3000));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        // Restarted: heartbeat counter restarts from 1 under a new generation.
+        m.observe(obs(1, 20, 1), at(3100));
+        m.tick(at(3100));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        assert_eq!(m.get(&id(1)).unwrap().generation, 20);
+        // The dead incarnation's state still circulates for a while: it must not count.
+        m.observe(obs(1, 10, 99), at(5000));
+        m.tick(at(5700));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        assert_eq!(m.members().count(), 1);
+    }
+
+    #[test]
+    fn failing_health_is_degraded_and_draining_is_shown_while_alive() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        let mut sick = obs(1, 1, 1);
+        sick.health = Some("store: disk I/O error".into());
+        m.observe(sick, at(0));
+        m.tick(at(10));
+        assert_eq!(status(&m, 1), NodeStatus::Degraded);
+
+        m.observe(obs(2, 1, 1), at(0));
+        m.apply_operator(id(2), OperatorAction::Drain, 5);
+        m.tick(at(10));
+        assert_eq!(status(&m, 2), NodeStatus::Draining);
+        m.tick(at(3000));
+        assert_eq!(status(&m, 2), NodeStatus::Offline, "a dead draining node is offline");
+    }
+
+    #[test]
+    fn decommission_is_final_and_forgotten_after_grace() {
+        let config = MembershipConfig {
+            decommission_grace: Duration::from_secs(60),
+            ..MembershipConfig::default()
+        };
+        let mut m = Membership::new(config, id(0));
+        m.observe(obs(1, 1, 1), at(0));
+        m.apply_operator(id(1), OperatorAction::Decommission, at(0).wall_ms);
+        m.apply_operator(id(1), OperatorAction::Drain, at(10).wall_ms);
+        m.tick(at(20));
+        assert_eq!(status(&m, 1), NodeStatus::Decommissioned);
+        let (_, forgotten) = m.tick(at(61_000));
+        assert_eq!(forgotten, vec![id(1)]);
+        assert!(m.get(&id(1)).is_none());
+    }
+
+    #[test]
+    fn the_local_node_is_never_offline_to_itself() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(obs(0, 1, 1), at(0));
+        m.tick(at(60_000));
+        assert_eq!(status(&m, 0), NodeStatus::Online);
+    }
+
+    #[test]
+    fn config_validation_names_the_key() {
+        let bad = MembershipConfig {
+            suspect_after: Duration::from_secs(3),
+            offline_after: Duration::from_secs(2),
+            ..MembershipConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("membership.offline_after"));
+    }
+}

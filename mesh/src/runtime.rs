@@ -1,0 +1,300 @@
+//! The mesh runtime: chitchat over the authenticated transport, plus a ticker that turns gossip
+//! state into the membership table.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat};
+use nexus_ca::NodeId;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::GossipAuth;
+use crate::membership::{Member, Membership, MembershipConfig, NodeStatus, Now, Observation};
+use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
+use crate::wire::{
+    KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_STATUS, NodeInfo, OperatorAction, SelfStatus,
+    operator_key,
+};
+
+/// Everything the mesh needs to run. Built by the binary from its config tree.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Fleet id: chitchat cluster id; nodes of other fleets are refused.
+    pub fleet_id: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// Incarnation number: unix ms at process start.
+    pub generation: u64,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Where to start gossiping.
+    pub seeds: Vec<SocketAddr>,
+    /// Failure detection timing.
+    pub membership: MembershipConfig,
+    /// How often gossip state is folded into the membership table.
+    pub tick_interval: Duration,
+}
+
+/// Failures starting the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// chitchat refused to start (for example its codec sockets could not be bound).
+    #[error("gossip could not start: {0}")]
+    Start(String),
+}
+
+/// A running mesh.
+pub struct Mesh {
+    chitchat: ChitchatHandle,
+    table: Arc<Mutex<Membership>>,
+    auth: Arc<Mutex<GossipAuth>>,
+    changes: watch::Receiver<u64>,
+    ticker: JoinHandle<()>,
+    node_id: NodeId,
+    gossip_addr: SocketAddr,
+}
+
+impl Mesh {
+    /// Starts gossip on `datagrams` (already bound), publishing `info`. `restored` are the members
+    /// remembered from the last run.
+    pub async fn start(
+        config: MeshConfig,
+        datagrams: Box<dyn Datagrams>,
+        auth: GossipAuth,
+        info: &NodeInfo,
+        restored: Vec<Member>,
+    ) -> Result<Mesh, MeshError> {
+        let gossip_addr = datagrams.local_addr();
+        let auth = Arc::new(Mutex::new(auth));
+        let transport = AuthenticatedTransport::new(datagrams, auth.clone());
+        let interval = config.gossip_interval;
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.node_id.to_string(), config.generation, gossip_addr),
+            cluster_id: config.fleet_id.clone(),
+            gossip_interval: interval,
+            listen_addr: gossip_addr,
+            seed_nodes: config
+                .seeds
+                .iter()
+                .filter(|seed| **seed != gossip_addr)
+                .map(|seed| seed.to_string())
+                .collect(),
+            // chitchat's own detector only decides whom it gossips with and when it forgets a
+            // dead incarnation; statuses come from `Membership`. Keep it tolerant so a suspected
+            // node still gets gossip (and can prove it is alive).
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: interval,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            // Every node of a fleet runs a version that reads the compressed digest.
+            protocol_version: ProtocolVersion::V1,
+        };
+        let info_json = serde_json::to_string(info).expect("NodeInfo serializes");
+        let initial = vec![
+            (KEY_INFO.to_string(), info_json),
+            (KEY_HEALTH.to_string(), "ok".to_string()),
+            (KEY_STATUS.to_string(), SelfStatus::Active.as_str().to_string()),
+        ];
+        let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(|err| MeshError::Start(format!("{err:#}")))?;
+
+        let origin = Instant::now();
+        let now = move || Now {
+            mono: origin.elapsed(),
+            wall_ms: unix_ms(),
+        };
+        let mut membership = Membership::new(config.membership.clone(), config.node_id);
+        for member in restored {
+            if member.node_id != config.node_id {
+                membership.restore(member, now());
+            }
+        }
+        let table = Arc::new(Mutex::new(membership));
+        let (changes_tx, changes) = watch::channel(0u64);
+        let ticker = tokio::spawn(tick_loop(
+            chitchat.chitchat(),
+            table.clone(),
+            auth.clone(),
+            config.node_id,
+            config.tick_interval,
+            changes_tx,
+            now,
+        ));
+        Ok(Mesh {
+            chitchat,
+            table,
+            auth,
+            changes,
+            ticker,
+            node_id: config.node_id,
+            gossip_addr,
+        })
+    }
+
+    /// The gossip address this node advertises.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// All members, ordered by node id.
+    pub fn members(&self) -> Vec<Member> {
+        lock(&self.table).members().cloned().collect()
+    }
+
+    /// One member.
+    pub fn member(&self, node_id: &NodeId) -> Option<Member> {
+        lock(&self.table).get(node_id).cloned()
+    }
+
+    /// Bumped whenever a status changes; lets the node persist membership only when it changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// Publishes a new health summary (`ok` or the failing check).
+    pub async fn set_health(&self, health: &str) {
+        let health = health.to_string();
+        self.chitchat
+            .with_chitchat(|c| c.self_node_state().set(KEY_HEALTH, &health))
+            .await;
+    }
+
+    /// Publishes a new version of this node's info.
+    pub async fn set_info(&self, info: &NodeInfo) {
+        let json = serde_json::to_string(info).expect("NodeInfo serializes");
+        self.chitchat
+            .with_chitchat(|c| c.self_node_state().set(KEY_INFO, &json))
+            .await;
+    }
+
+    /// Records an operator action on `target` and publishes it so every node applies it.
+    pub async fn operator_action(&self, target: NodeId, action: OperatorAction) {
+        let at = unix_ms();
+        {
+            let mut table = lock(&self.table);
+            table.apply_operator(target, action, at);
+        }
+        if action == OperatorAction::Decommission && target != self.node_id {
+            lock(&self.auth).deny(target);
+        }
+        let key = operator_key(&target);
+        let value = action.encode(at);
+        self.chitchat
+            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+            .await;
+    }
+
+    /// Refuses gossip from `node` (a decommissioned node remembered from an earlier run).
+    pub fn deny(&self, node: NodeId) {
+        lock(&self.auth).deny(node);
+    }
+
+    /// Stops gossip (idempotent).
+    pub fn shutdown(&self) {
+        self.ticker.abort();
+        // An error only means chitchat already stopped.
+        let _ = self.chitchat.initiate_shutdown();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held only for short, panic-free sections; a poisoned lock still holds consistent data.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn tick_loop(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    table: Arc<Mutex<Membership>>,
+    auth: Arc<Mutex<GossipAuth>>,
+    self_id: NodeId,
+    interval: Duration,
+    changes: watch::Sender<u64>,
+    now: impl Fn() -> Now,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut self_draining = false;
+    loop {
+        ticker.tick().await;
+        let mut observations = Vec::new();
+        let mut actions = Vec::new();
+        {
+            let chitchat = chitchat.lock().await;
+            for (id, state) in chitchat.node_states() {
+                let Ok(node_id) = id.node_id.parse::<NodeId>() else {
+                    continue;
+                };
+                observations.push(Observation {
+                    node_id,
+                    generation: id.generation_id,
+                    gossip_addr: id.gossip_advertise_addr,
+                    heartbeat: u64::from(state.heartbeat()),
+                    info: state
+                        .get(KEY_INFO)
+                        .and_then(|json| serde_json::from_str(json).ok()),
+                    health: state.get(KEY_HEALTH).map(str::to_string),
+                    self_status: state
+                        .get(KEY_STATUS)
+                        .map_or(SelfStatus::Active, SelfStatus::parse),
+                });
+                for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
+                    let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();
+                    if let (Ok(target), Some((action, at))) =
+                        (target, OperatorAction::decode(&value.value))
+                    {
+                        actions.push((target, action, at));
+                    }
+                }
+            }
+        }
+        let now = now();
+        let (transitions, forgotten, counts, drain_self, grew) = {
+            let mut table = lock(&table);
+            let before = table.members().count();
+            for obs in observations {
+                table.observe(obs, now);
+            }
+            for (target, action, at) in actions {
+                table.apply_operator(target, action, at);
+            }
+            let (transitions, forgotten) = table.tick(now);
+            let drain_self = table
+                .get(&self_id)
+                .is_some_and(|m| matches!(m.operator, Some((OperatorAction::Drain, _))));
+            let grew = table.members().count() != before;
+            (transitions, forgotten, table.counts(), drain_self, grew)
+        };
+        for t in &transitions {
+            tracing::info!(node = %t.node_id, from = %t.from, to = %t.to, "node status changed");
+            if t.to == NodeStatus::Decommissioned && t.node_id != self_id {
+                lock(&auth).deny(t.node_id);
+            }
+        }
+        for id in &forgotten {
+            tracing::info!(node = %id, "decommissioned node forgotten after its grace period");
+        }
+        for (status, count) in counts {
+            metrics::gauge!("nexus_peers", "status" => status.as_str()).set(count as f64);
+        }
+        if drain_self && !self_draining {
+            self_draining = true;
+            chitchat
+                .lock()
+                .await
+                .self_node_state()
+                .set(KEY_STATUS, SelfStatus::Draining.as_str());
+        }
+        if grew || !transitions.is_empty() || !forgotten.is_empty() {
+            changes.send_modify(|n| *n += 1);
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Shared fixtures of the mesh integration tests: a fleet PKI made with nexus-ca, node identities,
+//! fast mesh configs and bounded polling.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nexus_ca::{CertificateAuthority, MicProfile, NodeId, NodeKey, Role, TrustStore};
+use nexus_mesh::{
+    Datagrams, GossipAuth, GossipAuthConfig, MemoryNetwork, Mesh, MeshConfig, MembershipConfig,
+    NodeInfo, NodeStatus, UdpDatagrams,
+};
+
+/// Longest any test waits for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A fleet root with one anchor intermediate, and the trust store its nodes hold.
+pub struct Fleet {
+    pub id: String,
+    intermediate: CertificateAuthority,
+    trust: TrustStore,
+}
+
+/// A node's key and MIC.
+#[derive(Clone)]
+pub struct Identity {
+    pub key: Arc<NodeKey>,
+    pub mic: Vec<u8>,
+}
+
+impl Identity {
+    pub fn node_id(&self) -> NodeId {
+        self.key.node_id()
+    }
+}
+
+impl Fleet {
+    /// A new fleet PKI (fleet ids may repeat: every call makes a distinct root).
+    pub fn new(id: &str) -> Fleet {
+        let root = CertificateAuthority::new_fleet_root(id).unwrap();
+        let intermediate = root
+            .new_intermediate(id, NodeKey::generate().node_id())
+            .unwrap();
+        let trust = TrustStore::new(
+            root.cert_der().to_vec(),
+            vec![intermediate.cert_der().to_vec()],
+        )
+        .unwrap();
+        Fleet {
+            id: id.to_string(),
+            intermediate,
+            trust,
+        }
+    }
+
+    /// A new node key with a MIC of this fleet.
+    pub fn enroll(&self) -> Identity {
+        let key = NodeKey::generate();
+        let mic = self
+            .intermediate
+            .issue_mic(
+                &key.public_key(),
+                &MicProfile {
+                    fleet_id: self.id.clone(),
+                    node_id: key.node_id(),
+                    tenant: String::new(),
+                    site: "lab-1".to_string(),
+                    role: Role::Node,
+                    validity: Duration::from_secs(3600),
+                },
+            )
+            .unwrap();
+        Identity {
+            key: Arc::new(key),
+            mic,
+        }
+    }
+
+    pub fn auth(&self, identity: &Identity) -> GossipAuth {
+        GossipAuth::new(
+            identity.key.clone(),
+            identity.mic.clone(),
+            self.trust.clone(),
+            GossipAuthConfig::default(),
+        )
+    }
+
+    /// Starts a mesh node with the fast test timings.
+    pub async fn start(
+        &self,
+        identity: &Identity,
+        generation: u64,
+        datagrams: Box<dyn Datagrams>,
+        seeds: Vec<SocketAddr>,
+    ) -> Mesh {
+        let config = MeshConfig {
+            fleet_id: self.id.clone(),
+            node_id: identity.node_id(),
+            generation,
+            gossip_interval: Duration::from_millis(50),
+            seeds,
+            membership: MembershipConfig {
+                suspect_after: Duration::from_millis(300),
+                offline_after: Duration::from_millis(600),
+                decommission_grace: Duration::from_secs(3600),
+            },
+            tick_interval: Duration::from_millis(25),
+        };
+        Mesh::start(config, datagrams, self.auth(identity), &info(), Vec::new())
+            .await
+            .unwrap()
+    }
+}
+
+pub fn info() -> NodeInfo {
+    NodeInfo {
+        hostname: "test-host".to_string(),
+        role: Role::Node,
+        site: "lab-1".to_string(),
+        tenant: "default".to_string(),
+        labels: BTreeMap::new(),
+        api_addr: "127.0.0.1:1".parse().unwrap(),
+        quic_addr: "127.0.0.1:2".parse().unwrap(),
+        nexlink_version: "0.0.0-test".to_string(),
+        nexroute_version: "0.0.0-test".to_string(),
+        nic_model: String::new(),
+        firmware_version: String::new(),
+        capabilities: Vec::new(),
+        trust_level: 1,
+        config_version: 1,
+        created_at_ms: 0,
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// How a test makes gossip sockets: the conformance suite runs once per implementation.
+pub trait Net: Send + Sync + 'static {
+    /// A new socket at a fresh address.
+    fn socket(&self) -> Box<dyn Datagrams>;
+}
+
+/// Real UDP on loopback, ephemeral ports.
+pub struct Udp;
+
+impl Net for Udp {
+    fn socket(&self) -> Box<dyn Datagrams> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Box::new(UdpDatagrams::new(socket).unwrap())
+    }
+}
+
+/// The in-memory network; sockets get 127.0.0.N:7000 with N counting up.
+#[derive(Default)]
+pub struct Memory {
+    pub network: MemoryNetwork,
+    next: AtomicU8,
+}
+
+impl Net for Memory {
+    fn socket(&self) -> Box<dyn Datagrams> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let addr = SocketAddr::from(([127, 0, 0, n], 7000));
+        Box::new(self.network.bind(addr).unwrap())
+    }
+}
+
+/// Polls `check` every 25 ms until it returns `Ok`, panicking with its last complaint once
+/// `DEADLINE` has passed.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) if start.elapsed() > DEADLINE => {
+                panic!("timed out after {DEADLINE:?} waiting until {what}: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// `mesh`'s view: status by node id.
+pub fn view(mesh: &Mesh) -> BTreeMap<NodeId, NodeStatus> {
+    mesh.members()
+        .into_iter()
+        .map(|m| (m.node_id, m.status))
+        .collect()
+}
+
+/// Ok when `mesh` lists exactly `expected` with the given statuses.
+pub fn sees(mesh: &Mesh, expected: &BTreeMap<NodeId, NodeStatus>) -> Result<(), String> {
+    let actual = view(mesh);
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(format!("expected {expected:?}, node sees {actual:?}"))
+    }
+}

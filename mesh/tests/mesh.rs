@@ -1,0 +1,320 @@
+//! Conformance suite of the mesh runtime: written once, generic over how gossip sockets are made,
+//! run over real UDP on loopback and over the in-memory network.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use common::{Fleet, Identity, Memory, Net, Udp, eventually, sees, unix_ms, view};
+use nexus_ca::NodeId;
+use nexus_mesh::{Mesh, NodeStatus, OperatorAction, SelfStatus};
+
+const NODES: usize = 4;
+
+/// Four nodes of one fleet, all seeded with node 0's gossip address.
+struct Cluster<N: Net> {
+    net: N,
+    fleet: Fleet,
+    ids: Vec<Identity>,
+    generations: Vec<u64>,
+    meshes: Vec<Option<Mesh>>,
+    seed: SocketAddr,
+}
+
+impl<N: Net> Cluster<N> {
+    async fn start(net: N) -> Cluster<N> {
+        let fleet = Fleet::new("acme.test");
+        let ids: Vec<Identity> = (0..NODES).map(|_| fleet.enroll()).collect();
+        let generation = unix_ms();
+        let first = fleet.start(&ids[0], generation, net.socket(), Vec::new()).await;
+        let seed = first.gossip_addr();
+        let mut meshes = vec![Some(first)];
+        for id in &ids[1..] {
+            meshes.push(Some(fleet.start(id, generation, net.socket(), vec![seed]).await));
+        }
+        let cluster = Cluster {
+            net,
+            fleet,
+            ids,
+            generations: vec![generation; NODES],
+            meshes,
+            seed,
+        };
+        cluster
+            .everyone_sees("all nodes are online", &cluster.expect(&[]))
+            .await;
+        cluster
+    }
+
+    fn node(&self, i: usize) -> NodeId {
+        self.ids[i].node_id()
+    }
+
+    fn mesh(&self, i: usize) -> &Mesh {
+        self.meshes[i].as_ref().expect("node is running")
+    }
+
+    /// Every node with the given statuses, Online unless listed.
+    fn expect(&self, statuses: &[(usize, NodeStatus)]) -> BTreeMap<NodeId, NodeStatus> {
+        (0..NODES)
+            .map(|i| {
+                let status = statuses
+                    .iter()
+                    .find(|(n, _)| *n == i)
+                    .map_or(NodeStatus::Online, |(_, s)| *s);
+                (self.node(i), status)
+            })
+            .collect()
+    }
+
+    /// Waits until each of `observers` sees exactly `expected`.
+    async fn observers_see(
+        &self,
+        what: &str,
+        observers: &[usize],
+        expected: &BTreeMap<NodeId, NodeStatus>,
+    ) {
+        eventually(what, || {
+            for &i in observers {
+                sees(self.mesh(i), expected).map_err(|err| format!("node {i}: {err}"))?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Waits until every running node sees exactly `expected`.
+    async fn everyone_sees(&self, what: &str, expected: &BTreeMap<NodeId, NodeStatus>) {
+        let running: Vec<usize> = (0..NODES).filter(|i| self.meshes[*i].is_some()).collect();
+        self.observers_see(what, &running, expected).await;
+    }
+
+    async fn shutdown(&mut self, i: usize) {
+        let mesh = self.meshes[i].take().expect("node is running");
+        mesh.shutdown();
+        drop(mesh);
+    }
+
+    async fn stop(mut self) {
+        for i in 0..NODES {
+            if self.meshes[i].is_some() {
+                self.shutdown(i).await;
+            }
+        }
+    }
+}
+
+fn others(i: usize) -> Vec<usize> {
+    (0..NODES).filter(|n| *n != i).collect()
+}
+
+async fn members_converge_and_a_shut_down_node_goes_offline<N: Net>(net: N) {
+    let mut cluster = Cluster::start(net).await;
+    // Heartbeats travel in digests, ahead of the key-values: poll for the published state.
+    eventually("every node has everyone's published state", || {
+        for i in 0..NODES {
+            let members = cluster.mesh(i).members();
+            assert_eq!(members.len(), NODES);
+            for m in &members {
+                let j = cluster.ids.iter().position(|id| id.node_id() == m.node_id).unwrap();
+                assert_eq!(m.generation, cluster.generations[j]);
+                assert_eq!(m.gossip_addr, Some(cluster.mesh(j).gossip_addr()));
+                if m.info.as_ref() != Some(&common::info()) || m.health != "ok" {
+                    return Err(format!("node {i} has {j} as {m:?}"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    cluster.shutdown(2).await;
+    cluster
+        .everyone_sees(
+            "the shut down node is offline",
+            &cluster.expect(&[(2, NodeStatus::Offline)]),
+        )
+        .await;
+    // Shutting down the seed as well: the remaining two keep gossiping with each other.
+    cluster.shutdown(0).await;
+    cluster
+        .everyone_sees(
+            "the seed is offline too",
+            &cluster.expect(&[(0, NodeStatus::Offline), (2, NodeStatus::Offline)]),
+        )
+        .await;
+    cluster.stop().await;
+}
+
+async fn a_restart_with_a_new_generation_is_the_same_node<N: Net>(net: N) {
+    let mut cluster = Cluster::start(net).await;
+    let restarted = 3;
+    cluster.shutdown(restarted).await;
+    cluster
+        .everyone_sees(
+            "the stopped node is offline",
+            &cluster.expect(&[(restarted, NodeStatus::Offline)]),
+        )
+        .await;
+
+    let generation = cluster.generations[restarted] + 1_000;
+    let socket = cluster.net.socket();
+    let new_addr = socket.local_addr();
+    let mesh = cluster
+        .fleet
+        .start(&cluster.ids[restarted], generation, socket, vec![cluster.seed])
+        .await;
+    assert_eq!(mesh.gossip_addr(), new_addr);
+    cluster.meshes[restarted] = Some(mesh);
+    cluster.generations[restarted] = generation;
+    cluster
+        .everyone_sees("the restarted node is online again", &cluster.expect(&[]))
+        .await;
+    let node = cluster.node(restarted);
+    for i in 0..NODES {
+        let members = cluster.mesh(i).members();
+        assert_eq!(members.len(), NODES, "one entry per node id on node {i}");
+        let m = cluster.mesh(i).member(&node).unwrap();
+        assert_eq!(m.generation, generation, "node {i} tracks the new incarnation");
+        assert_eq!(m.gossip_addr, Some(new_addr), "node {i} has the new address");
+    }
+    cluster.stop().await;
+}
+
+async fn drain_and_decommission_reach_every_node<N: Net>(net: N) {
+    let cluster = Cluster::start(net).await;
+    let (drained, gone) = (1, 3);
+
+    cluster
+        .mesh(0)
+        .operator_action(cluster.node(drained), OperatorAction::Drain)
+        .await;
+    cluster
+        .everyone_sees(
+            "the drained node is draining everywhere",
+            &cluster.expect(&[(drained, NodeStatus::Draining)]),
+        )
+        .await;
+    // The drained node declared it itself.
+    eventually("the drained node publishes its draining status", || {
+        for i in 0..NODES {
+            let m = cluster.mesh(i).member(&cluster.node(drained)).unwrap();
+            if m.self_status != SelfStatus::Draining {
+                return Err(format!("node {i} reads {:?}", m.self_status));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    cluster
+        .mesh(0)
+        .operator_action(cluster.node(gone), OperatorAction::Decommission)
+        .await;
+    let expected = cluster.expect(&[
+        (drained, NodeStatus::Draining),
+        (gone, NodeStatus::Decommissioned),
+    ]);
+    cluster
+        .observers_see("the decommissioned node is decommissioned", &others(gone), &expected)
+        .await;
+
+    // Its gossip is dropped from now on: what it publishes no longer reaches anyone...
+    cluster.mesh(gone).set_health("still-here").await;
+    // ...and it no longer hears anyone's heartbeats.
+    let alone: BTreeMap<NodeId, NodeStatus> = view(cluster.mesh(gone))
+        .into_iter()
+        .map(|(id, status)| {
+            let offline = id != cluster.node(gone);
+            (id, if offline { NodeStatus::Offline } else { status })
+        })
+        .collect();
+    eprintln!("gone sees {:?}", view(cluster.mesh(gone)));
+    eventually("the decommissioned node sees everyone else go offline", || {
+        let actual = view(cluster.mesh(gone));
+        for i in others(gone) {
+            if actual[&cluster.node(i)] != NodeStatus::Offline {
+                return Err(format!("it sees {actual:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let _ = alone;
+    // The others still agree, and never saw its new health.
+    cluster
+        .observers_see("the others keep it decommissioned", &others(gone), &expected)
+        .await;
+    for i in others(gone) {
+        let m = cluster.mesh(i).member(&cluster.node(gone)).unwrap();
+        assert_eq!(m.health, "ok", "node {i} received gossip from a decommissioned node");
+    }
+    cluster.stop().await;
+}
+
+/// MemoryNetwork only: a node cut off from everyone goes offline, and comes back when healed.
+async fn a_partitioned_node_goes_offline_and_returns_when_healed(net: Memory) {
+    let network = net.network.clone();
+    let cluster = Cluster::start(net).await;
+    let cut = 2;
+    for i in others(cut) {
+        network.cut(cluster.mesh(cut).gossip_addr(), cluster.mesh(i).gossip_addr());
+    }
+    cluster
+        .observers_see(
+            "the others see the cut node offline",
+            &others(cut),
+            &cluster.expect(&[(cut, NodeStatus::Offline)]),
+        )
+        .await;
+    let alone: Vec<(usize, NodeStatus)> = others(cut)
+        .into_iter()
+        .map(|i| (i, NodeStatus::Offline))
+        .collect();
+    cluster
+        .observers_see(
+            "the cut node sees everyone else offline",
+            &[cut],
+            &cluster.expect(&alone),
+        )
+        .await;
+
+    network.heal();
+    cluster
+        .everyone_sees("everyone is online after healing", &cluster.expect(&[]))
+        .await;
+    cluster.stop().await;
+}
+
+macro_rules! on_both_networks {
+    ($($scenario:ident),* $(,)?) => {
+        mod udp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Udp).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Memory::default()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_networks!(
+    members_converge_and_a_shut_down_node_goes_offline,
+    a_restart_with_a_new_generation_is_the_same_node,
+    drain_and_decommission_reach_every_node,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_partition_then_heal() {
+    a_partitioned_node_goes_offline_and_returns_when_healed(Memory::default()).await;
+}

@@ -1,0 +1,396 @@
+//! The running node: binds its sockets, loads its identity, and runs gossip, the QUIC endpoint
+//! (join service on anchors) and the HTTP API until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use nexus_ca::{CertificateAuthority, NodeId, NodeKey, Role, TrustStore, pem_to_der};
+use nexus_mesh::{GossipAuth, GossipAuthConfig, Member, Mesh, MeshConfig, NodeInfo, UdpDatagrams};
+use tokio::sync::watch;
+
+use crate::backend::NodeBackend;
+use crate::config::NodeConfig;
+use crate::datadir::{self, DataDir};
+use crate::enroll::{ALPN_JOIN, Admitter};
+use crate::store::Store;
+
+/// Sets up `tracing` to stderr. `NEXUS_LOG` (or `RUST_LOG`) overrides `default_filter`.
+pub fn init_logging(default_filter: &str) {
+    let filter = std::env::var("NEXUS_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default_filter.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The node's three sockets, bound by the binary before anything else happens.
+pub struct Sockets {
+    api: TcpListener,
+    gossip: UdpSocket,
+    quic: UdpSocket,
+}
+
+fn bind_error(what: &str, addr: SocketAddr, flag: &str, err: std::io::Error) -> anyhow::Error {
+    let hint = match err.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("another process (perhaps another nexus node) already uses it; choose another with --{flag}")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("no interface of this machine has that address; choose another with --{flag}")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("ports below 1024 need privileges; choose another with --{flag}")
+        }
+        _ => format!("choose another with --{flag}"),
+    };
+    anyhow::anyhow!("cannot bind the {what} address {addr}: {err}: {hint}")
+}
+
+impl Sockets {
+    /// Binds the API (TCP), gossip (UDP) and QUIC (UDP) addresses.
+    pub fn bind(config: &NodeConfig) -> anyhow::Result<Sockets> {
+        let api = TcpListener::bind(config.api).map_err(|e| bind_error("API", config.api, "api", e))?;
+        let gossip =
+            UdpSocket::bind(config.gossip).map_err(|e| bind_error("gossip", config.gossip, "gossip", e))?;
+        let quic = UdpSocket::bind(config.quic).map_err(|e| bind_error("QUIC", config.quic, "quic", e))?;
+        api.set_nonblocking(true)?;
+        Ok(Sockets { api, gossip, quic })
+    }
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("nexus_api_request_duration_seconds".to_string()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        )
+        .context("configuring metrics")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    Ok(handle)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Everything loaded from the data directory at start.
+pub struct Loaded {
+    /// The node key.
+    pub key: Arc<NodeKey>,
+    /// The node MIC.
+    pub mic_der: Vec<u8>,
+    /// Root and intermediates.
+    pub trust: TrustStore,
+    /// Stored identity.
+    pub identity: crate::store::Identity,
+    /// Parsed role.
+    pub role: Role,
+}
+
+fn load(dir: &DataDir, store: &Store) -> anyhow::Result<Loaded> {
+    let identity = store
+        .identity()?
+        .with_context(|| format!("{} holds no node identity: run `nexus init` or `nexus join`", dir.db().display()))?;
+    let key = NodeKey::from_pkcs8_pem(&datadir::read(&dir.node_key())?)
+        .with_context(|| format!("reading {}", dir.node_key().display()))?;
+    let mic_der = pem_to_der(&datadir::read(&dir.node_cert())?)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no certificate", dir.node_cert().display()))?;
+    let root = pem_to_der(&datadir::read(&dir.trust_root())?)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no certificate", dir.trust_root().display()))?;
+    let intermediates = pem_to_der(&datadir::read(&dir.trust_intermediates())?)?;
+    let trust = TrustStore::new(root, intermediates)?;
+    let mic = trust
+        .verify_mic(&mic_der, (crate::now_ms() / 1000) as i64)
+        .with_context(|| format!("this node's certificate {} is not valid", dir.node_cert().display()))?;
+    if mic.public_key != key.public_key() {
+        bail!("{} does not belong to the key in {}", dir.node_cert().display(), dir.node_key().display());
+    }
+    if mic.node_id.to_string() != identity.node_id || trust.fleet_id() != identity.fleet_id {
+        bail!("the certificate in {} does not match the identity in {}", dir.node_cert().display(), dir.db().display());
+    }
+    let role = identity.role.parse::<Role>()?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        mic_der,
+        trust,
+        identity,
+        role,
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = Arc::new(Store::open(&dir.db())?);
+    let loaded = load(&dir, &store)?;
+    let metrics = install_metrics()?;
+    let node_id: NodeId = loaded.key.node_id();
+
+    let api_addr = sockets.api.local_addr()?;
+    let gossip_addr = sockets.gossip.local_addr()?;
+    let quic_addr = sockets.quic.local_addr()?;
+    let info = NodeInfo {
+        hostname: hostname(),
+        role: loaded.role,
+        site: loaded.identity.site.clone(),
+        tenant: loaded.identity.tenant.clone(),
+        labels: loaded.identity.labels.clone(),
+        api_addr,
+        quic_addr,
+        nexlink_version: env!("CARGO_PKG_VERSION").to_string(),
+        nexroute_version: env!("CARGO_PKG_VERSION").to_string(),
+        nic_model: String::new(),
+        firmware_version: String::new(),
+        capabilities: Vec::new(),
+        trust_level: if loaded.role == Role::Anchor { 2 } else { 1 },
+        config_version: 0,
+        created_at_ms: loaded.identity.created_at_ms,
+    };
+
+    let restored: Vec<Member> = store
+        .members()?
+        .iter()
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect();
+    let mut seeds: Vec<SocketAddr> = config.seeds.clone();
+    seeds.extend(store.seeds()?.iter().filter_map(|s| s.parse::<SocketAddr>().ok()));
+    seeds.extend(
+        restored
+            .iter()
+            .filter(|m| m.node_id != node_id)
+            .filter_map(|m| m.gossip_addr),
+    );
+    seeds.sort();
+    seeds.dedup();
+
+    let auth = GossipAuth::new(
+        loaded.key.clone(),
+        loaded.mic_der.clone(),
+        loaded.trust.clone(),
+        GossipAuthConfig::default(),
+    );
+    let mesh = Arc::new(
+        Mesh::start(
+            MeshConfig {
+                fleet_id: loaded.identity.fleet_id.clone(),
+                node_id,
+                generation: crate::now_ms(),
+                gossip_interval: config.gossip_interval,
+                seeds,
+                membership: config.membership.clone(),
+                tick_interval: Duration::from_millis(100),
+            },
+            Box::new(UdpDatagrams::new(sockets.gossip)?),
+            auth,
+            &info,
+            restored,
+        )
+        .await?,
+    );
+    for denied in store.denied()? {
+        if let Ok(id) = denied.parse::<NodeId>() {
+            mesh.deny(id);
+        }
+    }
+
+    // QUIC: the join service on anchors; every node binds it (replication will share it).
+    let mut chain = vec![loaded.mic_der.clone()];
+    chain.extend(loaded.trust.intermediates().iter().cloned());
+    chain.push(loaded.trust.root_der().to_vec());
+    let tls = nexus_ca::server_tls_config(chain, &loaded.key, &[ALPN_JOIN])?;
+    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("building the QUIC server configuration")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quinn::ServerConfig::with_crypto(Arc::new(quic_tls))),
+        sockets.quic,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the QUIC endpoint")?;
+    let admitter = if loaded.role == Role::Anchor {
+        let ca = CertificateAuthority::load(&datadir::read(&dir.ca_cert())?, &datadir::read(&dir.ca_key())?)
+            .context("loading this anchor's intermediate CA")?;
+        let seeds_mesh = mesh.clone();
+        let own_gossip = gossip_addr;
+        Some(Arc::new(Admitter {
+            store: store.clone(),
+            ca,
+            fleet_id: loaded.identity.fleet_id.clone(),
+            root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
+            intermediates_pem: loaded.trust.intermediates().iter().map(|d| nexus_ca::der_to_pem(d)).collect(),
+            seeds: Arc::new(move || {
+                let mut seeds = vec![own_gossip.to_string()];
+                seeds.extend(
+                    seeds_mesh
+                        .members()
+                        .into_iter()
+                        .filter(|m| m.status == nexus_mesh::NodeStatus::Online)
+                        .filter_map(|m| m.gossip_addr.map(|a| a.to_string()))
+                        .filter(|a| *a != own_gossip.to_string())
+                        .take(7),
+                );
+                seeds
+            }),
+        }))
+    } else {
+        None
+    };
+    let join_service = tokio::spawn(crate::enroll::serve_joins(endpoint.clone(), admitter));
+
+    let health = Arc::new(Mutex::new(BTreeMap::from([("store".to_string(), "ok".to_string())])));
+    let backend = Arc::new(NodeBackend::new(
+        mesh.clone(),
+        store.clone(),
+        &loaded,
+        metrics.clone(),
+        health.clone(),
+        quic_addr,
+    )?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::from_std(sockets.api)?;
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(nexus_api::serve(listener, nexus_api::router(backend), async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    }));
+
+    let endpoints = serde_json::json!({
+        "node_id": node_id.to_string(),
+        "fleet_id": loaded.identity.fleet_id,
+        "role": loaded.role.as_str(),
+        "api": format!("http://{api_addr}"),
+        "gossip": gossip_addr.to_string(),
+        "quic": quic_addr.to_string(),
+        "pid": std::process::id(),
+    });
+    datadir::write_public(&dir.endpoints(), &format!("{endpoints:#}\n"))?;
+    tracing::info!(
+        node = %node_id,
+        role = loaded.role.as_str(),
+        api = %api_addr,
+        gossip = %gossip_addr,
+        quic = %quic_addr,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "node serving"
+    );
+
+    let background = tokio::spawn(background(mesh.clone(), store.clone(), health, metrics, stop_rx.clone()));
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        result = api => {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "API server failed"),
+                Err(err) => tracing::error!(error = %err, "API server panicked"),
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    endpoint.close(0u32.into(), b"node shutting down");
+    join_service.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
+    persist_members(&mesh, &store);
+    mesh.shutdown();
+    let _ = std::fs::remove_file(dir.endpoints());
+    Ok(())
+}
+
+fn persist_members(mesh: &Mesh, store: &Store) {
+    let records: Vec<(String, String)> = mesh
+        .members()
+        .iter()
+        .filter_map(|m| Some((m.node_id.to_string(), serde_json::to_string(m).ok()?)))
+        .collect();
+    for m in mesh.members() {
+        if m.status == nexus_mesh::NodeStatus::Decommissioned
+            && let Err(err) = store.deny(&m.node_id.to_string(), "decommissioned")
+        {
+            tracing::error!(error = %err, "cannot record a decommissioned node");
+        }
+    }
+    if let Err(err) = store.save_members(&records) {
+        tracing::error!(error = %err, "cannot persist membership");
+    }
+}
+
+/// Persists membership when it changes, runs the store health check, and keeps the metrics
+/// exporter's histograms fresh.
+async fn background(
+    mesh: Arc<Mesh>,
+    store: Arc<Store>,
+    health: Arc<Mutex<BTreeMap<String, String>>>,
+    metrics: PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = mesh.changes();
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    let mut published = "ok".to_string();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Coalesce bursts (a whole pool changing at once) into one transaction.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                changes.borrow_and_update();
+                let (mesh, store) = (mesh.clone(), store.clone());
+                let _ = tokio::task::spawn_blocking(move || persist_members(&mesh, &store)).await;
+            }
+            _ = check.tick() => {
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || store.touch()).await;
+                let verdict = match result {
+                    Ok(Ok(())) => "ok".to_string(),
+                    Ok(Err(err)) => format!("store: {err}"),
+                    Err(err) => format!("store: {err}"),
+                };
+                health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert("store".to_string(), verdict.clone());
+                if verdict != published {
+                    tracing::warn!(health = %verdict, "health changed");
+                    mesh.set_health(&verdict).await;
+                    published = verdict;
+                }
+                metrics.run_upkeep();
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! What this node's API serves: the local membership view, operator actions published through
+//! gossip, and (on anchors) join tokens.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::http::StatusCode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use nexus_api::wire::{Addresses, CreateToken, CreatedToken, Health, Node, Token};
+use nexus_api::{ApiError, Backend};
+use nexus_ca::{NodeId, Role};
+use nexus_mesh::{Member, Mesh, NodeStatus, OperatorAction};
+
+use crate::agent::Loaded;
+use crate::enroll::api_key_hash;
+use crate::store::{Store, TokenRow};
+use crate::{now_ms, rfc3339_ms};
+
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_USES: u32 = 10_000;
+
+/// The API backend of one node.
+pub struct NodeBackend {
+    mesh: Arc<Mesh>,
+    store: Arc<Store>,
+    node_id: NodeId,
+    fleet_id: String,
+    role: Role,
+    root_fingerprint: [u8; 32],
+    quic_addr: SocketAddr,
+    key_hashes: RwLock<HashSet<[u8; 32]>>,
+    metrics: PrometheusHandle,
+    health: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl NodeBackend {
+    /// Builds the backend; loads API key hashes from the store.
+    pub fn new(
+        mesh: Arc<Mesh>,
+        store: Arc<Store>,
+        loaded: &Loaded,
+        metrics: PrometheusHandle,
+        health: Arc<Mutex<BTreeMap<String, String>>>,
+        quic_addr: SocketAddr,
+    ) -> anyhow::Result<NodeBackend> {
+        let key_hashes = store.api_keys()?.into_iter().map(|(_, hash, _)| hash).collect();
+        Ok(NodeBackend {
+            mesh,
+            store,
+            node_id: loaded.key.node_id(),
+            fleet_id: loaded.identity.fleet_id.clone(),
+            role: loaded.role,
+            root_fingerprint: loaded.trust.root_fingerprint(),
+            quic_addr,
+            key_hashes: RwLock::new(key_hashes),
+            metrics,
+            health,
+        })
+    }
+
+    fn require_anchor(&self) -> Result<(), ApiError> {
+        if self.role == Role::Anchor {
+            return Ok(());
+        }
+        let anchors: Vec<String> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter_map(|m| m.info)
+            .filter(|i| i.role == Role::Anchor)
+            .map(|i| format!("http://{}", i.api_addr))
+            .collect();
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_an_anchor",
+            format!(
+                "join tokens are kept by anchors and this node is not one: send the request to an anchor ({})",
+                if anchors.is_empty() { "none known yet".to_string() } else { anchors.join(", ") }
+            ),
+        ))
+    }
+
+    fn parse_id(id: &str) -> Result<NodeId, ApiError> {
+        id.parse::<NodeId>()
+            .map_err(|err| ApiError::bad_request(err.to_string()))
+    }
+
+    async fn act(&self, id: &str, action: OperatorAction) -> Result<Node, ApiError> {
+        let target = Self::parse_id(id)?;
+        let member = self
+            .mesh
+            .member(&target)
+            .ok_or_else(|| ApiError::not_found(format!("node {id} is not known to this node")))?;
+        if member.status == NodeStatus::Decommissioned {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "decommissioned",
+                format!("node {id} is decommissioned; that is final"),
+            ));
+        }
+        self.mesh.operator_action(target, action).await;
+        if action == OperatorAction::Decommission {
+            let store = self.store.clone();
+            let id = id.to_string();
+            tokio::task::spawn_blocking(move || store.deny(&id, "decommissioned"))
+                .await
+                .map_err(|err| ApiError::internal(err.to_string()))?
+                .map_err(|err| ApiError::internal(err.to_string()))?;
+        }
+        // Re-derive now so the answer shows the new status.
+        let member = self.mesh.member(&target).unwrap_or(member);
+        let mut node = to_wire(&member);
+        node.status = match action {
+            OperatorAction::Drain if member.status != NodeStatus::Offline => "draining".into(),
+            OperatorAction::Decommission => "decommissioned".into(),
+            _ => node.status,
+        };
+        Ok(node)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|err| ApiError::internal(err.to_string()))?
+            .map_err(|err| ApiError::internal(err.to_string()))
+    }
+}
+
+/// Maps the membership view to the API's node.
+pub fn to_wire(member: &Member) -> Node {
+    let info = member.info.as_ref();
+    Node {
+        node_id: member.node_id.to_string(),
+        hostname: info.map(|i| i.hostname.clone()).unwrap_or_default(),
+        role: info.map_or("node", |i| i.role.as_str()).to_string(),
+        site: info.map(|i| i.site.clone()).unwrap_or_default(),
+        tenant_id: info.map(|i| i.tenant.clone()).unwrap_or_default(),
+        labels: info.map(|i| i.labels.clone()).unwrap_or_default(),
+        addresses: Addresses {
+            api: info.map(|i| i.api_addr.to_string()),
+            gossip: member.gossip_addr.map(|a| a.to_string()),
+            quic: info.map(|i| i.quic_addr.to_string()),
+        },
+        status: member.status.as_str().to_string(),
+        health: member.health.clone(),
+        nexlink_version: info.map(|i| i.nexlink_version.clone()).unwrap_or_default(),
+        nexroute_version: info.map(|i| i.nexroute_version.clone()).unwrap_or_default(),
+        nic_model: info.map(|i| i.nic_model.clone()).unwrap_or_default(),
+        firmware_version: info.map(|i| i.firmware_version.clone()).unwrap_or_default(),
+        capabilities: info.map(|i| i.capabilities.clone()).unwrap_or_default(),
+        trust_level: info.map_or(0, |i| i.trust_level),
+        config_version: info.map_or(0, |i| i.config_version),
+        last_heartbeat: member.last_heartbeat_ms.map(rfc3339_ms),
+        created_at: info.map(|i| rfc3339_ms(i.created_at_ms)),
+        updated_at: rfc3339_ms(member.status_since_ms),
+        generation: member.generation,
+    }
+}
+
+fn token_state(row: &TokenRow, now: u64) -> &'static str {
+    if row.revoked_at_ms.is_some() {
+        "revoked"
+    } else if row.uses >= row.max_uses {
+        "used"
+    } else if row.expires_at_ms <= now {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn token_to_wire(row: &TokenRow) -> Token {
+    Token {
+        id: row.id.clone(),
+        tenant: row.tenant.clone(),
+        site: row.site.clone(),
+        labels: row.labels.clone(),
+        max_uses: row.max_uses,
+        uses: row.uses,
+        expires_at: rfc3339_ms(row.expires_at_ms),
+        created_at: rfc3339_ms(row.created_at_ms),
+        state: token_state(row, now_ms()).to_string(),
+    }
+}
+
+/// Validates a token request; the error names the field.
+fn validate_token_request(request: &CreateToken) -> Result<(Duration, u32), ApiError> {
+    let ttl = Duration::from_secs(request.ttl_seconds.unwrap_or(3600));
+    if ttl < MIN_TTL || ttl > MAX_TTL {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between {} and {}, got {}",
+            MIN_TTL.as_secs(),
+            MAX_TTL.as_secs(),
+            ttl.as_secs()
+        )));
+    }
+    let uses = request.uses.unwrap_or(1);
+    if uses == 0 || uses > MAX_USES {
+        return Err(ApiError::bad_request(format!(
+            "uses must be between 1 and {MAX_USES}, got {uses}"
+        )));
+    }
+    for (field, value) in [("tenant", &request.tenant), ("site", &request.site)] {
+        if let Some(value) = value
+            && let Err(err) = nexus_ca::validate_name(if field == "tenant" { "tenant" } else { "site" }, value, false)
+        {
+            return Err(ApiError::bad_request(format!("{field}: {err}")));
+        }
+    }
+    for (key, value) in &request.labels {
+        crate::client::check_label(key, value).map_err(|err| ApiError::bad_request(format!("labels: {err}")))?;
+    }
+    Ok((ttl, uses))
+}
+
+#[async_trait]
+impl Backend for NodeBackend {
+    fn authenticate(&self, api_key: &str) -> bool {
+        self.key_hashes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&api_key_hash(api_key))
+    }
+
+    fn nodes(&self) -> Vec<Node> {
+        self.mesh.members().iter().map(to_wire).collect()
+    }
+
+    fn node(&self, node_id: &str) -> Option<Node> {
+        let id = node_id.parse::<NodeId>().ok()?;
+        self.mesh.member(&id).as_ref().map(to_wire)
+    }
+
+    async fn drain(&self, node_id: &str) -> Result<Node, ApiError> {
+        self.act(node_id, OperatorAction::Drain).await
+    }
+
+    async fn decommission(&self, node_id: &str) -> Result<Node, ApiError> {
+        if node_id == self.node_id.to_string() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "self_decommission",
+                "a node cannot decommission itself: send the request to another node",
+            ));
+        }
+        self.act(node_id, OperatorAction::Decommission).await
+    }
+
+    async fn create_token(&self, request: CreateToken) -> Result<CreatedToken, ApiError> {
+        self.require_anchor()?;
+        let (ttl, uses) = validate_token_request(&request)?;
+        if self.quic_addr.ip().is_unspecified() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_advertised_address",
+                format!("this anchor's QUIC address {} is a wildcard, which a joining node cannot dial: bind --quic to a concrete address", self.quic_addr),
+            ));
+        }
+        let now = now_ms();
+        let row = TokenRow {
+            id: String::new(),
+            secret_hash: [0; 32],
+            tenant: request.tenant.clone().unwrap_or_else(|| crate::DEFAULT_TENANT.to_string()),
+            site: request.site.clone(),
+            labels: request.labels.clone(),
+            max_uses: uses,
+            uses: 0,
+            expires_at_ms: now + ttl.as_millis() as u64,
+            created_at_ms: now,
+            revoked_at_ms: None,
+        };
+        let (fleet, anchors, fingerprint) = (self.fleet_id.clone(), vec![self.quic_addr], self.root_fingerprint);
+        let (token, row) = self
+            .blocking(move |store| {
+                crate::enroll::create_token(store, &fleet, anchors, fingerprint, row)
+                    .map_err(|err| match err.downcast::<crate::store::StoreError>() {
+                        Ok(store_err) => store_err,
+                        Err(other) => crate::store::StoreError::Other(format!("{other:#}")),
+                    })
+            })
+            .await?;
+        tracing::info!(token = %row.id, uses, ttl_s = ttl.as_secs(), "join token created");
+        Ok(CreatedToken {
+            token: token.encode(),
+            info: token_to_wire(&row),
+        })
+    }
+
+    async fn tokens(&self) -> Result<Vec<Token>, ApiError> {
+        self.require_anchor()?;
+        let rows = self.blocking(|store| store.tokens()).await?;
+        Ok(rows.iter().map(token_to_wire).collect())
+    }
+
+    async fn revoke_token(&self, token_id: &str) -> Result<Token, ApiError> {
+        self.require_anchor()?;
+        let id = token_id.to_string();
+        let row = self.blocking(move |store| store.revoke_token(&id)).await?;
+        match row {
+            Some(row) => {
+                tracing::info!(token = %row.id, "join token revoked");
+                Ok(token_to_wire(&row))
+            }
+            None => Err(ApiError::not_found(format!("join token {token_id} does not exist on this anchor"))),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let checks = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let status = if checks.values().all(|v| v == "ok") { "ok" } else { "degraded" };
+        Health {
+            status: status.to_string(),
+            node_id: self.node_id.to_string(),
+            fleet_id: self.fleet_id.clone(),
+            role: self.role.as_str().to_string(),
+            checks,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(uses: u32, max_uses: u32, expires_at_ms: u64, revoked: bool) -> TokenRow {
+        TokenRow {
+            id: "t".into(),
+            secret_hash: [0; 32],
+            tenant: "default".into(),
+            site: None,
+            labels: BTreeMap::new(),
+            max_uses,
+            uses,
+            expires_at_ms,
+            created_at_ms: 0,
+            revoked_at_ms: revoked.then_some(1),
+        }
+    }
+
+    #[test]
+    fn token_states() {
+        assert_eq!(token_state(&row(0, 1, 100, false), 50), "active");
+        assert_eq!(token_state(&row(1, 1, 100, false), 50), "used");
+        assert_eq!(token_state(&row(0, 1, 100, false), 150), "expired");
+        assert_eq!(token_state(&row(0, 1, 100, true), 50), "revoked");
+    }
+
+    #[test]
+    fn token_requests_are_validated_field_by_field() {
+        assert!(validate_token_request(&CreateToken::default()).is_ok());
+        let cases = [
+            (CreateToken { ttl_seconds: Some(1), ..Default::default() }, "ttl_seconds"),
+            (CreateToken { uses: Some(0), ..Default::default() }, "uses"),
+            (CreateToken { tenant: Some("a/b".into()), ..Default::default() }, "tenant"),
+            (CreateToken { site: Some(String::new()), ..Default::default() }, "site"),
+            (
+                CreateToken { labels: BTreeMap::from([("".to_string(), "v".to_string())]), ..Default::default() },
+                "labels",
+            ),
+        ];
+        for (request, field) in cases {
+            let err = validate_token_request(&request).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(field) || err.message.contains(field), "{field}: {}", err.message);
+        }
+    }
+}

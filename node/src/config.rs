@@ -1,0 +1,221 @@
+//! The daemon's one config tree: defaults, then the TOML file, then `NEXUS_*` environment
+//! variables, then flags (clap resolves flag-over-env; this module puts both over the file).
+//! [`NodeConfig::load`] validates everything and names the offending key in its errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nexus_mesh::{MembershipConfig, parse_duration};
+use serde::{Deserialize, Serialize};
+
+/// Default API address.
+pub const DEFAULT_API: &str = "127.0.0.1:7600";
+/// Default gossip (UDP) address.
+pub const DEFAULT_GOSSIP: &str = "127.0.0.1:7601";
+/// Default QUIC (UDP) address.
+pub const DEFAULT_QUIC: &str = "127.0.0.1:7602";
+/// Default gossip interval: fast enough that a live node's heartbeat reaches a 50-node pool well
+/// inside the 1.5 s suspicion window; compressed digests keep it cheap.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The TOML file (`<data-dir>/nexus.toml` or `--config`). Every key is optional.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// API listen address (`HOST:PORT`, port 0 = any free port).
+    pub api: Option<String>,
+    /// Gossip listen address.
+    pub gossip: Option<String>,
+    /// QUIC listen address.
+    pub quic: Option<String>,
+    /// Extra gossip seeds.
+    pub seeds: Option<Vec<String>>,
+    /// Log filter (`info`, `nexus=debug`, …).
+    pub log: Option<String>,
+    /// Time between gossip rounds (`250ms`).
+    pub gossip_interval: Option<String>,
+    /// Failure detection timing.
+    pub membership: Option<MembershipFile>,
+}
+
+/// `[membership]` table.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipFile {
+    /// Silence before a node is `degraded`.
+    pub suspect_after: Option<String>,
+    /// Silence before a node is `offline`.
+    pub offline_after: Option<String>,
+    /// How long a decommissioned node stays listed.
+    pub decommission_grace: Option<String>,
+}
+
+/// Address flags shared by `init`, `join` and `run` (flag or `NEXUS_*` env, resolved by clap).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct AddrFlags {
+    /// HTTP API listen address, HOST:PORT [default: 127.0.0.1:7600]
+    #[arg(long, env = "NEXUS_API_ADDR", value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Gossip (UDP) listen address [default: 127.0.0.1:7601]
+    #[arg(long, env = "NEXUS_GOSSIP_ADDR", value_name = "ADDR")]
+    pub gossip: Option<String>,
+    /// QUIC (UDP) listen address [default: 127.0.0.1:7602]
+    #[arg(long, env = "NEXUS_QUIC_ADDR", value_name = "ADDR")]
+    pub quic: Option<String>,
+    /// Config file [default: <data-dir>/nexus.toml]
+    #[arg(long, env = "NEXUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// API listen address.
+    pub api: SocketAddr,
+    /// Gossip listen address.
+    pub gossip: SocketAddr,
+    /// QUIC listen address.
+    pub quic: SocketAddr,
+    /// Extra gossip seeds.
+    pub seeds: Vec<SocketAddr>,
+    /// Log filter.
+    pub log: String,
+    /// Gossip interval.
+    pub gossip_interval: Duration,
+    /// Failure detection.
+    pub membership: MembershipConfig,
+}
+
+/// Reads the config file if it exists (an explicitly named one must exist).
+pub fn read_file(data_dir: &Path, explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let (path, required) = match explicit {
+        Some(path) => (path.to_path_buf(), true),
+        None => (data_dir.join("nexus.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(FileConfig::default());
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read config file {}", path.display()));
+        }
+    };
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+fn addr(
+    flag: &Option<String>,
+    file: &Option<String>,
+    default: &str,
+    key: &str,
+) -> anyhow::Result<SocketAddr> {
+    let (value, source) = match (flag, file) {
+        (Some(v), _) => (v.as_str(), format!("--{key} / NEXUS_{}_ADDR", key.to_uppercase())),
+        (None, Some(v)) => (v.as_str(), format!("config key `{key}`")),
+        (None, None) => (default, "default".to_string()),
+    };
+    value.parse().with_context(|| {
+        format!("{key} address {value:?} (from {source}) is not IP:PORT, e.g. 127.0.0.1:7600")
+    })
+}
+
+fn duration(value: &Option<String>, key: &str, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(text)
+            .map_err(|err| anyhow::anyhow!("config key `{key}`: {err}")),
+    }
+}
+
+impl NodeConfig {
+    /// Resolves flags over file over defaults and validates.
+    pub fn load(data_dir: &Path, flags: &AddrFlags, extra_seeds: &[String]) -> anyhow::Result<NodeConfig> {
+        let file = read_file(data_dir, flags.config.as_deref())?;
+        Self::resolve(&file, flags, extra_seeds)
+    }
+
+    /// Resolves an already read file.
+    pub fn resolve(file: &FileConfig, flags: &AddrFlags, extra_seeds: &[String]) -> anyhow::Result<NodeConfig> {
+        let api = addr(&flags.api, &file.api, DEFAULT_API, "api")?;
+        let gossip = addr(&flags.gossip, &file.gossip, DEFAULT_GOSSIP, "gossip")?;
+        let quic = addr(&flags.quic, &file.quic, DEFAULT_QUIC, "quic")?;
+        if gossip == quic && gossip.port() != 0 {
+            bail!("gossip and quic addresses are both {gossip}: each needs its own UDP port");
+        }
+        let mut seeds = Vec::new();
+        for seed in file.seeds.iter().flatten().chain(extra_seeds) {
+            seeds.push(seed.parse().with_context(|| {
+                format!("seed {seed:?} is not IP:PORT of a node's gossip address")
+            })?);
+        }
+        let gossip_interval = duration(&file.gossip_interval, "gossip_interval", DEFAULT_GOSSIP_INTERVAL)?;
+        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(60) {
+            bail!("config key `gossip_interval` must be between 10ms and 60s");
+        }
+        let defaults = MembershipConfig::default();
+        let m = file.membership.clone().unwrap_or_default();
+        let membership = MembershipConfig {
+            suspect_after: duration(&m.suspect_after, "membership.suspect_after", defaults.suspect_after)?,
+            offline_after: duration(&m.offline_after, "membership.offline_after", defaults.offline_after)?,
+            decommission_grace: duration(
+                &m.decommission_grace,
+                "membership.decommission_grace",
+                defaults.decommission_grace,
+            )?,
+        };
+        membership.validate().map_err(anyhow::Error::msg)?;
+        if membership.suspect_after < gossip_interval * 2 {
+            bail!(
+                "config key `membership.suspect_after` ({:?}) must be at least twice `gossip_interval` ({gossip_interval:?}), or live nodes will be suspected",
+                membership.suspect_after
+            );
+        }
+        Ok(NodeConfig {
+            api,
+            gossip,
+            quic,
+            seeds,
+            log: file.log.clone().unwrap_or_else(|| "info".to_string()),
+            gossip_interval,
+            membership,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file: FileConfig = toml::from_str(
+            "api = \"127.0.0.1:9000\"\ngossip = \"127.0.0.1:9001\"\n[membership]\noffline_after = \"5s\"\n",
+        )
+        .unwrap();
+        let flags = AddrFlags {
+            api: Some("127.0.0.1:9100".into()),
+            ..AddrFlags::default()
+        };
+        let config = NodeConfig::resolve(&file, &flags, &[]).unwrap();
+        assert_eq!(config.api, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.gossip, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.quic, DEFAULT_QUIC.parse().unwrap());
+        assert_eq!(config.membership.offline_after, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let file: FileConfig = toml::from_str("api = \"nowhere\"").unwrap();
+        let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("config key `api`"), "{err:#}");
+
+        let file: FileConfig = toml::from_str("[membership]\nsuspect_after = \"9s\"").unwrap();
+        let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("membership.offline_after"), "{err:#}");
+
+        assert!(toml::from_str::<FileConfig>("colour = 1").is_err(), "unknown keys are refused");
+    }
+}

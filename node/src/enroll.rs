@@ -1,0 +1,560 @@
+//! Creating a fleet (`nexus init`) and admitting nodes (`nexus join`, and the anchor's side of it).
+//!
+//! The join protocol runs over QUIC (ALPN `nexus-join/1`): the joining node checks that the
+//! anchor's certificate chains to the root fingerprint in its token, opens one bidirectional
+//! stream, writes a [`JoinRequest`] (JSON) and reads a [`JoinResponse`]. The anchor checks the
+//! token, issues a MIC for the CSR's key and records the use in one SQLite transaction before it
+//! answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use nexus_ca::{
+    CertificateAuthority, JoinToken, MicProfile, NodeId, NodeKey, Refusal, Role, TokenRecord,
+    check_admission, der_to_pem, pem_to_der, public_key_from_csr,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::AddrFlags;
+use crate::datadir::{self, DataDir};
+use crate::store::{Enrollment, Identity, Store, TokenRow};
+use crate::{DEFAULT_SITE, DEFAULT_TENANT, now_ms};
+
+/// ALPN of the join protocol.
+pub const ALPN_JOIN: &[u8] = b"nexus-join/1";
+/// Validity of a node MIC. Renewal comes with the CA's renewal duty.
+pub const MIC_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Largest join request accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Largest join response accepted.
+const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// What a joining node sends.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// Protocol version (1).
+    pub v: u32,
+    /// Fleet named by the token.
+    pub fleet_id: String,
+    /// Token id.
+    pub token_id: String,
+    /// Token secret, base64url.
+    pub secret: String,
+    /// PKCS#10 CSR for the node key, PEM.
+    pub csr_pem: String,
+    /// Site the node asks for.
+    pub site: Option<String>,
+    /// Labels the node asks for.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An API key hash handed to joining nodes so they can authenticate API calls locally.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyHash {
+    /// Key id.
+    pub id: String,
+    /// SHA-256 of the key, hex.
+    pub hash: String,
+    /// Role.
+    pub role: String,
+}
+
+/// What the anchor answers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinResponse {
+    /// Admitted.
+    Accepted(Box<Admission>),
+    /// Refused, with a message for the operator.
+    Refused {
+        /// Stable code.
+        code: String,
+        /// What was wrong and what to do.
+        message: String,
+    },
+}
+
+/// Everything a node needs to run after it is admitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Admission {
+    /// The node's id.
+    pub node_id: String,
+    /// Fleet.
+    pub fleet_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Site.
+    pub site: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The node's MIC, PEM.
+    pub cert_pem: String,
+    /// Anchor intermediates, PEM.
+    pub intermediates_pem: Vec<String>,
+    /// Fleet root, PEM.
+    pub root_pem: String,
+    /// Gossip seeds.
+    pub seeds: Vec<String>,
+    /// API key hashes.
+    pub api_keys: Vec<ApiKeyHash>,
+    /// Enrollment time.
+    pub created_at_ms: u64,
+}
+
+/// Hash of an API key as stored.
+pub fn api_key_hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.trim().as_bytes()).into()
+}
+
+/// Writes the config file with the addresses given at init/join, so `nexus run` reuses them.
+fn write_config(dir: &DataDir, flags: &AddrFlags) -> anyhow::Result<()> {
+    let file = crate::config::FileConfig {
+        api: flags.api.clone(),
+        gossip: flags.gossip.clone(),
+        quic: flags.quic.clone(),
+        ..Default::default()
+    };
+    let text = toml::to_string(&file).context("serializing the config file")?;
+    datadir::write_public(
+        &dir.config(),
+        &format!("# Nexus node configuration. Flags and NEXUS_* variables override it.\n{text}"),
+    )
+}
+
+/// Result of `nexus init`.
+pub struct Initialized {
+    /// Fleet id.
+    pub fleet_id: String,
+    /// This anchor's node id.
+    pub node_id: NodeId,
+    /// The first admin API key (shown once).
+    pub admin_key: String,
+}
+
+/// Creates a new fleet with this machine as its first anchor.
+pub fn init(dir: &DataDir, site: &str, flags: &AddrFlags) -> anyhow::Result<Initialized> {
+    crate::check_name("site", site)?;
+    dir.create_fresh()?;
+    let fleet_id = hex::encode(rand::random::<[u8; 16]>());
+    let root = CertificateAuthority::new_fleet_root(&fleet_id)?;
+    let key = NodeKey::generate();
+    let node_id = key.node_id();
+    let intermediate = root.new_intermediate(&fleet_id, node_id)?;
+    let mic = intermediate.issue_mic(
+        &key.public_key(),
+        &MicProfile {
+            fleet_id: fleet_id.clone(),
+            node_id,
+            tenant: DEFAULT_TENANT.to_string(),
+            site: site.to_string(),
+            role: Role::Anchor,
+            validity: MIC_VALIDITY,
+        },
+    )?;
+    let admin_key = format!("nxk_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
+
+    datadir::write_secret(&dir.ca_root_key(), &root.key_pem())?;
+    datadir::write_public(&dir.trust_root(), &root.cert_pem())?;
+    datadir::write_secret(&dir.ca_key(), &intermediate.key_pem())?;
+    datadir::write_public(&dir.ca_cert(), &intermediate.cert_pem())?;
+    datadir::write_public(&dir.trust_intermediates(), &intermediate.cert_pem())?;
+    datadir::write_secret(&dir.node_key(), &key.to_pkcs8_pem())?;
+    datadir::write_public(&dir.node_cert(), &der_to_pem(&mic))?;
+    write_config(dir, flags)?;
+    let store = Store::open(&dir.db())?;
+    store.enroll(
+        &Identity {
+            fleet_id: fleet_id.clone(),
+            node_id: node_id.to_string(),
+            role: Role::Anchor.as_str().to_string(),
+            site: site.to_string(),
+            tenant: DEFAULT_TENANT.to_string(),
+            labels: BTreeMap::new(),
+            created_at_ms: now_ms(),
+        },
+        &[],
+        &[(
+            "admin".to_string(),
+            api_key_hash(&admin_key),
+            "fleet-admin".to_string(),
+        )],
+    )?;
+    datadir::write_secret(&dir.admin_key(), &format!("{admin_key}\n"))?;
+    Ok(Initialized {
+        fleet_id,
+        node_id,
+        admin_key,
+    })
+}
+
+/// Anchor-side state needed to admit nodes.
+pub struct Admitter {
+    /// This anchor's store.
+    pub store: Arc<Store>,
+    /// This anchor's intermediate CA.
+    pub ca: CertificateAuthority,
+    /// Fleet id.
+    pub fleet_id: String,
+    /// Root certificate PEM.
+    pub root_pem: String,
+    /// Intermediates PEM.
+    pub intermediates_pem: Vec<String>,
+    /// Current gossip seeds to hand out.
+    pub seeds: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+fn refused(code: &str, message: impl Into<String>) -> JoinResponse {
+    JoinResponse::Refused {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+fn refusal_code(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::UnknownToken => "unknown_token",
+        Refusal::WrongFleet { .. } => "wrong_fleet",
+        Refusal::BadSecret => "bad_secret",
+        Refusal::Expired { .. } => "expired",
+        Refusal::UsedUp { .. } => "used_up",
+        Refusal::Revoked => "revoked",
+    }
+}
+
+impl Admitter {
+    /// Decides one join request. Every refusal is logged and counted.
+    pub fn handle(&self, request_bytes: &[u8]) -> JoinResponse {
+        let response = self.decide(request_bytes);
+        let outcome = match &response {
+            JoinResponse::Accepted(admission) => {
+                tracing::info!(node = %admission.node_id, site = %admission.site, "node admitted");
+                "accepted".to_string()
+            }
+            JoinResponse::Refused { code, message } => {
+                tracing::warn!(%code, %message, "join refused");
+                code.clone()
+            }
+        };
+        metrics::counter!("nexus_join_requests_total", "outcome" => outcome).increment(1);
+        response
+    }
+
+    fn decide(&self, request_bytes: &[u8]) -> JoinResponse {
+        let request: JoinRequest = match serde_json::from_slice(request_bytes) {
+            Ok(request) => request,
+            Err(err) => return refused("malformed", format!("join request is not valid: {err}")),
+        };
+        if request.v != 1 {
+            return refused(
+                "unsupported_version",
+                format!("join protocol version {} is not supported (this anchor speaks 1)", request.v),
+            );
+        }
+        let secret: [u8; 32] = match URL_SAFE_NO_PAD
+            .decode(&request.secret)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+        {
+            Some(secret) => secret,
+            None => return refused("malformed", "join token secret is not 32 bytes of base64url"),
+        };
+        let public_key = match public_key_from_csr(&request.csr_pem) {
+            Ok(pk) => pk,
+            Err(err) => return refused("bad_csr", format!("certificate signing request rejected: {err}")),
+        };
+        let node_id = NodeId::from_public_key(&public_key);
+        let now = now_ms();
+        // Read before the admission transaction: the store serializes access.
+        let api_keys = match self.store.api_keys() {
+            Ok(keys) => keys
+                .into_iter()
+                .map(|(id, hash, role)| ApiKeyHash {
+                    id,
+                    hash: hex::encode(hash),
+                    role,
+                })
+                .collect::<Vec<_>>(),
+            Err(err) => return refused("internal", format!("the anchor could not read its API keys: {err}")),
+        };
+        let decided = self.store.admit(&request.token_id, |row: Option<&TokenRow>| {
+            let record = row.map(|row| TokenRecord {
+                token_id: row.id.clone(),
+                secret_hash: row.secret_hash,
+                expires_at_unix: (row.expires_at_ms / 1000) as i64,
+                max_uses: row.max_uses,
+                uses: row.uses,
+                revoked: row.revoked_at_ms.is_some(),
+            });
+            check_admission(
+                record.as_ref(),
+                &request.fleet_id,
+                &self.fleet_id,
+                &secret,
+                (now / 1000) as i64,
+            )
+            .map_err(|refusal| refused(refusal_code(&refusal), refusal.to_string()))?;
+            let row = row.expect("check_admission refuses unknown tokens");
+            let site = match (&row.site, &request.site) {
+                (Some(fixed), Some(asked)) if fixed != asked => {
+                    return Err(refused(
+                        "site_conflict",
+                        format!("this token admits nodes to site {fixed:?}, but the node asked for site {asked:?}: drop --site or use a token for that site"),
+                    ));
+                }
+                (Some(fixed), _) => fixed.clone(),
+                (None, Some(asked)) => asked.clone(),
+                (None, None) => DEFAULT_SITE.to_string(),
+            };
+            if let Err(err) = crate::check_name("site", &site) {
+                return Err(refused("malformed", err.to_string()));
+            }
+            let mut labels = request.labels.clone();
+            labels.extend(row.labels.clone());
+            let cert = self
+                .ca
+                .issue_mic(
+                    &public_key,
+                    &MicProfile {
+                        fleet_id: self.fleet_id.clone(),
+                        node_id,
+                        tenant: row.tenant.clone(),
+                        site: site.clone(),
+                        role: Role::Node,
+                        validity: MIC_VALIDITY,
+                    },
+                )
+                .map_err(|err| refused("issue_failed", format!("the anchor could not issue a certificate: {err}")))?;
+            let serial = nexus_ca::read_mic(&cert)
+                .map(|mic| mic.serial_hex)
+                .map_err(|err| refused("issue_failed", err.to_string()))?;
+            let cert_pem = der_to_pem(&cert);
+            let admission = Admission {
+                node_id: node_id.to_string(),
+                fleet_id: self.fleet_id.clone(),
+                tenant: row.tenant.clone(),
+                site,
+                labels,
+                cert_pem: cert_pem.clone(),
+                intermediates_pem: self.intermediates_pem.clone(),
+                root_pem: self.root_pem.clone(),
+                seeds: (self.seeds)(),
+                api_keys,
+                created_at_ms: now,
+            };
+            Ok((
+                admission,
+                Enrollment {
+                    serial,
+                    node_id: node_id.to_string(),
+                    cert_pem,
+                },
+            ))
+        });
+        match decided {
+            Ok(Ok(admission)) => JoinResponse::Accepted(Box::new(admission)),
+            Ok(Err(refusal)) => refusal,
+            Err(err) => refused("internal", format!("the anchor could not record the join: {err}")),
+        }
+    }
+}
+
+/// Serves join requests on `endpoint` until it is closed.
+pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitter>>) {
+    // Bounds the joins handled at once: each costs a signature and a synced SQLite write.
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let admitter = admitter.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(err) = serve_one(incoming, admitter).await {
+                tracing::debug!(error = %format!("{err:#}"), "join connection failed");
+            }
+        });
+    }
+}
+
+async fn serve_one(incoming: quinn::Incoming, admitter: Option<Arc<Admitter>>) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(Duration::from_secs(10), incoming).await??;
+    let (mut send, mut recv) =
+        tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await??;
+    let request = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(MAX_REQUEST)).await??;
+    let response = match &admitter {
+        Some(admitter) => {
+            let admitter = admitter.clone();
+            tokio::task::spawn_blocking(move || admitter.handle(&request)).await?
+        }
+        None => refused(
+            "not_an_anchor",
+            "this node is not an anchor and cannot admit nodes: use the anchor addresses in the token",
+        ),
+    };
+    let bytes = serde_json::to_vec(&response)?;
+    send.write_all(&bytes).await?;
+    send.finish()?;
+    // Let the client read the answer and close first.
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+    Ok(())
+}
+
+/// Dials the anchors of `token` (or `anchors_override`) until one answers.
+pub async fn request_admission(
+    token: &JoinToken,
+    anchors_override: &[SocketAddr],
+    key: &NodeKey,
+    site: Option<String>,
+    labels: BTreeMap<String, String>,
+) -> anyhow::Result<Admission> {
+    let request = JoinRequest {
+        v: 1,
+        fleet_id: token.fleet_id.clone(),
+        token_id: token.token_id.clone(),
+        secret: URL_SAFE_NO_PAD.encode(token.secret),
+        csr_pem: key.csr_pem()?,
+        site,
+        labels,
+    };
+    let body = serde_json::to_vec(&request)?;
+    let anchors = if anchors_override.is_empty() {
+        token.anchors.clone()
+    } else {
+        anchors_override.to_vec()
+    };
+    let tls = nexus_ca::join_client_tls_config(token.root_fingerprint, &token.fleet_id, &[ALPN_JOIN]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("building the QUIC client configuration")?;
+    let client_config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut errors = Vec::new();
+    for anchor in &anchors {
+        match ask_anchor(*anchor, client_config.clone(), &body).await {
+            Ok(JoinResponse::Accepted(admission)) => return Ok(*admission),
+            Ok(JoinResponse::Refused { code, message }) => {
+                // A refusal is the anchor's decision about the token: asking another anchor
+                // would not change it.
+                bail!("the anchor at {anchor} refused to admit this node ({code}): {message}");
+            }
+            Err(err) => errors.push(format!("{anchor}: {err:#}")),
+        }
+    }
+    bail!(
+        "no anchor could be reached to join the fleet:\n  {}\ncheck that an anchor is running and reachable, or pass --anchor IP:PORT",
+        errors.join("\n  ")
+    )
+}
+
+async fn ask_anchor(
+    anchor: SocketAddr,
+    config: quinn::ClientConfig,
+    body: &[u8],
+) -> anyhow::Result<JoinResponse> {
+    let bind: SocketAddr = if anchor.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket for QUIC")?;
+    endpoint.set_default_client_config(config);
+    let exchange = async {
+        let connection = endpoint
+            .connect(anchor, nexus_ca::ANCHOR_SERVER_NAME)?
+            .await
+            .map_err(|err| anyhow::anyhow!(describe_connection_error(&err)))?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(body).await?;
+        send.finish()?;
+        let bytes = recv.read_to_end(MAX_RESPONSE).await?;
+        connection.close(0u32.into(), b"done");
+        let response: JoinResponse =
+            serde_json::from_slice(&bytes).context("the anchor's answer is not a join response")?;
+        anyhow::Ok(response)
+    };
+    let result = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?;
+    endpoint.wait_idle().await;
+    result
+}
+
+fn describe_connection_error(err: &quinn::ConnectionError) -> String {
+    match err {
+        quinn::ConnectionError::TransportError(transport) => {
+            format!("refusing the anchor: {}", transport.reason)
+        }
+        quinn::ConnectionError::TimedOut => "no QUIC answer (timed out)".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Persists an admission into a fresh data directory.
+pub fn persist_admission(
+    dir: &DataDir,
+    key: &NodeKey,
+    admission: &Admission,
+    flags: &AddrFlags,
+) -> anyhow::Result<()> {
+    // Check what the anchor sent before writing anything.
+    let cert = pem_to_der(&admission.cert_pem)?
+        .into_iter()
+        .next()
+        .context("the anchor sent no certificate")?;
+    let mic = nexus_ca::read_mic(&cert)?;
+    if mic.public_key != key.public_key() {
+        bail!("the anchor issued a certificate for another key; refusing it");
+    }
+    datadir::write_secret(&dir.node_key(), &key.to_pkcs8_pem())?;
+    datadir::write_public(&dir.node_cert(), &admission.cert_pem)?;
+    datadir::write_public(&dir.trust_root(), &admission.root_pem)?;
+    datadir::write_public(&dir.trust_intermediates(), &admission.intermediates_pem.concat())?;
+    write_config(dir, flags)?;
+    let api_keys = admission
+        .api_keys
+        .iter()
+        .filter_map(|k| {
+            let hash: [u8; 32] = hex::decode(&k.hash).ok()?.try_into().ok()?;
+            Some((k.id.clone(), hash, k.role.clone()))
+        })
+        .collect::<Vec<_>>();
+    let store = Store::open(&dir.db())?;
+    store.enroll(
+        &Identity {
+            fleet_id: admission.fleet_id.clone(),
+            node_id: admission.node_id.clone(),
+            role: Role::Node.as_str().to_string(),
+            site: admission.site.clone(),
+            tenant: admission.tenant.clone(),
+            labels: admission.labels.clone(),
+            created_at_ms: admission.created_at_ms,
+        },
+        &admission.seeds,
+        &api_keys,
+    )?;
+    Ok(())
+}
+
+/// Creates a join token on this anchor.
+pub fn create_token(
+    store: &Store,
+    fleet_id: &str,
+    anchors: Vec<SocketAddr>,
+    root_fingerprint: [u8; 32],
+    row: TokenRow,
+) -> anyhow::Result<(JoinToken, TokenRow)> {
+    let token = JoinToken::new(fleet_id, anchors, root_fingerprint);
+    let row = TokenRow {
+        id: token.token_id.clone(),
+        secret_hash: token.secret_hash(),
+        ..row
+    };
+    store.insert_token(&row)?;
+    Ok((token, row))
+}

@@ -1,0 +1,58 @@
+//! `nexus`: the Nexus Cloud node and its command line.
+//!
+//! Parts: [`cli`] (commands and flags), [`config`] (one config tree: file, env, flags),
+//! [`store`] (the node's SQLite file), [`datadir`] (files on disk), [`enroll`] (fleet creation
+//! and the join protocol), [`agent`] (the running node: gossip, API, QUIC), [`backend`] (what
+//! the API serves), [`client`] (CLI commands against a node's API), [`dev`] (a local fleet).
+
+mod agent;
+mod backend;
+mod cli;
+mod client;
+mod config;
+mod datadir;
+mod dev;
+mod enroll;
+mod store;
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+/// Site of nodes that name none.
+pub const DEFAULT_SITE: &str = "default";
+/// Tenant of nodes whose token names none.
+pub const DEFAULT_TENANT: &str = nexus_ca::DEFAULT_TENANT;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 for unix milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Checks a site, tenant or label-ish name (the alphabet that fits in certificate URIs).
+pub fn check_name(what: &'static str, value: &str) -> anyhow::Result<()> {
+    nexus_ca::validate_name(what, value, false).map_err(anyhow::Error::from)
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The node's SQLite file: identity, join tokens (hashes only), API key hashes, enrollments,
+//! seeds, the last known membership and the deny list.
+//!
+//! WAL with `synchronous=FULL`: a write acknowledged to a caller is on disk. Migrations are
+//! versioned in code through `PRAGMA user_version`; each runs in one transaction.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Storage errors: the message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// File.
+        path: String,
+        /// Cause.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer nexus.
+    #[error(
+        "database {path} has schema version {found}, newer than this nexus understands ({known}): run a newer nexus"
+    )]
+    TooNew {
+        /// File.
+        path: String,
+        /// Version in the file.
+        found: i64,
+        /// Newest known.
+        known: i64,
+    },
+    /// Anything else around a store operation.
+    #[error("{0}")]
+    Other(String),
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the spine.
+    "CREATE TABLE identity (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        fleet_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        site TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash BLOB NOT NULL,
+        tenant TEXT NOT NULL,
+        site TEXT,
+        labels TEXT NOT NULL,
+        max_uses INTEGER NOT NULL CHECK (max_uses > 0),
+        uses INTEGER NOT NULL DEFAULT 0 CHECK (uses <= max_uses),
+        expires_at_ms INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    );
+    CREATE TABLE enrollments (
+        serial TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        token_id TEXT NOT NULL REFERENCES tokens(id),
+        cert_pem TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX enrollments_node ON enrollments(node_id);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        key_hash BLOB NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE seeds (addr TEXT PRIMARY KEY);
+    CREATE TABLE members (
+        node_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE denied_nodes (
+        node_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE liveness (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL);",
+];
+
+/// Who this node is, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Fleet id.
+    pub fleet_id: String,
+    /// Node id (hex).
+    pub node_id: String,
+    /// `anchor` or `node`.
+    pub role: String,
+    /// Site.
+    pub site: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Enrollment time.
+    pub created_at_ms: u64,
+}
+
+/// A stored join token (hash of its secret only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Id.
+    pub id: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// Tenant for joining nodes.
+    pub tenant: String,
+    /// Site for joining nodes, if fixed.
+    pub site: Option<String>,
+    /// Labels for joining nodes.
+    pub labels: BTreeMap<String, String>,
+    /// Allowed joins.
+    pub max_uses: u32,
+    /// Joins so far.
+    pub uses: u32,
+    /// Expiry.
+    pub expires_at_ms: u64,
+    /// Creation.
+    pub created_at_ms: u64,
+    /// Revocation time.
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// A certificate issued to an admitted node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Certificate serial (hex).
+    pub serial: String,
+    /// Node id (hex).
+    pub node_id: String,
+    /// The issued MIC.
+    pub cert_pem: String,
+}
+
+/// One node's SQLite file.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let display = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: display,
+                found: version,
+                known,
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: display,
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn).map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The stored identity, if this node has enrolled.
+    pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT fleet_id, node_id, role, site, tenant, labels, created_at_ms FROM identity",
+                [],
+                |r| {
+                    Ok(Identity {
+                        fleet_id: r.get(0)?,
+                        node_id: r.get(1)?,
+                        role: r.get(2)?,
+                        site: r.get(3)?,
+                        tenant: r.get(4)?,
+                        labels: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                        created_at_ms: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Stores identity, seeds and API key hashes in one transaction.
+    pub fn enroll(
+        &self,
+        identity: &Identity,
+        seeds: &[String],
+        api_keys: &[(String, [u8; 32], String)],
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO identity (id, fleet_id, node_id, role, site, tenant, labels, created_at_ms)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    identity.fleet_id,
+                    identity.node_id,
+                    identity.role,
+                    identity.site,
+                    identity.tenant,
+                    serde_json::to_string(&identity.labels).unwrap_or_else(|_| "{}".into()),
+                    identity.created_at_ms as i64
+                ],
+            )?;
+            for seed in seeds {
+                tx.execute("INSERT OR IGNORE INTO seeds (addr) VALUES (?1)", [seed])?;
+            }
+            for (id, hash, role) in api_keys {
+                tx.execute(
+                    "INSERT OR IGNORE INTO api_keys (id, key_hash, role, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, &hash[..], role, crate::now_ms() as i64],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Hashes of every API key, with their ids and roles.
+    pub fn api_keys(&self) -> Result<Vec<(String, [u8; 32], String)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, key_hash, role FROM api_keys ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                let hash: Vec<u8> = r.get(1)?;
+                let mut fixed = [0u8; 32];
+                if hash.len() == 32 {
+                    fixed.copy_from_slice(&hash);
+                }
+                Ok((r.get(0)?, fixed, r.get(2)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Gossip seeds remembered from enrollment.
+    pub fn seeds(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT addr FROM seeds ORDER BY addr")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Stores a new join token.
+    pub fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (id, secret_hash, tenant, site, labels, max_uses, uses, expires_at_ms, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+                params![
+                    token.id,
+                    &token.secret_hash[..],
+                    token.tenant,
+                    token.site,
+                    serde_json::to_string(&token.labels).unwrap_or_else(|_| "{}".into()),
+                    token.max_uses,
+                    token.expires_at_ms as i64,
+                    token.created_at_ms as i64
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every token, ordered by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("{TOKEN_SELECT} ORDER BY id"))?;
+            let rows = stmt.query_map([], token_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Marks a token revoked; returns it (None if unknown).
+    pub fn revoke_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                params![id, crate::now_ms() as i64],
+            )?;
+            let row = tx
+                .query_row(&format!("{TOKEN_SELECT} WHERE id = ?1"), [id], token_row)
+                .optional()?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
+    /// Admits a node: inside one immediate transaction, re-reads the token, lets `decide` check it
+    /// and issue the certificate, then records the use and the enrollment. Either all of it is on
+    /// disk, or nothing is.
+    pub fn admit<T, E>(
+        &self,
+        token_id: &str,
+        decide: impl FnOnce(Option<&TokenRow>) -> Result<(T, Enrollment), E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = tx
+                .query_row(&format!("{TOKEN_SELECT} WHERE id = ?1"), [token_id], token_row)
+                .optional()?;
+            let (value, enrollment) = match decide(row.as_ref()) {
+                Ok(decided) => decided,
+                Err(err) => return Ok(Err(err)),
+            };
+            tx.execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?1", [token_id])?;
+            tx.execute(
+                "INSERT INTO enrollments (serial, node_id, token_id, cert_pem, issued_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    enrollment.serial,
+                    enrollment.node_id,
+                    token_id,
+                    enrollment.cert_pem,
+                    crate::now_ms() as i64
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Ok(value))
+        })
+    }
+
+    /// Replaces the remembered membership.
+    pub fn save_members(&self, members: &[(String, String)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM members", [])?;
+            let now = crate::now_ms() as i64;
+            for (id, record) in members {
+                tx.execute(
+                    "INSERT INTO members (node_id, record, updated_at_ms) VALUES (?1, ?2, ?3)",
+                    params![id, record, now],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// The remembered membership (JSON records).
+    pub fn members(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT record FROM members ORDER BY node_id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Remembers that `node_id` must not be let back in.
+    pub fn deny(&self, node_id: &str, reason: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO denied_nodes (node_id, reason, at_ms) VALUES (?1, ?2, ?3)",
+                params![node_id, reason, crate::now_ms() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Denied node ids.
+    pub fn denied(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT node_id FROM denied_nodes ORDER BY node_id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Health check: a small durable write.
+    pub fn touch(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO liveness (id, at_ms) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                [crate::now_ms() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+const TOKEN_SELECT: &str = "SELECT id, secret_hash, tenant, site, labels, max_uses, uses, expires_at_ms, created_at_ms, revoked_at_ms FROM tokens";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    let hash: Vec<u8> = r.get(1)?;
+    let mut secret_hash = [0u8; 32];
+    if hash.len() == 32 {
+        secret_hash.copy_from_slice(&hash);
+    }
+    Ok(TokenRow {
+        id: r.get(0)?,
+        secret_hash,
+        tenant: r.get(2)?,
+        site: r.get(3)?,
+        labels: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        max_uses: r.get(5)?,
+        uses: r.get(6)?,
+        expires_at_ms: r.get::<_, i64>(7)? as u64,
+        created_at_ms: r.get::<_, i64>(8)? as u64,
+        revoked_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: &str, max_uses: u32) -> TokenRow {
+        TokenRow {
+            id: id.into(),
+            secret_hash: [7; 32],
+            tenant: "default".into(),
+            site: None,
+            labels: BTreeMap::new(),
+            max_uses,
+            uses: 0,
+            expires_at_ms: crate::now_ms() + 60_000,
+            created_at_ms: crate::now_ms(),
+            revoked_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn migrations_are_idempotent_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_token(&token("t1", 2)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.tokens().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn admission_counts_uses_atomically_and_a_refusal_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nexus.db")).unwrap();
+        store.insert_token(&token("t1", 1)).unwrap();
+        let refused: Result<(), &str> = store.admit("t1", |_| Err("no")).unwrap();
+        assert_eq!(refused, Err("no"));
+        assert_eq!(store.tokens().unwrap()[0].uses, 0);
+        let admitted: Result<u8, &str> = store
+            .admit("t1", |row| {
+                assert_eq!(row.unwrap().uses, 0);
+                let enrollment = Enrollment {
+                    serial: "01".into(),
+                    node_id: "n1".into(),
+                    cert_pem: "pem".into(),
+                };
+                Ok((1, enrollment))
+            })
+            .unwrap();
+        assert_eq!(admitted, Ok(1));
+        assert_eq!(store.tokens().unwrap()[0].uses, 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer nexus"), "{err}");
+    }
+}
