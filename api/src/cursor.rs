@@ -13,7 +13,9 @@ pub fn encode(kind: &str, key: &str) -> String {
 /// Decodes a cursor for a list of `kind`; the error says what was wrong.
 pub fn decode(kind: &str, cursor: &str) -> Result<String, String> {
     let invalid = || {
-        format!("cursor {cursor:?} is not valid for this list: pass the next_cursor value of the previous page unchanged, or omit it to start over")
+        format!(
+            "cursor {cursor:?} is not valid for this list: pass the next_cursor value of the previous page unchanged, or omit it to start over"
+        )
     };
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
@@ -32,7 +34,10 @@ mod tests {
     fn roundtrip_and_rejections() {
         let c = encode("nodes", "00ff");
         assert_eq!(decode("nodes", &c).unwrap(), "00ff");
-        assert!(decode("tokens", &c).is_err(), "a cursor of another list is refused");
+        assert!(
+            decode("tokens", &c).is_err(),
+            "a cursor of another list is refused"
+        );
         assert!(decode("nodes", "!!!").unwrap_err().contains("next_cursor"));
         assert!(decode("nodes", &URL_SAFE_NO_PAD.encode("nodes")).is_err());
         assert!(decode("nodes", &URL_SAFE_NO_PAD.encode("nodes:")).is_err());

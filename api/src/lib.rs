@@ -117,7 +117,10 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/nodes/{id}/decommission", post(decommission_node))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
-        .route_layer(middleware::from_fn_with_state(backend.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            backend.clone(),
+            require_api_key,
+        ));
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
@@ -268,7 +271,11 @@ async fn list_nodes(
 }
 
 fn check_node_id(id: &str) -> Result<(), ApiError> {
-    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
@@ -342,7 +349,10 @@ async fn healthz(State(backend): State<Shared>) -> Response {
 
 async fn metrics_text(State(backend): State<Shared>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         backend.metrics(),
     )
         .into_response()

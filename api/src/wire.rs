@@ -74,7 +74,7 @@ pub struct Page<T> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// Lifetime in seconds (default 3600, 60 ..= 2,592,000).
+    /// Lifetime in seconds (default 3600, 1 ..= 2,592,000).
     pub ttl_seconds: Option<u64>,
     /// How many nodes may join with it (default 1, 1 ..= 10,000).
     pub uses: Option<u32>,

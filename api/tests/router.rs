@@ -21,7 +21,11 @@ fn node(id: String) -> Node {
         site: "s".into(),
         tenant_id: "default".into(),
         labels: Default::default(),
-        addresses: Addresses { api: None, gossip: None, quic: None },
+        addresses: Addresses {
+            api: None,
+            gossip: None,
+            quic: None,
+        },
         status: "online".into(),
         health: "ok".into(),
         nexlink_version: "0".into(),
@@ -83,15 +87,33 @@ fn app(n: usize) -> axum::Router {
     router(Arc::new(Fleet { nodes }))
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, key: Option<&str>, body: &str) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
     if let Some(key) = key {
         req = req.header("authorization", format!("Bearer {key}"));
     }
-    let resp = app.clone().oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -100,7 +122,12 @@ async fn missing_or_wrong_key_is_401_with_a_json_error() {
     let (status, body) = call(&app, "GET", "/v1/nodes", None, "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthenticated");
-    assert!(body["error"]["message"].as_str().unwrap().contains("Bearer"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer")
+    );
     let (status, body) = call(&app, "GET", "/v1/nodes", Some("bad"), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthenticated");
@@ -131,18 +158,43 @@ async fn pages_walk_every_node_once_in_order() {
 #[tokio::test]
 async fn bad_input_is_400_naming_the_field() {
     let app = app(2);
-    for uri in ["/v1/nodes?limit=0", "/v1/nodes?limit=abc", "/v1/nodes?limit=5000", "/v1/nodes?cursor=zzz", "/v1/nodes?colour=red"] {
+    for uri in [
+        "/v1/nodes?limit=0",
+        "/v1/nodes?limit=abc",
+        "/v1/nodes?limit=5000",
+        "/v1/nodes?cursor=zzz",
+        "/v1/nodes?colour=red",
+    ] {
         let (status, body) = call(&app, "GET", uri, Some("good"), "").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(body["error"]["code"], "invalid_request", "{uri}");
     }
     let (status, body) = call(&app, "GET", "/v1/nodes/XYZ", Some("good"), "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"]["message"].as_str().unwrap().contains("32 lowercase hex"));
-    let (status, body) = call(&app, "POST", "/v1/tokens", Some("good"), "{\"uses\": \"many\"}").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("32 lowercase hex")
+    );
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/tokens",
+        Some("good"),
+        "{\"uses\": \"many\"}",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["message"].as_str().unwrap().contains("uses"));
-    let (status, body) = call(&app, "GET", &format!("/v1/nodes/{:032x}", 99), Some("good"), "").await;
+    let (status, body) = call(
+        &app,
+        "GET",
+        &format!("/v1/nodes/{:032x}", 99),
+        Some("good"),
+        "",
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
     let (status, body) = call(&app, "GET", "/nope", None, "").await;

@@ -173,11 +173,7 @@ pub struct MicProfile {
 /// Checks a fleet id, tenant or site before it goes into a URI or DN.
 ///
 /// Restricting the alphabet keeps SAN URIs unambiguous (no `/`) and valid IA5 text.
-pub fn validate_name(
-    what: &'static str,
-    value: &str,
-    allow_empty: bool,
-) -> Result<(), CaError> {
+pub fn validate_name(what: &'static str, value: &str, allow_empty: bool) -> Result<(), CaError> {
     let bad = |reason| CaError::InvalidName {
         what,
         value: value.to_string(),

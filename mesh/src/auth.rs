@@ -373,9 +373,14 @@ mod tests {
 
     fn fleet(id: &str) -> Fleet {
         let root = CertificateAuthority::new_fleet_root(id).unwrap();
-        let intermediate = root.new_intermediate(id, NodeKey::generate().node_id()).unwrap();
-        let trust = TrustStore::new(root.cert_der().to_vec(), vec![intermediate.cert_der().to_vec()])
+        let intermediate = root
+            .new_intermediate(id, NodeKey::generate().node_id())
             .unwrap();
+        let trust = TrustStore::new(
+            root.cert_der().to_vec(),
+            vec![intermediate.cert_der().to_vec()],
+        )
+        .unwrap();
         Fleet {
             id: id.to_string(),
             intermediate,
@@ -439,7 +444,11 @@ mod tests {
         let now = unix_ms();
         let payload = b"chitchat envelope bytes".to_vec();
         let sealed = sender.seal(&payload, now).unwrap();
-        assert_eq!(sealed[4] & FLAG_CERT, FLAG_CERT, "a small datagram carries the MIC");
+        assert_eq!(
+            sealed[4] & FLAG_CERT,
+            FLAG_CERT,
+            "a small datagram carries the MIC"
+        );
         let opened = receiver.open(&sealed, now).unwrap();
         assert_eq!(opened.payload, &payload[..]);
         assert_eq!(opened.sender, sender.node_id);
@@ -508,7 +517,12 @@ mod tests {
         let a = member(&f);
         let b = member(&f);
         // B signs with its own key but presents A's MIC.
-        let impostor = GossipAuth::new(b.0.clone(), a.1.clone(), f.trust.clone(), Default::default());
+        let impostor = GossipAuth::new(
+            b.0.clone(),
+            a.1.clone(),
+            f.trust.clone(),
+            Default::default(),
+        );
         let mut receiver = auth_for(&f, &member(&f));
         let now = unix_ms();
         let sealed = impostor.seal(b"payload", now).unwrap();
@@ -559,8 +573,14 @@ mod tests {
         let sent = unix_ms();
         let sealed = sender.seal(b"payload", sent).unwrap();
         // Too old, from too far in the future.
-        assert_eq!(receiver.open(&sealed, sent + 5_001).unwrap_err(), DropReason::Stale(-5_001));
-        assert_eq!(receiver.open(&sealed, sent - 5_001).unwrap_err(), DropReason::Stale(5_001));
+        assert_eq!(
+            receiver.open(&sealed, sent + 5_001).unwrap_err(),
+            DropReason::Stale(-5_001)
+        );
+        assert_eq!(
+            receiver.open(&sealed, sent - 5_001).unwrap_err(),
+            DropReason::Stale(5_001)
+        );
         // The edges of the window are accepted.
         assert!(receiver.open(&sealed, sent + 5_000).is_ok());
         assert!(receiver.open(&sealed, sent - 5_000).is_ok());
@@ -591,10 +611,16 @@ mod tests {
         assert_eq!(err.label(), "denied");
         // Certificate-less datagrams too (the cached certificate must not let them through).
         let bare = seal_without_cert(&sender, b"payload", now);
-        assert_eq!(receiver.open(&bare, now).unwrap_err(), DropReason::Denied(sender.node_id));
+        assert_eq!(
+            receiver.open(&bare, now).unwrap_err(),
+            DropReason::Denied(sender.node_id)
+        );
         // Others are unaffected.
         let from_other = other.seal(b"payload", now).unwrap();
-        assert_eq!(receiver.open(&from_other, now).unwrap().sender, other.node_id);
+        assert_eq!(
+            receiver.open(&from_other, now).unwrap().sender,
+            other.node_id
+        );
 
         receiver.allow(&sender.node_id);
         assert_eq!(receiver.open(&sealed, now).unwrap().sender, sender.node_id);
@@ -617,7 +643,10 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            assert_eq!(receiver.open(&plain, now).unwrap_err(), DropReason::NotNexus);
+            assert_eq!(
+                receiver.open(&plain, now).unwrap_err(),
+                DropReason::NotNexus
+            );
         }
         // A sealed datagram's payload alone (stripped of the envelope) is not Nexus either.
         let sealed = sender.seal(b"chitchat bytes", now).unwrap();
@@ -648,7 +677,10 @@ mod tests {
             }
         }
         assert_eq!(receiver.open(&[], now).unwrap_err(), DropReason::NotNexus);
-        assert_eq!(receiver.open(b"NXG", now).unwrap_err(), DropReason::NotNexus);
+        assert_eq!(
+            receiver.open(b"NXG", now).unwrap_err(),
+            DropReason::NotNexus
+        );
     }
 
     #[test]
@@ -660,11 +692,17 @@ mod tests {
         for datagram in [&with_cert, &without_cert] {
             for len in 0..datagram.len() {
                 let result = receiver.open(&datagram[..len], now);
-                assert!(result.is_err(), "prefix of {len} bytes accepted: {result:?}");
+                assert!(
+                    result.is_err(),
+                    "prefix of {len} bytes accepted: {result:?}"
+                );
                 if len < 4 {
                     assert_eq!(result.unwrap_err(), DropReason::NotNexus);
                 } else if len < FIXED_HEADER + SIGNATURE_LEN {
-                    assert!(matches!(result, Err(DropReason::Malformed(_))), "{len}: {result:?}");
+                    assert!(
+                        matches!(result, Err(DropReason::Malformed(_))),
+                        "{len}: {result:?}"
+                    );
                 }
             }
             // Also with bytes cut from the front, which shifts every field.
@@ -687,7 +725,11 @@ mod tests {
         assert_eq!(sealed_big.len(), MAX_DATAGRAM);
         assert_eq!(sealed_big[4] & FLAG_CERT, 0, "no room for the certificate");
         // One byte more does not fit at all.
-        assert!(sender.seal(&[0; MAX_DATAGRAM - FIXED_HEADER - SIGNATURE_LEN + 1], now).is_none());
+        assert!(
+            sender
+                .seal(&[0; MAX_DATAGRAM - FIXED_HEADER - SIGNATURE_LEN + 1], now)
+                .is_none()
+        );
         let small_bare = seal_without_cert(&sender, b"small", now);
 
         let err = receiver.open(&sealed_big, now).unwrap_err();
@@ -699,7 +741,9 @@ mod tests {
         );
 
         // Learn the certificate from an ordinary datagram: both are accepted from then on.
-        receiver.open(&sender.seal(b"hello", now).unwrap(), now).unwrap();
+        receiver
+            .open(&sender.seal(b"hello", now).unwrap(), now)
+            .unwrap();
         let opened = receiver.open(&sealed_big, now).unwrap();
         assert_eq!(opened.sender, sender.node_id);
         assert_eq!(opened.payload, &big[..]);

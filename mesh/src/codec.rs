@@ -66,9 +66,10 @@ impl ChitchatCodec {
     pub async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
         self.chitchat.send(self.plain_addr, envelope).await?;
         loop {
-            let (len, from) = tokio::time::timeout(HOP_TIMEOUT, self.plain.recv_from(&mut self.buf))
-                .await
-                .context("gossip codec: encode hop timed out")??;
+            let (len, from) =
+                tokio::time::timeout(HOP_TIMEOUT, self.plain.recv_from(&mut self.buf))
+                    .await
+                    .context("gossip codec: encode hop timed out")??;
             // Anything else on this ephemeral port is some other local process: ignore it.
             if from == self.chitchat_addr {
                 return Ok(self.buf[..len].to_vec());
@@ -82,7 +83,9 @@ impl ChitchatCodec {
             return Ok(None);
         }
         self.plain.send_to(bytes, self.chitchat_addr).await?;
-        self.plain.send_to(&self.sentinel, self.chitchat_addr).await?;
+        self.plain
+            .send_to(&self.sentinel, self.chitchat_addr)
+            .await?;
         let mut decoded = None;
         loop {
             let outcome = tokio::time::timeout(HOP_TIMEOUT, self.chitchat.recv())

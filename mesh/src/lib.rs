@@ -23,9 +23,13 @@ pub mod wire;
 
 pub use auth::{DropReason, GossipAuth, GossipAuthConfig, MAX_DATAGRAM, Opened};
 pub use codec::ChitchatCodec;
-pub use membership::{Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Transition};
+pub use membership::{
+    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Transition,
+};
 pub use runtime::{Mesh, MeshConfig, MeshError};
-pub use transport::{AuthenticatedTransport, Datagrams, MemoryDatagrams, MemoryNetwork, UdpDatagrams};
+pub use transport::{
+    AuthenticatedTransport, Datagrams, MemoryDatagrams, MemoryNetwork, UdpDatagrams,
+};
 pub use wire::{NodeInfo, OperatorAction, SelfStatus};
 
 use std::time::Duration;
@@ -33,9 +37,9 @@ use std::time::Duration;
 /// Parses a duration written as a number and a unit: `250ms`, `2s`, `5m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {text:?} has no unit: write e.g. 250ms, 2s, 5m, 1h, 7d"))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("duration {text:?} has no unit: write e.g. 250ms, 2s, 5m, 1h, 7d")
+    })?;
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
@@ -46,7 +50,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?}: use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     value
         .checked_mul(millis)

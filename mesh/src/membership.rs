@@ -311,7 +311,8 @@ impl Membership {
                 member.status_since_ms = now.wall_ms;
             }
             if let Some((OperatorAction::Decommission, at)) = member.operator
-                && now.wall_ms.saturating_sub(at) > self.config.decommission_grace.as_millis() as u64
+                && now.wall_ms.saturating_sub(at)
+                    > self.config.decommission_grace.as_millis() as u64
             {
                 forgotten.push(member.node_id);
             }
@@ -333,7 +334,12 @@ impl Membership {
     }
 }
 
-fn derive_status(config: &MembershipConfig, self_id: NodeId, member: &Member, now: Now) -> NodeStatus {
+fn derive_status(
+    config: &MembershipConfig,
+    self_id: NodeId,
+    member: &Member,
+    now: Now,
+) -> NodeStatus {
     if let Some((OperatorAction::Decommission, _)) = member.operator {
         return NodeStatus::Decommissioned;
     }
@@ -397,7 +403,14 @@ mod tests {
         assert_eq!(status(&m, 1), NodeStatus::Online);
 
         let (t, _) = m.tick(at(1600));
-        assert_eq!(t, vec![Transition { node_id: id(1), from: NodeStatus::Online, to: NodeStatus::Degraded }]);
+        assert_eq!(
+            t,
+            vec![Transition {
+                node_id: id(1),
+                from: NodeStatus::Online,
+                to: NodeStatus::Degraded
+            }]
+        );
         m.tick(at(2600));
         assert_eq!(status(&m, 1), NodeStatus::Offline);
 
@@ -443,7 +456,11 @@ mod tests {
         m.tick(at(10));
         assert_eq!(status(&m, 2), NodeStatus::Draining);
         m.tick(at(3000));
-        assert_eq!(status(&m, 2), NodeStatus::Offline, "a dead draining node is offline");
+        assert_eq!(
+            status(&m, 2),
+            NodeStatus::Offline,
+            "a dead draining node is offline"
+        );
     }
 
     #[test]
@@ -478,6 +495,10 @@ mod tests {
             offline_after: Duration::from_secs(2),
             ..MembershipConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("membership.offline_after"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("membership.offline_after")
+        );
     }
 }

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat};
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
 use nexus_ca::NodeId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -71,7 +74,11 @@ impl Mesh {
         let transport = AuthenticatedTransport::new(datagrams, auth.clone());
         let interval = config.gossip_interval;
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id.to_string(), config.generation, gossip_addr),
+            chitchat_id: ChitchatId::new(
+                config.node_id.to_string(),
+                config.generation,
+                gossip_addr,
+            ),
             cluster_id: config.fleet_id.clone(),
             gossip_interval: interval,
             listen_addr: gossip_addr,
@@ -101,7 +108,10 @@ impl Mesh {
         let initial = vec![
             (KEY_INFO.to_string(), info_json),
             (KEY_HEALTH.to_string(), "ok".to_string()),
-            (KEY_STATUS.to_string(), SelfStatus::Active.as_str().to_string()),
+            (
+                KEY_STATUS.to_string(),
+                SelfStatus::Active.as_str().to_string(),
+            ),
         ];
         let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
             .await
@@ -208,7 +218,9 @@ impl Mesh {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Held only for short, panic-free sections; a poisoned lock still holds consistent data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn tick_loop(

@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn operator_actions_roundtrip_and_junk_is_ignored() {
         for action in [OperatorAction::Drain, OperatorAction::Decommission] {
-            assert_eq!(OperatorAction::decode(&action.encode(42)), Some((action, 42)));
+            assert_eq!(
+                OperatorAction::decode(&action.encode(42)),
+                Some((action, 42))
+            );
         }
         assert_eq!(OperatorAction::decode("reboot@1"), None);
         assert_eq!(OperatorAction::decode("drain@soon"), None);

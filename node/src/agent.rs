@@ -41,7 +41,9 @@ pub struct Sockets {
 fn bind_error(what: &str, addr: SocketAddr, flag: &str, err: std::io::Error) -> anyhow::Error {
     let hint = match err.kind() {
         std::io::ErrorKind::AddrInUse => {
-            format!("another process (perhaps another nexus node) already uses it; choose another with --{flag}")
+            format!(
+                "another process (perhaps another nexus node) already uses it; choose another with --{flag}"
+            )
         }
         std::io::ErrorKind::AddrNotAvailable => {
             format!("no interface of this machine has that address; choose another with --{flag}")
@@ -57,10 +59,12 @@ fn bind_error(what: &str, addr: SocketAddr, flag: &str, err: std::io::Error) -> 
 impl Sockets {
     /// Binds the API (TCP), gossip (UDP) and QUIC (UDP) addresses.
     pub fn bind(config: &NodeConfig) -> anyhow::Result<Sockets> {
-        let api = TcpListener::bind(config.api).map_err(|e| bind_error("API", config.api, "api", e))?;
-        let gossip =
-            UdpSocket::bind(config.gossip).map_err(|e| bind_error("gossip", config.gossip, "gossip", e))?;
-        let quic = UdpSocket::bind(config.quic).map_err(|e| bind_error("QUIC", config.quic, "quic", e))?;
+        let api =
+            TcpListener::bind(config.api).map_err(|e| bind_error("API", config.api, "api", e))?;
+        let gossip = UdpSocket::bind(config.gossip)
+            .map_err(|e| bind_error("gossip", config.gossip, "gossip", e))?;
+        let quic =
+            UdpSocket::bind(config.quic).map_err(|e| bind_error("QUIC", config.quic, "quic", e))?;
         api.set_nonblocking(true)?;
         Ok(Sockets { api, gossip, quic })
     }
@@ -70,7 +74,9 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("nexus_api_request_duration_seconds".to_string()),
-            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
         )
         .context("configuring metrics")?
         .install_recorder()
@@ -101,9 +107,12 @@ pub struct Loaded {
 }
 
 fn load(dir: &DataDir, store: &Store) -> anyhow::Result<Loaded> {
-    let identity = store
-        .identity()?
-        .with_context(|| format!("{} holds no node identity: run `nexus init` or `nexus join`", dir.db().display()))?;
+    let identity = store.identity()?.with_context(|| {
+        format!(
+            "{} holds no node identity: run `nexus init` or `nexus join`",
+            dir.db().display()
+        )
+    })?;
     let key = NodeKey::from_pkcs8_pem(&datadir::read(&dir.node_key())?)
         .with_context(|| format!("reading {}", dir.node_key().display()))?;
     let mic_der = pem_to_der(&datadir::read(&dir.node_cert())?)?
@@ -118,12 +127,25 @@ fn load(dir: &DataDir, store: &Store) -> anyhow::Result<Loaded> {
     let trust = TrustStore::new(root, intermediates)?;
     let mic = trust
         .verify_mic(&mic_der, (crate::now_ms() / 1000) as i64)
-        .with_context(|| format!("this node's certificate {} is not valid", dir.node_cert().display()))?;
+        .with_context(|| {
+            format!(
+                "this node's certificate {} is not valid",
+                dir.node_cert().display()
+            )
+        })?;
     if mic.public_key != key.public_key() {
-        bail!("{} does not belong to the key in {}", dir.node_cert().display(), dir.node_key().display());
+        bail!(
+            "{} does not belong to the key in {}",
+            dir.node_cert().display(),
+            dir.node_key().display()
+        );
     }
     if mic.node_id.to_string() != identity.node_id || trust.fleet_id() != identity.fleet_id {
-        bail!("the certificate in {} does not match the identity in {}", dir.node_cert().display(), dir.db().display());
+        bail!(
+            "the certificate in {} does not match the identity in {}",
+            dir.node_cert().display(),
+            dir.db().display()
+        );
     }
     let role = identity.role.parse::<Role>()?;
     Ok(Loaded {
@@ -187,7 +209,12 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         .filter_map(|json| serde_json::from_str(json).ok())
         .collect();
     let mut seeds: Vec<SocketAddr> = config.seeds.clone();
-    seeds.extend(store.seeds()?.iter().filter_map(|s| s.parse::<SocketAddr>().ok()));
+    seeds.extend(
+        store
+            .seeds()?
+            .iter()
+            .filter_map(|s| s.parse::<SocketAddr>().ok()),
+    );
     seeds.extend(
         restored
             .iter()
@@ -242,8 +269,11 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     )
     .context("starting the QUIC endpoint")?;
     let admitter = if loaded.role == Role::Anchor {
-        let ca = CertificateAuthority::load(&datadir::read(&dir.ca_cert())?, &datadir::read(&dir.ca_key())?)
-            .context("loading this anchor's intermediate CA")?;
+        let ca = CertificateAuthority::load(
+            &datadir::read(&dir.ca_cert())?,
+            &datadir::read(&dir.ca_key())?,
+        )
+        .context("loading this anchor's intermediate CA")?;
         let seeds_mesh = mesh.clone();
         let own_gossip = gossip_addr;
         Some(Arc::new(Admitter {
@@ -251,7 +281,12 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             ca,
             fleet_id: loaded.identity.fleet_id.clone(),
             root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
-            intermediates_pem: loaded.trust.intermediates().iter().map(|d| nexus_ca::der_to_pem(d)).collect(),
+            intermediates_pem: loaded
+                .trust
+                .intermediates()
+                .iter()
+                .map(|d| nexus_ca::der_to_pem(d))
+                .collect(),
             seeds: Arc::new(move || {
                 let mut seeds = vec![own_gossip.to_string()];
                 seeds.extend(
@@ -271,7 +306,10 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     };
     let join_service = tokio::spawn(crate::enroll::serve_joins(endpoint.clone(), admitter));
 
-    let health = Arc::new(Mutex::new(BTreeMap::from([("store".to_string(), "ok".to_string())])));
+    let health = Arc::new(Mutex::new(BTreeMap::from([(
+        "store".to_string(),
+        "ok".to_string(),
+    )])));
     let backend = Arc::new(NodeBackend::new(
         mesh.clone(),
         store.clone(),
@@ -283,9 +321,13 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(nexus_api::serve(listener, nexus_api::router(backend), async move {
-        let _ = api_stop.wait_for(|stop| *stop).await;
-    }));
+    let api = tokio::spawn(nexus_api::serve(
+        listener,
+        nexus_api::router(backend),
+        async move {
+            let _ = api_stop.wait_for(|stop| *stop).await;
+        },
+    ));
 
     let endpoints = serde_json::json!({
         "node_id": node_id.to_string(),
@@ -307,7 +349,13 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         "node serving"
     );
 
-    let background = tokio::spawn(background(mesh.clone(), store.clone(), health, metrics, stop_rx.clone()));
+    let background = tokio::spawn(background(
+        mesh.clone(),
+        store.clone(),
+        health,
+        metrics,
+        stop_rx.clone(),
+    ));
 
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -19,7 +19,7 @@ use crate::enroll::api_key_hash;
 use crate::store::{Store, TokenRow};
 use crate::{now_ms, rfc3339_ms};
 
-const MIN_TTL: Duration = Duration::from_secs(60);
+const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_USES: u32 = 10_000;
 
@@ -47,7 +47,11 @@ impl NodeBackend {
         health: Arc<Mutex<BTreeMap<String, String>>>,
         quic_addr: SocketAddr,
     ) -> anyhow::Result<NodeBackend> {
-        let key_hashes = store.api_keys()?.into_iter().map(|(_, hash, _)| hash).collect();
+        let key_hashes = store
+            .api_keys()?
+            .into_iter()
+            .map(|(_, hash, _)| hash)
+            .collect();
         Ok(NodeBackend {
             mesh,
             store,
@@ -79,7 +83,11 @@ impl NodeBackend {
             "not_an_anchor",
             format!(
                 "join tokens are kept by anchors and this node is not one: send the request to an anchor ({})",
-                if anchors.is_empty() { "none known yet".to_string() } else { anchors.join(", ") }
+                if anchors.is_empty() {
+                    "none known yet".to_string()
+                } else {
+                    anchors.join(", ")
+                }
             ),
         ))
     }
@@ -210,13 +218,18 @@ fn validate_token_request(request: &CreateToken) -> Result<(Duration, u32), ApiE
     }
     for (field, value) in [("tenant", &request.tenant), ("site", &request.site)] {
         if let Some(value) = value
-            && let Err(err) = nexus_ca::validate_name(if field == "tenant" { "tenant" } else { "site" }, value, false)
+            && let Err(err) = nexus_ca::validate_name(
+                if field == "tenant" { "tenant" } else { "site" },
+                value,
+                false,
+            )
         {
             return Err(ApiError::bad_request(format!("{field}: {err}")));
         }
     }
     for (key, value) in &request.labels {
-        crate::client::check_label(key, value).map_err(|err| ApiError::bad_request(format!("labels: {err}")))?;
+        crate::client::check_label(key, value)
+            .map_err(|err| ApiError::bad_request(format!("labels: {err}")))?;
     }
     Ok((ttl, uses))
 }
@@ -261,14 +274,20 @@ impl Backend for NodeBackend {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "no_advertised_address",
-                format!("this anchor's QUIC address {} is a wildcard, which a joining node cannot dial: bind --quic to a concrete address", self.quic_addr),
+                format!(
+                    "this anchor's QUIC address {} is a wildcard, which a joining node cannot dial: bind --quic to a concrete address",
+                    self.quic_addr
+                ),
             ));
         }
         let now = now_ms();
         let row = TokenRow {
             id: String::new(),
             secret_hash: [0; 32],
-            tenant: request.tenant.clone().unwrap_or_else(|| crate::DEFAULT_TENANT.to_string()),
+            tenant: request
+                .tenant
+                .clone()
+                .unwrap_or_else(|| crate::DEFAULT_TENANT.to_string()),
             site: request.site.clone(),
             labels: request.labels.clone(),
             max_uses: uses,
@@ -277,14 +296,19 @@ impl Backend for NodeBackend {
             created_at_ms: now,
             revoked_at_ms: None,
         };
-        let (fleet, anchors, fingerprint) = (self.fleet_id.clone(), vec![self.quic_addr], self.root_fingerprint);
+        let (fleet, anchors, fingerprint) = (
+            self.fleet_id.clone(),
+            vec![self.quic_addr],
+            self.root_fingerprint,
+        );
         let (token, row) = self
             .blocking(move |store| {
-                crate::enroll::create_token(store, &fleet, anchors, fingerprint, row)
-                    .map_err(|err| match err.downcast::<crate::store::StoreError>() {
+                crate::enroll::create_token(store, &fleet, anchors, fingerprint, row).map_err(
+                    |err| match err.downcast::<crate::store::StoreError>() {
                         Ok(store_err) => store_err,
                         Err(other) => crate::store::StoreError::Other(format!("{other:#}")),
-                    })
+                    },
+                )
             })
             .await?;
         tracing::info!(token = %row.id, uses, ttl_s = ttl.as_secs(), "join token created");
@@ -309,13 +333,23 @@ impl Backend for NodeBackend {
                 tracing::info!(token = %row.id, "join token revoked");
                 Ok(token_to_wire(&row))
             }
-            None => Err(ApiError::not_found(format!("join token {token_id} does not exist on this anchor"))),
+            None => Err(ApiError::not_found(format!(
+                "join token {token_id} does not exist on this anchor"
+            ))),
         }
     }
 
     fn health(&self) -> Health {
-        let checks = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let status = if checks.values().all(|v| v == "ok") { "ok" } else { "degraded" };
+        let checks = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let status = if checks.values().all(|v| v == "ok") {
+            "ok"
+        } else {
+            "degraded"
+        };
         Health {
             status: status.to_string(),
             node_id: self.node_id.to_string(),
@@ -361,19 +395,50 @@ mod tests {
     fn token_requests_are_validated_field_by_field() {
         assert!(validate_token_request(&CreateToken::default()).is_ok());
         let cases = [
-            (CreateToken { ttl_seconds: Some(1), ..Default::default() }, "ttl_seconds"),
-            (CreateToken { uses: Some(0), ..Default::default() }, "uses"),
-            (CreateToken { tenant: Some("a/b".into()), ..Default::default() }, "tenant"),
-            (CreateToken { site: Some(String::new()), ..Default::default() }, "site"),
             (
-                CreateToken { labels: BTreeMap::from([("".to_string(), "v".to_string())]), ..Default::default() },
+                CreateToken {
+                    ttl_seconds: Some(0),
+                    ..Default::default()
+                },
+                "ttl_seconds",
+            ),
+            (
+                CreateToken {
+                    uses: Some(0),
+                    ..Default::default()
+                },
+                "uses",
+            ),
+            (
+                CreateToken {
+                    tenant: Some("a/b".into()),
+                    ..Default::default()
+                },
+                "tenant",
+            ),
+            (
+                CreateToken {
+                    site: Some(String::new()),
+                    ..Default::default()
+                },
+                "site",
+            ),
+            (
+                CreateToken {
+                    labels: BTreeMap::from([("".to_string(), "v".to_string())]),
+                    ..Default::default()
+                },
                 "labels",
             ),
         ];
         for (request, field) in cases {
             let err = validate_token_request(&request).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
-            assert!(err.message.starts_with(field) || err.message.contains(field), "{field}: {}", err.message);
+            assert!(
+                err.message.starts_with(field) || err.message.contains(field),
+                "{field}: {}",
+                err.message
+            );
         }
     }
 }

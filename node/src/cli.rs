@@ -90,7 +90,12 @@ struct JoinArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Node API URL.
-    #[arg(long = "api", env = "NEXUS_API_URL", default_value = "http://127.0.0.1:7600", global = true)]
+    #[arg(
+        long = "api",
+        env = "NEXUS_API_URL",
+        default_value = "http://127.0.0.1:7600",
+        global = true
+    )]
     pub api_url: String,
     /// API key.
     #[arg(long, env = "NEXUS_API_KEY", hide_env_values = true, global = true)]
@@ -218,13 +223,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::agent::init_logging("warn");
             let dir = crate::datadir::DataDir::new(&args.data_dir);
             let done = crate::enroll::init(&dir, &args.site, &args.addrs)?;
-            println!("Created fleet {} with anchor {}.", done.fleet_id, done.node_id);
+            println!(
+                "Created fleet {} with anchor {}.",
+                done.fleet_id, done.node_id
+            );
             println!("Data directory: {}", args.data_dir.display());
             println!();
-            println!("Fleet admin API key (shown once; also in {}):", dir.admin_key().display());
+            println!(
+                "Fleet admin API key (shown once; also in {}):",
+                dir.admin_key().display()
+            );
             println!("  {}", done.admin_key);
             println!();
-            println!("Start the anchor:  nexus run --data-dir {}", args.data_dir.display());
+            println!(
+                "Start the anchor:  nexus run --data-dir {}",
+                args.data_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
@@ -269,7 +283,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     admission.fleet_id, admission.node_id, admission.site, admission.tenant
                 );
                 if args.no_run {
-                    println!("Start it with: nexus run --data-dir {}", args.data_dir.display());
+                    println!(
+                        "Start it with: nexus run --data-dir {}",
+                        args.data_dir.display()
+                    );
                     return Ok(());
                 }
                 crate::agent::run(dir, config, sockets).await
@@ -285,11 +302,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     site,
                     labels,
                     client,
-                } => {
-                    crate::client::token_create(&client, ttl, uses, tenant, site, labels).await
-                }
+                } => crate::client::token_create(&client, ttl, uses, tenant, site, labels).await,
                 TokenCommand::List { client } => crate::client::token_list(&client).await,
-                TokenCommand::Revoke { id, client } => crate::client::token_revoke(&client, &id).await,
+                TokenCommand::Revoke { id, client } => {
+                    crate::client::token_revoke(&client, &id).await
+                }
             }
         }),
         Command::Nodes(args) => runtime()?.block_on(async {
@@ -297,7 +314,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match args.command.unwrap_or(NodesCommand::List) {
                 NodesCommand::List => crate::client::nodes_list(client).await,
                 NodesCommand::Get { id } => crate::client::nodes_get(client, &id).await,
-                NodesCommand::Drain { id } => crate::client::nodes_action(client, &id, "drain").await,
+                NodesCommand::Drain { id } => {
+                    crate::client::nodes_action(client, &id, "drain").await
+                }
                 NodesCommand::Decommission { id } => {
                     crate::client::nodes_action(client, &id, "decommission").await
                 }

@@ -51,7 +51,10 @@ impl Api {
         };
         let base = args.api_url.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--api {:?} must be a URL like http://127.0.0.1:7600", args.api_url);
+            bail!(
+                "--api {:?} must be a URL like http://127.0.0.1:7600",
+                args.api_url
+            );
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -71,17 +74,27 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node API at {}: is the node running?", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the node API at {}: is the node running?",
+                self.base
+            )
+        })?;
         let status = response.status();
         let bytes = response.bytes().await.context("reading the API response")?;
         if !status.is_success() {
             if let Ok(error) = serde_json::from_slice::<ErrorBody>(&bytes) {
-                bail!("{} ({}): {}", error.error.code, status.as_u16(), error.error.message);
+                bail!(
+                    "{} ({}): {}",
+                    error.error.code,
+                    status.as_u16(),
+                    error.error.message
+                );
             }
-            bail!("the API answered {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "the API answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))
     }
@@ -135,7 +148,9 @@ pub async fn token_create(
         site,
         labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
-    let created: CreatedToken = api.call(reqwest::Method::POST, "/v1/tokens", Some(&request)).await?;
+    let created: CreatedToken = api
+        .call(reqwest::Method::POST, "/v1/tokens", Some(&request))
+        .await?;
     match args.output {
         Output::Table => {
             println!("{}", created.token);
@@ -198,7 +213,11 @@ pub async fn token_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 pub async fn token_revoke(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let api = Api::new(args)?;
     let token: Token = api
-        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None::<&()>)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            None::<&()>,
+        )
         .await?;
     match args.output {
         Output::Table => println!("token {} revoked", token.id),
@@ -219,7 +238,15 @@ fn node_row(n: &Node) -> Vec<String> {
     ]
 }
 
-const NODE_HEADERS: [&str; 7] = ["NODE ID", "STATUS", "ROLE", "SITE", "TENANT", "API", "LAST HEARTBEAT"];
+const NODE_HEADERS: [&str; 7] = [
+    "NODE ID",
+    "STATUS",
+    "ROLE",
+    "SITE",
+    "TENANT",
+    "API",
+    "LAST HEARTBEAT",
+];
 
 /// `nexus nodes list`.
 pub async fn nodes_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
@@ -236,7 +263,11 @@ pub async fn nodes_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 pub async fn nodes_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let api = Api::new(args)?;
     let node: Node = api
-        .call(reqwest::Method::GET, &format!("/v1/nodes/{id}"), None::<&()>)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{id}"),
+            None::<&()>,
+        )
         .await?;
     match args.output {
         Output::Table => print_table(&NODE_HEADERS, vec![node_row(&node)]),
@@ -249,7 +280,11 @@ pub async fn nodes_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> 
 pub async fn nodes_action(args: &ClientArgs, id: &str, action: &str) -> anyhow::Result<ExitCode> {
     let api = Api::new(args)?;
     let node: Node = api
-        .call(reqwest::Method::POST, &format!("/v1/nodes/{id}/{action}"), None::<&()>)
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{id}/{action}"),
+            None::<&()>,
+        )
         .await?;
     match args.output {
         Output::Table => println!("node {} is {}", node.node_id, node.status),

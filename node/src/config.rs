@@ -113,7 +113,10 @@ fn addr(
     key: &str,
 ) -> anyhow::Result<SocketAddr> {
     let (value, source) = match (flag, file) {
-        (Some(v), _) => (v.as_str(), format!("--{key} / NEXUS_{}_ADDR", key.to_uppercase())),
+        (Some(v), _) => (
+            v.as_str(),
+            format!("--{key} / NEXUS_{}_ADDR", key.to_uppercase()),
+        ),
         (None, Some(v)) => (v.as_str(), format!("config key `{key}`")),
         (None, None) => (default, "default".to_string()),
     };
@@ -125,20 +128,29 @@ fn addr(
 fn duration(value: &Option<String>, key: &str, default: Duration) -> anyhow::Result<Duration> {
     match value {
         None => Ok(default),
-        Some(text) => parse_duration(text)
-            .map_err(|err| anyhow::anyhow!("config key `{key}`: {err}")),
+        Some(text) => {
+            parse_duration(text).map_err(|err| anyhow::anyhow!("config key `{key}`: {err}"))
+        }
     }
 }
 
 impl NodeConfig {
     /// Resolves flags over file over defaults and validates.
-    pub fn load(data_dir: &Path, flags: &AddrFlags, extra_seeds: &[String]) -> anyhow::Result<NodeConfig> {
+    pub fn load(
+        data_dir: &Path,
+        flags: &AddrFlags,
+        extra_seeds: &[String],
+    ) -> anyhow::Result<NodeConfig> {
         let file = read_file(data_dir, flags.config.as_deref())?;
         Self::resolve(&file, flags, extra_seeds)
     }
 
     /// Resolves an already read file.
-    pub fn resolve(file: &FileConfig, flags: &AddrFlags, extra_seeds: &[String]) -> anyhow::Result<NodeConfig> {
+    pub fn resolve(
+        file: &FileConfig,
+        flags: &AddrFlags,
+        extra_seeds: &[String],
+    ) -> anyhow::Result<NodeConfig> {
         let api = addr(&flags.api, &file.api, DEFAULT_API, "api")?;
         let gossip = addr(&flags.gossip, &file.gossip, DEFAULT_GOSSIP, "gossip")?;
         let quic = addr(&flags.quic, &file.quic, DEFAULT_QUIC, "quic")?;
@@ -151,15 +163,28 @@ impl NodeConfig {
                 format!("seed {seed:?} is not IP:PORT of a node's gossip address")
             })?);
         }
-        let gossip_interval = duration(&file.gossip_interval, "gossip_interval", DEFAULT_GOSSIP_INTERVAL)?;
-        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(60) {
+        let gossip_interval = duration(
+            &file.gossip_interval,
+            "gossip_interval",
+            DEFAULT_GOSSIP_INTERVAL,
+        )?;
+        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(60)
+        {
             bail!("config key `gossip_interval` must be between 10ms and 60s");
         }
         let defaults = MembershipConfig::default();
         let m = file.membership.clone().unwrap_or_default();
         let membership = MembershipConfig {
-            suspect_after: duration(&m.suspect_after, "membership.suspect_after", defaults.suspect_after)?,
-            offline_after: duration(&m.offline_after, "membership.offline_after", defaults.offline_after)?,
+            suspect_after: duration(
+                &m.suspect_after,
+                "membership.suspect_after",
+                defaults.suspect_after,
+            )?,
+            offline_after: duration(
+                &m.offline_after,
+                "membership.offline_after",
+                defaults.offline_after,
+            )?,
             decommission_grace: duration(
                 &m.decommission_grace,
                 "membership.decommission_grace",
@@ -214,8 +239,14 @@ mod tests {
 
         let file: FileConfig = toml::from_str("[membership]\nsuspect_after = \"9s\"").unwrap();
         let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("membership.offline_after"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("membership.offline_after"),
+            "{err:#}"
+        );
 
-        assert!(toml::from_str::<FileConfig>("colour = 1").is_err(), "unknown keys are refused");
+        assert!(
+            toml::from_str::<FileConfig>("colour = 1").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -87,7 +87,11 @@ impl DataDir {
             bail!(
                 "{} already holds a Nexus node (found {}): start it with `nexus run --data-dir {}`, or choose an empty directory",
                 self.root.display(),
-                if self.db().exists() { "nexus.db" } else { "node.key" },
+                if self.db().exists() {
+                    "nexus.db"
+                } else {
+                    "node.key"
+                },
                 self.root.display()
             );
         }
@@ -108,11 +112,18 @@ impl DataDir {
                 self.root.display()
             );
         }
-        for file in [self.db(), self.node_key(), self.node_cert(), self.trust_root()] {
+        for file in [
+            self.db(),
+            self.node_key(),
+            self.node_cert(),
+            self.trust_root(),
+        ] {
             if !file.exists() {
                 bail!(
                     "{} is missing from data directory {}: this directory does not hold an enrolled node (run `nexus init` or `nexus join` first)",
-                    file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+                    file.file_name()
+                        .map(|f| f.to_string_lossy())
+                        .unwrap_or_default(),
                     self.root.display()
                 );
             }

@@ -45,7 +45,10 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
-        .env("NEXUS_LOG", std::env::var("NEXUS_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "NEXUS_LOG",
+            std::env::var("NEXUS_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", exe.display()))
@@ -54,7 +57,9 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
 /// Waits until the node in `dir` wrote its endpoints and answers `/healthz`.
 async fn wait_ready(member: &mut Member, deadline: Duration) -> anyhow::Result<String> {
     let started = Instant::now();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     while started.elapsed() < deadline {
         if let Some(status) = member.child.try_wait()? {
             bail!(
@@ -100,8 +105,7 @@ async fn stop_all(members: &mut [Member]) {
 /// Runs the local fleet until Ctrl-C.
 pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the nexus executable")?;
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let anchor_dir = DataDir::new(root.join("anchor"));
     let anchor_addrs = addrs(base_port, 0);
     if !anchor_dir.db().exists() {
@@ -126,7 +130,9 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
             dir: anchor_dir.clone(),
         });
         let anchor_api = wait_ready(&mut members[0], Duration::from_secs(20)).await?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let mut apis = vec![("anchor".to_string(), anchor_api.clone())];
         for i in 1..=nodes {
             let name = format!("node-{i}");
@@ -134,7 +140,11 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
             let node_addrs = addrs(base_port, i);
             let mut args;
             if dir.db().exists() {
-                args = vec!["run".to_string(), "--data-dir".into(), dir.root().display().to_string()];
+                args = vec![
+                    "run".to_string(),
+                    "--data-dir".into(),
+                    dir.root().display().to_string(),
+                ];
             } else {
                 let response: serde_json::Value = http
                     .post(format!("{anchor_api}/v1/tokens"))
@@ -145,7 +155,9 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
                     .error_for_status()?
                     .json()
                     .await?;
-                let token = response["token"].as_str().context("the anchor returned no token")?;
+                let token = response["token"]
+                    .as_str()
+                    .context("the anchor returned no token")?;
                 std::fs::create_dir_all(dir.root())?;
                 args = vec![
                     "join".to_string(),
@@ -177,7 +189,11 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
             let api = wait_ready(&mut members[last], Duration::from_secs(20)).await?;
             apis.push((name, api));
         }
-        println!("Nexus dev fleet is running ({} nodes). Data and logs: {}/", apis.len(), root.display());
+        println!(
+            "Nexus dev fleet is running ({} nodes). Data and logs: {}/",
+            apis.len(),
+            root.display()
+        );
         println!();
         for (name, api) in &apis {
             println!("  {name:<8} {api}");
@@ -213,7 +229,10 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
         exited = exited => Some(exited),
     };
     if let Some((name, status)) = &outcome {
-        eprintln!("{name} exited ({status}); stopping the dev fleet. See {}/{name}/nexus.log", root.display());
+        eprintln!(
+            "{name} exited ({status}); stopping the dev fleet. See {}/{name}/nexus.log",
+            root.display()
+        );
     } else {
         println!("\nStopping the dev fleet…");
     }

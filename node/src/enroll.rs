@@ -255,7 +255,10 @@ impl Admitter {
         if request.v != 1 {
             return refused(
                 "unsupported_version",
-                format!("join protocol version {} is not supported (this anchor speaks 1)", request.v),
+                format!(
+                    "join protocol version {} is not supported (this anchor speaks 1)",
+                    request.v
+                ),
             );
         }
         let secret: [u8; 32] = match URL_SAFE_NO_PAD
@@ -264,11 +267,21 @@ impl Admitter {
             .and_then(|s| s.try_into().ok())
         {
             Some(secret) => secret,
-            None => return refused("malformed", "join token secret is not 32 bytes of base64url"),
+            None => {
+                return refused(
+                    "malformed",
+                    "join token secret is not 32 bytes of base64url",
+                );
+            }
         };
         let public_key = match public_key_from_csr(&request.csr_pem) {
             Ok(pk) => pk,
-            Err(err) => return refused("bad_csr", format!("certificate signing request rejected: {err}")),
+            Err(err) => {
+                return refused(
+                    "bad_csr",
+                    format!("certificate signing request rejected: {err}"),
+                );
+            }
         };
         let node_id = NodeId::from_public_key(&public_key);
         let now = now_ms();
@@ -282,7 +295,12 @@ impl Admitter {
                     role,
                 })
                 .collect::<Vec<_>>(),
-            Err(err) => return refused("internal", format!("the anchor could not read its API keys: {err}")),
+            Err(err) => {
+                return refused(
+                    "internal",
+                    format!("the anchor could not read its API keys: {err}"),
+                );
+            }
         };
         let decided = self.store.admit(&request.token_id, |row: Option<&TokenRow>| {
             let record = row.map(|row| TokenRecord {
@@ -361,7 +379,10 @@ impl Admitter {
         match decided {
             Ok(Ok(admission)) => JoinResponse::Accepted(Box::new(admission)),
             Ok(Err(refusal)) => refusal,
-            Err(err) => refused("internal", format!("the anchor could not record the join: {err}")),
+            Err(err) => refused(
+                "internal",
+                format!("the anchor could not record the join: {err}"),
+            ),
         }
     }
 }
@@ -384,11 +405,15 @@ pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitte
     }
 }
 
-async fn serve_one(incoming: quinn::Incoming, admitter: Option<Arc<Admitter>>) -> anyhow::Result<()> {
+async fn serve_one(
+    incoming: quinn::Incoming,
+    admitter: Option<Arc<Admitter>>,
+) -> anyhow::Result<()> {
     let connection = tokio::time::timeout(Duration::from_secs(10), incoming).await??;
     let (mut send, mut recv) =
         tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await??;
-    let request = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(MAX_REQUEST)).await??;
+    let request =
+        tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(MAX_REQUEST)).await??;
     let response = match &admitter {
         Some(admitter) => {
             let admitter = admitter.clone();
@@ -430,11 +455,13 @@ pub async fn request_admission(
     } else {
         anchors_override.to_vec()
     };
-    let tls = nexus_ca::join_client_tls_config(token.root_fingerprint, &token.fleet_id, &[ALPN_JOIN]);
+    let tls =
+        nexus_ca::join_client_tls_config(token.root_fingerprint, &token.fleet_id, &[ALPN_JOIN]);
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .context("building the QUIC client configuration")?;
     let client_config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut errors = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut untrusted = Vec::new();
     for anchor in &anchors {
         match ask_anchor(*anchor, client_config.clone(), &body).await {
             Ok(JoinResponse::Accepted(admission)) => return Ok(*admission),
@@ -443,55 +470,97 @@ pub async fn request_admission(
                 // would not change it.
                 bail!("the anchor at {anchor} refused to admit this node ({code}): {message}");
             }
-            Err(err) => errors.push(format!("{anchor}: {err:#}")),
+            Err(AnchorError::Untrusted(why)) => untrusted.push(format!("{anchor}: {why}")),
+            Err(AnchorError::Unreachable(why)) => unreachable.push(format!("{anchor}: {why}")),
         }
+    }
+    if !untrusted.is_empty() {
+        bail!(
+            "refusing to join: no anchor proved it belongs to the token's fleet (nothing was sent):\n  {}{}",
+            untrusted.join("\n  "),
+            if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!("\nunreachable:\n  {}", unreachable.join("\n  "))
+            }
+        );
     }
     bail!(
         "no anchor could be reached to join the fleet:\n  {}\ncheck that an anchor is running and reachable, or pass --anchor IP:PORT",
-        errors.join("\n  ")
+        unreachable.join("\n  ")
     )
+}
+
+/// Why an anchor could not be asked.
+enum AnchorError {
+    /// Its certificate does not chain to the token's root (or is not an anchor's).
+    Untrusted(String),
+    /// No QUIC answer, or the exchange broke.
+    Unreachable(String),
 }
 
 async fn ask_anchor(
     anchor: SocketAddr,
     config: quinn::ClientConfig,
     body: &[u8],
-) -> anyhow::Result<JoinResponse> {
+) -> Result<JoinResponse, AnchorError> {
     let bind: SocketAddr = if anchor.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket for QUIC")?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|err| {
+        AnchorError::Unreachable(format!("cannot bind a UDP socket for QUIC: {err}"))
+    })?;
     endpoint.set_default_client_config(config);
     let exchange = async {
         let connection = endpoint
-            .connect(anchor, nexus_ca::ANCHOR_SERVER_NAME)?
+            .connect(anchor, nexus_ca::ANCHOR_SERVER_NAME)
+            .map_err(|err| AnchorError::Unreachable(err.to_string()))?
             .await
-            .map_err(|err| anyhow::anyhow!(describe_connection_error(&err)))?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(body).await?;
-        send.finish()?;
-        let bytes = recv.read_to_end(MAX_RESPONSE).await?;
+            .map_err(describe_connection_error)?;
+        let unreachable = |err: &dyn std::fmt::Display| AnchorError::Unreachable(err.to_string());
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| unreachable(&e))?;
+        send.write_all(body).await.map_err(|e| unreachable(&e))?;
+        send.finish().map_err(|e| unreachable(&e))?;
+        let bytes = recv
+            .read_to_end(MAX_RESPONSE)
+            .await
+            .map_err(|e| unreachable(&e))?;
         connection.close(0u32.into(), b"done");
-        let response: JoinResponse =
-            serde_json::from_slice(&bytes).context("the anchor's answer is not a join response")?;
-        anyhow::Ok(response)
+        serde_json::from_slice::<JoinResponse>(&bytes).map_err(|err| {
+            AnchorError::Unreachable(format!("the anchor's answer is not a join response: {err}"))
+        })
     };
     let result = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?;
+        .unwrap_or_else(|_| {
+            Err(AnchorError::Unreachable(
+                "no answer within 10 s".to_string(),
+            ))
+        });
     endpoint.wait_idle().await;
     result
 }
 
-fn describe_connection_error(err: &quinn::ConnectionError) -> String {
+fn describe_connection_error(err: quinn::ConnectionError) -> AnchorError {
     match err {
-        quinn::ConnectionError::TransportError(transport) => {
-            format!("refusing the anchor: {}", transport.reason)
+        // Our certificate verifier failed the handshake: the anchor is not who the token says.
+        // TLS alerts travel as QUIC crypto errors, codes 0x100..=0x1ff.
+        quinn::ConnectionError::TransportError(transport)
+            if (0x100..=0x1ff).contains(&u64::from(transport.code)) =>
+        {
+            AnchorError::Untrusted(
+                transport
+                    .reason
+                    .trim_start_matches("unexpected error: ")
+                    .to_string(),
+            )
         }
-        quinn::ConnectionError::TimedOut => "no QUIC answer (timed out)".to_string(),
-        other => other.to_string(),
+        quinn::ConnectionError::TimedOut => {
+            AnchorError::Unreachable("no QUIC answer (timed out)".to_string())
+        }
+        other => AnchorError::Unreachable(other.to_string()),
     }
 }
 
@@ -514,7 +583,10 @@ pub fn persist_admission(
     datadir::write_secret(&dir.node_key(), &key.to_pkcs8_pem())?;
     datadir::write_public(&dir.node_cert(), &admission.cert_pem)?;
     datadir::write_public(&dir.trust_root(), &admission.root_pem)?;
-    datadir::write_public(&dir.trust_intermediates(), &admission.intermediates_pem.concat())?;
+    datadir::write_public(
+        &dir.trust_intermediates(),
+        &admission.intermediates_pem.concat(),
+    )?;
     write_config(dir, flags)?;
     let api_keys = admission
         .api_keys

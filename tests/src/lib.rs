@@ -1,1 +1,376 @@
-//! placeholder
+//! Test harness for Nexus Cloud: starts real `nexus` processes on loopback (port 0, temp dirs)
+//! and talks to them over their real API.
+//!
+//! The binary is `$NEXUS_BIN` if set, else `target/<profile>/nexus` next to the running test
+//! executable; `.ci/run` builds it before the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Path of the `nexus` binary under test.
+pub fn nexus_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("NEXUS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("nexus");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "the nexus binary was not found next to {}: run `cargo build -p nexus-node` first or set NEXUS_BIN",
+        exe.display()
+    );
+}
+
+/// A `nexus` command with logs kept quiet unless asked for.
+pub fn nexus() -> Command {
+    let mut cmd = Command::new(nexus_bin());
+    cmd.env_remove("NEXUS_API_KEY")
+        .env_remove("NEXUS_DATA_DIR")
+        .env_remove("NEXUS_API_URL")
+        .env(
+            "NEXUS_LOG",
+            std::env::var("NEXUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    cmd
+}
+
+/// Runs a `nexus` command to completion.
+pub fn run(args: &[&str]) -> Output {
+    nexus()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn nexus")
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
+}
+
+/// Addresses flags binding every socket to a free loopback port.
+pub const ANY_PORTS: [&str; 6] = [
+    "--api",
+    "127.0.0.1:0",
+    "--gossip",
+    "127.0.0.1:0",
+    "--quic",
+    "127.0.0.1:0",
+];
+
+/// One running (or stopped) node process.
+pub struct NodeProc {
+    /// Its data directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+    /// `http://IP:PORT` of its API, once serving.
+    pub api: String,
+    /// Its node id.
+    pub node_id: String,
+    /// Its gossip address.
+    pub gossip: String,
+    /// Its QUIC address.
+    pub quic: String,
+}
+
+impl NodeProc {
+    /// Starts `nexus <args>` whose data dir is `dir`, and waits until it serves.
+    pub async fn spawn(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))?;
+        let child = nexus()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn nexus")?;
+        let mut node = NodeProc {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            api: String::new(),
+            node_id: String::new(),
+            gossip: String::new(),
+            quic: String::new(),
+        };
+        node.wait_serving(Duration::from_secs(20)).await?;
+        Ok(node)
+    }
+
+    /// Runs an enrolled data directory.
+    pub async fn run(dir: &Path) -> anyhow::Result<NodeProc> {
+        NodeProc::spawn(
+            dir,
+            &["run", "--data-dir", dir.to_str().expect("utf-8 path")],
+        )
+        .await
+    }
+
+    async fn wait_serving(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let http = reqwest::Client::new();
+        while started.elapsed() < limit {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+                bail!("nexus exited with {status} before serving:\n{log}");
+            }
+            let pid = self.child.as_ref().map(|c| u64::from(c.id()));
+            if let Ok(text) = std::fs::read_to_string(self.dir.join("endpoints.json"))
+                && let Ok(e) = serde_json::from_str::<Value>(&text)
+                && e["pid"].as_u64() == pid
+            {
+                let api = e["api"].as_str().unwrap_or_default().to_string();
+                if http
+                    .get(format!("{api}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    self.api = api;
+                    self.node_id = e["node_id"].as_str().unwrap_or_default().to_string();
+                    self.gossip = e["gossip"].as_str().unwrap_or_default().to_string();
+                    self.quic = e["quic"].as_str().unwrap_or_default().to_string();
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!(
+            "nexus in {} did not serve within {limit:?}",
+            self.dir.display()
+        )
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 10 s); returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        signal(child.id(), libc::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal to a process.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A fleet of real processes in a temp dir.
+pub struct Fleet {
+    /// Root of every data dir.
+    pub root: tempfile::TempDir,
+    /// The first anchor, then joined nodes.
+    pub nodes: Vec<NodeProc>,
+    /// Fleet admin key.
+    pub admin_key: String,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    /// `nexus init` + `nexus run` of the first anchor.
+    pub async fn init() -> anyhow::Result<Fleet> {
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("anchor");
+        let dir_s = dir.to_str().expect("utf-8");
+        let mut args = vec!["init", "--data-dir", dir_s, "--site", "hq"];
+        args.extend(ANY_PORTS);
+        let out = run(&args);
+        if !out.status.success() {
+            bail!(
+                "nexus init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let admin_key = std::fs::read_to_string(dir.join("admin.key"))?
+            .trim()
+            .to_string();
+        let anchor = NodeProc::run(&dir).await?;
+        Ok(Fleet {
+            root,
+            nodes: vec![anchor],
+            admin_key,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// The anchor.
+    pub fn anchor(&self) -> &NodeProc {
+        &self.nodes[0]
+    }
+
+    /// Creates a join token on the anchor.
+    pub async fn token(&self, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}/v1/tokens", self.anchor().api))
+            .bearer_auth(&self.admin_key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status.as_u16() != 201 {
+            bail!("token creation answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Joins a new node with `token` and waits until it serves.
+    pub async fn join(&mut self, token: &str, extra: &[&str]) -> anyhow::Result<&NodeProc> {
+        let dir = self.root.path().join(format!("node-{}", self.nodes.len()));
+        let dir_s = dir.to_str().expect("utf-8").to_string();
+        let mut args = vec!["join", token, "--data-dir", &dir_s];
+        args.extend(ANY_PORTS);
+        args.extend(extra);
+        let node = NodeProc::spawn(&dir, &args).await?;
+        self.nodes.push(node);
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// GET a JSON resource from `api` with the admin key.
+    pub async fn get(&self, api: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .get(format!("{api}{path}"))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST to `api` with the admin key.
+    pub async fn post(&self, api: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{api}{path}"))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// node id → status, as `api` sees the fleet.
+    pub async fn statuses(&self, api: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let (status, body) = self.get(api, "/v1/nodes?limit=1000").await?;
+        if status != 200 {
+            bail!("GET /v1/nodes answered {status}: {body}");
+        }
+        Ok(body["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .map(|n| {
+                (
+                    n["node_id"].as_str().unwrap_or_default().to_string(),
+                    n["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// True when every running node sees `expected` nodes, all with status `want` except those
+    /// in `except` (which must have their given status).
+    pub async fn all_see(&self, expected: usize, want: &str, except: &[(&str, &str)]) -> bool {
+        for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+            let Ok(statuses) = self.statuses(&node.api).await else {
+                return false;
+            };
+            if statuses.len() != expected {
+                return false;
+            }
+            for (id, status) in &statuses {
+                let target = except
+                    .iter()
+                    .find(|(eid, _)| eid == id)
+                    .map_or(want, |(_, s)| s);
+                if status != target {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A metric's value from a node's `/metrics` (sum over label sets matching `labels`).
+    pub async fn metric(&self, api: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(format!("{api}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| {
+                (line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+                    && line.contains(labels)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}

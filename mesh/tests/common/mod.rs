@@ -5,18 +5,67 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nexus_ca::{CertificateAuthority, MicProfile, NodeId, NodeKey, Role, TrustStore};
 use nexus_mesh::{
-    Datagrams, GossipAuth, GossipAuthConfig, MemoryNetwork, Mesh, MeshConfig, MembershipConfig,
+    Datagrams, GossipAuth, GossipAuthConfig, MembershipConfig, MemoryNetwork, Mesh, MeshConfig,
     NodeInfo, NodeStatus, UdpDatagrams,
 };
 
 /// Longest any test waits for a condition.
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Gossip timings of the test meshes.
+#[derive(Debug)]
+pub struct Timing {
+    pub gossip_interval: Duration,
+    pub suspect_after: Duration,
+    pub offline_after: Duration,
+    pub tick_interval: Duration,
+}
+
+/// The fast test timings (50 ms rounds, suspected after 300 ms, offline after 600 ms), slowed down
+/// when signature verification is slow. Every gossip datagram is verified; a round of 4 nodes
+/// gossiping with 3 peers each is 12 SYN/SYN-ACK/ACK exchanges, 36 verifications. In an
+/// unoptimized build ed25519 verification (curve25519-dalek at opt-level 0) takes ~10 ms, so
+/// 50 ms rounds would need ~8 cores and live nodes would look dead. The rounds are stretched so a
+/// cluster needs at most about one core; with optimized crypto the timings stay the fast ones.
+pub fn timing() -> &'static Timing {
+    static TIMING: OnceLock<Timing> = OnceLock::new();
+    TIMING.get_or_init(|| {
+        let key = NodeKey::generate();
+        let msg = [0x42u8; 512];
+        let signature = key.sign(&msg);
+        let public = key.public_key();
+        let mut samples: Vec<Duration> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                assert!(nexus_ca::verify_signature(&public, &msg, &signature));
+                start.elapsed()
+            })
+            .collect();
+        samples.sort();
+        let verify = samples[samples.len() / 2];
+        let gossip_interval = Duration::from_millis(50).max(verify * 36);
+        let timing = Timing {
+            gossip_interval,
+            suspect_after: Duration::from_millis(300).max(gossip_interval * 4),
+            offline_after: Duration::from_millis(600).max(gossip_interval * 8),
+            tick_interval: Duration::from_millis(25).max(gossip_interval / 4),
+        };
+        eprintln!("ed25519 verify takes {verify:?}: test timings {timing:?}");
+        timing
+    })
+}
+
+/// Held by every test that runs a cluster: one cluster at a time keeps the CPU budget above.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
 
 /// A fleet root with one anchor intermediate, and the trust store its nodes hold.
 pub struct Fleet {
@@ -97,18 +146,19 @@ impl Fleet {
         datagrams: Box<dyn Datagrams>,
         seeds: Vec<SocketAddr>,
     ) -> Mesh {
+        let timing = timing();
         let config = MeshConfig {
             fleet_id: self.id.clone(),
             node_id: identity.node_id(),
             generation,
-            gossip_interval: Duration::from_millis(50),
+            gossip_interval: timing.gossip_interval,
             seeds,
             membership: MembershipConfig {
-                suspect_after: Duration::from_millis(300),
-                offline_after: Duration::from_millis(600),
+                suspect_after: timing.suspect_after,
+                offline_after: timing.offline_after,
                 decommission_grace: Duration::from_secs(3600),
             },
-            tick_interval: Duration::from_millis(25),
+            tick_interval: timing.tick_interval,
         };
         Mesh::start(config, datagrams, self.auth(identity), &info(), Vec::new())
             .await
@@ -180,7 +230,10 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String
     let start = Instant::now();
     loop {
         match check() {
-            Ok(()) => return,
+            Ok(()) => {
+                eprintln!("{:>6} ms until {what}", start.elapsed().as_millis());
+                return;
+            }
             Err(last) if start.elapsed() > DEADLINE => {
                 panic!("timed out after {DEADLINE:?} waiting until {what}: {last}")
             }

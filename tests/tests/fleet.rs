@@ -1,0 +1,228 @@
+//! A fleet of real `nexus` processes: bootstrap, membership, failure detection, restarts and
+//! operator actions.
+
+use std::time::Duration;
+
+use nexus_tests::{Fleet, NodeProc};
+use serde_json::json;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+async fn fleet_of(n_nodes: usize) -> Fleet {
+    let mut fleet = Fleet::init().await.expect("init");
+    let token = fleet
+        .token(json!({ "uses": n_nodes, "ttl_seconds": 600 }))
+        .await
+        .expect("token");
+    let token = token["token"].as_str().expect("token string").to_string();
+    for _ in 0..n_nodes {
+        fleet
+            .join(&token, &["--site", "edge-1"])
+            .await
+            .expect("join");
+    }
+    fleet
+}
+
+#[tokio::test]
+async fn five_nodes_bootstrapped_from_one_token_all_see_each_other_online() {
+    let fleet = fleet_of(4).await;
+    let mut last = Vec::new();
+    let converged = nexus_tests::wait_until(CONVERGE, "5 nodes online everywhere", || {
+        let fleet = &fleet;
+        async move { fleet.all_see(5, "online", &[]).await }
+    })
+    .await;
+    if converged.is_err() {
+        for node in &fleet.nodes {
+            last.push(fleet.statuses(&node.api).await.unwrap_or_default());
+        }
+    }
+    converged.unwrap_or_else(|err| panic!("{err}: {last:?}"));
+
+    // Every node's view carries the node fields, including the site from the join.
+    let (status, body) = fleet
+        .get(
+            &fleet.nodes[2].api,
+            &format!("/v1/nodes/{}", fleet.nodes[3].node_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["site"], "edge-1");
+    assert_eq!(body["role"], "node");
+    assert_eq!(
+        body["addresses"]["api"],
+        fleet.nodes[3].api.trim_start_matches("http://")
+    );
+    let (_, anchor) = fleet
+        .get(
+            &fleet.nodes[4].api,
+            &format!("/v1/nodes/{}", fleet.anchor().node_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(anchor["role"], "anchor");
+    assert_eq!(anchor["site"], "hq");
+
+    // Pagination walks all five exactly once.
+    let (_, page1) = fleet
+        .get(&fleet.nodes[1].api, "/v1/nodes?limit=2")
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = page1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut cursor = page1["next_cursor"].as_str().map(str::to_string);
+    while let Some(c) = cursor {
+        let (_, page) = fleet
+            .get(
+                &fleet.nodes[1].api,
+                &format!("/v1/nodes?limit=2&cursor={c}"),
+            )
+            .await
+            .unwrap();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["node_id"].as_str().unwrap().to_string()),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+    }
+    let mut expected: Vec<String> = fleet.nodes.iter().map(|n| n.node_id.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn a_killed_node_is_seen_offline_by_all_and_comes_back_with_the_same_id() {
+    let mut fleet = fleet_of(3).await;
+    nexus_tests::wait_until(CONVERGE, "4 nodes online", || {
+        let fleet = &fleet;
+        async move { fleet.all_see(4, "online", &[]).await }
+    })
+    .await
+    .unwrap();
+
+    let victim_id = fleet.nodes[2].node_id.clone();
+    let victim_dir = fleet.nodes[2].dir.clone();
+    fleet.nodes[2].kill9();
+    nexus_tests::wait_until(CONVERGE, "the killed node offline everywhere", || {
+        let fleet = &fleet;
+        let id = victim_id.clone();
+        async move { fleet.all_see(4, "online", &[(&id, "offline")]).await }
+    })
+    .await
+    .unwrap();
+
+    // Restart from disk: no token, same identity.
+    let restarted = NodeProc::run(&victim_dir).await.expect("restart");
+    assert_eq!(restarted.node_id, victim_id);
+    fleet.nodes[2] = restarted;
+    nexus_tests::wait_until(CONVERGE, "the restarted node online everywhere", || {
+        let fleet = &fleet;
+        async move { fleet.all_see(4, "online", &[]).await }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn membership_survives_a_restart_of_the_whole_view() {
+    let mut fleet = fleet_of(2).await;
+    nexus_tests::wait_until(CONVERGE, "3 nodes online", || {
+        let fleet = &fleet;
+        async move { fleet.all_see(3, "online", &[]).await }
+    })
+    .await
+    .unwrap();
+    // Stop a node cleanly and stop the node it would learn from; on restart it still lists
+    // every node it knew (from SQLite) before gossip says anything.
+    let dir = fleet.nodes[1].dir.clone();
+    assert!(fleet.nodes[1].terminate(), "clean exit on SIGTERM");
+    fleet.nodes[0].kill9();
+    fleet.nodes[2].kill9();
+    let alone = NodeProc::run(&dir).await.unwrap();
+    let listed = fleet.statuses(&alone.api).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        3,
+        "last known membership restored: {listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn drain_and_decommission_reach_every_node() {
+    let fleet = fleet_of(3).await;
+    nexus_tests::wait_until(CONVERGE, "4 nodes online", || {
+        let fleet = &fleet;
+        async move { fleet.all_see(4, "online", &[]).await }
+    })
+    .await
+    .unwrap();
+    let drained = fleet.nodes[1].node_id.clone();
+    let gone = fleet.nodes[2].node_id.clone();
+
+    // Operator actions can be sent to any node.
+    let (status, body) = fleet
+        .post(&fleet.nodes[3].api, &format!("/v1/nodes/{drained}/drain"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "draining");
+    let (status, body) = fleet
+        .post(
+            &fleet.anchor().api,
+            &format!("/v1/nodes/{gone}/decommission"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    nexus_tests::wait_until(CONVERGE, "drain and decommission everywhere", || {
+        let fleet = &fleet;
+        let (d, g) = (drained.clone(), gone.clone());
+        async move {
+            let mut ok = true;
+            for node in fleet.nodes.iter().filter(|n| n.node_id != g) {
+                let Ok(statuses) = fleet.statuses(&node.api).await else {
+                    return false;
+                };
+                ok &= statuses.iter().any(|(id, s)| *id == d && s == "draining");
+                ok &= statuses
+                    .iter()
+                    .any(|(id, s)| *id == g && s == "decommissioned");
+            }
+            ok
+        }
+    })
+    .await
+    .unwrap();
+    // The decommissioned node's gossip is refused and counted.
+    nexus_tests::wait_until(CONVERGE, "denied datagrams counted", || {
+        let fleet = &fleet;
+        async move {
+            fleet
+                .metric(
+                    &fleet.anchor().api,
+                    "nexus_gossip_datagrams_dropped_total",
+                    "reason=\"denied\"",
+                )
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        }
+    })
+    .await
+    .unwrap();
+    // Decommissioning is final.
+    let (status, body) = fleet
+        .post(&fleet.nodes[3].api, &format!("/v1/nodes/{gone}/drain"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+}
