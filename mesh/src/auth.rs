@@ -716,6 +716,47 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_is_left_out_only_for_peers_that_hold_it() {
+        let (f, mut sender, mut receiver) = pair();
+        let peer: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let now = unix_ms();
+        let has_cert = |d: &[u8]| d[4] & FLAG_CERT != 0;
+
+        // Unconfirmed peer: the certificate travels.
+        let first = sender.seal_to(b"syn", now, peer).unwrap();
+        assert!(has_cert(&first));
+        receiver.open(&first, now).unwrap();
+        // The peer answered: from now on the certificate stays home, and the peer still opens it.
+        sender.confirm(peer, now);
+        let bare = sender.seal_to(b"syn", now + 1, peer).unwrap();
+        assert!(!has_cert(&bare));
+        assert_eq!(receiver.open(&bare, now + 1).unwrap().payload, b"syn");
+        // Other peers still get it.
+        let other: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        assert!(has_cert(&sender.seal_to(b"syn", now + 1, other).unwrap()));
+        // Refreshed once a minute.
+        assert!(has_cert(
+            &sender.seal_to(b"syn", now + CERT_REFRESH_MS, peer).unwrap()
+        ));
+
+        // A receiver that lost it asks; the request is not gossip, and the next datagram carries
+        // the certificate again.
+        let mut forgetful = auth_for(&f, &member(&f));
+        let err = forgetful.open_from(&bare, now + 1, peer).unwrap_err();
+        assert_eq!(err, DropReason::UnknownSender(sender.node_id));
+        let request = receiver.certificate_request(now + 2);
+        assert_eq!(
+            sender.open_from(&request, now + 2, peer).unwrap_err(),
+            DropReason::CertificateRequested
+        );
+        assert!(has_cert(&sender.seal_to(b"syn", now + 3, peer).unwrap()));
+        // A request is never mistaken for gossip by `open` either, whatever its length.
+        for len in 0..=request.len() {
+            assert!(receiver.open(&request[..len], now + 2).is_err());
+        }
+    }
+
+    #[test]
     fn certificate_less_datagrams_need_a_previously_learned_certificate() {
         let (_, sender, mut receiver) = pair();
         let now = unix_ms();

@@ -54,6 +54,7 @@ pub struct Mesh {
     table: Arc<Mutex<Membership>>,
     auth: Arc<Mutex<GossipAuth>>,
     changes: watch::Receiver<u64>,
+    evicted: watch::Receiver<bool>,
     ticker: JoinHandle<()>,
     node_id: NodeId,
     gossip_addr: SocketAddr,
@@ -130,6 +131,7 @@ impl Mesh {
         }
         let table = Arc::new(Mutex::new(membership));
         let (changes_tx, changes) = watch::channel(0u64);
+        let (evicted_tx, evicted) = watch::channel(false);
         let ticker = tokio::spawn(tick_loop(
             chitchat.chitchat(),
             table.clone(),
@@ -137,6 +139,7 @@ impl Mesh {
             config.node_id,
             config.tick_interval,
             changes_tx,
+            evicted_tx,
             now,
         ));
         Ok(Mesh {
@@ -144,6 +147,7 @@ impl Mesh {
             table,
             auth,
             changes,
+            evicted,
             ticker,
             node_id: config.node_id,
             gossip_addr,
@@ -168,6 +172,11 @@ impl Mesh {
     /// Bumped whenever a status changes; lets the node persist membership only when it changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// Turns true when gossip says an operator decommissioned this node.
+    pub fn evicted(&self) -> watch::Receiver<bool> {
+        self.evicted.clone()
     }
 
     /// Publishes a new health summary (`ok` or the failing check).
@@ -230,6 +239,7 @@ async fn tick_loop(
     self_id: NodeId,
     interval: Duration,
     changes: watch::Sender<u64>,
+    evicted: watch::Sender<bool>,
     now: impl Fn() -> Now,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -282,6 +292,12 @@ async fn tick_loop(
             let drain_self = table
                 .get(&self_id)
                 .is_some_and(|m| matches!(m.operator, Some((OperatorAction::Drain, _))));
+            if table
+                .get(&self_id)
+                .is_some_and(|m| m.status == NodeStatus::Decommissioned)
+            {
+                evicted.send_if_modified(|e| !std::mem::replace(e, true));
+            }
             let grew = table.members().count() != before;
             (transitions, forgotten, table.counts(), drain_self, grew)
         };

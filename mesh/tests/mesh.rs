@@ -378,33 +378,28 @@ async fn memory_partition_then_heal() {
     a_partitioned_node_goes_offline_and_returns_when_healed(Memory::default()).await;
 }
 
-/// Known gap, kept as a specification: the fleet drops a decommissioned node's datagrams, but it
-/// still *sends* to it (chitchat keeps gossiping with dead nodes and seeds), and chitchat records
-/// the heartbeats carried in every SYN's digest. So the decommissioned node keeps seeing the
-/// others' heartbeats advance and lists them online forever. Fixing it needs the transport to stop
-/// sending to denied nodes.
+/// A decommissioned node learns it from the fleet's gossip (the fleet still sends to it; it only
+/// refuses what it sends) and is told to stop through `Mesh::evicted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the fleet still gossips digests to a decommissioned node"]
-async fn memory_a_decommissioned_node_stops_hearing_the_fleet() {
+async fn memory_a_decommissioned_node_is_told_it_was_evicted() {
     let _serial = common::one_cluster_at_a_time().await;
     let cluster = Cluster::start(Memory::default()).await;
     let gone = 3;
+    let mut evicted = cluster.mesh(gone).evicted();
+    assert!(!*evicted.borrow());
     cluster
         .mesh(0)
         .operator_action(cluster.node(gone), OperatorAction::Decommission)
         .await;
-    eventually(
-        "the decommissioned node sees everyone else go offline",
-        || {
-            let actual = view(cluster.mesh(gone));
-            for i in others(gone) {
-                if actual[&cluster.node(i)] != NodeStatus::Offline {
-                    return Err(format!("it sees {actual:?}"));
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(15), evicted.wait_for(|e| *e))
+        .await
+        .expect("the decommissioned node is told within 15 s")
+        .expect("mesh still running");
+    for i in others(gone) {
+        assert!(
+            !*cluster.mesh(i).evicted().borrow(),
+            "only the target is evicted"
+        );
+    }
     cluster.stop().await;
 }

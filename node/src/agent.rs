@@ -194,7 +194,8 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         api_addr,
         quic_addr,
         nexlink_version: env!("CARGO_PKG_VERSION").to_string(),
-        nexroute_version: env!("CARGO_PKG_VERSION").to_string(),
+        // No data plane runs yet: report none rather than pretend.
+        nexroute_version: String::new(),
         nic_model: String::new(),
         firmware_version: String::new(),
         capabilities: Vec::new(),
@@ -357,8 +358,18 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         stop_rx.clone(),
     ));
 
+    let mut evicted = mesh.evicted();
+    let mut outcome = Ok(());
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = evicted.wait_for(|e| *e) => {
+            tracing::error!(node = %node_id, "an operator decommissioned this node; stopping");
+            outcome = Err(anyhow::anyhow!(
+                "node {node_id} was decommissioned by an operator and no longer belongs to the fleet: \
+                 to bring this machine back, move {} aside and join again with a new token",
+                dir.root().display()
+            ));
+        }
         result = api => {
             match result {
                 Ok(Ok(())) => {}
@@ -374,7 +385,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     persist_members(&mesh, &store);
     mesh.shutdown();
     let _ = std::fs::remove_file(dir.endpoints());
-    Ok(())
+    outcome
 }
 
 fn persist_members(mesh: &Mesh, store: &Store) {

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite failed.
-    #[error("database {path}: {source}")]
+    #[error("database {path}: {source}{}", damage_hint(source))]
     Sqlite {
         /// File.
         path: String,
@@ -36,6 +36,19 @@ pub enum StoreError {
     /// Anything else around a store operation.
     #[error("{0}")]
     Other(String),
+}
+
+fn damage_hint(err: &rusqlite::Error) -> &'static str {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            " (the file is damaged or is not a Nexus database: restore it from a backup, or move the data directory aside and re-enroll the node)"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            " (check that the data directory is writable by this user)"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full)",
+        _ => "",
+    }
 }
 
 const MIGRATIONS: &[&str] = &[

@@ -158,7 +158,7 @@ async fn membership_survives_a_restart_of_the_whole_view() {
 
 #[tokio::test]
 async fn drain_and_decommission_reach_every_node() {
-    let fleet = fleet_of(3).await;
+    let mut fleet = fleet_of(3).await;
     nexus_tests::wait_until(CONVERGE, "4 nodes online", || {
         let fleet = &fleet;
         async move { fleet.all_see(4, "online", &[]).await }
@@ -219,6 +219,24 @@ async fn drain_and_decommission_reach_every_node() {
     })
     .await
     .unwrap();
+    // The decommissioned node learns it and stops, saying why.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = fleet.nodes[2].exited() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "the decommissioned node kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    assert!(
+        fleet.nodes[2].log().contains("was decommissioned"),
+        "{}",
+        fleet.nodes[2].log()
+    );
     // Decommissioning is final.
     let (status, body) = fleet
         .post(&fleet.nodes[3].api, &format!("/v1/nodes/{gone}/drain"))
