@@ -21,6 +21,10 @@ use crate::wire::{
     operator_key,
 };
 
+/// Default time between gossip rounds: fast enough that a live node's heartbeat reaches a
+/// 50-node pool well inside the suspicion window; compressed digests keep it affordable.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Everything the mesh needs to run. Built by the binary from its config tree.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -133,13 +137,15 @@ impl Mesh {
         let (changes_tx, changes) = watch::channel(0u64);
         let (evicted_tx, evicted) = watch::channel(false);
         let ticker = tokio::spawn(tick_loop(
-            chitchat.chitchat(),
-            table.clone(),
-            auth.clone(),
-            config.node_id,
+            Folding {
+                chitchat: chitchat.chitchat(),
+                table: table.clone(),
+                auth: auth.clone(),
+                self_id: config.node_id,
+                changes: changes_tx,
+                evicted: evicted_tx,
+            },
             config.tick_interval,
-            changes_tx,
-            evicted_tx,
             now,
         ));
         Ok(Mesh {
@@ -232,16 +238,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn tick_loop(
+/// What the ticker reads gossip state from and reports membership to.
+struct Folding {
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     table: Arc<Mutex<Membership>>,
     auth: Arc<Mutex<GossipAuth>>,
     self_id: NodeId,
-    interval: Duration,
     changes: watch::Sender<u64>,
     evicted: watch::Sender<bool>,
-    now: impl Fn() -> Now,
-) {
+}
+
+async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) {
+    let Folding {
+        chitchat,
+        table,
+        auth,
+        self_id,
+        changes,
+        evicted,
+    } = folding;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
@@ -303,6 +318,8 @@ async fn tick_loop(
         };
         for t in &transitions {
             tracing::info!(node = %t.node_id, from = %t.from, to = %t.to, "node status changed");
+            metrics::counter!("nexus_node_status_transitions_total", "to" => t.to.as_str())
+                .increment(1);
             if t.to == NodeStatus::Decommissioned && t.node_id != self_id {
                 lock(&auth).deny(t.node_id);
             }

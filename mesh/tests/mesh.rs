@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use common::{Fleet, Identity, Memory, Net, Udp, eventually, sees, unix_ms, view};
+use common::{Fleet, Identity, Memory, Net, Udp, eventually, sees, unix_ms};
 use nexus_ca::NodeId;
 use nexus_mesh::{Mesh, NodeStatus, OperatorAction, SelfStatus};
 

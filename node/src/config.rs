@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nexus_mesh::{MembershipConfig, parse_duration};
+use nexus_mesh::{DEFAULT_GOSSIP_INTERVAL, MembershipConfig, parse_duration};
 use serde::{Deserialize, Serialize};
 
 /// Default API address.
@@ -16,9 +16,6 @@ pub const DEFAULT_API: &str = "127.0.0.1:7600";
 pub const DEFAULT_GOSSIP: &str = "127.0.0.1:7601";
 /// Default QUIC (UDP) address.
 pub const DEFAULT_QUIC: &str = "127.0.0.1:7602";
-/// Default gossip interval: fast enough that a live node's heartbeat reaches a 50-node pool well
-/// inside the 1.5 s suspicion window; compressed digests keep it cheap.
-pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The TOML file (`<data-dir>/nexus.toml` or `--config`). Every key is optional.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
