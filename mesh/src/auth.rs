@@ -36,6 +36,10 @@ const DOMAIN: &[u8] = b"nexus-gossip-v1\0";
 const FLAG_CERT: u8 = 1;
 /// A bare header asking the receiver to resend its certificate.
 const FLAG_CERT_REQUEST: u8 = 2;
+/// A signed notice, sent in answer to a denied sender, whose payload is the denied node's id.
+const FLAG_EVICTION: u8 = 4;
+/// At most one eviction notice per address this often.
+const EVICTION_NOTICE_INTERVAL_MS: u64 = 1_000;
 /// Even a peer known to hold our certificate gets it again this often, in case it lost it.
 const CERT_REFRESH_MS: u64 = 60_000;
 const FIXED_HEADER: usize = 4 + 1 + 16 + 8;
@@ -82,6 +86,9 @@ pub enum DropReason {
     /// Not gossip: the peer asks for our certificate (it lost or never had it).
     #[error("peer asked for our certificate")]
     CertificateRequested,
+    /// Not gossip: an authentic notice from this fleet member that we were decommissioned.
+    #[error("{0} says this node was decommissioned")]
+    EvictionNotice(NodeId),
 }
 
 impl DropReason {
@@ -97,6 +104,7 @@ impl DropReason {
             DropReason::Denied(_) => "denied",
             DropReason::BadSignature => "bad_signature",
             DropReason::CertificateRequested => "certificate_request",
+            DropReason::EvictionNotice(_) => "eviction_notice",
         }
     }
 }
@@ -129,6 +137,10 @@ pub struct GossipAuth {
     denied: HashSet<NodeId>,
     /// Peers known to hold our certificate, with when they last showed it.
     holders: HashMap<SocketAddr, u64>,
+    /// When each denied address was last sent an eviction notice.
+    notified: HashMap<SocketAddr, u64>,
+    /// The fleet member that told us we were decommissioned.
+    evicted_by: Option<NodeId>,
 }
 
 /// A datagram that passed every check.
@@ -162,6 +174,8 @@ impl GossipAuth {
             verified: HashMap::new(),
             denied: HashSet::new(),
             holders: HashMap::new(),
+            notified: HashMap::new(),
+            evicted_by: None,
         }
     }
 
@@ -232,7 +246,45 @@ impl GossipAuth {
         self.open(datagram, now_unix_ms)
     }
 
+    /// A signed notice telling `target` (a denied node at `to`) that it was decommissioned, or
+    /// `None` if `to` was told less than a second ago. The fleet refuses a denied node's gossip,
+    /// so without the notice it could not learn why it hears nothing back.
+    pub fn eviction_notice(
+        &mut self,
+        target: NodeId,
+        to: SocketAddr,
+        now_unix_ms: u64,
+    ) -> Option<Vec<u8>> {
+        if self
+            .notified
+            .get(&to)
+            .is_some_and(|at| now_unix_ms.saturating_sub(*at) < EVICTION_NOTICE_INTERVAL_MS)
+        {
+            return None;
+        }
+        if self.notified.len() >= MAX_CACHED_CERTS {
+            self.notified.clear();
+        }
+        self.notified.insert(to, now_unix_ms);
+        self.seal_flagged(target.as_bytes(), now_unix_ms, true, FLAG_EVICTION)
+    }
+
+    /// The fleet member that sent this node an authentic eviction notice, if any.
+    pub fn evicted_by(&self) -> Option<NodeId> {
+        self.evicted_by
+    }
+
     fn seal_with(&self, payload: &[u8], now_unix_ms: u64, want_cert: bool) -> Option<Vec<u8>> {
+        self.seal_flagged(payload, now_unix_ms, want_cert, 0)
+    }
+
+    fn seal_flagged(
+        &self,
+        payload: &[u8],
+        now_unix_ms: u64,
+        want_cert: bool,
+        flags: u8,
+    ) -> Option<Vec<u8>> {
         let with_cert = FIXED_HEADER + 2 + self.mic_der.len() + payload.len() + SIGNATURE_LEN;
         let include_cert = want_cert && with_cert <= MAX_DATAGRAM;
         if !include_cert && FIXED_HEADER + payload.len() + SIGNATURE_LEN > MAX_DATAGRAM {
@@ -240,7 +292,7 @@ impl GossipAuth {
         }
         let mut out = Vec::with_capacity(with_cert);
         out.extend_from_slice(MAGIC);
-        out.push(if include_cert { FLAG_CERT } else { 0 });
+        out.push(flags | if include_cert { FLAG_CERT } else { 0 });
         out.extend_from_slice(self.node_id.as_bytes());
         out.extend_from_slice(&now_unix_ms.to_be_bytes());
         if include_cert {
@@ -322,10 +374,15 @@ impl GossipAuth {
         ) {
             return Err(DropReason::BadSignature);
         }
-        Ok(Opened {
-            sender,
-            payload: &datagram[cursor..body_end],
-        })
+        let payload = &datagram[cursor..body_end];
+        if flags & FLAG_EVICTION != 0 {
+            if payload != self.node_id.as_bytes() {
+                return Err(DropReason::Malformed("eviction notice for another node"));
+            }
+            self.evicted_by = Some(sender);
+            return Err(DropReason::EvictionNotice(sender));
+        }
+        Ok(Opened { sender, payload })
     }
 
     fn learn_certificate(
@@ -789,5 +846,61 @@ mod tests {
         assert_eq!(opened.sender, sender.node_id);
         assert_eq!(opened.payload, &big[..]);
         assert_eq!(receiver.open(&small_bare, now).unwrap().payload, b"small");
+    }
+
+    #[test]
+    fn a_denied_node_gets_an_authentic_eviction_notice_at_most_once_a_second() {
+        let f = fleet("acme");
+        let mut fleet_node = auth_for(&f, &member(&f));
+        let denied_member = member(&f);
+        let mut denied = auth_for(&f, &denied_member);
+        let third = member(&f);
+        let mut bystander = auth_for(&f, &third);
+        let denied_addr: SocketAddr = "127.0.0.1:7003".parse().unwrap();
+        let now = unix_ms();
+
+        let notice = fleet_node
+            .eviction_notice(denied.node_id, denied_addr, now)
+            .unwrap();
+        assert!(
+            fleet_node
+                .eviction_notice(denied.node_id, denied_addr, now + 10)
+                .is_none(),
+            "rate limited"
+        );
+        assert!(
+            fleet_node
+                .eviction_notice(
+                    denied.node_id,
+                    denied_addr,
+                    now + EVICTION_NOTICE_INTERVAL_MS
+                )
+                .is_some()
+        );
+
+        assert_eq!(denied.evicted_by(), None);
+        assert_eq!(
+            denied.open(&notice, now).unwrap_err(),
+            DropReason::EvictionNotice(fleet_node.node_id)
+        );
+        assert_eq!(denied.evicted_by(), Some(fleet_node.node_id));
+
+        // Addressed to someone else: ignored, and nobody else believes it is evicted.
+        assert!(matches!(
+            bystander.open(&notice, now).unwrap_err(),
+            DropReason::Malformed(_)
+        ));
+        assert_eq!(bystander.evicted_by(), None);
+
+        // A forged notice (any byte changed) is not believed.
+        let mut forged = notice.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut denied_again = auth_for(&f, &denied_member);
+        assert_eq!(
+            denied_again.open(&forged, now).unwrap_err(),
+            DropReason::BadSignature
+        );
+        assert_eq!(denied_again.evicted_by(), None);
     }
 }

@@ -307,11 +307,14 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
             let drain_self = table
                 .get(&self_id)
                 .is_some_and(|m| matches!(m.operator, Some((OperatorAction::Drain, _))));
-            if table
+            let notified_by = lock(&auth).evicted_by();
+            let decommissioned = table
                 .get(&self_id)
-                .is_some_and(|m| m.status == NodeStatus::Decommissioned)
+                .is_some_and(|m| m.status == NodeStatus::Decommissioned);
+            if (notified_by.is_some() || decommissioned)
+                && evicted.send_if_modified(|e| !std::mem::replace(e, true))
             {
-                evicted.send_if_modified(|e| !std::mem::replace(e, true));
+                tracing::error!(notified_by = ?notified_by, "an operator decommissioned this node");
             }
             let grew = table.members().count() != before;
             (transitions, forgotten, table.counts(), drain_self, grew)

@@ -263,6 +263,10 @@ async fn receive_one(
                 Err(reason @ DropReason::UnknownSender(_)) => {
                     Err((reason, Some(auth.certificate_request(unix_ms()))))
                 }
+                Err(DropReason::Denied(sender)) => {
+                    let notice = auth.eviction_notice(sender, from, unix_ms());
+                    Err((DropReason::Denied(sender), notice))
+                }
                 Err(reason) => Err((reason, None)),
             }
         };
