@@ -78,6 +78,33 @@ pub const ANY_PORTS: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
+/// Sum of the samples of metric `name` whose line contains `labels`, in Prometheus text.
+pub fn sum_metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            (line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Reads a metric from a node's `/metrics` (see [`sum_metric`]).
+pub async fn fetch_metric(
+    http: &reqwest::Client,
+    api: &str,
+    name: &str,
+    labels: &str,
+) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{api}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(sum_metric(&text, name, labels))
+}
+
 /// One running (or stopped) node process.
 pub struct NodeProc {
     /// Its data directory.
@@ -369,20 +396,29 @@ impl Fleet {
 
     /// A metric's value from a node's `/metrics` (sum over label sets matching `labels`).
     pub async fn metric(&self, api: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{api}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|line| {
-                (line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
-                    && line.contains(labels)
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        fetch_metric(&self.http, api, name, labels).await
+    }
+
+    /// Waits until every running node sees `expected` nodes (see [`Fleet::all_see`]).
+    pub async fn converge(
+        &self,
+        expected: usize,
+        want: &str,
+        except: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let what = format!("{expected} nodes {want} everywhere (except {except:?})");
+        let waited = wait_until(Duration::from_secs(20), &what, || {
+            self.all_see(expected, want, except)
+        })
+        .await;
+        if let Err(err) = waited {
+            // Say what each node saw instead.
+            let mut views = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+                views.push((node.node_id.clone(), self.statuses(&node.api).await.ok()));
+            }
+            bail!("{err}; views: {views:?}");
+        }
+        Ok(())
     }
 }

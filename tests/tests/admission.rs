@@ -159,12 +159,7 @@ async fn tokens_live_on_anchors_and_the_api_requires_a_key() {
         assert_eq!(response.status().as_u16(), 401, "{method} {path}");
     }
     // The admin key works on the joined node, and token requests are sent to anchors.
-    nexus_tests::wait_until(Duration::from_secs(20), "both nodes online", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(2, "online", &[]).await }
-    })
-    .await
-    .unwrap();
+    fleet.converge(2, "online", &[]).await.unwrap();
     let (status, body) = fleet.get(&node_api, "/v1/tokens").await.unwrap();
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_an_anchor");

@@ -27,18 +27,7 @@ async fn fleet_of(n_nodes: usize) -> Fleet {
 #[tokio::test]
 async fn five_nodes_bootstrapped_from_one_token_all_see_each_other_online() {
     let fleet = fleet_of(4).await;
-    let mut last = Vec::new();
-    let converged = nexus_tests::wait_until(CONVERGE, "5 nodes online everywhere", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(5, "online", &[]).await }
-    })
-    .await;
-    if converged.is_err() {
-        for node in &fleet.nodes {
-            last.push(fleet.statuses(&node.api).await.unwrap_or_default());
-        }
-    }
-    converged.unwrap_or_else(|err| panic!("{err}: {last:?}"));
+    fleet.converge(5, "online", &[]).await.unwrap();
 
     // Every node's view carries the node fields, including the site from the join.
     let (status, body) = fleet
@@ -102,45 +91,27 @@ async fn five_nodes_bootstrapped_from_one_token_all_see_each_other_online() {
 #[tokio::test]
 async fn a_killed_node_is_seen_offline_by_all_and_comes_back_with_the_same_id() {
     let mut fleet = fleet_of(3).await;
-    nexus_tests::wait_until(CONVERGE, "4 nodes online", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(4, "online", &[]).await }
-    })
-    .await
-    .unwrap();
+    fleet.converge(4, "online", &[]).await.unwrap();
 
     let victim_id = fleet.nodes[2].node_id.clone();
     let victim_dir = fleet.nodes[2].dir.clone();
     fleet.nodes[2].kill9();
-    nexus_tests::wait_until(CONVERGE, "the killed node offline everywhere", || {
-        let fleet = &fleet;
-        let id = victim_id.clone();
-        async move { fleet.all_see(4, "online", &[(&id, "offline")]).await }
-    })
-    .await
-    .unwrap();
+    fleet
+        .converge(4, "online", &[(&victim_id, "offline")])
+        .await
+        .unwrap();
 
     // Restart from disk: no token, same identity.
     let restarted = NodeProc::run(&victim_dir).await.expect("restart");
     assert_eq!(restarted.node_id, victim_id);
     fleet.nodes[2] = restarted;
-    nexus_tests::wait_until(CONVERGE, "the restarted node online everywhere", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(4, "online", &[]).await }
-    })
-    .await
-    .unwrap();
+    fleet.converge(4, "online", &[]).await.unwrap();
 }
 
 #[tokio::test]
 async fn membership_survives_a_restart_of_the_whole_view() {
     let mut fleet = fleet_of(2).await;
-    nexus_tests::wait_until(CONVERGE, "3 nodes online", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(3, "online", &[]).await }
-    })
-    .await
-    .unwrap();
+    fleet.converge(3, "online", &[]).await.unwrap();
     // Stop a node cleanly and stop the node it would learn from; on restart it still lists
     // every node it knew (from SQLite) before gossip says anything.
     let dir = fleet.nodes[1].dir.clone();
@@ -159,12 +130,7 @@ async fn membership_survives_a_restart_of_the_whole_view() {
 #[tokio::test]
 async fn drain_and_decommission_reach_every_node() {
     let mut fleet = fleet_of(3).await;
-    nexus_tests::wait_until(CONVERGE, "4 nodes online", || {
-        let fleet = &fleet;
-        async move { fleet.all_see(4, "online", &[]).await }
-    })
-    .await
-    .unwrap();
+    fleet.converge(4, "online", &[]).await.unwrap();
     let drained = fleet.nodes[1].node_id.clone();
     let gone = fleet.nodes[2].node_id.clone();
 

@@ -207,19 +207,7 @@ impl Api {
 
     /// Sum of a metric's samples whose line contains `labels`.
     async fn metric_sum(&self, api: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{api}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        nexus_tests::fetch_metric(&self.http, api, name, labels).await
     }
 }
 
