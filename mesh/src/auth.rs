@@ -204,6 +204,9 @@ impl GossipAuth {
             .holders
             .get(&to)
             .is_some_and(|at| now_unix_ms.saturating_sub(*at) < CERT_REFRESH_MS);
+        if !known {
+            metrics::counter!("nexus_gossip_certificates_sent_total").increment(1);
+        }
         self.seal_with(payload, now_unix_ms, !known)
     }
 

@@ -4,6 +4,8 @@
 //! The binary is `$NEXUS_BIN` if set, else `target/<profile>/nexus` next to the running test
 //! executable; `.ci/run` builds it before the tests.
 
+pub mod baseline;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

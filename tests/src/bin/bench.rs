@@ -817,6 +817,8 @@ struct Results {
     start_to_serving: Stats,
     gossip: Stats,
     false_alarms: f64,
+    /// Plain chitchat at the same settings: (bytes/s per node, its own detector's times).
+    baseline: Result<(Stats, Stats), String>,
     rss: Stats,
     detection: Stats,
     suspicion: Stats,
@@ -829,7 +831,20 @@ async fn bench(n: usize) -> anyhow::Result<Results> {
     let result = measure(&mut cluster, n).await;
     eprintln!("N={n}: tearing down");
     cluster.shutdown().await;
-    result
+    let mut results = result?;
+    // Run after the fleet is gone, so the two never share the CPU.
+    eprintln!("N={n}: baseline: {n} plain chitchat nodes in this process");
+    results.baseline = nexus_tests::baseline::run(
+        n,
+        nexus_mesh::DEFAULT_GOSSIP_INTERVAL,
+        GOSSIP_SETTLE,
+        GOSSIP_WINDOW,
+        VICTIMS,
+    )
+    .await
+    .map(|b| (Stats(b.bytes_per_sec), Stats(b.detection_secs)))
+    .map_err(|err| format!("{err:#}"));
+    Ok(results)
 }
 
 async fn measure(cluster: &mut Cluster, n: usize) -> anyhow::Result<Results> {
@@ -841,6 +856,13 @@ async fn measure(cluster: &mut Cluster, n: usize) -> anyhow::Result<Results> {
         secs(convergence.last_serving.as_secs_f64())
     );
 
+    // Gossip is measured first: every restart leaves a dead incarnation in every digest for
+    // chitchat's dead-node grace period, which would inflate the steady-state figure.
+    eprintln!("N={n}: measuring gossip for {GOSSIP_WINDOW:?} after {GOSSIP_SETTLE:?} of quiet");
+    tokio::time::sleep(GOSSIP_SETTLE).await;
+    let (gossip, false_alarms) = cluster.gossip_rates().await?;
+    let rss = cluster.rss()?;
+
     eprintln!("N={n}: restarting node-1 {RESTARTS} times");
     let start_to_serving = cluster.start_to_serving(1).await?;
     // The restarted node has new ports: wait until everyone sees it again before measuring.
@@ -848,11 +870,6 @@ async fn measure(cluster: &mut Cluster, n: usize) -> anyhow::Result<Results> {
         .wait_converged(Instant::now())
         .await
         .context("re-converging after the restarts")?;
-
-    eprintln!("N={n}: measuring gossip for {GOSSIP_WINDOW:?} after {GOSSIP_SETTLE:?} of quiet");
-    tokio::time::sleep(GOSSIP_SETTLE).await;
-    let (gossip, false_alarms) = cluster.gossip_rates().await?;
-    let rss = cluster.rss()?;
 
     // The most recently joined nodes are the victims (node-1 stays: it was restarted).
     let victims: Vec<usize> = (1..n).rev().take(VICTIMS).collect();
@@ -870,6 +887,7 @@ async fn measure(cluster: &mut Cluster, n: usize) -> anyhow::Result<Results> {
         start_to_serving,
         gossip,
         false_alarms,
+        baseline: Err("not run".to_string()),
         rss,
         detection,
         suspicion,
@@ -936,6 +954,30 @@ fn table(r: &Results) -> String {
         (
             "Gossip bytes sent per node, steady state, mean / max".to_string(),
             pair(r.gossip.mean(), r.gossip.max(), rate),
+        ),
+        (
+            "Baseline: plain chitchat, same interval and digests, no authentication — bytes sent per node, mean / max".to_string(),
+            match &r.baseline {
+                Ok((bytes, _)) => pair(bytes.mean(), bytes.max(), rate),
+                Err(err) => format!("failed: {err}"),
+            },
+        ),
+        (
+            "Authentication overhead on the wire (Nexus mean ÷ baseline mean)".to_string(),
+            match (&r.baseline, r.gossip.mean()) {
+                (Ok((bytes, _)), Some(ours)) => bytes
+                    .mean()
+                    .filter(|b| *b > 0.0)
+                    .map_or("-".to_string(), |b| format!("{:.2}×", ours / b)),
+                _ => "-".to_string(),
+            },
+        ),
+        (
+            "Baseline: chitchat's own detector (phi 8) at that interval, node stopped → dropped from live nodes, p50 / max".to_string(),
+            match &r.baseline {
+                Ok((_, detection)) => pair(detection.p50(), detection.max(), secs),
+                Err(err) => format!("failed: {err}"),
+            },
         ),
         (
             format!(
@@ -1048,7 +1090,7 @@ fn report(results: &[(usize, anyhow::Result<Results>)]) -> String {
     );
     let _ = writeln!(
         out,
-        "- Method: membership is polled every {} ms through each node's API (`GET /v1/nodes?limit=1000`), so its figures carry up to that much polling granularity. Failure detection and suspicion poll `GET /v1/nodes/{{id}}` on every surviving node every {} ms and take the observer's own transition time (`updated_at`, same machine clock) minus the kill time, so they carry no polling delay; suspicion is counted only where a poll caught the node `degraded`. Start-to-serving is spawn → first successful `GET /healthz` (polled every {} ms) of an enrolled node restarted in the running fleet; it includes process exec and socket binding. Gossip bytes: `nexus_gossip_bytes_sent_total` over {} s, starting {} s after convergence. RSS: VmRSS from `/proc/<pid>/status` at the end of that window.\n",
+        "- Method: membership is polled every {} ms through each node's API (`GET /v1/nodes?limit=1000`), so its figures carry up to that much polling granularity. Failure detection and suspicion poll `GET /v1/nodes/{{id}}` on every surviving node every {} ms and take the observer's own transition time (`updated_at`, same machine clock) minus the kill time, so they carry no polling delay; suspicion is counted only where a poll caught the node `degraded`. Start-to-serving is spawn → first successful `GET /healthz` (polled every {} ms) of an enrolled node restarted in the running fleet; it includes process exec and socket binding. Gossip bytes: `nexus_gossip_bytes_sent_total` over {} s, starting {} s after convergence (before any restart or kill). RSS: VmRSS from `/proc/<pid>/status` at the end of that window.\n",
         POLL.as_millis(),
         POLL.as_millis(),
         SERVE_POLL.as_millis(),
