@@ -26,7 +26,7 @@ pub use codec::ChitchatCodec;
 pub use membership::{
     Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Transition,
 };
-pub use runtime::{DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError};
+pub use runtime::{DEAD_INCARNATION_GRACE, DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError};
 pub use transport::{
     AuthenticatedTransport, Datagrams, MemoryDatagrams, MemoryNetwork, UdpDatagrams,
 };

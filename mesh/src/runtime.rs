@@ -25,6 +25,13 @@ use crate::wire::{
 /// 50-node pool well inside the suspicion window; compressed digests keep it affordable.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Default of [`MeshConfig::dead_incarnation_grace`]: how long chitchat keeps the state of an
+/// incarnation it considers dead. Every dead incarnation
+/// (each restart leaves one) rides in every digest until then, so it is kept short; `Membership`
+/// remembers offline nodes on its own, and chitchat re-admits a returning incarnation whose
+/// heartbeat moved on, so a site cut off for longer than this still comes back.
+pub const DEAD_INCARNATION_GRACE: Duration = Duration::from_secs(300);
+
 /// Everything the mesh needs to run. Built by the binary from its config tree.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -42,6 +49,8 @@ pub struct MeshConfig {
     pub membership: MembershipConfig,
     /// How often gossip state is folded into the membership table.
     pub tick_interval: Duration,
+    /// How long chitchat keeps a dead incarnation's state (see [`DEAD_INCARNATION_GRACE`]).
+    pub dead_incarnation_grace: Duration,
 }
 
 /// Failures starting the mesh.
@@ -101,7 +110,7 @@ impl Mesh {
                 sampling_window_size: 1000,
                 max_interval: Duration::from_secs(10),
                 initial_interval: interval,
-                dead_node_grace_period: Duration::from_secs(3600),
+                dead_node_grace_period: config.dead_incarnation_grace,
             },
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
@@ -178,6 +187,11 @@ impl Mesh {
     /// Bumped whenever a status changes; lets the node persist membership only when it changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// Incarnations (live and dead) in this node's gossip state; each one rides in every digest.
+    pub async fn incarnations(&self) -> usize {
+        self.chitchat.with_chitchat(|c| c.node_states().len()).await
     }
 
     /// Turns true when gossip says an operator decommissioned this node.
@@ -266,6 +280,8 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
         let mut actions = Vec::new();
         {
             let chitchat = chitchat.lock().await;
+            // Live and dead incarnations alike ride in every digest: the gossip cost driver.
+            metrics::gauge!("nexus_gossip_incarnations").set(chitchat.node_states().len() as f64);
             for (id, state) in chitchat.node_states() {
                 let Ok(node_id) = id.node_id.parse::<NodeId>() else {
                     continue;

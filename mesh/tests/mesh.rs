@@ -335,6 +335,16 @@ async fn a_partitioned_node_goes_offline_and_returns_when_healed(net: Memory) {
             &cluster.expect(&alone),
         )
         .await;
+    // Stay cut until chitchat has forgotten the others' state on the cut side (it must then
+    // re-admit them: their heartbeats moved on).
+    let forgotten = std::time::Instant::now();
+    while cluster.mesh(cut).incarnations().await > 1 {
+        assert!(
+            forgotten.elapsed() < std::time::Duration::from_secs(15),
+            "chitchat never garbage-collected the unreachable incarnations"
+        );
+        tokio::time::sleep(common::DEAD_GRACE / 4).await;
+    }
 
     network.heal();
     cluster

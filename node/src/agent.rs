@@ -241,6 +241,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
                 seeds,
                 membership: config.membership.clone(),
                 tick_interval: Duration::from_millis(100),
+                dead_incarnation_grace: nexus_mesh::DEAD_INCARNATION_GRACE,
             },
             Box::new(UdpDatagrams::new(sockets.gossip)?),
             auth,

@@ -33,6 +33,9 @@ pub struct Timing {
 /// unoptimized build ed25519 verification (curve25519-dalek at opt-level 0) takes ~10 ms, so
 /// 50 ms rounds would need ~8 cores and live nodes would look dead. The rounds are stretched so a
 /// cluster needs at most about one core; with optimized crypto the timings stay the fast ones.
+/// chitchat's dead-incarnation grace in these tests.
+pub const DEAD_GRACE: Duration = Duration::from_secs(1);
+
 pub fn timing() -> &'static Timing {
     static TIMING: OnceLock<Timing> = OnceLock::new();
     TIMING.get_or_init(|| {
@@ -159,6 +162,8 @@ impl Fleet {
                 decommission_grace: Duration::from_secs(3600),
             },
             tick_interval: timing.tick_interval,
+            // Short, so partition tests also cover chitchat forgetting and re-admitting a node.
+            dead_incarnation_grace: DEAD_GRACE,
         };
         Mesh::start(config, datagrams, self.auth(identity), &info(), Vec::new())
             .await
