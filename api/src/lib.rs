@@ -21,7 +21,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -126,6 +126,7 @@ pub fn router(backend: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
         .with_state(backend)
 }
@@ -182,7 +183,17 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    // A fixed label set: any client can invent method names, and each would be a new series.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    };
     let started = Instant::now();
     let response = next.run(request).await;
     let code = response.status().as_u16().to_string();
@@ -191,6 +202,14 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     metrics::histogram!("nexus_api_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not supported on this route"),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -316,7 +335,18 @@ async fn create_token(
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let Json(request) = body.map_err(|err| {
-        ApiError::bad_request(format!("invalid token request body: {}", err.body_text()))
+        // 415 without a JSON content type, 413 for an oversized body, 400 for anything wrong in
+        // the JSON itself (the message names the field).
+        let (status, code) = match err.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (err.status(), "unsupported_media_type"),
+            StatusCode::PAYLOAD_TOO_LARGE => (err.status(), "payload_too_large"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+        };
+        ApiError::new(
+            status,
+            code,
+            format!("invalid token request body: {}", err.body_text()),
+        )
     })?;
     let created = backend.create_token(request).await?;
     Ok((StatusCode::CREATED, Json(created)))

@@ -200,4 +200,24 @@ async fn bad_input_is_400_naming_the_field() {
     let (status, body) = call(&app, "GET", "/nope", None, "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/tokens")
+                .header("authorization", "Bearer good")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "no JSON content type"
+    );
+    let (status, body) = call(&app, "PUT", "/healthz", None, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }

@@ -134,6 +134,8 @@ pub struct GossipAuth {
     prefix: Vec<u8>,
     /// Verified certificates by node id, with the fingerprint of the DER they came from.
     verified: HashMap<NodeId, ([u8; 32], VerifiedMic)>,
+    /// Fingerprints of certificates whose chain failed, so a flood of them costs one check each.
+    rejected: HashSet<[u8; 32]>,
     denied: HashSet<NodeId>,
     /// Peers known to hold our certificate, with when they last showed it.
     holders: HashMap<SocketAddr, u64>,
@@ -172,6 +174,7 @@ impl GossipAuth {
             config,
             prefix,
             verified: HashMap::new(),
+            rejected: HashSet::new(),
             denied: HashSet::new(),
             holders: HashMap::new(),
             notified: HashMap::new(),
@@ -181,7 +184,8 @@ impl GossipAuth {
 
     /// Refuse datagrams from `node` from now on.
     pub fn deny(&mut self, node: NodeId) {
-        self.verified.remove(&node);
+        // Its certificate stays cached: its datagrams are still authenticated, so the eviction
+        // notice goes to the node itself and not to whoever spoofs its id.
         self.denied.insert(node);
     }
 
@@ -266,7 +270,12 @@ impl GossipAuth {
             return None;
         }
         if self.notified.len() >= MAX_CACHED_CERTS {
-            self.notified.clear();
+            // Drop only stale entries: clearing all would lift the rate limit.
+            self.notified
+                .retain(|_, at| now_unix_ms.saturating_sub(*at) < EVICTION_NOTICE_INTERVAL_MS);
+            if self.notified.len() >= MAX_CACHED_CERTS {
+                return None;
+            }
         }
         self.notified.insert(to, now_unix_ms);
         self.seal_flagged(target.as_bytes(), now_unix_ms, true, FLAG_EVICTION)
@@ -341,11 +350,9 @@ impl GossipAuth {
             let clamped = skew.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
             return Err(DropReason::Stale(clamped));
         }
-        if self.denied.contains(&sender) {
-            return Err(DropReason::Denied(sender));
-        }
         let body_end = datagram.len() - SIGNATURE_LEN;
         let mut cursor = FIXED_HEADER;
+        let mut carried = None;
         if flags & FLAG_CERT != 0 {
             if body_end < cursor + 2 {
                 return Err(DropReason::Malformed("certificate length missing"));
@@ -355,27 +362,38 @@ impl GossipAuth {
             if body_end < cursor + cert_len {
                 return Err(DropReason::Malformed("certificate truncated"));
             }
-            let cert = &datagram[cursor..cursor + cert_len];
+            carried = Some(&datagram[cursor..cursor + cert_len]);
             cursor += cert_len;
-            self.learn_certificate(sender, cert, now_unix_ms)?;
-        }
-        let Some((_, mic)) = self.verified.get(&sender) else {
-            return Err(DropReason::UnknownSender(sender));
-        };
-        if mic.not_after_unix * 1000 < now_unix_ms as i64 {
-            self.verified.remove(&sender);
-            return Err(DropReason::UntrustedCertificate(
-                "certificate has expired".to_string(),
-            ));
         }
         let mut signature = [0u8; 64];
         signature.copy_from_slice(&datagram[body_end..]);
-        if !verify_signature(
-            &mic.public_key,
-            &self.signed_bytes(&datagram[..body_end]),
-            &signature,
-        ) {
-            return Err(DropReason::BadSignature);
+        let signed = self.signed_bytes(&datagram[..body_end]);
+        // Cheap checks first (cache, parse, identity, signature), the certificate chain last:
+        // anyone can replay a member's public certificate, but only its key can sign.
+        let cached = self
+            .verified
+            .get(&sender)
+            .filter(|(fp, _)| carried.is_none_or(|cert| sha256_fingerprint(cert) == *fp));
+        match (cached, carried) {
+            (Some((_, mic)), _) => {
+                if !verify_signature(&mic.public_key, &signed, &signature) {
+                    return Err(DropReason::BadSignature);
+                }
+                if mic.not_after_unix.saturating_mul(1000) < now_unix_ms as i64 {
+                    self.verified.remove(&sender);
+                    return Err(DropReason::UntrustedCertificate(
+                        "certificate has expired".to_string(),
+                    ));
+                }
+            }
+            (None, Some(cert)) => {
+                self.learn_certificate(sender, cert, &signed, &signature, now_unix_ms)?
+            }
+            (None, None) => return Err(DropReason::UnknownSender(sender)),
+        }
+        // Denied only once authentic, so eviction notices answer the node itself, not a spoofer.
+        if self.denied.contains(&sender) {
+            return Err(DropReason::Denied(sender));
         }
         let payload = &datagram[cursor..body_end];
         if flags & FLAG_EVICTION != 0 {
@@ -388,23 +406,50 @@ impl GossipAuth {
         Ok(Opened { sender, payload })
     }
 
+    /// Checks a certificate carried by a datagram: identity and signature first (cheap), then
+    /// the chain (expensive, cached both ways).
     fn learn_certificate(
         &mut self,
         sender: NodeId,
         cert: &[u8],
+        signed: &[u8],
+        signature: &[u8; 64],
         now_unix_ms: u64,
     ) -> Result<(), DropReason> {
         let fingerprint = sha256_fingerprint(cert);
-        if let Some((known, _)) = self.verified.get(&sender)
-            && *known == fingerprint
-        {
-            return Ok(());
+        if self.rejected.contains(&fingerprint) {
+            return Err(DropReason::UntrustedCertificate(
+                "certificate was rejected before".to_string(),
+            ));
         }
-        let mic = self
-            .trust
-            .verify_mic(cert, (now_unix_ms / 1000) as i64)
+        let claimed = nexus_ca::read_mic(cert)
             .map_err(|err| DropReason::UntrustedCertificate(err.to_string()))?;
-        if mic.node_id != sender {
+        if claimed.fleet_id != self.trust.fleet_id() {
+            return Err(DropReason::UntrustedCertificate(format!(
+                "certificate of fleet {:?}, not this fleet",
+                claimed.fleet_id
+            )));
+        }
+        if claimed.node_id != sender {
+            return Err(DropReason::IdentityMismatch {
+                cert: claimed.node_id,
+                header: sender,
+            });
+        }
+        if !verify_signature(&claimed.public_key, signed, signature) {
+            return Err(DropReason::BadSignature);
+        }
+        let mic = match self.trust.verify_mic(cert, (now_unix_ms / 1000) as i64) {
+            Ok(mic) => mic,
+            Err(err) => {
+                if self.rejected.len() >= MAX_CACHED_CERTS {
+                    self.rejected.clear();
+                }
+                self.rejected.insert(fingerprint);
+                return Err(DropReason::UntrustedCertificate(err.to_string()));
+            }
+        };
+        if mic.node_id != sender || mic.public_key != claimed.public_key {
             return Err(DropReason::IdentityMismatch {
                 cert: mic.node_id,
                 header: sender,
@@ -556,6 +601,13 @@ mod tests {
                         (Err(DropReason::UntrustedCertificate(_)), _) => {
                             (cert_start..payload_start).contains(&i)
                         }
+                        // A certificate the receiver has not verified (a damaged one is new to
+                        // both) is checked for identity and signature before its chain: a
+                        // damaged key or name fails there.
+                        (
+                            Err(DropReason::BadSignature | DropReason::IdentityMismatch { .. }),
+                            _,
+                        ) if (cert_start..payload_start).contains(&i) => true,
                         (Err(DropReason::BadSignature), _) => i >= payload_start,
                         _ => false,
                     };

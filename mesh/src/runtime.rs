@@ -278,8 +278,10 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
         ticker.tick().await;
         let mut observations = Vec::new();
         let mut actions = Vec::new();
+        let mut published = std::collections::HashMap::new();
         {
             let chitchat = chitchat.lock().await;
+            let me = chitchat.self_chitchat_id().clone();
             // Live and dead incarnations alike ride in every digest: the gossip cost driver.
             metrics::gauge!("nexus_gossip_incarnations").set(chitchat.node_states().len() as f64);
             for (id, state) in chitchat.node_states() {
@@ -304,13 +306,16 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
                     if let (Ok(target), Some((action, at))) =
                         (target, OperatorAction::decode(&value.value))
                     {
+                        if *id == me {
+                            published.insert(target, value.value.clone());
+                        }
                         actions.push((target, action, at));
                     }
                 }
             }
         }
         let now = now();
-        let (transitions, forgotten, counts, drain_self, grew) = {
+        let (transitions, forgotten, counts, drain_self, grew, to_publish) = {
             let mut table = lock(&table);
             let before = table.members().count();
             for obs in observations {
@@ -333,8 +338,31 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
                 tracing::error!(notified_by = ?notified_by, "an operator decommissioned this node");
             }
             let grew = table.members().count() != before;
-            (transitions, forgotten, table.counts(), drain_self, grew)
+            // Every node carries every operator action in its own state, so an action outlives
+            // the node it was sent to and reaches nodes that join later.
+            let to_publish: Vec<(NodeId, String)> = table
+                .members()
+                .filter_map(|m| {
+                    let (action, at) = m.operator?;
+                    let value = action.encode(at);
+                    (published.get(&m.node_id) != Some(&value)).then_some((m.node_id, value))
+                })
+                .collect();
+            (
+                transitions,
+                forgotten,
+                table.counts(),
+                drain_self,
+                grew,
+                to_publish,
+            )
         };
+        if !to_publish.is_empty() {
+            let mut chitchat = chitchat.lock().await;
+            for (target, value) in &to_publish {
+                chitchat.self_node_state().set(operator_key(target), value);
+            }
+        }
         for t in &transitions {
             tracing::info!(node = %t.node_id, from = %t.from, to = %t.to, "node status changed");
             metrics::counter!("nexus_node_status_transitions_total", "to" => t.to.as_str())

@@ -388,6 +388,58 @@ async fn memory_partition_then_heal() {
     a_partitioned_node_goes_offline_and_returns_when_healed(Memory::default()).await;
 }
 
+/// An operator action outlives the node it was sent to: after that node is gone and forgotten, a
+/// node that joins later still applies it (every node carries every action in its own state). The
+/// newcomer is seeded at the decommissioned node itself, which still runs: without the action it
+/// would take it for a live member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_operator_actions_outlive_their_issuer() {
+    let _serial = common::one_cluster_at_a_time().await;
+    let mut cluster = Cluster::start(Memory::default()).await;
+    let (issuer, gone) = (0, 3);
+    cluster
+        .mesh(issuer)
+        .operator_action(cluster.node(gone), OperatorAction::Decommission)
+        .await;
+    cluster
+        .observers_see(
+            "the decommission reached everyone",
+            &others(gone),
+            &cluster.expect(&[(gone, NodeStatus::Decommissioned)]),
+        )
+        .await;
+    cluster.shutdown(issuer).await;
+    // Wait until chitchat has forgotten the issuer (and the refused node) on the survivors.
+    let forgotten = std::time::Instant::now();
+    for i in [1, 2] {
+        while cluster.mesh(i).incarnations().await > 2 {
+            assert!(
+                forgotten.elapsed() < std::time::Duration::from_secs(15),
+                "chitchat never forgot the issuer"
+            );
+            tokio::time::sleep(common::DEAD_GRACE / 4).await;
+        }
+    }
+    let newcomer_id = cluster.fleet.enroll();
+    let seeds = vec![
+        cluster.mesh(2).gossip_addr(),
+        cluster.mesh(gone).gossip_addr(),
+    ];
+    let newcomer = cluster
+        .fleet
+        .start(&newcomer_id, unix_ms(), cluster.net.socket(), seeds)
+        .await;
+    eventually("the newcomer applies the decommission", || {
+        match newcomer.member(&cluster.node(gone)) {
+            Some(m) if m.status == NodeStatus::Decommissioned => Ok(()),
+            other => Err(format!("it sees {:?}", other.map(|m| m.status))),
+        }
+    })
+    .await;
+    newcomer.shutdown();
+    cluster.stop().await;
+}
+
 /// A decommissioned node learns it from the fleet's gossip (the fleet still sends to it; it only
 /// refuses what it sends) and is told to stop through `Mesh::evicted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,12 +225,18 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     seeds.sort();
     seeds.dedup();
 
-    let auth = GossipAuth::new(
+    let mut auth = GossipAuth::new(
         loaded.key.clone(),
         loaded.mic_der.clone(),
         loaded.trust.clone(),
         GossipAuthConfig::default(),
     );
+    // Before the first datagram: a decommissioned node is never let back in, not even briefly.
+    for denied in store.denied()? {
+        if let Ok(id) = denied.parse::<NodeId>() {
+            auth.deny(id);
+        }
+    }
     let mesh = Arc::new(
         Mesh::start(
             MeshConfig {
@@ -250,11 +256,6 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         )
         .await?,
     );
-    for denied in store.denied()? {
-        if let Ok(id) = denied.parse::<NodeId>() {
-            mesh.deny(id);
-        }
-    }
 
     // QUIC: the join service on anchors; every node binds it (replication will share it).
     let mut chain = vec![loaded.mic_der.clone()];
@@ -323,7 +324,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(nexus_api::serve(
+    let mut api = tokio::spawn(nexus_api::serve(
         listener,
         nexus_api::router(backend),
         async move {
@@ -371,15 +372,21 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
                 dir.root().display()
             ));
         }
-        result = api => {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::error!(error = %err, "API server failed"),
-                Err(err) => tracing::error!(error = %err, "API server panicked"),
-            }
+        result = &mut api => {
+            let err = match result {
+                Ok(Ok(())) => "stopped unexpectedly".to_string(),
+                Ok(Err(err)) => err.to_string(),
+                Err(err) => format!("panicked: {err}"),
+            };
+            tracing::error!(error = %err, "API server failed");
+            outcome = Err(anyhow::anyhow!("the API server on {api_addr} failed: {err}"));
         }
     }
     let _ = stop_tx.send(true);
+    // Let in-flight API requests finish (bounded) before the runtime goes away.
+    if !api.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut api).await;
+    }
     endpoint.close(0u32.into(), b"node shutting down");
     join_service.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;

@@ -110,15 +110,14 @@ impl NodeBackend {
                 format!("node {id} is decommissioned; that is final"),
             ));
         }
-        self.mesh.operator_action(target, action).await;
         if action == OperatorAction::Decommission {
-            let store = self.store.clone();
+            // On disk before it is announced: a decommission is final, so an operator who sees
+            // an error must be able to trust that nothing happened.
             let id = id.to_string();
-            tokio::task::spawn_blocking(move || store.deny(&id, "decommissioned"))
-                .await
-                .map_err(|err| ApiError::internal(err.to_string()))?
-                .map_err(|err| ApiError::internal(err.to_string()))?;
+            self.blocking(move |store| store.deny(&id, "decommissioned"))
+                .await?;
         }
+        self.mesh.operator_action(target, action).await;
         // Re-derive now so the answer shows the new status.
         let member = self.mesh.member(&target).unwrap_or(member);
         let mut node = to_wire(&member);

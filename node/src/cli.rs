@@ -124,7 +124,7 @@ enum TokenCommand {
     /// Create a join token and print it.
     Create {
         /// Lifetime: 30m, 1h, 7d …
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
         /// How many nodes may join with it.
         #[arg(long, default_value_t = 1)]
@@ -205,8 +205,15 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    nexus_mesh::parse_duration(text)
+/// Token lifetimes are whole seconds, at least one.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = nexus_mesh::parse_duration(text)?;
+    if ttl.subsec_millis() != 0 || ttl.is_zero() {
+        return Err(format!(
+            "token lifetime {text:?} must be a whole number of seconds, at least 1s"
+        ));
+    }
+    Ok(ttl)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -30,6 +30,8 @@ use crate::{DEFAULT_SITE, DEFAULT_TENANT, now_ms};
 pub const ALPN_JOIN: &[u8] = b"nexus-join/1";
 /// Validity of a node MIC. Renewal comes with the CA's renewal duty.
 pub const MIC_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Most labels a joining node may ask for.
+const MAX_LABELS: usize = 64;
 /// Largest join request accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 /// Largest join response accepted.
@@ -306,7 +308,9 @@ impl Admitter {
             let record = row.map(|row| TokenRecord {
                 token_id: row.id.clone(),
                 secret_hash: row.secret_hash,
-                expires_at_unix: (row.expires_at_ms / 1000) as i64,
+                // Rounded up: the millisecond check below is the one that decides, in step with
+                // the `state` the API shows for the token.
+                expires_at_unix: row.expires_at_ms.div_ceil(1000) as i64,
                 max_uses: row.max_uses,
                 uses: row.uses,
                 revoked: row.revoked_at_ms.is_some(),
@@ -320,6 +324,12 @@ impl Admitter {
             )
             .map_err(|refusal| refused(refusal_code(&refusal), refusal.to_string()))?;
             let row = row.expect("check_admission refuses unknown tokens");
+            if row.expires_at_ms <= now {
+                let refusal = Refusal::Expired {
+                    at_unix: (row.expires_at_ms / 1000) as i64,
+                };
+                return Err(refused(refusal_code(&refusal), refusal.to_string()));
+            }
             let site = match (&row.site, &request.site) {
                 (Some(fixed), Some(asked)) if fixed != asked => {
                     return Err(refused(
@@ -333,6 +343,15 @@ impl Admitter {
             };
             if let Err(err) = crate::check_name("site", &site) {
                 return Err(refused("malformed", err.to_string()));
+            }
+            if request.labels.len() > MAX_LABELS {
+                return Err(refused(
+                    "malformed",
+                    format!("a node may have at most {MAX_LABELS} labels, the request has {}", request.labels.len()),
+                ));
+            }
+            for (key, value) in &request.labels {
+                crate::client::check_label(key, value).map_err(|err| refused("malformed", err))?;
             }
             let mut labels = request.labels.clone();
             labels.extend(row.labels.clone());
@@ -392,8 +411,11 @@ pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitte
     // Bounds the joins handled at once: each costs a signature and a synced SQLite write.
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        // Refuse rather than queue: idle connections must not hold joins hostage.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("nexus_join_requests_total", "outcome" => "busy").increment(1);
+            incoming.refuse();
+            continue;
         };
         let admitter = admitter.clone();
         tokio::spawn(async move {
@@ -409,11 +431,11 @@ async fn serve_one(
     incoming: quinn::Incoming,
     admitter: Option<Arc<Admitter>>,
 ) -> anyhow::Result<()> {
-    let connection = tokio::time::timeout(Duration::from_secs(10), incoming).await??;
-    let (mut send, mut recv) =
-        tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await??;
-    let request =
-        tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(MAX_REQUEST)).await??;
+    // One deadline for handshake, request and answer together.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let connection = tokio::time::timeout_at(deadline, incoming).await??;
+    let (mut send, mut recv) = tokio::time::timeout_at(deadline, connection.accept_bi()).await??;
+    let request = tokio::time::timeout_at(deadline, recv.read_to_end(MAX_REQUEST)).await??;
     let response = match &admitter {
         Some(admitter) => {
             let admitter = admitter.clone();

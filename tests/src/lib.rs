@@ -120,6 +120,8 @@ pub struct NodeProc {
     pub gossip: String,
     /// Its QUIC address.
     pub quic: String,
+    /// Its fleet id.
+    pub fleet_id: String,
 }
 
 impl NodeProc {
@@ -143,6 +145,7 @@ impl NodeProc {
             node_id: String::new(),
             gossip: String::new(),
             quic: String::new(),
+            fleet_id: String::new(),
         };
         node.wait_serving(Duration::from_secs(20)).await?;
         Ok(node)
@@ -186,6 +189,7 @@ impl NodeProc {
                     self.node_id = e["node_id"].as_str().unwrap_or_default().to_string();
                     self.gossip = e["gossip"].as_str().unwrap_or_default().to_string();
                     self.quic = e["quic"].as_str().unwrap_or_default().to_string();
+                    self.fleet_id = e["fleet_id"].as_str().unwrap_or_default().to_string();
                     return Ok(());
                 }
             }

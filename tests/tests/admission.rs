@@ -185,3 +185,24 @@ async fn tokens_live_on_anchors_and_the_api_requires_a_key() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn two_machines_racing_for_a_single_use_token_admit_exactly_one() {
+    let fleet = Fleet::init().await.unwrap();
+    let (token, _) = token_of(&fleet, json!({ "uses": 1 })).await;
+    let root = fleet.root.path().to_path_buf();
+    let racers: Vec<_> = (0..4)
+        .map(|i| {
+            let (dir, token) = (root.join(format!("racer-{i}")), token.clone());
+            std::thread::spawn(move || try_join(&dir, &token, &[]))
+        })
+        .collect();
+    let outcomes: Vec<(bool, String)> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    let admitted = outcomes.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(admitted, 1, "{outcomes:?}");
+    for (ok, stderr) in &outcomes {
+        assert!(*ok || stderr.contains("already used"), "{stderr}");
+    }
+    let (_, tokens) = fleet.get(&fleet.anchor().api, "/v1/tokens").await.unwrap();
+    assert_eq!(tokens["items"][0]["uses"], 1, "{tokens}");
+}

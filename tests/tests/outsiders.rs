@@ -15,14 +15,16 @@ async fn outsider_gossip_is_dropped_and_counted() {
     let mut other = Fleet::init().await.unwrap();
     let anchor_gossip: SocketAddr = fleet.anchor().gossip.parse().unwrap();
 
-    // 1. A plain chitchat node with its own cluster, gossiping at the anchor.
+    // 1. A plain chitchat node claiming the fleet's cluster id, gossiping at the anchor.
     let outsider_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let outsider_addr = outsider_socket.local_addr().unwrap();
     drop(outsider_socket);
     let outsider = spawn_chitchat(
         ChitchatConfig {
             chitchat_id: ChitchatId::new("outsider", 1, outsider_addr),
-            cluster_id: "not-this-fleet".to_string(),
+            // The fleet's own cluster id: chitchat's cluster check would let it in; only the
+            // datagram authentication stands in the way.
+            cluster_id: fleet.anchor().fleet_id.clone(),
             gossip_interval: Duration::from_millis(100),
             listen_addr: outsider_addr,
             seed_nodes: vec![anchor_gossip.to_string()],
