@@ -175,6 +175,9 @@ pub struct Member {
     /// Monotonic time of the last heartbeat advance.
     #[serde(skip)]
     last_advance: Option<Duration>,
+    /// Whether chitchat's phi-accrual detector holds this incarnation live.
+    #[serde(skip)]
+    accrual_live: bool,
 }
 
 /// A status change.
@@ -205,6 +208,8 @@ pub struct Observation {
     pub health: Option<String>,
     /// Published self status.
     pub self_status: SelfStatus,
+    /// Whether chitchat's phi-accrual detector holds this incarnation live.
+    pub accrual_live: bool,
 }
 
 /// The membership table of one node.
@@ -231,6 +236,7 @@ impl Membership {
         member.heartbeat = 0;
         // Whatever it was when we last looked, it gets the full detection window to show up.
         member.last_advance = Some(now.mono);
+        member.accrual_live = true;
         self.members.insert(member.node_id, member);
     }
 
@@ -260,6 +266,7 @@ impl Membership {
             operator: None,
             heartbeat: 0,
             last_advance: None,
+            accrual_live: true,
         });
         if obs.generation < member.generation {
             return;
@@ -281,6 +288,7 @@ impl Membership {
             member.health = health;
         }
         member.self_status = obs.self_status;
+        member.accrual_live = obs.accrual_live;
     }
 
     /// Applies an operator action published by some node. The latest action wins;
@@ -352,7 +360,11 @@ fn derive_status(
             .last_advance
             .map_or(config.offline_after, |at| now.mono.saturating_sub(at))
     };
-    if silent_for >= config.offline_after {
+    // Offline at `offline_after` of silence at the latest; earlier when chitchat's phi-accrual
+    // detector, which adapts to how often this node's heartbeats arrive, already gave up on it —
+    // but never before `suspect_after`, so one slow round cannot take a node offline.
+    let accrual_dead = !member.accrual_live && member.node_id != self_id;
+    if silent_for >= config.offline_after || (accrual_dead && silent_for >= config.suspect_after) {
         return NodeStatus::Offline;
     }
     if matches!(member.operator, Some((OperatorAction::Drain, _)))
@@ -390,6 +402,7 @@ mod tests {
             info: None,
             health: Some("ok".into()),
             self_status: SelfStatus::Active,
+            accrual_live: true,
         }
     }
 
@@ -502,5 +515,28 @@ mod tests {
                 .unwrap_err()
                 .contains("membership.offline_after")
         );
+    }
+
+    #[test]
+    fn the_accrual_detector_can_only_bring_offline_forward_to_the_suspicion_point() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(obs(1, 1, 1), at(0));
+        let mut dead = obs(1, 1, 1);
+        dead.accrual_live = false;
+        // chitchat gives up early: still only degraded before suspect_after…
+        m.observe(dead.clone(), at(500));
+        m.tick(at(1000));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        // …offline from suspect_after on, instead of offline_after.
+        m.observe(dead, at(1200));
+        m.tick(at(1250));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        // A live verdict with silence still waits for offline_after.
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(obs(2, 1, 1), at(0));
+        m.tick(at(1500));
+        assert_eq!(status(&m, 2), NodeStatus::Degraded);
+        m.tick(at(2000));
+        assert_eq!(status(&m, 2), NodeStatus::Offline);
     }
 }

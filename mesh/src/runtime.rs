@@ -282,6 +282,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
         {
             let chitchat = chitchat.lock().await;
             let me = chitchat.self_chitchat_id().clone();
+            let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
             // Live and dead incarnations alike ride in every digest: the gossip cost driver.
             metrics::gauge!("nexus_gossip_incarnations").set(chitchat.node_states().len() as f64);
             for (id, state) in chitchat.node_states() {
@@ -300,6 +301,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
                     self_status: state
                         .get(KEY_STATUS)
                         .map_or(SelfStatus::Active, SelfStatus::parse),
+                    accrual_live: live.contains(id),
                 });
                 for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
                     let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();

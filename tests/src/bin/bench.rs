@@ -34,7 +34,7 @@ const DETECT_LIMIT: Duration = Duration::from_secs(30);
 /// Quiet time after convergence before sampling gossip traffic, so join bursts are excluded.
 const GOSSIP_SETTLE: Duration = Duration::from_secs(5);
 /// Gossip traffic sampling window.
-const GOSSIP_WINDOW: Duration = Duration::from_secs(10);
+const GOSSIP_WINDOW: Duration = Duration::from_secs(30);
 /// SIGTERM grace before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Restarts of one node for the start-to-serving figure.
