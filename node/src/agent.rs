@@ -242,7 +242,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             MeshConfig {
                 fleet_id: loaded.identity.fleet_id.clone(),
                 node_id,
-                generation: crate::now_ms(),
+                generation: store.next_generation(crate::now_ms())?,
                 gossip_interval: config.gossip_interval,
                 seeds,
                 membership: config.membership.clone(),

@@ -101,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     CREATE TABLE liveness (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL);",
+    // 2: incarnation numbers that never go backwards, whatever the clock does.
+    "CREATE TABLE incarnation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);",
 ];
 
 /// Who this node is, as stored.
@@ -426,6 +428,27 @@ impl Store {
         })
     }
 
+    /// The next incarnation number: the clock (`now_ms`) unless that is not above the last one
+    /// handed out (the clock stepped back), then one more than it. Durable before it is returned.
+    pub fn next_generation(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let last: Option<i64> = tx
+                .query_row("SELECT generation FROM incarnation WHERE id = 1", [], |r| r.get(0))
+                .optional()?;
+            let next = match last {
+                Some(last) if last as u64 >= now_ms => last as u64 + 1,
+                _ => now_ms,
+            };
+            tx.execute(
+                "INSERT INTO incarnation (id, generation) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET generation = excluded.generation",
+                [next as i64],
+            )?;
+            tx.commit()?;
+            Ok(next)
+        })
+    }
+
     /// Health check: a small durable write.
     pub fn touch(&self) -> Result<(), StoreError> {
         self.with(|c| {
@@ -524,5 +547,26 @@ mod tests {
             .unwrap();
         let err = Store::open(&path).err().unwrap().to_string();
         assert!(err.contains("newer nexus"), "{err}");
+    }
+
+    #[test]
+    fn generations_only_go_up_even_when_the_clock_steps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nexus.db")).unwrap();
+        assert_eq!(store.next_generation(1_000).unwrap(), 1_000);
+        assert_eq!(store.next_generation(5_000).unwrap(), 5_000);
+        assert_eq!(
+            store.next_generation(4_000).unwrap(),
+            5_001,
+            "clock stepped back"
+        );
+        assert_eq!(store.next_generation(5_001).unwrap(), 5_002);
+        drop(store);
+        let store = Store::open(&dir.path().join("nexus.db")).unwrap();
+        assert_eq!(
+            store.next_generation(10).unwrap(),
+            5_003,
+            "survives a restart"
+        );
     }
 }
