@@ -189,6 +189,12 @@ impl Mesh {
         self.changes.clone()
     }
 
+    /// Starts one gossip exchange with `addr` now, outside the regular rounds.
+    pub fn gossip_with(&self, addr: SocketAddr) {
+        // Fails only once gossip has stopped, when there is nobody left to tell.
+        let _ = self.chitchat.gossip(addr);
+    }
+
     /// Incarnations (live and dead) in this node's gossip state; each one rides in every digest.
     pub async fn incarnations(&self) -> usize {
         self.chitchat.with_chitchat(|c| c.node_states().len()).await

@@ -127,6 +127,13 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `nexus <args>` whose data dir is `dir`, and waits until it serves.
     pub async fn spawn(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        let mut node = NodeProc::start(dir, args)?;
+        node.wait_serving(Duration::from_secs(20)).await?;
+        Ok(node)
+    }
+
+    /// Starts `nexus <args>` whose data dir is `dir`, without waiting for it to serve.
+    pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,7 +145,7 @@ impl NodeProc {
             .stderr(log)
             .spawn()
             .context("spawn nexus")?;
-        let mut node = NodeProc {
+        Ok(NodeProc {
             dir: dir.to_path_buf(),
             child: Some(child),
             api: String::new(),
@@ -146,9 +153,7 @@ impl NodeProc {
             gossip: String::new(),
             quic: String::new(),
             fleet_id: String::new(),
-        };
-        node.wait_serving(Duration::from_secs(20)).await?;
-        Ok(node)
+        })
     }
 
     /// Runs an enrolled data directory.

@@ -168,27 +168,34 @@ async fn drain_and_decommission_reach_every_node() {
     })
     .await
     .unwrap();
-    // The decommissioned node's gossip is refused and counted.
-    nexus_tests::wait_until(CONVERGE, "denied datagrams counted", || {
-        let fleet = &fleet;
-        async move {
-            fleet
-                .metric(
-                    &fleet.anchor().api,
-                    "nexus_gossip_datagrams_dropped_total",
-                    "reason=\"denied\"",
-                )
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        }
-    })
-    .await
-    .unwrap();
     // The decommissioned node learns it and stops, saying why.
+    wait_for_exit(&mut fleet.nodes[2]).await;
+
+    // Restarted (say, by its supervisor), its gossip is refused and counted, and it is told again.
+    let denied_before = denied_drops(&fleet).await;
+    let dir = fleet.nodes[2].dir.clone();
+    let dir_s = dir.to_str().unwrap().to_string();
+    // It may be told before it even serves: do not wait for that.
+    fleet.nodes[2] = NodeProc::start(&dir, &["run", "--data-dir", &dir_s])
+        .expect("spawn the decommissioned node");
+    wait_for_exit(&mut fleet.nodes[2]).await;
+    assert!(
+        denied_drops(&fleet).await > denied_before,
+        "its datagrams were dropped as denied"
+    );
+    // Decommissioning is final.
+    let (status, body) = fleet
+        .post(&fleet.nodes[3].api, &format!("/v1/nodes/{gone}/drain"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+}
+
+/// Waits until `node` exits on its own, unsuccessfully, saying it was decommissioned.
+async fn wait_for_exit(node: &mut NodeProc) {
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = fleet.nodes[2].exited() {
+        if let Some(status) = node.exited() {
             break status;
         }
         assert!(
@@ -198,15 +205,21 @@ async fn drain_and_decommission_reach_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success());
-    assert!(
-        fleet.nodes[2].log().contains("was decommissioned"),
-        "{}",
-        fleet.nodes[2].log()
-    );
-    // Decommissioning is final.
-    let (status, body) = fleet
-        .post(&fleet.nodes[3].api, &format!("/v1/nodes/{gone}/drain"))
-        .await
-        .unwrap();
-    assert_eq!(status, 409, "{body}");
+    assert!(node.log().contains("was decommissioned"), "{}", node.log());
+}
+
+/// Datagrams the running nodes dropped because their sender is denied.
+async fn denied_drops(fleet: &Fleet) -> f64 {
+    let mut total = 0.0;
+    for node in fleet.nodes.iter().filter(|n| n.pid().is_some()) {
+        total += fleet
+            .metric(
+                &node.api,
+                "nexus_gossip_datagrams_dropped_total",
+                "reason=\"denied\"",
+            )
+            .await
+            .unwrap_or(0.0);
+    }
+    total
 }
