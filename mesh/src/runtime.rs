@@ -238,11 +238,6 @@ impl Mesh {
             .await;
     }
 
-    /// Refuses gossip from `node` (a decommissioned node remembered from an earlier run).
-    pub fn deny(&self, node: NodeId) {
-        lock(&self.auth).deny(node);
-    }
-
     /// Stops gossip (idempotent).
     pub fn shutdown(&self) {
         self.ticker.abort();

@@ -54,6 +54,22 @@ pub fn run(args: &[&str]) -> Output {
         .expect("spawn nexus")
 }
 
+/// Starts `nexus <args>` with stdout and stderr appended to `log`.
+pub fn spawn_logged(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    nexus()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("cannot start {}", nexus_bin().display()))
+}
+
 /// Polls `check` every 50 ms until it returns true or `limit` passes.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
 where
@@ -134,17 +150,7 @@ impl NodeProc {
 
     /// Starts `nexus <args>` whose data dir is `dir`, without waiting for it to serve.
     pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.with_extension("log"))?;
-        let child = nexus()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn nexus")?;
+        let child = spawn_logged(args, &dir.with_extension("log"))?;
         Ok(NodeProc {
             dir: dir.to_path_buf(),
             child: Some(child),

@@ -14,12 +14,12 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use nexus_tests::{ANY_PORTS, nexus, nexus_bin, run, signal};
+use nexus_tests::{ANY_PORTS, nexus_bin, run, signal};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -266,17 +266,8 @@ impl Node {
 
     /// Starts `nexus <args>` and returns at once: callers time from this point.
     fn spawn(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = nexus()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {} for {}", nexus_bin().display(), self.name))?;
+        let child = nexus_tests::spawn_logged(args, &self.log)
+            .with_context(|| format!("starting {}", self.name))?;
         self.child = Some(child);
         self.api = None;
         Ok(())
