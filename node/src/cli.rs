@@ -70,7 +70,7 @@ struct JoinArgs {
     /// Directory for this node's keys, certificates, database and config (must not hold a node).
     #[arg(long, env = "NEXUS_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
-    /// Site to join (a token that fixes a site wins).
+    /// Site to join (must match the token's site when the token names one).
     #[arg(long, env = "NEXUS_SITE")]
     site: Option<String>,
     /// Label for this node, KEY=VALUE; repeatable.

@@ -52,7 +52,7 @@ pub struct MembershipFile {
 /// Address flags shared by `init`, `join` and `run` (flag or `NEXUS_*` env, resolved by clap).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct AddrFlags {
-    /// HTTP API listen address, HOST:PORT [default: 127.0.0.1:7600]
+    /// HTTP API listen address, IP:PORT [default: 127.0.0.1:7600]
     #[arg(long, env = "NEXUS_API_ADDR", value_name = "ADDR")]
     pub api: Option<String>,
     /// Gossip (UDP) listen address [default: 127.0.0.1:7601]
