@@ -256,11 +256,15 @@ impl GossipAuth {
     /// A signed notice telling `target` (a denied node at `to`) that it was decommissioned, or
     /// `None` if `to` was told less than a second ago. The fleet refuses a denied node's gossip,
     /// so without the notice it could not learn why it hears nothing back.
+    ///
+    /// The notice carries this node's certificate only when the datagram that provoked it was at
+    /// least as large, so a replayed datagram from a forged address is never amplified.
     pub fn eviction_notice(
         &mut self,
         target: NodeId,
         to: SocketAddr,
         now_unix_ms: u64,
+        provoked_by_len: usize,
     ) -> Option<Vec<u8>> {
         if self
             .notified
@@ -278,7 +282,13 @@ impl GossipAuth {
             }
         }
         self.notified.insert(to, now_unix_ms);
-        self.seal_flagged(target.as_bytes(), now_unix_ms, true, FLAG_EVICTION)
+        let with_cert = FIXED_HEADER + 2 + self.mic_der.len() + 16 + SIGNATURE_LEN;
+        self.seal_flagged(
+            target.as_bytes(),
+            now_unix_ms,
+            provoked_by_len >= with_cert,
+            FLAG_EVICTION,
+        )
     }
 
     /// The fleet member that sent this node an authentic eviction notice, if any.
@@ -915,11 +925,11 @@ mod tests {
         let now = unix_ms();
 
         let notice = fleet_node
-            .eviction_notice(denied.node_id, denied_addr, now)
+            .eviction_notice(denied.node_id, denied_addr, now, usize::MAX)
             .unwrap();
         assert!(
             fleet_node
-                .eviction_notice(denied.node_id, denied_addr, now + 10)
+                .eviction_notice(denied.node_id, denied_addr, now + 10, usize::MAX)
                 .is_none(),
             "rate limited"
         );
@@ -928,10 +938,18 @@ mod tests {
                 .eviction_notice(
                     denied.node_id,
                     denied_addr,
-                    now + EVICTION_NOTICE_INTERVAL_MS
+                    now + EVICTION_NOTICE_INTERVAL_MS,
+                    usize::MAX
                 )
                 .is_some()
         );
+        // Provoked by a small datagram (say, a replay from a forged address), the notice is no
+        // larger than the datagram was: it leaves the certificate out.
+        let small = fleet_node
+            .eviction_notice(denied.node_id, "127.0.0.1:7004".parse().unwrap(), now, 120)
+            .unwrap();
+        assert_eq!(small[4] & FLAG_CERT, 0);
+        assert!(small.len() <= 120, "{} bytes", small.len());
 
         assert_eq!(denied.evicted_by(), None);
         assert_eq!(

@@ -178,6 +178,10 @@ pub struct Member {
     /// Whether chitchat's phi-accrual detector holds this incarnation live.
     #[serde(skip)]
     accrual_live: bool,
+    /// Whether that detector has held this incarnation live since it was last offline. Until
+    /// then its "dead" only means "too few samples yet" (a new incarnation, a healed partition).
+    #[serde(skip)]
+    accrual_armed: bool,
 }
 
 /// A status change.
@@ -237,6 +241,7 @@ impl Membership {
         // Whatever it was when we last looked, it gets the full detection window to show up.
         member.last_advance = Some(now.mono);
         member.accrual_live = true;
+        member.accrual_armed = false;
         self.members.insert(member.node_id, member);
     }
 
@@ -267,6 +272,7 @@ impl Membership {
             heartbeat: 0,
             last_advance: None,
             accrual_live: true,
+            accrual_armed: false,
         });
         if obs.generation < member.generation {
             return;
@@ -274,6 +280,7 @@ impl Membership {
         if obs.generation > member.generation {
             member.generation = obs.generation;
             member.heartbeat = 0;
+            member.accrual_armed = false;
         }
         member.gossip_addr = Some(obs.gossip_addr);
         if obs.heartbeat > member.heartbeat || member.last_advance.is_none() {
@@ -289,6 +296,7 @@ impl Membership {
         }
         member.self_status = obs.self_status;
         member.accrual_live = obs.accrual_live;
+        member.accrual_armed |= obs.accrual_live;
     }
 
     /// Applies an operator action published by some node. The latest action wins;
@@ -319,6 +327,10 @@ impl Membership {
                 });
                 member.status = status;
                 member.status_since_ms = now.wall_ms;
+                if status == NodeStatus::Offline {
+                    // Its samples are reset: wait to see it live again before trusting "dead".
+                    member.accrual_armed = false;
+                }
             }
             if let Some((OperatorAction::Decommission, at)) = member.operator
                 && now.wall_ms.saturating_sub(at)
@@ -363,7 +375,7 @@ fn derive_status(
     // Offline at `offline_after` of silence at the latest; earlier when chitchat's phi-accrual
     // detector, which adapts to how often this node's heartbeats arrive, already gave up on it —
     // but never before `suspect_after`, so one slow round cannot take a node offline.
-    let accrual_dead = !member.accrual_live && member.node_id != self_id;
+    let accrual_dead = member.accrual_armed && !member.accrual_live && member.node_id != self_id;
     if silent_for >= config.offline_after || (accrual_dead && silent_for >= config.suspect_after) {
         return NodeStatus::Offline;
     }
@@ -523,7 +535,7 @@ mod tests {
         m.observe(obs(1, 1, 1), at(0));
         let mut dead = obs(1, 1, 1);
         dead.accrual_live = false;
-        // chitchat gives up early: still only degraded before suspect_after…
+        // chitchat gives up early: still online before suspect_after…
         m.observe(dead.clone(), at(500));
         m.tick(at(1000));
         assert_eq!(status(&m, 1), NodeStatus::Online);
@@ -538,5 +550,44 @@ mod tests {
         assert_eq!(status(&m, 2), NodeStatus::Degraded);
         m.tick(at(2000));
         assert_eq!(status(&m, 2), NodeStatus::Offline);
+    }
+
+    #[test]
+    fn too_few_samples_is_not_dead_for_new_incarnations_and_healed_nodes() {
+        let unsampled = |n, generation, heartbeat| {
+            let mut o = obs(n, generation, heartbeat);
+            o.accrual_live = false;
+            o
+        };
+        // A new node chitchat has not sampled enough: a slow second heartbeat is only suspicious.
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.observe(unsampled(1, 1, 1), at(0));
+        m.tick(at(1500));
+        assert_eq!(status(&m, 1), NodeStatus::Degraded);
+        m.observe(unsampled(1, 1, 2), at(1600));
+        m.tick(at(1600));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+
+        // Seen live, then offline, then back: its samples were reset, so "dead" is not trusted
+        // again until chitchat holds it live once more.
+        m.observe(obs(1, 1, 3), at(1700));
+        m.tick(at(3800));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        m.observe(unsampled(1, 1, 4), at(20_000));
+        m.tick(at(20_000));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        m.observe(unsampled(1, 1, 4), at(21_300));
+        m.tick(at(21_300));
+        assert_eq!(
+            status(&m, 1),
+            NodeStatus::Degraded,
+            "not offline at suspect_after"
+        );
+
+        // A restart (new generation) also starts unarmed.
+        m.observe(obs(1, 1, 5), at(21_400));
+        m.observe(unsampled(1, 2, 1), at(21_500));
+        m.tick(at(22_800));
+        assert_eq!(status(&m, 1), NodeStatus::Degraded);
     }
 }

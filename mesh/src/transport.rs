@@ -264,7 +264,7 @@ async fn receive_one(
                     Err((reason, Some(auth.certificate_request(unix_ms()))))
                 }
                 Err(DropReason::Denied(sender)) => {
-                    let notice = auth.eviction_notice(sender, from, unix_ms());
+                    let notice = auth.eviction_notice(sender, from, unix_ms(), len);
                     Err((DropReason::Denied(sender), notice))
                 }
                 Err(reason) => Err((reason, None)),

@@ -395,8 +395,18 @@ async fn memory_partition_then_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_operator_actions_outlive_their_issuer() {
     let _serial = common::one_cluster_at_a_time().await;
-    let mut cluster = Cluster::start(Memory::default()).await;
+    let net = Memory::default();
+    let network = net.network.clone();
+    let mut cluster = Cluster::start(net).await;
     let (issuer, gone) = (0, 3);
+    // Cut off first, so the decommissioned node never learns of (nor re-publishes) its fate: the
+    // newcomer can learn it only from the survivors' state.
+    for i in others(gone) {
+        network.cut(
+            cluster.mesh(gone).gossip_addr(),
+            cluster.mesh(i).gossip_addr(),
+        );
+    }
     cluster
         .mesh(issuer)
         .operator_action(cluster.node(gone), OperatorAction::Decommission)

@@ -408,19 +408,21 @@ impl Admitter {
 
 /// Serves join requests on `endpoint` until it is closed.
 pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitter>>) {
-    // Bounds the joins handled at once: each costs a signature and a synced SQLite write.
+    // Bounds the admissions decided at once: each costs a signature and a synced SQLite write.
+    // Taken only once a request has arrived, so half-open connections cannot hold it.
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     while let Some(incoming) = endpoint.accept().await {
-        // Refuse rather than queue: idle connections must not hold joins hostage.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("nexus_join_requests_total", "outcome" => "busy").increment(1);
-            incoming.refuse();
+        // A stateless retry proves the source address before anything is kept for it, so forged
+        // sources cannot fill the join service.
+        if !incoming.remote_address_validated() {
+            if let Err(err) = incoming.retry() {
+                tracing::debug!(error = %err, "cannot send a QUIC retry");
+            }
             continue;
-        };
-        let admitter = admitter.clone();
+        }
+        let (admitter, permits) = (admitter.clone(), permits.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(err) = serve_one(incoming, admitter).await {
+            if let Err(err) = serve_one(incoming, admitter, permits).await {
                 tracing::debug!(error = %format!("{err:#}"), "join connection failed");
             }
         });
@@ -430,24 +432,36 @@ pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitte
 async fn serve_one(
     incoming: quinn::Incoming,
     admitter: Option<Arc<Admitter>>,
+    permits: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
     // One deadline for handshake, request and answer together.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let connection = tokio::time::timeout_at(deadline, incoming).await??;
     let (mut send, mut recv) = tokio::time::timeout_at(deadline, connection.accept_bi()).await??;
     let request = tokio::time::timeout_at(deadline, recv.read_to_end(MAX_REQUEST)).await??;
-    let response = match &admitter {
-        Some(admitter) => {
-            let admitter = admitter.clone();
-            tokio::task::spawn_blocking(move || admitter.handle(&request)).await?
-        }
-        None => refused(
+    let response = match (&admitter, permits.try_acquire_owned()) {
+        (None, _) => refused(
             "not_an_anchor",
             "this node is not an anchor and cannot admit nodes: use the anchor addresses in the token",
         ),
+        (Some(_), Err(_)) => {
+            metrics::counter!("nexus_join_requests_total", "outcome" => "busy").increment(1);
+            refused(
+                "busy",
+                "the anchor is admitting many nodes at once: try again in a few seconds",
+            )
+        }
+        (Some(admitter), Ok(permit)) => {
+            let admitter = admitter.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                admitter.handle(&request)
+            })
+            .await?
+        }
     };
     let bytes = serde_json::to_vec(&response)?;
-    send.write_all(&bytes).await?;
+    tokio::time::timeout_at(deadline, send.write_all(&bytes)).await??;
     send.finish()?;
     // Let the client read the answer and close first.
     let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;

@@ -128,6 +128,8 @@ pub struct NodeProc {
     /// Its data directory.
     pub dir: PathBuf,
     child: Option<Child>,
+    /// Where this process's output starts in the shared log file.
+    log_from: usize,
     /// `http://IP:PORT` of its API, once serving.
     pub api: String,
     /// Its node id.
@@ -150,8 +152,12 @@ impl NodeProc {
 
     /// Starts `nexus <args>` whose data dir is `dir`, without waiting for it to serve.
     pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
-        let child = spawn_logged(args, &dir.with_extension("log"))?;
+        let log = dir.with_extension("log");
+        // Earlier runs of the same node share the log file: this process's output starts here.
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let child = spawn_logged(args, &log)?;
         Ok(NodeProc {
+            log_from,
             dir: dir.to_path_buf(),
             child: Some(child),
             api: String::new(),
@@ -245,9 +251,10 @@ impl NodeProc {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// What the process wrote to stdout and stderr.
+    /// What this process wrote to stdout and stderr.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+        let all = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+        all.get(self.log_from..).unwrap_or_default().to_string()
     }
 
     /// Process id, while running.
