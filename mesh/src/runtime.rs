@@ -275,6 +275,9 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
+    // Version of the info each incarnation last published that was parsed: the JSON is parsed
+    // again only when it changes, not on every tick.
+    let mut parsed_info: std::collections::HashMap<ChitchatId, u64> = Default::default();
     loop {
         ticker.tick().await;
         let mut observations = Vec::new();
@@ -284,6 +287,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
             let chitchat = chitchat.lock().await;
             let me = chitchat.self_chitchat_id().clone();
             let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+            parsed_info.retain(|id, _| chitchat.node_state(id).is_some());
             // Live and dead incarnations alike ride in every digest: the gossip cost driver.
             metrics::gauge!("nexus_gossip_incarnations").set(chitchat.node_states().len() as f64);
             for (id, state) in chitchat.node_states() {
@@ -295,9 +299,12 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
                     generation: id.generation_id,
                     gossip_addr: id.gossip_advertise_addr,
                     heartbeat: u64::from(state.heartbeat()),
-                    info: state
-                        .get(KEY_INFO)
-                        .and_then(|json| serde_json::from_str(json).ok()),
+                    info: state.get_versioned(KEY_INFO).and_then(|info| {
+                        let version = info.version;
+                        (parsed_info.insert(id.clone(), version) != Some(version))
+                            .then(|| serde_json::from_str(&info.value).ok())
+                            .flatten()
+                    }),
                     health: state.get(KEY_HEALTH).map(str::to_string),
                     self_status: state
                         .get(KEY_STATUS)
