@@ -189,11 +189,6 @@ impl GossipAuth {
         self.denied.insert(node);
     }
 
-    /// Accept datagrams from `node` again (its deny entry was garbage collected).
-    pub fn allow(&mut self, node: &NodeId) {
-        self.denied.remove(node);
-    }
-
     /// Wraps a chitchat payload, always carrying the certificate when it fits. Returns `None`
     /// when even the certificate-less form would exceed one UDP datagram.
     pub fn seal(&self, payload: &[u8], now_unix_ms: u64) -> Option<Vec<u8>> {
@@ -718,7 +713,7 @@ mod tests {
     }
 
     #[test]
-    fn denied_senders_are_dropped_until_allowed() {
+    fn denied_senders_are_dropped_and_others_are_not() {
         let f = fleet("acme");
         let sender = auth_for(&f, &member(&f));
         let other = auth_for(&f, &member(&f));
@@ -743,9 +738,6 @@ mod tests {
             receiver.open(&from_other, now).unwrap().sender,
             other.node_id
         );
-
-        receiver.allow(&sender.node_id);
-        assert_eq!(receiver.open(&sealed, now).unwrap().sender, sender.node_id);
     }
 
     #[tokio::test]

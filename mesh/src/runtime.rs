@@ -213,14 +213,6 @@ impl Mesh {
             .await;
     }
 
-    /// Publishes a new version of this node's info.
-    pub async fn set_info(&self, info: &NodeInfo) {
-        let json = serde_json::to_string(info).expect("NodeInfo serializes");
-        self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(KEY_INFO, &json))
-            .await;
-    }
-
     /// Records an operator action on `target` and publishes it so every node applies it.
     pub async fn operator_action(&self, target: NodeId, action: OperatorAction) {
         let at = unix_ms();

@@ -397,19 +397,17 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
 }
 
 fn persist_members(mesh: &Mesh, store: &Store) {
-    let records: Vec<(String, String)> = mesh
-        .members()
+    let members = mesh.members();
+    let records: Vec<(String, String)> = members
         .iter()
         .filter_map(|m| Some((m.node_id.to_string(), serde_json::to_string(m).ok()?)))
         .collect();
-    for m in mesh.members() {
-        if m.status == nexus_mesh::NodeStatus::Decommissioned
-            && let Err(err) = store.deny(&m.node_id.to_string(), "decommissioned")
-        {
-            tracing::error!(error = %err, "cannot record a decommissioned node");
-        }
-    }
-    if let Err(err) = store.save_members(&records) {
+    let decommissioned: Vec<String> = members
+        .iter()
+        .filter(|m| m.status == nexus_mesh::NodeStatus::Decommissioned)
+        .map(|m| m.node_id.to_string())
+        .collect();
+    if let Err(err) = store.save_members(&records, &decommissioned) {
         tracing::error!(error = %err, "cannot persist membership");
     }
 }

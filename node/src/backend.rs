@@ -302,12 +302,7 @@ impl Backend for NodeBackend {
         );
         let (token, row) = self
             .blocking(move |store| {
-                crate::enroll::create_token(store, &fleet, anchors, fingerprint, row).map_err(
-                    |err| match err.downcast::<crate::store::StoreError>() {
-                        Ok(store_err) => store_err,
-                        Err(other) => crate::store::StoreError::Other(format!("{other:#}")),
-                    },
-                )
+                crate::enroll::create_token(store, &fleet, anchors, fingerprint, row)
             })
             .await?;
         tracing::info!(token = %row.id, uses, ttl_s = ttl.as_secs(), "join token created");

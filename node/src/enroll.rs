@@ -656,7 +656,7 @@ pub fn create_token(
     anchors: Vec<SocketAddr>,
     root_fingerprint: [u8; 32],
     row: TokenRow,
-) -> anyhow::Result<(JoinToken, TokenRow)> {
+) -> Result<(JoinToken, TokenRow), crate::store::StoreError> {
     let token = JoinToken::new(fleet_id, anchors, root_fingerprint);
     let row = TokenRow {
         id: token.token_id.clone(),

@@ -33,9 +33,6 @@ pub enum StoreError {
         /// Newest known.
         known: i64,
     },
-    /// Anything else around a store operation.
-    #[error("{0}")]
-    Other(String),
 }
 
 fn damage_hint(err: &rusqlite::Error) -> &'static str {
@@ -383,8 +380,13 @@ impl Store {
         })
     }
 
-    /// Replaces the remembered membership.
-    pub fn save_members(&self, members: &[(String, String)]) -> Result<(), StoreError> {
+    /// Replaces the remembered membership and adds `decommissioned` to the deny list, in one
+    /// transaction (one fsync, however many nodes changed).
+    pub fn save_members(
+        &self,
+        members: &[(String, String)],
+        decommissioned: &[String],
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM members", [])?;
@@ -393,6 +395,12 @@ impl Store {
                 tx.execute(
                     "INSERT INTO members (node_id, record, updated_at_ms) VALUES (?1, ?2, ?3)",
                     params![id, record, now],
+                )?;
+            }
+            for id in decommissioned {
+                tx.execute(
+                    "INSERT OR IGNORE INTO denied_nodes (node_id, reason, at_ms) VALUES (?1, 'decommissioned', ?2)",
+                    params![id, now],
                 )?;
             }
             tx.commit()

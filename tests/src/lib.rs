@@ -354,21 +354,23 @@ impl Fleet {
 
     /// GET a JSON resource from `api` with the admin key.
     pub async fn get(&self, api: &str, path: &str) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .get(format!("{api}{path}"))
-            .bearer_auth(&self.admin_key)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        self.call(reqwest::Method::GET, api, path).await
     }
 
     /// POST to `api` with the admin key.
     pub async fn post(&self, api: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::POST, api, path).await
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        api: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, Value)> {
         let response = self
             .http
-            .post(format!("{api}{path}"))
+            .request(method, format!("{api}{path}"))
             .bearer_auth(&self.admin_key)
             .send()
             .await?;
