@@ -98,7 +98,7 @@ pub fn der_to_pem(der: &[u8]) -> String {
     pem_block("CERTIFICATE", der)
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -443,7 +443,7 @@ impl CertificateAuthority {
 
     /// An rcgen issuer whose DN and key identifier are read back from our own
     /// certificate, so the child's issuer/AKI match this certificate byte for byte.
-    fn issuer(&self) -> Result<rcgen::Issuer<'static, RcgenKey<'_>>, CaError> {
+    pub(crate) fn issuer(&self) -> Result<rcgen::Issuer<'static, RcgenKey<'_>>, CaError> {
         rcgen::Issuer::from_ca_cert_der(
             &CertificateDer::from(self.cert_der.as_slice()),
             RcgenKey::new(&self.key),

@@ -147,6 +147,22 @@ pub enum CaError {
     #[error("could not generate the certificate: {0}")]
     Generate(String),
 
+    /// The certificate was revoked by the fleet.
+    #[error(
+        "the certificate of node {node} (serial {serial}) has been revoked: the node must join \
+         again with a new token"
+    )]
+    Revoked {
+        /// The node the certificate names.
+        node: String,
+        /// Its serial, lowercase hex.
+        serial: String,
+    },
+
+    /// A certificate revocation list was refused.
+    #[error("certificate revocation list refused: {0}")]
+    BadCrl(String),
+
     /// A TLS configuration could not be built.
     #[error("could not build the TLS configuration: {0}")]
     Tls(String),

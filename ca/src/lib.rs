@@ -7,18 +7,23 @@
 //!   signatures and CSRs.
 //! * [`cert`]: the fleet root and anchor intermediate CAs ([`CertificateAuthority`]),
 //!   MIC issuance and layout, PEM helpers, CSR verification, [`read_mic`].
+//! * [`crl`]: CRLs signed by anchor intermediates and the [`RevocationSet`] a node enforces.
 //! * [`trust`]: [`TrustStore`], the root and intermediates a node trusts, and
 //!   webpki-based MIC verification.
 //! * [`tls`]: rustls 0.23 configurations (ring provider, TLS 1.3) for an anchor's
 //!   endpoint and for a joining node that only knows the root fingerprint.
+//! * [`peer`]: mutual TLS between fleet members and for the HTTPS API ([`FleetTrust`],
+//!   [`Credentials`]).
 //! * [`token`]: [`JoinToken`] encoding and the anchor's [`check_admission`] decision.
 //! * [`error`]: [`CaError`], the error type for everything but tokens.
 //!
 //! Everything public is re-exported at the crate root.
 
 pub mod cert;
+pub mod crl;
 pub mod error;
 pub mod identity;
+pub mod peer;
 pub mod tls;
 pub mod token;
 pub mod trust;
@@ -27,8 +32,15 @@ pub use cert::{
     CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, VerifiedMic, der_to_pem,
     pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint, validate_name,
 };
+pub use crl::{
+    Installed, RevocationSet, RevokeReason, Revoked, VerifiedCrl, normalize_serial, verify_crl,
+};
 pub use error::CaError;
 pub use identity::{NodeId, NodeKey, verify_signature};
+pub use peer::{
+    Credentials, FleetTrust, NODE_NAME_SUFFIX, api_client_config, member_client_config,
+    member_server_config, node_server_name, peer_identity,
+};
 pub use tls::{ANCHOR_SERVER_NAME, join_client_tls_config, server_name, server_tls_config};
 pub use token::{
     JoinToken, Refusal, TOKEN_PREFIX, TokenError, TokenRecord, check_admission, secret_matches,
