@@ -28,7 +28,15 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::wire::{CreateToken, CreatedToken, ErrorBody, ErrorDetail, Health, Node, Page, Token};
+use crate::wire::{
+    Caller, CreateToken, CreatedToken, CsrRequest, ErrorBody, ErrorDetail, Health, IssuedMic, Mic,
+    Node, Page, RevokeRequest, Revoked, Token,
+};
+
+/// The client certificate chain (DER, leaf first) a TLS connection presented; the TLS server
+/// puts it into every request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -102,11 +110,44 @@ pub trait Backend: Send + Sync + 'static {
     async fn revoke_token(&self, token_id: &str) -> Result<Token, ApiError>;
     /// Liveness and local checks.
     fn health(&self) -> Health;
+    /// Authenticates a client certificate chain (mTLS): a valid, unrevoked MIC of this fleet.
+    fn authenticate_certificate(&self, _chain: &[Vec<u8>]) -> Result<Caller, String> {
+        Err("certificate authentication is not available on this node".to_string())
+    }
+    /// Issues a MIC from a CSR (anchors).
+    async fn issue_mic(&self, _request: CsrRequest) -> Result<IssuedMic, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// The MICs this anchor issued, optionally of one node, ordered by serial.
+    async fn mics(&self, _node_id: Option<String>) -> Result<Vec<Mic>, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// Revokes a MIC this anchor issued.
+    async fn revoke_mic(
+        &self,
+        _serial: &str,
+        _reason: Option<String>,
+    ) -> Result<Revoked, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// The CRLs this node enforces: (issuer fingerprint hex, DER), ordered by issuer.
+    fn crls(&self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
     /// Prometheus text exposition of this node's metrics.
     fn metrics(&self) -> String;
 }
 
 type Shared = Arc<dyn Backend>;
+
+fn not_an_anchor() -> ApiError {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not_an_anchor",
+        "certificates are issued and revoked by anchors: send this request to an anchor's API \
+         (GET /v1/nodes shows which nodes have role anchor)",
+    )
+}
 
 /// The full router: `/v1` behind API-key auth, `/healthz` and `/metrics` open.
 pub fn router(backend: Shared) -> Router {
@@ -117,6 +158,11 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/nodes/{id}/decommission", post(decommission_node))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/mics", get(list_mics))
+        .route("/v1/mics/csr", post(issue_mic))
+        .route("/v1/mics/{serial}", get(get_mic))
+        .route("/v1/mics/{serial}/revoke", post(revoke_mic))
+        .route("/v1/whoami", get(whoami))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_api_key,
@@ -124,6 +170,7 @@ pub fn router(backend: Shared) -> Router {
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
+        .route("/v1/crl", get(get_crl))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -145,37 +192,83 @@ pub async fn serve(
 async fn require_api_key(
     State(backend): State<Shared>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let unauthenticated =
+        |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message);
+    let caller = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match key {
+                Some(key) if backend.authenticate(key) => Caller {
+                    identity: format!("api-key:{}", key_id(key)),
+                    role: "fleet-admin".to_string(),
+                    tenant: None,
+                },
+                Some(_) => {
+                    return unauthenticated("the API key is not valid for this fleet".into())
+                        .into_response();
+                }
+                None => {
+                    return unauthenticated(
+                        "malformed Authorization header: expected `Bearer <api key>`".into(),
+                    )
+                    .into_response();
+                }
+            }
+        }
+        None => match request.extensions().get::<PeerCertificates>() {
+            Some(PeerCertificates(chain)) => match backend.authenticate_certificate(chain) {
+                Ok(caller) => caller,
+                Err(err) => {
+                    return unauthenticated(format!("client certificate refused: {err}"))
+                        .into_response();
+                }
+            },
+            None => {
+                return unauthenticated(
+                    "no credentials: send `Authorization: Bearer <api key>` (the first admin key \
+                     is in <data-dir>/admin.key of the fleet's first anchor) or connect with a \
+                     client certificate (a MIC of this fleet)"
+                        .into(),
+                )
+                .into_response();
+            }
+        },
+    };
+    if caller.role == "node" && request.method() != Method::GET {
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "missing Authorization header: send `Authorization: Bearer <api key>` (the first admin key is in <data-dir>/admin.key of the fleet's first anchor)",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} authenticated with a node certificate, which may only read its tenant's \
+                 state; use an admin API key for changes",
+                caller.identity
+            ),
         )
         .into_response();
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match key {
-        Some(key) if backend.authenticate(key) => next.run(request).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "the API key is not valid for this fleet",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "malformed Authorization header: expected `Bearer <api key>`",
-        )
-        .into_response(),
     }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// A short handle for an API key in answers and logs: its last 4 characters (of 40+), like a
+/// card number's last digits; enough to tell keys apart, useless to an attacker.
+fn key_id(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
@@ -283,10 +376,17 @@ fn query_or_400(
 
 async fn list_nodes(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Node>>, ApiError> {
     let query = query_or_400(query)?;
-    paginate(backend.nodes(), &query, "nodes", |n| &n.node_id).map(Json)
+    let tenant = caller.and_then(|c| c.0.tenant);
+    let nodes = backend
+        .nodes()
+        .into_iter()
+        .filter(|n| tenant.as_ref().is_none_or(|t| *t == n.tenant_id))
+        .collect();
+    paginate(nodes, &query, "nodes", |n| &n.node_id).map(Json)
 }
 
 fn check_node_id(id: &str) -> Result<(), ApiError> {
@@ -305,11 +405,15 @@ fn check_node_id(id: &str) -> Result<(), ApiError> {
 
 async fn get_node(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
     check_node_id(&id)?;
+    let tenant = caller.and_then(|c| c.0.tenant);
     backend
         .node(&id)
+        // Another tenant's node reads as absent: existence does not leak.
+        .filter(|n| tenant.as_ref().is_none_or(|t| *t == n.tenant_id))
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("node {id} is not known to this node")))
 }
@@ -386,4 +490,310 @@ async fn metrics_text(State(backend): State<Shared>) -> Response {
         backend.metrics(),
     )
         .into_response()
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<T>, JsonRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(|err| {
+        let (status, code) = match err.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (err.status(), "unsupported_media_type"),
+            StatusCode::PAYLOAD_TOO_LARGE => (err.status(), "payload_too_large"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+        };
+        ApiError::new(
+            status,
+            code,
+            format!("invalid {what} body: {}", err.body_text()),
+        )
+    })
+}
+
+fn require_fleet_admin(caller: &Option<axum::Extension<Caller>>) -> Result<(), ApiError> {
+    match caller {
+        Some(axum::Extension(c)) if c.role == "fleet-admin" => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only a fleet admin may do this",
+        )),
+    }
+}
+
+fn check_serial(serial: &str) -> Result<String, ApiError> {
+    let ok = !serial.is_empty()
+        && serial.len() <= 40
+        && serial.len().is_multiple_of(2)
+        && serial.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(serial.to_ascii_lowercase())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "certificate serial must be an even number of hex digits (at most 40), got {serial:?}"
+        )))
+    }
+}
+
+async fn issue_mic(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Result<Json<CsrRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let request = json_body(body, "CSR request")?;
+    let issued = backend.issue_mic(request).await?;
+    let location = format!("/v1/mics/{}", issued.mic.serial);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(issued),
+    )
+        .into_response())
+}
+
+/// Query of `GET /v1/mics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MicQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    node_id: Option<String>,
+}
+
+async fn list_mics(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    query: Result<Query<MicQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<Mic>>, ApiError> {
+    require_fleet_admin(&caller)?;
+    let Query(query) = query.map_err(|err| {
+        ApiError::bad_request(format!(
+            "bad query string: {}; this list accepts limit, cursor and node_id",
+            err.body_text()
+        ))
+    })?;
+    if let Some(id) = &query.node_id {
+        check_node_id(id)?;
+    }
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    paginate(backend.mics(query.node_id).await?, &page, "mics", |m| {
+        &m.serial
+    })
+    .map(Json)
+}
+
+async fn get_mic(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(serial): Path<String>,
+) -> Result<Json<Mic>, ApiError> {
+    require_fleet_admin(&caller)?;
+    let serial = check_serial(&serial)?;
+    backend
+        .mics(None)
+        .await?
+        .into_iter()
+        .find(|m| m.serial == serial)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no certificate with serial {serial} was issued by this anchor"
+            ))
+        })
+}
+
+async fn revoke_mic(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(serial): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Revoked>, ApiError> {
+    require_fleet_admin(&caller)?;
+    let serial = check_serial(&serial)?;
+    let request: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeRequest::default()
+    } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the revocation body as application/json (or no body at all)",
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|err| ApiError::bad_request(format!("invalid revocation body: {err}")))?
+    };
+    backend.revoke_mic(&serial, request.reason).await.map(Json)
+}
+
+async fn whoami(caller: Option<axum::Extension<Caller>>) -> Result<Json<Caller>, ApiError> {
+    caller
+        .map(|axum::Extension(c)| Json(c))
+        .ok_or_else(|| ApiError::internal("the caller was not recorded"))
+}
+
+/// Query of `GET /v1/crl`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrlQuery {
+    format: Option<String>,
+    issuer: Option<String>,
+}
+
+/// The CRLs as PEM (all of them) or DER (one issuer), for standard tooling. Public, like any CRL
+/// distribution point.
+async fn get_crl(
+    State(backend): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<CrlQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|err| {
+        ApiError::bad_request(format!(
+            "bad query string: {}; /v1/crl accepts format (pem or der) and issuer",
+            err.body_text()
+        ))
+    })?;
+    let wants_der = match query.format.as_deref() {
+        Some("der") => true,
+        Some("pem") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format must be pem or der, got {other:?}"
+            )));
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/pkix-crl")),
+    };
+    let mut crls = backend.crls();
+    if let Some(issuer) = &query.issuer {
+        let issuer = issuer.to_ascii_lowercase();
+        crls.retain(|(fp, _)| fp.starts_with(&issuer));
+        if issuer.len() < 8 || crls.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no CRL from an issuer whose fingerprint starts with {issuer:?} (give at least 8 \
+                 hex digits)"
+            )));
+        }
+    }
+    if crls.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_crl_yet",
+            "this node holds no CRL yet; anchors publish one at start, so try again in a moment",
+        ));
+    }
+    if wants_der {
+        if crls.len() > 1 {
+            let issuers: Vec<&str> = crls.iter().map(|(fp, _)| fp.as_str()).collect();
+            return Err(ApiError::bad_request(format!(
+                "the fleet has {} CRLs (one per anchor) and DER holds one: add ?issuer=<fingerprint> \
+                 (one of {issuers:?}) or ask for PEM",
+                crls.len()
+            )));
+        }
+        let (_, der) = crls.swap_remove(0);
+        return Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response());
+    }
+    let pem: String = crls.iter().map(|(_, der)| pem_crl(der)).collect();
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+fn pem_crl(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN X509 CRL-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END X509 CRL-----\n");
+    out
+}
+
+/// Most TLS connections served at once; more wait in the kernel's accept queue.
+const MAX_TLS_CONNECTIONS: usize = 4096;
+
+/// Serves `router` over HTTPS until `shutdown` resolves. A client certificate the TLS layer
+/// accepted is handed to the router as [`PeerCertificates`] (the authentication middleware
+/// re-checks it on every request, so a revocation applies to open connections too).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (tcp, _remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "cannot accept an API connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    metrics::counter!("nexus_api_tls_handshakes_failed_total").increment(1);
+                    tracing::debug!(error = %err, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("nexus_api_tls_handshakes_failed_total").increment(1);
+                    return;
+                }
+            };
+            let peer =
+                stream.get_ref().1.peer_certificates().map(|chain| {
+                    PeerCertificates(chain.iter().map(|c| c.as_ref().to_vec()).collect())
+                });
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(error = %err, "API connection ended with an error");
+            }
+        });
+    }
+    // In-flight requests finish; idle keep-alive connections close.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }

@@ -48,6 +48,15 @@ pub struct Node {
     pub updated_at: String,
     /// Incarnation (process start, unix ms).
     pub generation: u64,
+    /// Serial of the MIC the node uses (hex).
+    #[serde(default)]
+    pub certificate_serial: Option<String>,
+    /// RFC 3339: when that MIC expires (the node renews it before).
+    #[serde(default)]
+    pub certificate_expires_at: Option<String>,
+    /// Whether that MIC is on a revocation list the answering node holds.
+    #[serde(default)]
+    pub certificate_revoked: bool,
 }
 
 /// Node addresses.
@@ -149,4 +158,81 @@ pub struct ErrorDetail {
     pub code: String,
     /// What was wrong and what to do.
     pub message: String,
+}
+
+/// `POST /v1/mics/csr` body: ask an anchor for a MIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    /// PKCS#10 CSR (PEM) with an ed25519 key. Its subject CN, if set, must be the node id of
+    /// that key.
+    pub csr_pem: String,
+    /// Tenant (default `default`).
+    pub tenant: Option<String>,
+    /// Site (default `default`).
+    pub site: Option<String>,
+    /// `node` (default) or `anchor`.
+    pub role: Option<String>,
+}
+
+/// A machine identity certificate an anchor issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mic {
+    /// Serial, lowercase hex (as `openssl x509 -serial` shows it, lowercased).
+    pub serial: String,
+    /// The node it certifies.
+    pub node_id: String,
+    /// How it was issued: `anchor`, `join`, `renewal` or `csr`.
+    pub kind: String,
+    /// RFC 3339 issue time.
+    pub issued_at: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// RFC 3339 revocation time, if revoked.
+    pub revoked_at: Option<String>,
+    /// Revocation reason, if revoked.
+    pub revoke_reason: Option<String>,
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+}
+
+/// A MIC just issued from a CSR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedMic {
+    /// The certificate.
+    #[serde(flatten)]
+    pub mic: Mic,
+    /// Issuing anchor intermediate, PEM (append to the certificate to form the chain).
+    pub intermediate_pem: String,
+    /// Fleet root, PEM.
+    pub root_pem: String,
+}
+
+/// `POST /v1/mics/{serial}/revoke` body (optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// `unspecified` (default), `key_compromise`, `superseded` or `cessation_of_operation`.
+    pub reason: Option<String>,
+}
+
+/// The outcome of a revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The certificate, now revoked.
+    #[serde(flatten)]
+    pub mic: Mic,
+    /// Number of the CRL that lists it.
+    pub crl_number: u64,
+}
+
+/// Who is calling, as the API authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// `api-key:<id>` or `node:<node id>`.
+    pub identity: String,
+    /// `fleet-admin` or `node`.
+    pub role: String,
+    /// Tenant the caller is confined to (`None`: the whole fleet).
+    pub tenant: Option<String>,
 }

@@ -39,6 +39,9 @@ fn node(id: String) -> Node {
         created_at: None,
         updated_at: "2026-01-01T00:00:00Z".into(),
         generation: 1,
+        certificate_serial: None,
+        certificate_expires_at: None,
+        certificate_revoked: false,
     }
 }
 

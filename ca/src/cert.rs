@@ -33,6 +33,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
@@ -45,7 +46,8 @@ use x509_parser::oid_registry::{OID_SIG_ED25519, Oid};
 use x509_parser::prelude::FromDer;
 
 use crate::error::CaError;
-use crate::identity::{NodeId, NodeKey, RcgenKey, RcgenPublicKey};
+use crate::identity::{NodeId, NodeKey, RcgenPublicKey};
+use crate::keys::{CaSigner, RcgenSigner};
 
 /// A DER-encoded X.509 certificate.
 pub type CertDer = Vec<u8>;
@@ -200,10 +202,11 @@ pub fn validate_name(what: &'static str, value: &str, allow_empty: bool) -> Resu
 
 /// A CA that can sign: the fleet root, or an anchor's intermediate.
 ///
-/// `Debug` does not print the key.
+/// Its key is any [`CaSigner`]: in memory, a key file, or a PKCS#11 token.
+/// `Debug` says where the key lives but never prints it.
 pub struct CertificateAuthority {
     cert_der: CertDer,
-    key: NodeKey,
+    key: Arc<dyn CaSigner>,
     fleet_id: String,
     is_root: bool,
     not_after: OffsetDateTime,
@@ -215,24 +218,35 @@ impl fmt::Debug for CertificateAuthority {
             .field("fleet_id", &self.fleet_id)
             .field("is_root", &self.is_root)
             .field("fingerprint", &hex::encode(self.fingerprint()))
+            .field("key", &self.key.describe())
             .finish_non_exhaustive()
     }
 }
 
 impl CertificateAuthority {
     /// New self-signed fleet root CA (ed25519, CA:TRUE, keyCertSign+cRLSign,
-    /// 10 years, subject CN `"Nexus fleet root <fleet_id>"`, O `"Nexus Cloud"`).
+    /// 10 years, subject CN `"Nexus fleet root <fleet_id>"`, O `"Nexus Cloud"`),
+    /// with a freshly generated in-memory key.
     pub fn new_fleet_root(fleet_id: &str) -> Result<CertificateAuthority, CaError> {
+        CertificateAuthority::new_fleet_root_with(fleet_id, Arc::new(NodeKey::generate()))
+    }
+
+    /// [`new_fleet_root`](Self::new_fleet_root) with the root key kept by `key` (a file, a
+    /// PKCS#11 token, ...).
+    pub fn new_fleet_root_with(
+        fleet_id: &str,
+        key: Arc<dyn CaSigner>,
+    ) -> Result<CertificateAuthority, CaError> {
         validate_name("fleet id", fleet_id, false)?;
-        let key = NodeKey::generate();
         let now = OffsetDateTime::now_utc();
         let mut params = ca_params(format!("{ROOT_CN_PREFIX}{fleet_id}"), None);
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + ROOT_VALIDITY;
+        let rcgen_key = RcgenSigner::new(&*key);
         let cert = params
-            .self_signed(&RcgenKey::new(&key))
-            .map_err(|e| CaError::Generate(e.to_string()))?;
+            .self_signed(&rcgen_key)
+            .map_err(|e| rcgen_key.error(e))?;
         Ok(CertificateAuthority {
             cert_der: cert.der().to_vec(),
             key,
@@ -245,11 +259,22 @@ impl CertificateAuthority {
     /// New anchor intermediate CA signed by this root (CA:TRUE pathlen 0,
     /// 5 years but not past the root's expiry, CN `"Nexus anchor CA <anchor node id>"`).
     ///
-    /// The intermediate gets its own freshly generated key; `fleet_id` must be this root's fleet.
+    /// The intermediate gets its own freshly generated in-memory key; `fleet_id` must be this
+    /// root's fleet.
     pub fn new_intermediate(
         &self,
         fleet_id: &str,
         anchor: NodeId,
+    ) -> Result<CertificateAuthority, CaError> {
+        self.new_intermediate_with(fleet_id, anchor, Arc::new(NodeKey::generate()))
+    }
+
+    /// [`new_intermediate`](Self::new_intermediate) with the intermediate's key kept by `key`.
+    pub fn new_intermediate_with(
+        &self,
+        fleet_id: &str,
+        anchor: NodeId,
+        key: Arc<dyn CaSigner>,
     ) -> Result<CertificateAuthority, CaError> {
         if !self.is_root {
             // A pathlen-0 intermediate cannot sign further CAs; chains would not verify.
@@ -260,16 +285,16 @@ impl CertificateAuthority {
             ));
         }
         self.check_fleet(fleet_id)?;
-        let key = NodeKey::generate();
         let now = OffsetDateTime::now_utc();
         let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         params.not_before = now - CLOCK_SKEW;
         params.not_after = (now + INTERMEDIATE_VALIDITY).min(self.not_after);
         params.use_authority_key_identifier_extension = true;
+        let issuer = self.issuer()?;
         let cert = params
-            .signed_by(&RcgenKey::new(&key), &self.issuer()?)
-            .map_err(|e| CaError::Generate(e.to_string()))?;
+            .signed_by(&RcgenSigner::new(&*key), &issuer)
+            .map_err(|e| issuer.key().error(e))?;
         Ok(CertificateAuthority {
             cert_der: cert.der().to_vec(),
             key,
@@ -279,13 +304,23 @@ impl CertificateAuthority {
         })
     }
 
-    /// Loads a CA from its certificate PEM (the first block is used) and PKCS#8 key PEM.
+    /// Loads a CA from its certificate PEM (the first block is used) and unencrypted
+    /// PKCS#8 key PEM.
     ///
     /// Fails if the key is not the certificate's key, the certificate is not a CA,
     /// or it is not a Nexus root/intermediate (the fleet id cannot be read).
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, CaError> {
-        let cert_der = pem_to_der(cert_pem)?.swap_remove(0);
         let key = NodeKey::from_pkcs8_pem(key_pem)?;
+        CertificateAuthority::load_with(cert_pem, Arc::new(key))
+    }
+
+    /// Loads a CA from its certificate PEM (the first block is used) and the [`CaSigner`]
+    /// holding its key, with the same checks as [`load`](Self::load).
+    pub fn load_with(
+        cert_pem: &str,
+        key: Arc<dyn CaSigner>,
+    ) -> Result<CertificateAuthority, CaError> {
+        let cert_der = pem_to_der(cert_pem)?.swap_remove(0);
         let cert = parse_cert(&cert_der)?;
         let public = ed25519_public_key(&cert, "CA certificate")?;
         if public != key.public_key() {
@@ -327,9 +362,15 @@ impl CertificateAuthority {
         der_to_pem(&self.cert_der)
     }
 
-    /// The CA private key, PKCS#8 PEM. Store it with mode 0600.
-    pub fn key_pem(&self) -> String {
+    /// The CA private key, unencrypted PKCS#8 PEM, when it is held in memory (`None` for a
+    /// key inside a PKCS#11 token). Store it with mode 0600.
+    pub fn key_pem(&self) -> Option<String> {
         self.key.to_pkcs8_pem()
+    }
+
+    /// Where this CA's key lives (for logs), as its [`CaSigner::describe`] says.
+    pub fn key_description(&self) -> String {
+        self.key.describe()
     }
 
     /// The fleet this CA belongs to.
@@ -425,9 +466,10 @@ impl CertificateAuthority {
             .ok_or_else(|| CaError::BadValidity("the validity is too long".into()))?;
         params.not_after = wanted.min(self.not_after);
 
+        let issuer = self.issuer()?;
         let cert = params
-            .signed_by(&RcgenPublicKey(*public_key), &self.issuer()?)
-            .map_err(|e| CaError::Generate(e.to_string()))?;
+            .signed_by(&RcgenPublicKey(*public_key), &issuer)
+            .map_err(|e| issuer.key().error(e))?;
         Ok(cert.der().to_vec())
     }
 
@@ -443,10 +485,13 @@ impl CertificateAuthority {
 
     /// An rcgen issuer whose DN and key identifier are read back from our own
     /// certificate, so the child's issuer/AKI match this certificate byte for byte.
-    pub(crate) fn issuer(&self) -> Result<rcgen::Issuer<'static, RcgenKey<'_>>, CaError> {
+    ///
+    /// It signs with this CA's [`CaSigner`]; map an rcgen failure with
+    /// `issuer.key().error(e)` to report the signer's own error (HSM gone, bad signature).
+    pub(crate) fn issuer(&self) -> Result<rcgen::Issuer<'static, RcgenSigner<'_>>, CaError> {
         rcgen::Issuer::from_ca_cert_der(
             &CertificateDer::from(self.cert_der.as_slice()),
-            RcgenKey::new(&self.key),
+            RcgenSigner::new(&*self.key),
         )
         .map_err(|e| CaError::Generate(e.to_string()))
     }
@@ -627,6 +672,8 @@ pub struct VerifiedMic {
     pub role: Role,
     /// The certified raw ed25519 key.
     pub public_key: [u8; 32],
+    /// notBefore as Unix seconds.
+    pub not_before_unix: i64,
     /// notAfter as Unix seconds.
     pub not_after_unix: i64,
     /// The serial number, lowercase hex.
@@ -694,6 +741,7 @@ pub fn read_mic(der: &[u8]) -> Result<VerifiedMic, CaError> {
         site,
         role,
         public_key,
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         serial_hex: hex::encode(cert.raw_serial()),
     })
@@ -815,13 +863,16 @@ pub(crate) mod tests {
     #[test]
     fn ca_load_roundtrip_and_key_mismatch() {
         let f = fleet("acme");
-        let root = CertificateAuthority::load(&f.root.cert_pem(), &f.root.key_pem()).unwrap();
+        let root =
+            CertificateAuthority::load(&f.root.cert_pem(), &f.root.key_pem().unwrap()).unwrap();
         assert!(root.is_root());
         assert_eq!(root.fleet_id(), "acme");
         assert_eq!(root.cert_der(), f.root.cert_der());
-        let inter =
-            CertificateAuthority::load(&f.intermediate.cert_pem(), &f.intermediate.key_pem())
-                .unwrap();
+        let inter = CertificateAuthority::load(
+            &f.intermediate.cert_pem(),
+            &f.intermediate.key_pem().unwrap(),
+        )
+        .unwrap();
         assert!(!inter.is_root());
         assert_eq!(inter.fleet_id(), "acme");
         // A reloaded intermediate still issues MICs that read back.
@@ -834,7 +885,8 @@ pub(crate) mod tests {
         assert_eq!(read_mic(&mic).unwrap().role, Role::Anchor);
 
         let err =
-            CertificateAuthority::load(&f.root.cert_pem(), &f.intermediate.key_pem()).unwrap_err();
+            CertificateAuthority::load(&f.root.cert_pem(), &f.intermediate.key_pem().unwrap())
+                .unwrap_err();
         assert_eq!(err, CaError::KeyMismatch);
     }
 

@@ -108,7 +108,7 @@ pub fn normalize_serial(serial: &str) -> Result<String, CaError> {
         value: serial.to_string(),
         reason,
     };
-    if serial.is_empty() || serial.len() > 40 || serial.len() % 2 != 0 {
+    if serial.is_empty() || serial.len() > 40 || !serial.len().is_multiple_of(2) {
         return Err(bad(
             "a serial is an even number of hex digits, at most 40 (see `openssl x509 -serial`)",
         ));
@@ -156,9 +156,14 @@ impl CertificateAuthority {
             revoked_certs: entries,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
+        let issuer = self.issuer()?;
         let crl = params
-            .signed_by(&self.issuer()?)
-            .map_err(|e| CaError::Generate(format!("cannot sign the CRL: {e}")))?;
+            .signed_by(&issuer)
+            .map_err(|e| match issuer.key().error(e) {
+                CaError::Generate(e) => CaError::Generate(format!("cannot sign the CRL: {e}")),
+                // The CA key's own failure (HSM gone, bad signature) says more.
+                other => other,
+            })?;
         Ok(crl.der().to_vec())
     }
 }
@@ -206,7 +211,7 @@ pub fn verify_crl(trust: &TrustStore, der: &[u8]) -> Result<VerifiedCrl, CaError
         .iter()
         .find_map(|der| {
             let cert = parse_cert(der).ok()?;
-            (cert.subject().as_raw() == issuer_raw).then(|| (der, cert))
+            (cert.subject().as_raw() == issuer_raw).then_some((der, cert))
         })
         .ok_or_else(|| {
             CaError::BadCrl(format!(
@@ -328,10 +333,10 @@ impl RevocationSet {
     pub fn install(&self, trust: &TrustStore, der: &[u8]) -> Result<Installed, CaError> {
         let crl = verify_crl(trust, der)?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some((held, _)) = state.crls.get(&crl.issuer_fingerprint) {
-            if held.number >= crl.number {
-                return Ok(Installed::Stale { held: held.number });
-            }
+        if let Some((held, _)) = state.crls.get(&crl.issuer_fingerprint)
+            && held.number >= crl.number
+        {
+            return Ok(Installed::Stale { held: held.number });
         }
         let number = crl.number;
         state

@@ -35,8 +35,8 @@ pub enum CaError {
 
     /// The private key does not belong to the certificate it was loaded with.
     #[error(
-        "the private key does not match the certificate's public key: load the key file \
-         that was generated together with this certificate"
+        "the private key does not match the certificate's public key: use the key (file or \
+         HSM key label) that was created together with this certificate"
     )]
     KeyMismatch,
 
@@ -166,4 +166,142 @@ pub enum CaError {
     /// A TLS configuration could not be built.
     #[error("could not build the TLS configuration: {0}")]
     Tls(String),
+
+    /// A CA key file could not be read, written or decoded. Nothing was changed on disk
+    /// unless the reason says so.
+    #[error("CA key file {path}: {reason}")]
+    KeyFile {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A key, PIN or passphrase file is readable or writable by group or others.
+    #[error(
+        "{path} holds a secret but its mode is {mode:04o} (group or others have access): \
+         run `chmod 600 {path}`"
+    )]
+    SecretFileMode {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// A PIN or passphrase file could not be read or is empty.
+    #[error("cannot use {path} as the {what}: {reason}")]
+    SecretFile {
+        /// What the file holds ("HSM user PIN", "key passphrase").
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// An encrypted key file was loaded without a passphrase.
+    #[error(
+        "the CA key file {path} is encrypted but no passphrase was given: name the file \
+         holding its passphrase (nexus: `passphrase_file` in ca/keys.toml, or the \
+         NEXUS_KEY_PASSPHRASE_FILE environment variable)"
+    )]
+    PassphraseRequired {
+        /// The key file.
+        path: String,
+    },
+
+    /// The passphrase does not decrypt the key file.
+    #[error(
+        "cannot decrypt the CA key file {path}: the passphrase is wrong (or the file is \
+         damaged); check the passphrase file, which must hold exactly the passphrase the key \
+         was encrypted with (one trailing newline is ignored)"
+    )]
+    WrongPassphrase {
+        /// The key file.
+        path: String,
+    },
+
+    /// The PKCS#11 module could not be loaded or initialized.
+    #[error(
+        "cannot load the PKCS#11 module {module}: {reason}; check the path of the HSM \
+         vendor's PKCS#11 library (SoftHSM: /usr/lib/softhsm/libsofthsm2.so)"
+    )]
+    HsmModule {
+        /// The module path.
+        module: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// No initialized token carries the label.
+    #[error(
+        "no initialized token labelled {label:?} in PKCS#11 module {module} (tokens present: \
+         {present}): check the token label, or initialize the token first (SoftHSM: \
+         softhsm2-util --init-token --free --label {label:?})"
+    )]
+    HsmTokenNotFound {
+        /// The label asked for.
+        label: String,
+        /// The module searched.
+        module: String,
+        /// Labels of the tokens found, comma separated (or "none").
+        present: String,
+    },
+
+    /// Logging in as the token's user failed.
+    #[error("cannot log in to token {token:?}: {reason}")]
+    HsmLogin {
+        /// The token label.
+        token: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
+    /// No key pair with the label exists on the token.
+    #[error(
+        "token {token:?} holds no ed25519 {what} labelled {label:?}: check the key label in \
+         ca/keys.toml, and that this is the token the fleet's CA keys were created on"
+    )]
+    HsmKeyNotFound {
+        /// The token label.
+        token: String,
+        /// The key label.
+        label: String,
+        /// "private key" or "public key".
+        what: &'static str,
+    },
+
+    /// A key with the label already exists, so a new one was not generated.
+    #[error(
+        "token {token:?} already holds a key labelled {label:?}; refusing to create a second \
+         one: remove the old key from the token, or use another token"
+    )]
+    HsmKeyExists {
+        /// The token label.
+        token: String,
+        /// The key label.
+        label: String,
+    },
+
+    /// Any other PKCS#11 failure.
+    #[error("PKCS#11 {operation} failed on token {token:?}: {reason}")]
+    Hsm {
+        /// What was being done ("sign", "generate a key pair", ...).
+        operation: &'static str,
+        /// The token label.
+        token: String,
+        /// The PKCS#11 error.
+        reason: String,
+    },
+
+    /// A key backend returned a signature that does not verify against its public key.
+    #[error(
+        "the CA key {signer} produced a signature that does not verify against its public \
+         key: the key backend is misconfigured or faulty; nothing was signed with it"
+    )]
+    BadSignature {
+        /// The backend, as `CaSigner::describe` says.
+        signer: String,
+    },
 }

@@ -126,6 +126,13 @@ impl NodeKey {
         Ok(NodeKey { signing })
     }
 
+    /// Reads an unencrypted PKCS#8 DER ed25519 key (what decrypting a key file yields).
+    pub(crate) fn from_pkcs8_der(der: &[u8]) -> Result<NodeKey, CaError> {
+        let signing = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+            .map_err(|e| CaError::BadKey(e.to_string()))?;
+        Ok(NodeKey { signing })
+    }
+
     /// The key as PKCS#8 PEM (v2, includes the public key), suitable for a 0600 file.
     pub fn to_pkcs8_pem(&self) -> String {
         // Encoding a valid in-memory ed25519 key cannot fail: the only error paths in

@@ -7,6 +7,8 @@
 //!   signatures and CSRs.
 //! * [`cert`]: the fleet root and anchor intermediate CAs ([`CertificateAuthority`]),
 //!   MIC issuance and layout, PEM helpers, CSR verification, [`read_mic`].
+//! * [`keys`]: where CA keys live, behind [`CaSigner`]: in memory, a 0600 PKCS#8 file
+//!   ([`FileKey`], optionally passphrase-encrypted) or a PKCS#11 token ([`Pkcs11Key`]).
 //! * [`crl`]: CRLs signed by anchor intermediates and the [`RevocationSet`] a node enforces.
 //! * [`trust`]: [`TrustStore`], the root and intermediates a node trusts, and
 //!   webpki-based MIC verification.
@@ -21,9 +23,12 @@
 
 pub mod cert;
 pub mod crl;
+pub mod csr;
 pub mod error;
 pub mod identity;
+pub mod keys;
 pub mod peer;
+pub mod tlog;
 pub mod tls;
 pub mod token;
 pub mod trust;
@@ -35,8 +40,10 @@ pub use cert::{
 pub use crl::{
     Installed, RevocationSet, RevokeReason, Revoked, VerifiedCrl, normalize_serial, verify_crl,
 };
+pub use csr::csr_common_name;
 pub use error::CaError;
 pub use identity::{NodeId, NodeKey, verify_signature};
+pub use keys::{CaSigner, FileKey, Pkcs11Key, Pkcs11Token, Secret, read_secret_file};
 pub use peer::{
     Credentials, FleetTrust, NODE_NAME_SUFFIX, api_client_config, member_client_config,
     member_server_config, node_server_name, peer_identity,

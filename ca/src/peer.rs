@@ -267,15 +267,14 @@ impl ServerCertVerifier for MemberServerVerifier {
             .trust
             .verify_peer(end_entity, intermediates, now_unix(now))
             .map_err(|e| rustls::Error::General(format!("server certificate refused: {e}")))?;
-        if let ServerName::DnsName(name) = server_name {
-            if let Some(expected) = name.as_ref().strip_suffix(NODE_NAME_SUFFIX) {
-                if expected != mic.node_id.to_hex() {
-                    return Err(rustls::Error::General(format!(
-                        "dialed node {expected} but the server is node {}",
-                        mic.node_id
-                    )));
-                }
-            }
+        if let ServerName::DnsName(name) = server_name
+            && let Some(expected) = name.as_ref().strip_suffix(NODE_NAME_SUFFIX)
+            && expected != mic.node_id.to_hex()
+        {
+            return Err(rustls::Error::General(format!(
+                "dialed node {expected} but the server is node {}",
+                mic.node_id
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }

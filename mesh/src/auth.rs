@@ -29,7 +29,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_ca::{NodeId, NodeKey, TrustStore, VerifiedMic, sha256_fingerprint, verify_signature};
+use nexus_ca::{
+    FleetTrust, NodeId, NodeKey, TrustStore, VerifiedMic, sha256_fingerprint, verify_signature,
+};
 
 const MAGIC: &[u8; 4] = b"NXG1";
 const DOMAIN: &[u8] = b"nexus-gossip-v1\0";
@@ -80,6 +82,9 @@ pub enum DropReason {
     /// The sender is decommissioned or revoked.
     #[error("sender {0} is denied (decommissioned or revoked)")]
     Denied(NodeId),
+    /// The sender's certificate is on a revocation list this node holds.
+    #[error("sender {0} presents a revoked certificate")]
+    Revoked(NodeId),
     /// Signature does not verify.
     #[error("bad signature")]
     BadSignature,
@@ -102,6 +107,7 @@ impl DropReason {
             DropReason::UnknownSender(_) => "unknown_sender",
             DropReason::IdentityMismatch { .. } => "identity_mismatch",
             DropReason::Denied(_) => "denied",
+            DropReason::Revoked(_) => "revoked",
             DropReason::BadSignature => "bad_signature",
             DropReason::CertificateRequested => "certificate_request",
             DropReason::EvictionNotice(_) => "eviction_notice",
@@ -137,6 +143,8 @@ pub struct GossipAuth {
     /// Fingerprints of certificates whose chain failed, so a flood of them costs one check each.
     rejected: HashSet<[u8; 32]>,
     denied: HashSet<NodeId>,
+    /// Revoked serials, shared with the node's TLS verifiers.
+    revocations: Option<Arc<FleetTrust>>,
     /// Peers known to hold our certificate, with when they last showed it.
     holders: HashMap<SocketAddr, u64>,
     /// When each denied address was last sent an eviction notice.
@@ -176,10 +184,24 @@ impl GossipAuth {
             verified: HashMap::new(),
             rejected: HashSet::new(),
             denied: HashSet::new(),
+            revocations: None,
             holders: HashMap::new(),
             notified: HashMap::new(),
             evicted_by: None,
         }
+    }
+
+    /// Refuse datagrams from senders whose certificate `trust` lists as revoked (checked on every
+    /// datagram, so a new CRL applies to the next one).
+    pub fn enforce_revocations(&mut self, trust: Arc<FleetTrust>) {
+        self.revocations = Some(trust);
+    }
+
+    /// Uses a renewed certificate (same key) from now on. Peers are sent it again, since they
+    /// only hold the old one.
+    pub fn set_certificate(&mut self, mic_der: Vec<u8>) {
+        self.mic_der = mic_der;
+        self.holders.clear();
     }
 
     /// Refuse datagrams from `node` from now on.
@@ -400,6 +422,16 @@ impl GossipAuth {
         if self.denied.contains(&sender) {
             return Err(DropReason::Denied(sender));
         }
+        // After the deny list: a decommissioned node (revoked too) still gets its eviction notice.
+        if let Some(trust) = &self.revocations {
+            let revoked = self
+                .verified
+                .get(&sender)
+                .is_some_and(|(_, mic)| trust.revocations().is_revoked(&mic.serial_hex));
+            if revoked {
+                return Err(DropReason::Revoked(sender));
+            }
+        }
         let payload = &datagram[cursor..body_end];
         if flags & FLAG_EVICTION != 0 {
             if payload != self.node_id.as_bytes() {
@@ -444,7 +476,13 @@ impl GossipAuth {
         if !verify_signature(&claimed.public_key, signed, signature) {
             return Err(DropReason::BadSignature);
         }
-        let mic = match self.trust.verify_mic(cert, (now_unix_ms / 1000) as i64) {
+        // The live trust (anchors promoted since start) when the node shares it, else the
+        // store this authenticator was built with.
+        let verified = match &self.revocations {
+            Some(live) => live.store().verify_mic(cert, (now_unix_ms / 1000) as i64),
+            None => self.trust.verify_mic(cert, (now_unix_ms / 1000) as i64),
+        };
+        let mic = match verified {
             Ok(mic) => mic,
             Err(err) => {
                 if self.rejected.len() >= MAX_CACHED_CERTS {

@@ -230,6 +230,46 @@ impl Mesh {
             .await;
     }
 
+    /// Publishes `value` under `key` in this node's gossip state (a key of its own choosing;
+    /// the keys in [`crate::wire`] are managed by the mesh).
+    pub async fn publish(&self, key: &str, value: &str) {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.chitchat
+            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+            .await;
+    }
+
+    /// What every node (this one included) currently publishes under `key`, by node id.
+    pub async fn published(&self, key: &str) -> Vec<(NodeId, String)> {
+        let key = key.to_string();
+        self.chitchat
+            .with_chitchat(|c| {
+                c.node_states()
+                    .iter()
+                    .filter_map(|(id, state)| {
+                        Some((
+                            id.node_id.parse::<NodeId>().ok()?,
+                            state.get(&key)?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Publishes a changed [`NodeInfo`] (for example after a certificate renewal).
+    pub async fn set_info(&self, info: &NodeInfo) {
+        let json = serde_json::to_string(info).expect("NodeInfo serializes");
+        self.chitchat
+            .with_chitchat(|c| c.self_node_state().set(KEY_INFO, &json))
+            .await;
+    }
+
+    /// Uses a renewed certificate for gossip from now on.
+    pub fn set_certificate(&self, mic_der: Vec<u8>) {
+        lock(&self.auth).set_certificate(mic_der);
+    }
+
     /// Stops gossip (idempotent).
     pub fn shutdown(&self) {
         self.ticker.abort();

@@ -53,6 +53,12 @@ pub struct NodeInfo {
     pub config_version: u64,
     /// When the node enrolled, unix ms.
     pub created_at_ms: u64,
+    /// Serial (hex) of the MIC the node currently uses.
+    #[serde(default)]
+    pub mic_serial: String,
+    /// When that MIC expires, unix ms (the node renews it well before).
+    #[serde(default)]
+    pub mic_not_after_ms: u64,
 }
 
 /// The status a node declares about itself.

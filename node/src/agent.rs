@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use nexus_ca::{CertificateAuthority, NodeId, NodeKey, Role, TrustStore, pem_to_der};
+use nexus_ca::{Credentials, FleetTrust, NodeId, NodeKey, Role, TrustStore, pem_to_der};
 use nexus_mesh::{GossipAuth, GossipAuthConfig, Member, Mesh, MeshConfig, NodeInfo, UdpDatagrams};
 use tokio::sync::watch;
 
@@ -16,6 +16,7 @@ use crate::backend::NodeBackend;
 use crate::config::NodeConfig;
 use crate::datadir::{self, DataDir};
 use crate::enroll::{ALPN_JOIN, Admitter};
+use crate::peer::{ALPN_PEER, AnchorCa, PeerService};
 use crate::store::Store;
 
 /// Sets up `tracing` to stderr. `NEXUS_LOG` (or `RUST_LOG`) overrides `default_filter`.
@@ -181,6 +182,21 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     let loaded = load(&dir, &store)?;
     let metrics = install_metrics()?;
     let node_id: NodeId = loaded.key.node_id();
+    let own_mic = nexus_ca::read_mic(&loaded.mic_der)?;
+
+    // Trust as the node enforces it: the fleet root, the anchors' CAs, and every CRL stored by
+    // earlier runs, all in place before the first datagram or handshake is accepted.
+    let fleet = FleetTrust::new(loaded.trust.clone());
+    for der in store.crls()? {
+        if let Err(err) = fleet.install_crl(&der) {
+            tracing::warn!(error = %err, "a stored revocation list no longer verifies");
+        }
+    }
+    metrics::gauge!("nexus_revoked_certificates").set(fleet.revocations().len() as f64);
+    let mut chain = vec![loaded.mic_der.clone()];
+    chain.extend(loaded.trust.intermediates().iter().cloned());
+    chain.push(loaded.trust.root_der().to_vec());
+    let credentials = Credentials::new(chain, &loaded.key)?;
 
     let api_addr = sockets.api.local_addr()?;
     let gossip_addr = sockets.gossip.local_addr()?;
@@ -202,6 +218,8 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         trust_level: if loaded.role == Role::Anchor { 2 } else { 1 },
         config_version: 0,
         created_at_ms: loaded.identity.created_at_ms,
+        mic_serial: own_mic.serial_hex.clone(),
+        mic_not_after_ms: (own_mic.not_after_unix.max(0) as u64) * 1000,
     };
 
     let restored: Vec<Member> = store
@@ -231,6 +249,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         loaded.trust.clone(),
         GossipAuthConfig::default(),
     );
+    auth.enforce_revocations(fleet.clone());
     // Before the first datagram: a decommissioned node is never let back in, not even briefly.
     for denied in store.denied()? {
         if let Ok(id) = denied.parse::<NodeId>() {
@@ -257,11 +276,12 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         .await?,
     );
 
-    // QUIC: the join service on anchors; every node binds it (replication will share it).
-    let mut chain = vec![loaded.mic_der.clone()];
-    chain.extend(loaded.trust.intermediates().iter().cloned());
-    chain.push(loaded.trust.root_der().to_vec());
-    let tls = nexus_ca::server_tls_config(chain, &loaded.key, &[ALPN_JOIN])?;
+    // QUIC: the join service (anchors) and the peer protocol (every node, mutual TLS).
+    let tls = nexus_ca::member_server_config(
+        credentials.clone(),
+        fleet.clone(),
+        &[ALPN_JOIN, ALPN_PEER],
+    )?;
     let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("building the QUIC server configuration")?;
     let endpoint = quinn::Endpoint::new(
@@ -271,17 +291,27 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         Arc::new(quinn::TokioRuntime),
     )
     .context("starting the QUIC endpoint")?;
-    let admitter = if loaded.role == Role::Anchor {
-        let ca = CertificateAuthority::load(
-            &datadir::read(&dir.ca_cert())?,
-            &datadir::read(&dir.ca_key())?,
-        )
-        .context("loading this anchor's intermediate CA")?;
+    let anchor_ca = if loaded.role == Role::Anchor {
+        // Blocks briefly at start: scrypt for an encrypted key file, or a token login.
+        let ca =
+            crate::cakeys::load_anchor_ca(&dir).context("loading this anchor's intermediate CA")?;
+        tracing::info!(key = %ca.key_description(), "anchor CA loaded");
+        Some(Arc::new(AnchorCa {
+            issuer: hex::encode(ca.fingerprint()),
+            ca: Arc::new(ca),
+            mic_lifetime: config.mic_lifetime,
+        }))
+    } else {
+        None
+    };
+    let admitter = if let Some(anchor) = &anchor_ca {
+        let ca = anchor.ca.clone();
         let seeds_mesh = mesh.clone();
         let own_gossip = gossip_addr;
         Some(Arc::new(Admitter {
             store: store.clone(),
             ca,
+            mic_lifetime: config.mic_lifetime,
             fleet_id: loaded.identity.fleet_id.clone(),
             root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
             intermediates_pem: loaded
@@ -307,7 +337,27 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     } else {
         None
     };
-    let join_service = tokio::spawn(crate::enroll::serve_joins(endpoint.clone(), admitter));
+    let peer = PeerService::new(
+        fleet.clone(),
+        credentials.clone(),
+        loaded.key.clone(),
+        store.clone(),
+        dir.clone(),
+        mesh.clone(),
+        anchor_ca,
+        endpoint.clone(),
+        config.mic_renew_before,
+        info.clone(),
+    );
+    peer.refresh_own_crl()
+        .await
+        .context("signing this anchor's certificate revocation list")?;
+    peer.publish_crl_number().await;
+    let join_service = tokio::spawn(crate::enroll::serve_joins(
+        endpoint.clone(),
+        admitter,
+        peer.clone(),
+    ));
 
     let health = Arc::new(Mutex::new(BTreeMap::from([(
         "store".to_string(),
@@ -320,23 +370,44 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         metrics.clone(),
         health.clone(),
         quic_addr,
+        peer.clone(),
     )?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
     let mut api_stop = stop_rx.clone();
-    let mut api = tokio::spawn(nexus_api::serve(
-        listener,
-        nexus_api::router(backend),
-        async move {
-            let _ = api_stop.wait_for(|stop| *stop).await;
-        },
-    ));
+    let api_stopped = async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    };
+    let scheme = if config.api_plaintext {
+        "http"
+    } else {
+        "https"
+    };
+    let mut api = if config.api_plaintext {
+        tracing::warn!(api = %api_addr, "serving the API over plain HTTP (http.insecure_plaintext)");
+        tokio::spawn(nexus_api::serve(
+            listener,
+            nexus_api::router(backend),
+            api_stopped,
+        ))
+    } else {
+        // HTTPS with this node's MIC; clients may authenticate with theirs (mTLS) or an API key.
+        let mut tls =
+            nexus_ca::member_server_config(credentials.clone(), fleet.clone(), &[b"http/1.1"])?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio::spawn(nexus_api::serve_tls(
+            listener,
+            nexus_api::router(backend),
+            Arc::new(tls),
+            api_stopped,
+        ))
+    };
 
     let endpoints = serde_json::json!({
         "node_id": node_id.to_string(),
         "fleet_id": loaded.identity.fleet_id,
         "role": loaded.role.as_str(),
-        "api": format!("http://{api_addr}"),
+        "api": format!("{scheme}://{api_addr}"),
         "gossip": gossip_addr.to_string(),
         "quic": quic_addr.to_string(),
         "pid": std::process::id(),
@@ -352,6 +423,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         "node serving"
     );
 
+    let maintenance = tokio::spawn(peer.clone().maintain(stop_rx.clone()));
     let background = tokio::spawn(background(
         mesh.clone(),
         store.clone(),
@@ -389,6 +461,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     }
     endpoint.close(0u32.into(), b"node shutting down");
     join_service.abort();
+    maintenance.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
     persist_members(&mesh, &store);
     mesh.shutdown();

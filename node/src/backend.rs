@@ -9,14 +9,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
-use nexus_api::wire::{Addresses, CreateToken, CreatedToken, Health, Node, Token};
+use nexus_api::wire::{
+    Addresses, Caller, CreateToken, CreatedToken, CsrRequest, Health, IssuedMic, Mic, Node,
+    Revoked, Token,
+};
 use nexus_api::{ApiError, Backend};
 use nexus_ca::{NodeId, Role};
 use nexus_mesh::{Member, Mesh, NodeStatus, OperatorAction};
 
 use crate::agent::Loaded;
 use crate::enroll::api_key_hash;
-use crate::store::{Store, TokenRow};
+use crate::peer::PeerService;
+use crate::store::{CertificateRow, Enrollment, Store, TokenRow};
 use crate::{now_ms, rfc3339_ms};
 
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -35,6 +39,7 @@ pub struct NodeBackend {
     key_hashes: RwLock<HashSet<[u8; 32]>>,
     metrics: PrometheusHandle,
     health: Arc<Mutex<BTreeMap<String, String>>>,
+    peer: Arc<PeerService>,
 }
 
 impl NodeBackend {
@@ -46,6 +51,7 @@ impl NodeBackend {
         metrics: PrometheusHandle,
         health: Arc<Mutex<BTreeMap<String, String>>>,
         quic_addr: SocketAddr,
+        peer: Arc<PeerService>,
     ) -> anyhow::Result<NodeBackend> {
         let key_hashes = store
             .api_keys()?
@@ -63,7 +69,47 @@ impl NodeBackend {
             key_hashes: RwLock::new(key_hashes),
             metrics,
             health,
+            peer,
         })
+    }
+
+    fn anchor(&self) -> Result<Arc<crate::peer::AnchorCa>, ApiError> {
+        self.peer.anchor.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_an_anchor",
+                format!(
+                    "certificates are issued and revoked by anchors and this node is not one: send \
+                     the request to an anchor ({})",
+                    self.anchor_apis()
+                ),
+            )
+        })
+    }
+
+    fn anchor_apis(&self) -> String {
+        let anchors: Vec<String> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter_map(|m| m.info)
+            .filter(|i| i.role == Role::Anchor)
+            .map(|i| format!("https://{}", i.api_addr))
+            .collect();
+        if anchors.is_empty() {
+            "none known yet".to_string()
+        } else {
+            anchors.join(", ")
+        }
+    }
+
+    fn wire(&self, member: &Member) -> Node {
+        let mut node = to_wire(member);
+        node.certificate_revoked = node
+            .certificate_serial
+            .as_deref()
+            .is_some_and(|s| self.peer.fleet.revocations().is_revoked(s));
+        node
     }
 
     fn require_anchor(&self) -> Result<(), ApiError> {
@@ -76,7 +122,7 @@ impl NodeBackend {
             .into_iter()
             .filter_map(|m| m.info)
             .filter(|i| i.role == Role::Anchor)
-            .map(|i| format!("http://{}", i.api_addr))
+            .map(|i| format!("https://{}", i.api_addr))
             .collect();
         Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -120,7 +166,7 @@ impl NodeBackend {
         self.mesh.operator_action(target, action).await;
         // Re-derive now so the answer shows the new status.
         let member = self.mesh.member(&target).unwrap_or(member);
-        let mut node = to_wire(&member);
+        let mut node = self.wire(&member);
         node.status = match action {
             OperatorAction::Drain if member.status != NodeStatus::Offline => "draining".into(),
             OperatorAction::Decommission => "decommissioned".into(),
@@ -169,6 +215,25 @@ pub fn to_wire(member: &Member) -> Node {
         created_at: info.map(|i| rfc3339_ms(i.created_at_ms)),
         updated_at: rfc3339_ms(member.status_since_ms),
         generation: member.generation,
+        certificate_serial: info.map(|i| i.mic_serial.clone()).filter(|s| !s.is_empty()),
+        certificate_expires_at: info
+            .map(|i| i.mic_not_after_ms)
+            .filter(|ms| *ms > 0)
+            .map(rfc3339_ms),
+        certificate_revoked: false,
+    }
+}
+
+fn mic_to_wire(row: &CertificateRow) -> Mic {
+    Mic {
+        serial: row.serial.clone(),
+        node_id: row.node_id.clone(),
+        kind: row.kind.clone(),
+        issued_at: rfc3339_ms(row.issued_at_ms),
+        expires_at: rfc3339_ms(row.not_after_ms),
+        revoked_at: row.revoked_at_ms.map(rfc3339_ms),
+        revoke_reason: row.revoke_reason.clone(),
+        certificate_pem: row.cert_pem.clone(),
     }
 }
 
@@ -243,12 +308,169 @@ impl Backend for NodeBackend {
     }
 
     fn nodes(&self) -> Vec<Node> {
-        self.mesh.members().iter().map(to_wire).collect()
+        self.mesh.members().iter().map(|m| self.wire(m)).collect()
     }
 
     fn node(&self, node_id: &str) -> Option<Node> {
         let id = node_id.parse::<NodeId>().ok()?;
-        self.mesh.member(&id).as_ref().map(to_wire)
+        self.mesh.member(&id).as_ref().map(|m| self.wire(m))
+    }
+
+    fn authenticate_certificate(&self, chain: &[Vec<u8>]) -> Result<Caller, String> {
+        let chain: Vec<rustls::pki_types::CertificateDer<'_>> = chain
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+            .collect();
+        let mic = nexus_ca::peer_identity(&self.peer.fleet, &chain, (now_ms() / 1000) as i64)
+            .map_err(|e| e.to_string())?;
+        Ok(Caller {
+            identity: format!("node:{}", mic.node_id),
+            role: "node".to_string(),
+            tenant: Some(mic.tenant),
+        })
+    }
+
+    async fn issue_mic(&self, request: CsrRequest) -> Result<IssuedMic, ApiError> {
+        let anchor = self.anchor()?;
+        let bad = |field: &str, err: String| {
+            metrics::counter!("nexus_mic_issuance_refused_total", "reason" => "invalid")
+                .increment(1);
+            ApiError::bad_request(format!("{field}: {err}"))
+        };
+        let public_key = nexus_ca::public_key_from_csr(&request.csr_pem)
+            .map_err(|e| bad("csr_pem", e.to_string()))?;
+        let node_id = NodeId::from_public_key(&public_key);
+        let asked = nexus_ca::csr_common_name(&request.csr_pem)
+            .map_err(|e| bad("csr_pem", e.to_string()))?;
+        if let Some(cn) = asked
+            && cn != node_id.to_string()
+        {
+            metrics::counter!("nexus_mic_issuance_refused_total", "reason" => "identity")
+                .increment(1);
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "identity_mismatch",
+                format!(
+                    "csr_pem asks for node {cn:?}, but its key is node {node_id}: a node id is \
+                     derived from the key, so a CSR may only name its own"
+                ),
+            ));
+        }
+        let tenant = request
+            .tenant
+            .unwrap_or_else(|| crate::DEFAULT_TENANT.to_string());
+        nexus_ca::validate_name("tenant", &tenant, false)
+            .map_err(|e| bad("tenant", e.to_string()))?;
+        let site = request
+            .site
+            .unwrap_or_else(|| crate::DEFAULT_SITE.to_string());
+        nexus_ca::validate_name("site", &site, false).map_err(|e| bad("site", e.to_string()))?;
+        let role: Role = request
+            .role
+            .as_deref()
+            .unwrap_or("node")
+            .parse()
+            .map_err(|e: nexus_ca::CaError| bad("role", e.to_string()))?;
+        let id = node_id.to_string();
+        if self.blocking(move |s| s.denied()).await?.contains(&id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "decommissioned",
+                format!(
+                    "node {node_id} was decommissioned and cannot be certified again; generate a new key"
+                ),
+            ));
+        }
+        let profile = nexus_ca::MicProfile {
+            fleet_id: self.fleet_id.clone(),
+            node_id,
+            tenant,
+            site,
+            role,
+            validity: anchor.mic_lifetime,
+        };
+        let ca = anchor.ca.clone();
+        let issued =
+            tokio::task::spawn_blocking(move || -> Result<Enrollment, nexus_ca::CaError> {
+                let der = ca.issue_mic(&public_key, &profile)?;
+                Ok(Enrollment {
+                    serial: nexus_ca::read_mic(&der)?.serial_hex,
+                    node_id: profile.node_id.to_string(),
+                    cert_pem: nexus_ca::der_to_pem(&der),
+                })
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                ApiError::internal(format!("the anchor could not issue the certificate: {e}"))
+            })?;
+        let row = self
+            .blocking(move |store| {
+                store.record_certificate(&issued, "csr")?;
+                store.certificate(&issued.serial)
+            })
+            .await?
+            .ok_or_else(|| ApiError::internal("the certificate just issued is not in the store"))?;
+        metrics::counter!("nexus_mic_issued_total", "kind" => "csr").increment(1);
+        Ok(IssuedMic {
+            mic: mic_to_wire(&row),
+            intermediate_pem: anchor.ca.cert_pem(),
+            root_pem: nexus_ca::der_to_pem(self.peer.fleet.store().root_der()),
+        })
+    }
+
+    async fn mics(&self, node_id: Option<String>) -> Result<Vec<Mic>, ApiError> {
+        self.anchor()?;
+        let rows = self
+            .blocking(move |store| store.certificates(node_id.as_deref()))
+            .await?;
+        Ok(rows.iter().map(mic_to_wire).collect())
+    }
+
+    async fn revoke_mic(&self, serial: &str, reason: Option<String>) -> Result<Revoked, ApiError> {
+        let anchor = self.anchor()?;
+        let reason: nexus_ca::RevokeReason = reason
+            .as_deref()
+            .unwrap_or("unspecified")
+            .parse()
+            .map_err(|e: nexus_ca::CaError| ApiError::bad_request(format!("reason: {e}")))?;
+        let wanted = serial.to_string();
+        let Some(row) = self.blocking(move |s| s.certificate(&wanted)).await? else {
+            return Err(ApiError::not_found(format!(
+                "no certificate with serial {serial} was issued by this anchor; revoke it on the \
+                 anchor that issued it (anchors: {})",
+                self.anchor_apis()
+            )));
+        };
+        let done = self
+            .peer
+            .revoke(vec![row.serial.clone()], reason)
+            .await
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let wanted = serial.to_string();
+        let row = self
+            .blocking(move |s| s.certificate(&wanted))
+            .await?
+            .unwrap_or(row);
+        let issuer: [u8; 32] = anchor.ca.fingerprint();
+        let crl_number = done
+            .crl_number
+            .or_else(|| self.peer.fleet.revocations().number_from(&issuer))
+            .unwrap_or(0);
+        Ok(Revoked {
+            mic: mic_to_wire(&row),
+            crl_number,
+        })
+    }
+
+    fn crls(&self) -> Vec<(String, Vec<u8>)> {
+        self.peer
+            .fleet
+            .revocations()
+            .crls()
+            .into_iter()
+            .map(|(crl, der)| (hex::encode(crl.issuer_fingerprint), der))
+            .collect()
     }
 
     async fn drain(&self, node_id: &str) -> Result<Node, ApiError> {

@@ -48,6 +48,8 @@ struct InitArgs {
     site: String,
     #[command(flatten)]
     addrs: AddrFlags,
+    #[command(flatten)]
+    keys: crate::cakeys::CaKeyFlags,
 }
 
 #[derive(Debug, Args)]
@@ -93,10 +95,32 @@ pub struct ClientArgs {
     #[arg(
         long = "api",
         env = "NEXUS_API_URL",
-        default_value = "http://127.0.0.1:7600",
+        default_value = "https://127.0.0.1:7600",
         global = true
     )]
     pub api_url: String,
+    /// Fleet root certificate to verify the node's HTTPS certificate with
+    /// (<data-dir>/trust/root.pem of any node).
+    #[arg(long, env = "NEXUS_CA_FILE", value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Authenticate with this certificate (a MIC, e.g. <data-dir>/node.pem) instead of an API key.
+    #[arg(
+        long,
+        env = "NEXUS_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Key of --client-cert (e.g. <data-dir>/node.key).
+    #[arg(
+        long,
+        env = "NEXUS_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// API key.
     #[arg(long, env = "NEXUS_API_KEY", hide_env_values = true, global = true)]
     pub key: Option<String>,
@@ -229,12 +253,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => {
             crate::agent::init_logging("warn");
             let dir = crate::datadir::DataDir::new(&args.data_dir);
-            let done = crate::enroll::init(&dir, &args.site, &args.addrs)?;
+            let done = crate::enroll::init(&dir, &args.site, &args.addrs, &args.keys)?;
             println!(
                 "Created fleet {} with anchor {}.",
                 done.fleet_id, done.node_id
             );
             println!("Data directory: {}", args.data_dir.display());
+            println!("CA keys: {}", done.ca_keys);
             println!();
             println!(
                 "Fleet admin API key (shown once; also in {}):",

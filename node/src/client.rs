@@ -34,32 +34,69 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
 struct Api {
     http: reqwest::Client,
     base: String,
-    key: String,
+    key: Option<String>,
+}
+
+fn read_pem_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
 impl Api {
     fn new(args: &ClientArgs) -> anyhow::Result<Api> {
         let key = match (&args.key, &args.key_file) {
-            (Some(key), _) => key.trim().to_string(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API key file {}", path.display()))?
-                .trim()
-                .to_string(),
+            (Some(key), _) => Some(key.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the API key file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) if args.client_cert.is_some() => None,
             (None, None) => bail!(
-                "no API key: pass --key KEY, --key-file FILE or set NEXUS_API_KEY (the first admin key is in <data-dir>/admin.key of the fleet's first anchor)"
+                "no API key: pass --key KEY, --key-file FILE or set NEXUS_API_KEY (the first admin key is in <data-dir>/admin.key of the fleet's first anchor), or authenticate with a node certificate (--client-cert/--client-key)"
             ),
         };
         let base = args.api_url.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!(
-                "--api {:?} must be a URL like http://127.0.0.1:7600",
+                "--api {:?} must be a URL like https://127.0.0.1:7600",
                 args.api_url
             );
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if base.starts_with("https://") {
+            let Some(ca_file) = &args.ca_file else {
+                bail!(
+                    "--api {base} uses HTTPS: pass --ca-file <data-dir>/trust/root.pem (the fleet root certificate, on every node) or set NEXUS_CA_FILE"
+                );
+            };
+            let root = nexus_ca::pem_to_der(&read_pem_file(ca_file, "the fleet root certificate")?)
+                .with_context(|| format!("{} is not a PEM certificate", ca_file.display()))?
+                .swap_remove(0);
+            let client = match (&args.client_cert, &args.client_key) {
+                (Some(cert), Some(key_file)) => {
+                    let chain =
+                        nexus_ca::pem_to_der(&read_pem_file(cert, "the client certificate")?)
+                            .with_context(|| {
+                                format!("{} is not a PEM certificate", cert.display())
+                            })?;
+                    let key = nexus_ca::NodeKey::from_pkcs8_pem(&read_pem_file(
+                        key_file,
+                        "the client key",
+                    )?)
+                    .with_context(|| {
+                        format!("{} is not an ed25519 PKCS#8 key", key_file.display())
+                    })?;
+                    Some(
+                        nexus_ca::Credentials::new(chain, &key)
+                            .context("--client-cert and --client-key do not belong together")?,
+                    )
+                }
+                _ => None,
+            };
+            builder = builder.use_preconfigured_tls(nexus_ca::api_client_config(root, client));
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Api { http, base, key })
     }
 
@@ -70,7 +107,10 @@ impl Api {
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.key);
+        let mut request = self.http.request(method, &url);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -35,6 +35,30 @@ pub struct FileConfig {
     pub gossip_interval: Option<String>,
     /// Failure detection timing.
     pub membership: Option<MembershipFile>,
+    /// Certificate lifetimes and renewal.
+    pub certificates: Option<CertificatesFile>,
+    /// The HTTP API.
+    pub http: Option<HttpFile>,
+}
+
+/// `[certificates]` table.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesFile {
+    /// Lifetime of the MICs this anchor issues (`90d`).
+    pub lifetime: Option<String>,
+    /// Renew this node's MIC when less than this is left (`30d`; at most a third of the
+    /// certificate's lifetime is used, so short-lived certificates renew in time too).
+    pub renew_before: Option<String>,
+}
+
+/// `[http]` table.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Serve the API over plain HTTP instead of HTTPS. Only allowed on a loopback address, for
+    /// local development.
+    pub insecure_plaintext: Option<bool>,
 }
 
 /// `[membership]` table.
@@ -83,7 +107,18 @@ pub struct NodeConfig {
     pub gossip_interval: Duration,
     /// Failure detection.
     pub membership: MembershipConfig,
+    /// Lifetime of the MICs this node issues (anchors).
+    pub mic_lifetime: Duration,
+    /// Renew this node's MIC when less than this is left (capped at a third of its lifetime).
+    pub mic_renew_before: Duration,
+    /// Serve the API over plain HTTP (loopback only).
+    pub api_plaintext: bool,
 }
+
+/// Default lifetime of a node MIC.
+pub const DEFAULT_MIC_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default renewal point: 30 days before expiry.
+pub const DEFAULT_MIC_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Reads the config file if it exists (an explicitly named one must exist).
 pub fn read_file(data_dir: &Path, explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -195,6 +230,47 @@ impl NodeConfig {
                 membership.suspect_after
             );
         }
+        let mut c = file.certificates.clone().unwrap_or_default();
+        // Environment over file, as for every other key.
+        if let Ok(value) = std::env::var("NEXUS_CERT_LIFETIME") {
+            c.lifetime = Some(value);
+        }
+        if let Ok(value) = std::env::var("NEXUS_CERT_RENEW_BEFORE") {
+            c.renew_before = Some(value);
+        }
+        let mic_lifetime = duration(&c.lifetime, "certificates.lifetime", DEFAULT_MIC_LIFETIME)?;
+        if mic_lifetime < Duration::from_secs(10)
+            || mic_lifetime > Duration::from_secs(5 * 365 * 24 * 3600)
+        {
+            bail!("config key `certificates.lifetime` must be between 10s and 5 years (1825d)");
+        }
+        let mic_renew_before = duration(
+            &c.renew_before,
+            "certificates.renew_before",
+            DEFAULT_MIC_RENEW_BEFORE,
+        )?;
+        if mic_renew_before.is_zero() {
+            bail!("config key `certificates.renew_before` must be longer than zero");
+        }
+        let api_plaintext = match std::env::var("NEXUS_HTTP_INSECURE_PLAINTEXT") {
+            Ok(value) => match value.as_str() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => bail!("NEXUS_HTTP_INSECURE_PLAINTEXT={other:?}: expected true or false"),
+            },
+            Err(_) => file
+                .http
+                .as_ref()
+                .and_then(|h| h.insecure_plaintext)
+                .unwrap_or(false),
+        };
+        if api_plaintext && !api.ip().is_loopback() {
+            bail!(
+                "config key `http.insecure_plaintext` serves the API without TLS and is only \
+                 allowed on a loopback address, but the API address is {api}: remove the key \
+                 (HTTPS is the default) or bind the API to 127.0.0.1"
+            );
+        }
         Ok(NodeConfig {
             api,
             gossip,
@@ -203,6 +279,9 @@ impl NodeConfig {
             log: file.log.clone().unwrap_or_else(|| "info".to_string()),
             gossip_interval,
             membership,
+            mic_lifetime,
+            mic_renew_before,
+            api_plaintext,
         })
     }
 }

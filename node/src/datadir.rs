@@ -7,8 +7,13 @@
 //! <dir>/node.pem               the node's MIC
 //! <dir>/trust/root.pem         the fleet root certificate
 //! <dir>/trust/intermediates.pem  anchor intermediate CA certificates
-//! <dir>/ca/root.key     0600   fleet root key (first anchor only)
-//! <dir>/ca/intermediate.pem, ca/intermediate.key (0600)  this anchor's CA (anchors only)
+//! <dir>/ca/keys.toml           where the CA keys live: backend "file" or "pkcs11" (anchors only;
+//!                              names the PIN/passphrase file, never the secret; see cakeys.rs)
+//! <dir>/ca/root.key     0600   fleet root key (first anchor, file backend only; PKCS#8 PEM,
+//!                              passphrase-encrypted when init had --key-passphrase-file)
+//! <dir>/ca/intermediate.pem    this anchor's CA certificate (anchors only)
+//! <dir>/ca/intermediate.key 0600  this anchor's CA key (file backend only; encrypted likewise)
+//!                              With backend "pkcs11" both keys stay in the token: no key files.
 //! <dir>/admin.key       0600   first fleet-admin API key (first anchor only)
 //! <dir>/endpoints.json         addresses actually bound by the running node
 //! ```
@@ -60,7 +65,7 @@ impl DataDir {
     pub fn trust_intermediates(&self) -> PathBuf {
         self.root.join("trust").join("intermediates.pem")
     }
-    /// Fleet root key (first anchor).
+    /// Fleet root key (first anchor, file backend).
     pub fn ca_root_key(&self) -> PathBuf {
         self.root.join("ca").join("root.key")
     }
@@ -68,9 +73,13 @@ impl DataDir {
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca").join("intermediate.pem")
     }
-    /// This anchor's intermediate key.
+    /// This anchor's intermediate key (file backend).
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca").join("intermediate.key")
+    }
+    /// Where the CA keys live (`ca/keys.toml`).
+    pub fn ca_keys(&self) -> PathBuf {
+        self.root.join("ca").join("keys.toml")
     }
     /// First admin API key.
     pub fn admin_key(&self) -> PathBuf {

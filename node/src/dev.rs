@@ -42,6 +42,8 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("cannot open log file {}", log.display()))?;
     Command::new(exe)
         .args(args)
+        // The local development fleet lives on loopback; plain HTTP keeps `curl` simple there.
+        .env("NEXUS_HTTP_INSECURE_PLAINTEXT", "true")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -109,7 +111,7 @@ pub async fn run(root: PathBuf, nodes: u16, base_port: u16) -> anyhow::Result<()
     let anchor_dir = DataDir::new(root.join("anchor"));
     let anchor_addrs = addrs(base_port, 0);
     if !anchor_dir.db().exists() {
-        crate::enroll::init(&anchor_dir, "dev", &anchor_addrs)?;
+        crate::enroll::init(&anchor_dir, "dev", &anchor_addrs, &Default::default())?;
     }
     let admin_key = std::fs::read_to_string(anchor_dir.admin_key())
         .with_context(|| format!("cannot read {}", anchor_dir.admin_key().display()))?

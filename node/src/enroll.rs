@@ -21,6 +21,7 @@ use nexus_ca::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cakeys::{self, CaKeyFlags};
 use crate::config::AddrFlags;
 use crate::datadir::{self, DataDir};
 use crate::store::{Enrollment, Identity, Store, TokenRow};
@@ -28,8 +29,6 @@ use crate::{DEFAULT_SITE, DEFAULT_TENANT, now_ms};
 
 /// ALPN of the join protocol.
 pub const ALPN_JOIN: &[u8] = b"nexus-join/1";
-/// Validity of a node MIC. Renewal comes with the CA's renewal duty.
-pub const MIC_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Most labels a joining node may ask for.
 const MAX_LABELS: usize = 64;
 /// Largest join request accepted.
@@ -139,17 +138,26 @@ pub struct Initialized {
     pub node_id: NodeId,
     /// The first admin API key (shown once).
     pub admin_key: String,
+    /// Where the CA keys are, for the operator.
+    pub ca_keys: String,
 }
 
-/// Creates a new fleet with this machine as its first anchor.
-pub fn init(dir: &DataDir, site: &str, flags: &AddrFlags) -> anyhow::Result<Initialized> {
+/// Creates a new fleet with this machine as its first anchor, its CA keys where `keys` says.
+pub fn init(
+    dir: &DataDir,
+    site: &str,
+    flags: &AddrFlags,
+    keys: &CaKeyFlags,
+) -> anyhow::Result<Initialized> {
     crate::check_name("site", site)?;
+    let plan = cakeys::Plan::from_flags(keys)?;
     dir.create_fresh()?;
     let fleet_id = hex::encode(rand::random::<[u8; 16]>());
-    let root = CertificateAuthority::new_fleet_root(&fleet_id)?;
     let key = NodeKey::generate();
     let node_id = key.node_id();
-    let intermediate = root.new_intermediate(&fleet_id, node_id)?;
+    let ca_keys = plan.create(dir, &fleet_id, node_id)?;
+    let root = CertificateAuthority::new_fleet_root_with(&fleet_id, ca_keys.root)?;
+    let intermediate = root.new_intermediate_with(&fleet_id, node_id, ca_keys.intermediate)?;
     let mic = intermediate.issue_mic(
         &key.public_key(),
         &MicProfile {
@@ -158,14 +166,14 @@ pub fn init(dir: &DataDir, site: &str, flags: &AddrFlags) -> anyhow::Result<Init
             tenant: DEFAULT_TENANT.to_string(),
             site: site.to_string(),
             role: Role::Anchor,
-            validity: MIC_VALIDITY,
+            validity: crate::config::DEFAULT_MIC_LIFETIME,
         },
     )?;
     let admin_key = format!("nxk_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
 
-    datadir::write_secret(&dir.ca_root_key(), &root.key_pem())?;
+    // The CA keys are written (or generated in the token) by `plan.create` above.
+    cakeys::write(dir, &ca_keys.file)?;
     datadir::write_public(&dir.trust_root(), &root.cert_pem())?;
-    datadir::write_secret(&dir.ca_key(), &intermediate.key_pem())?;
     datadir::write_public(&dir.ca_cert(), &intermediate.cert_pem())?;
     datadir::write_public(&dir.trust_intermediates(), &intermediate.cert_pem())?;
     datadir::write_secret(&dir.node_key(), &key.to_pkcs8_pem())?;
@@ -189,11 +197,20 @@ pub fn init(dir: &DataDir, site: &str, flags: &AddrFlags) -> anyhow::Result<Init
             "fleet-admin".to_string(),
         )],
     )?;
+    store.record_certificate(
+        &Enrollment {
+            serial: nexus_ca::read_mic(&mic)?.serial_hex,
+            node_id: node_id.to_string(),
+            cert_pem: der_to_pem(&mic),
+        },
+        "anchor",
+    )?;
     datadir::write_secret(&dir.admin_key(), &format!("{admin_key}\n"))?;
     Ok(Initialized {
         fleet_id,
         node_id,
         admin_key,
+        ca_keys: ca_keys.file.summary(dir),
     })
 }
 
@@ -202,7 +219,9 @@ pub struct Admitter {
     /// This anchor's store.
     pub store: Arc<Store>,
     /// This anchor's intermediate CA.
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
+    /// Lifetime of the MICs it issues.
+    pub mic_lifetime: Duration,
     /// Fleet id.
     pub fleet_id: String,
     /// Root certificate PEM.
@@ -365,7 +384,7 @@ impl Admitter {
                         tenant: row.tenant.clone(),
                         site: site.clone(),
                         role: Role::Node,
-                        validity: MIC_VALIDITY,
+                        validity: self.mic_lifetime,
                     },
                 )
                 .map_err(|err| refused("issue_failed", format!("the anchor could not issue a certificate: {err}")))?;
@@ -407,7 +426,11 @@ impl Admitter {
 }
 
 /// Serves join requests on `endpoint` until it is closed.
-pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitter>>) {
+pub async fn serve_joins(
+    endpoint: quinn::Endpoint,
+    admitter: Option<Arc<Admitter>>,
+    peer: Arc<crate::peer::PeerService>,
+) {
     // Bounds the admissions decided at once: each costs a signature and a synced SQLite write.
     // Taken only once a request has arrived, so half-open connections cannot hold it.
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
@@ -420,9 +443,9 @@ pub async fn serve_joins(endpoint: quinn::Endpoint, admitter: Option<Arc<Admitte
             }
             continue;
         }
-        let (admitter, permits) = (admitter.clone(), permits.clone());
+        let (admitter, permits, peer) = (admitter.clone(), permits.clone(), peer.clone());
         tokio::spawn(async move {
-            if let Err(err) = serve_one(incoming, admitter, permits).await {
+            if let Err(err) = serve_one(incoming, admitter, permits, peer).await {
                 tracing::debug!(error = %format!("{err:#}"), "join connection failed");
             }
         });
@@ -433,10 +456,25 @@ async fn serve_one(
     incoming: quinn::Incoming,
     admitter: Option<Arc<Admitter>>,
     permits: Arc<tokio::sync::Semaphore>,
+    peer: Arc<crate::peer::PeerService>,
 ) -> anyhow::Result<()> {
     // One deadline for handshake, request and answer together.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let connection = tokio::time::timeout_at(deadline, incoming).await??;
+    let connection = match tokio::time::timeout_at(deadline, incoming).await? {
+        Ok(connection) => connection,
+        Err(err) => {
+            metrics::counter!("nexus_quic_handshakes_failed_total").increment(1);
+            return Err(err.into());
+        }
+    };
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if alpn.as_deref() == Some(crate::peer::ALPN_PEER) {
+        peer.serve(connection).await;
+        return Ok(());
+    }
     let (mut send, mut recv) = tokio::time::timeout_at(deadline, connection.accept_bi()).await??;
     let request = tokio::time::timeout_at(deadline, recv.read_to_end(MAX_REQUEST)).await??;
     let response = match (&admitter, permits.try_acquire_owned()) {

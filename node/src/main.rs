@@ -2,17 +2,19 @@
 //!
 //! Parts: [`cli`] (commands and flags), [`config`] (one config tree: file, env, flags),
 //! [`store`] (the node's SQLite file), [`datadir`] (files on disk), [`enroll`] (fleet creation
-//! and the join protocol), [`agent`] (the running node: gossip, API, QUIC), [`backend`] (what
+//! and the join protocol), [`cakeys`] (where an anchor's CA keys live), [`agent`] (the running node: gossip, API, QUIC), [`backend`] (what
 //! the API serves), [`client`] (CLI commands against a node's API), [`dev`] (a local fleet).
 
 mod agent;
 mod backend;
+mod cakeys;
 mod cli;
 mod client;
 mod config;
 mod datadir;
 mod dev;
 mod enroll;
+mod peer;
 mod store;
 
 use std::process::ExitCode;

@@ -100,6 +100,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE liveness (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL);",
     // 2: incarnation numbers that never go backwards, whatever the clock does.
     "CREATE TABLE incarnation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);",
+    // 3: every certificate an anchor issued (joins, renewals, CSRs), revocation, and the CRLs a
+    // node enforces.
+    "CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        token_id TEXT,
+        cert_pem TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER,
+        revoke_reason TEXT
+    );
+    CREATE INDEX certificates_node ON certificates(node_id);
+    INSERT INTO certificates (serial, node_id, kind, token_id, cert_pem, issued_at_ms, not_after_ms)
+        SELECT serial, node_id, 'join', token_id, cert_pem, issued_at_ms, 0 FROM enrollments;
+    DROP TABLE enrollments;
+    CREATE TABLE crls (
+        issuer TEXT PRIMARY KEY,
+        number INTEGER NOT NULL,
+        der BLOB NOT NULL,
+        installed_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Who this node is, as stored.
@@ -358,25 +381,111 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row = tx
-                .query_row(&format!("{TOKEN_SELECT} WHERE id = ?1"), [token_id], token_row)
+                .query_row(
+                    &format!("{TOKEN_SELECT} WHERE id = ?1"),
+                    [token_id],
+                    token_row,
+                )
                 .optional()?;
             let (value, enrollment) = match decide(row.as_ref()) {
                 Ok(decided) => decided,
                 Err(err) => return Ok(Err(err)),
             };
-            tx.execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?1", [token_id])?;
             tx.execute(
-                "INSERT INTO enrollments (serial, node_id, token_id, cert_pem, issued_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    enrollment.serial,
-                    enrollment.node_id,
-                    token_id,
-                    enrollment.cert_pem,
-                    crate::now_ms() as i64
-                ],
+                "UPDATE tokens SET uses = uses + 1 WHERE id = ?1",
+                [token_id],
             )?;
+            insert_certificate(&tx, &enrollment, "join", Some(token_id))?;
             tx.commit()?;
             Ok(Ok(value))
+        })
+    }
+
+    /// Records a certificate this anchor issued outside a join (its own, a renewal, a CSR).
+    pub fn record_certificate(&self, issued: &Enrollment, kind: &str) -> Result<(), StoreError> {
+        self.with(|c| insert_certificate(c, issued, kind, None))
+    }
+
+    /// A certificate this anchor issued.
+    pub fn certificate(&self, serial: &str) -> Result<Option<CertificateRow>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("{CERT_SELECT} WHERE serial = ?1"),
+                [serial],
+                certificate_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Certificates this anchor issued, optionally only those of one node, by serial.
+    pub fn certificates(&self, node_id: Option<&str>) -> Result<Vec<CertificateRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "{CERT_SELECT} WHERE ?1 IS NULL OR node_id = ?1 ORDER BY serial"
+            ))?;
+            let rows = stmt.query_map([node_id], certificate_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Revokes `serials` (certificates this anchor issued) and, in the same transaction, signs
+    /// and stores the anchor's next CRL with `sign(number, all revoked)`. Serials already revoked
+    /// keep their first revocation. Returns the new CRL number and DER, or `None` when nothing
+    /// changed; an empty `serials` always signs a new list. Durable before it returns.
+    pub fn revoke_certificates<E>(
+        &self,
+        issuer: &str,
+        serials: &[String],
+        reason: &str,
+        sign: impl FnOnce(u64, &[CertificateRow]) -> Result<Vec<u8>, E>,
+    ) -> Result<Result<Option<SignedCrl>, E>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = crate::now_ms() as i64;
+            let mut changed = 0;
+            for serial in serials {
+                changed += tx.execute(
+                    "UPDATE certificates SET revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1 AND revoked_at_ms IS NULL",
+                    params![serial, now, reason],
+                )?;
+            }
+            // No serials means "sign the list again" (the first list, or a refresh before its
+            // next update); serials that were all revoked already change nothing.
+            if changed == 0 && !serials.is_empty() {
+                return Ok(Ok(None));
+            }
+            let revoked: Vec<CertificateRow> = {
+                let mut stmt = tx.prepare(&format!(
+                    "{CERT_SELECT} WHERE revoked_at_ms IS NOT NULL ORDER BY serial"
+                ))?;
+                stmt.query_map([], certificate_row)?.collect::<rusqlite::Result<_>>()?
+            };
+            let held: Option<i64> = tx
+                .query_row("SELECT number FROM crls WHERE issuer = ?1", [issuer], |r| r.get(0))
+                .optional()?;
+            let number = held.map_or(1, |n| n as u64 + 1);
+            let der = match sign(number, &revoked) {
+                Ok(der) => der,
+                Err(err) => return Ok(Err(err)),
+            };
+            upsert_crl(&tx, issuer, number, &der)?;
+            tx.commit()?;
+            Ok(Ok(Some((number, der))))
+        })
+    }
+
+    /// Stores a verified CRL from `issuer` (fingerprint hex) if it is newer than the one held.
+    pub fn save_crl(&self, issuer: &str, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        self.with(|c| upsert_crl(c, issuer, number, der))
+    }
+
+    /// The CRLs held (DER), one per issuer.
+    pub fn crls(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT der FROM crls ORDER BY issuer")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
         })
     }
 
@@ -467,6 +576,84 @@ impl Store {
             .map(|_| ())
         })
     }
+}
+
+fn insert_certificate(
+    c: &Connection,
+    issued: &Enrollment,
+    kind: &str,
+    token_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    let not_after_ms = nexus_ca::pem_to_der(&issued.cert_pem)
+        .ok()
+        .and_then(|ders| nexus_ca::read_mic(ders.first()?).ok())
+        .map_or(0, |mic| mic.not_after_unix.saturating_mul(1000));
+    c.execute(
+        "INSERT INTO certificates (serial, node_id, kind, token_id, cert_pem, issued_at_ms, not_after_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            issued.serial,
+            issued.node_id,
+            kind,
+            token_id,
+            issued.cert_pem,
+            crate::now_ms() as i64,
+            not_after_ms
+        ],
+    )
+    .map(|_| ())
+}
+
+fn upsert_crl(c: &Connection, issuer: &str, number: u64, der: &[u8]) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO crls (issuer, number, der, installed_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (issuer) DO UPDATE SET number = excluded.number, der = excluded.der,
+             installed_at_ms = excluded.installed_at_ms
+         WHERE excluded.number > crls.number",
+        params![issuer, number as i64, der, crate::now_ms() as i64],
+    )
+    .map(|_| ())
+}
+
+/// A CRL number and the list's DER.
+pub type SignedCrl = (u64, Vec<u8>);
+
+/// A certificate an anchor issued, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRow {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// The node it certifies.
+    pub node_id: String,
+    /// `anchor`, `join`, `renewal` or `csr`.
+    pub kind: String,
+    /// The join token used, for joins.
+    pub token_id: Option<String>,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// When it was issued, unix ms.
+    pub issued_at_ms: u64,
+    /// notAfter, unix ms.
+    pub not_after_ms: u64,
+    /// When it was revoked, unix ms.
+    pub revoked_at_ms: Option<u64>,
+    /// Why.
+    pub revoke_reason: Option<String>,
+}
+
+const CERT_SELECT: &str = "SELECT serial, node_id, kind, token_id, cert_pem, issued_at_ms, not_after_ms, revoked_at_ms, revoke_reason FROM certificates";
+
+fn certificate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRow> {
+    Ok(CertificateRow {
+        serial: r.get(0)?,
+        node_id: r.get(1)?,
+        kind: r.get(2)?,
+        token_id: r.get(3)?,
+        cert_pem: r.get(4)?,
+        issued_at_ms: r.get::<_, i64>(5)? as u64,
+        not_after_ms: r.get::<_, i64>(6)? as u64,
+        revoked_at_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        revoke_reason: r.get(8)?,
+    })
 }
 
 const TOKEN_SELECT: &str = "SELECT id, secret_hash, tenant, site, labels, max_uses, uses, expires_at_ms, created_at_ms, revoked_at_ms FROM tokens";

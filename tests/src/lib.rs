@@ -6,8 +6,10 @@
 
 pub mod baseline;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -32,16 +34,38 @@ pub fn nexus_bin() -> PathBuf {
     );
 }
 
+/// Variables every `nexus` command of this test binary gets (see [`set_nexus_env`]).
+static NEXUS_ENV: Mutex<Vec<(String, OsString)>> = Mutex::new(Vec::new());
+
+/// Sets an environment variable for every `nexus` process this test binary starts from now on
+/// (for example `SOFTHSM2_CONF`), without touching this process's own environment.
+pub fn set_nexus_env(key: &str, value: impl Into<OsString>) {
+    let mut env = NEXUS_ENV.lock().unwrap_or_else(PoisonError::into_inner);
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.into()));
+}
+
 /// A `nexus` command with logs kept quiet unless asked for.
 pub fn nexus() -> Command {
     let mut cmd = Command::new(nexus_bin());
     cmd.env_remove("NEXUS_API_KEY")
         .env_remove("NEXUS_DATA_DIR")
         .env_remove("NEXUS_API_URL")
+        .env_remove("NEXUS_KEY_PASSPHRASE_FILE")
+        .env_remove("NEXUS_HSM_MODULE")
+        .env_remove("NEXUS_HSM_TOKEN")
+        .env_remove("NEXUS_HSM_PIN_FILE")
         .env(
             "NEXUS_LOG",
             std::env::var("NEXUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         );
+    for (key, value) in NEXUS_ENV
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        cmd.env(key, value);
+    }
     cmd
 }
 
@@ -123,6 +147,18 @@ pub async fn fetch_metric(
     Ok(sum_metric(&text, name, labels))
 }
 
+/// An HTTP client for the API of the node whose data directory is `dir`: it trusts that fleet's
+/// root certificate (`trust/root.pem`) for HTTPS. Before the directory holds one (the node has not
+/// enrolled yet) it is a plain client.
+pub fn api_client(dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Ok(pem) = std::fs::read_to_string(dir.join("trust").join("root.pem")) {
+        let root = nexus_ca::pem_to_der(&pem)?.swap_remove(0);
+        builder = builder.use_preconfigured_tls(nexus_ca::api_client_config(root, None));
+    }
+    Ok(builder.build()?)
+}
+
 /// One running (or stopped) node process.
 pub struct NodeProc {
     /// Its data directory.
@@ -179,7 +215,6 @@ impl NodeProc {
 
     async fn wait_serving(&mut self, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
-        let http = reqwest::Client::new();
         while started.elapsed() < limit {
             if let Some(status) = self
                 .child
@@ -196,6 +231,8 @@ impl NodeProc {
                 && e["pid"].as_u64() == pid
             {
                 let api = e["api"].as_str().unwrap_or_default().to_string();
+                // The trust files exist once the node wrote its endpoints.
+                let http = api_client(&self.dir)?;
                 if http
                     .get(format!("{api}/healthz"))
                     .send()
@@ -292,11 +329,17 @@ pub struct Fleet {
 impl Fleet {
     /// `nexus init` + `nexus run` of the first anchor.
     pub async fn init() -> anyhow::Result<Fleet> {
+        Fleet::init_with(&[]).await
+    }
+
+    /// [`Fleet::init`] with extra `nexus init` flags (for example where the CA keys go).
+    pub async fn init_with(extra: &[&str]) -> anyhow::Result<Fleet> {
         let root = tempfile::tempdir()?;
         let dir = root.path().join("anchor");
         let dir_s = dir.to_str().expect("utf-8");
         let mut args = vec!["init", "--data-dir", dir_s, "--site", "hq"];
         args.extend(ANY_PORTS);
+        args.extend(extra);
         let out = run(&args);
         if !out.status.success() {
             bail!(
@@ -312,9 +355,7 @@ impl Fleet {
             root,
             nodes: vec![anchor],
             admin_key,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: api_client(&dir)?,
         })
     }
 

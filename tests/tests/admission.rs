@@ -76,12 +76,15 @@ async fn bad_expired_reused_revoked_and_foreign_tokens_are_refused() {
 
     // Revoked with the CLI.
     let (revoked, revoked_id) = token_of(&fleet, json!({ "uses": 5 })).await;
+    let ca_file = fleet.anchor().dir.join("trust").join("root.pem");
     let out = nexus_tests::run(&[
         "token",
         "revoke",
         &revoked_id,
         "--api",
         &fleet.anchor().api,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
         "--key",
         &fleet.admin_key,
     ]);
@@ -136,7 +139,7 @@ async fn tokens_live_on_anchors_and_the_api_requires_a_key() {
     let (token, _) = token_of(&fleet, json!({})).await;
     let node_api = fleet.join(&token, &[]).await.unwrap().api.clone();
 
-    let http = reqwest::Client::new();
+    let http = nexus_tests::api_client(&fleet.nodes[1].dir).unwrap();
     for (method, path) in [
         ("GET", "/v1/nodes"),
         ("POST", "/v1/tokens"),

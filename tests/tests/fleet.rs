@@ -42,7 +42,7 @@ async fn five_nodes_bootstrapped_from_one_token_all_see_each_other_online() {
     assert_eq!(body["role"], "node");
     assert_eq!(
         body["addresses"]["api"],
-        fleet.nodes[3].api.trim_start_matches("http://")
+        fleet.nodes[3].api.trim_start_matches("https://")
     );
     let (_, anchor) = fleet
         .get(

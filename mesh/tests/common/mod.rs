@@ -188,6 +188,8 @@ pub fn info() -> NodeInfo {
         trust_level: 1,
         config_version: 1,
         created_at_ms: 0,
+        mic_serial: String::new(),
+        mic_not_after_ms: 0,
     }
 }
 

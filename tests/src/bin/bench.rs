@@ -119,10 +119,15 @@ struct Api {
 }
 
 impl Api {
-    fn new(key: String) -> anyhow::Result<Api> {
+    fn new(key: String, anchor_dir: &Path) -> anyhow::Result<Api> {
+        let root = nexus_ca::pem_to_der(&std::fs::read_to_string(
+            anchor_dir.join("trust").join("root.pem"),
+        )?)?
+        .swap_remove(0);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(1))
+            .use_preconfigured_tls(nexus_ca::api_client_config(root, None))
             .build()?;
         Ok(Api { http, key })
     }
@@ -471,7 +476,7 @@ impl Cluster {
             .context("reading the anchor's admin.key")?
             .trim()
             .to_string();
-        let api = Api::new(key)?;
+        let api = Api::new(key, &anchor.dir)?;
         anchor.spawn_run()?;
         wait_serving(&api, &mut anchor, Instant::now(), Duration::from_millis(25)).await?;
         Ok(Cluster {

@@ -1,0 +1,384 @@
+//! Where an anchor's CA keys live: the key flags of `nexus init`, and `<data-dir>/ca/keys.toml`,
+//! which `nexus run` reads to load the intermediate CA.
+//!
+//! Two backends:
+//!
+//! * `file` (the default): `ca/root.key` and `ca/intermediate.key`, PKCS#8 PEM with mode 0600,
+//!   encrypted with a passphrase when `nexus init --key-passphrase-file` was given.
+//! * `pkcs11`: both keys were generated inside a PKCS#11 token (an HSM) and never leave it;
+//!   no key file exists under `ca/`.
+//!
+//! `ca/keys.toml` names the PIN or passphrase *file*, never the secret itself:
+//!
+//! ```toml
+//! backend = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token = "nexus"
+//! pin_file = "/etc/nexus/hsm.pin"
+//! root_key_label = "nexus-root-<fleet id>"
+//! intermediate_key_label = "nexus-anchor-<node id>"
+//! ```
+//!
+//! ```toml
+//! backend = "file"
+//! passphrase_file = "/etc/nexus/ca.pass"   # only when the key files are encrypted
+//! ```
+//!
+//! A data directory without `ca/keys.toml` (made before it existed) is read as `backend = "file"`
+//! without a passphrase.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use nexus_ca::{
+    CaSigner, CertificateAuthority, FileKey, NodeId, Pkcs11Key, Pkcs11Token, Secret,
+    read_secret_file,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::datadir::{self, DataDir};
+
+/// Environment variable naming the passphrase file of encrypted CA key files; for `nexus run`
+/// it overrides `passphrase_file` in `ca/keys.toml`.
+pub const PASSPHRASE_FILE_ENV: &str = "NEXUS_KEY_PASSPHRASE_FILE";
+
+/// Where `nexus init` puts the CA keys.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CaKeyFlags {
+    /// PKCS#11 module (the HSM vendor's library) to generate and keep the fleet root and this
+    /// anchor's CA keys in; needs --hsm-token and --hsm-pin-file.
+    #[arg(
+        long,
+        env = "NEXUS_HSM_MODULE",
+        value_name = "PATH",
+        requires_all = ["hsm_token", "hsm_pin_file"]
+    )]
+    pub hsm_module: Option<PathBuf>,
+    /// Label of the initialized PKCS#11 token to keep the CA keys on.
+    #[arg(
+        long,
+        env = "NEXUS_HSM_TOKEN",
+        value_name = "LABEL",
+        requires_all = ["hsm_module", "hsm_pin_file"]
+    )]
+    pub hsm_token: Option<String>,
+    /// File holding the token's user PIN (mode 0600). `nexus run` reads it again from this path.
+    #[arg(
+        long,
+        env = "NEXUS_HSM_PIN_FILE",
+        value_name = "FILE",
+        requires_all = ["hsm_module", "hsm_token"]
+    )]
+    pub hsm_pin_file: Option<PathBuf>,
+    /// File holding a passphrase (mode 0600) to encrypt the CA key files with. `nexus run`
+    /// reads it again from this path (or from NEXUS_KEY_PASSPHRASE_FILE).
+    #[arg(
+        long,
+        env = PASSPHRASE_FILE_ENV,
+        value_name = "FILE",
+        conflicts_with = "hsm_module"
+    )]
+    pub key_passphrase_file: Option<PathBuf>,
+}
+
+/// The contents of `ca/keys.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeysFile {
+    /// `ca/root.key` and `ca/intermediate.key`.
+    File {
+        /// File holding the passphrase the key files are encrypted with; absent when they are
+        /// not encrypted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Key pairs inside a PKCS#11 token.
+    Pkcs11 {
+        /// The PKCS#11 module.
+        module: PathBuf,
+        /// The token's label.
+        token: String,
+        /// File holding the token's user PIN.
+        pin_file: PathBuf,
+        /// CKA_LABEL of the fleet root key pair.
+        root_key_label: String,
+        /// CKA_LABEL of this anchor's intermediate CA key pair.
+        intermediate_key_label: String,
+    },
+}
+
+impl KeysFile {
+    /// One line for the operator: where the keys are.
+    pub fn summary(&self, dir: &DataDir) -> String {
+        match self {
+            KeysFile::File { passphrase_file } => format!(
+                "{} and {}{}",
+                dir.ca_root_key().display(),
+                dir.ca_key().display(),
+                match passphrase_file {
+                    Some(file) => format!(" (encrypted; passphrase in {})", file.display()),
+                    None => " (unencrypted, mode 0600)".to_string(),
+                }
+            ),
+            KeysFile::Pkcs11 {
+                module,
+                token,
+                root_key_label,
+                intermediate_key_label,
+                ..
+            } => format!(
+                "PKCS#11 token {token:?} via {}: keys {root_key_label:?} and \
+                 {intermediate_key_label:?}",
+                module.display()
+            ),
+        }
+    }
+}
+
+/// The CA keys `nexus init` made, and what to write to `ca/keys.toml`.
+pub struct CaKeys {
+    /// The fleet root's key.
+    pub root: Arc<dyn CaSigner>,
+    /// The first anchor's intermediate key.
+    pub intermediate: Arc<dyn CaSigner>,
+    /// Where they are.
+    pub file: KeysFile,
+}
+
+/// `nexus init`'s key flags, checked before anything is written.
+pub enum Plan {
+    /// Key files, encrypted when a passphrase is given.
+    File {
+        passphrase: Option<(PathBuf, Secret)>,
+    },
+    /// A PKCS#11 token.
+    Pkcs11 { token: Pkcs11Token },
+}
+
+impl Plan {
+    /// Checks the flags and reads the passphrase or PIN file, so a mistake is reported before
+    /// the data directory is created.
+    pub fn from_flags(flags: &CaKeyFlags) -> anyhow::Result<Plan> {
+        let absolute = |path: &Path, flag: &str| {
+            std::path::absolute(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        match (&flags.hsm_module, &flags.hsm_token, &flags.hsm_pin_file) {
+            (Some(module), Some(label), Some(pin_file)) => {
+                if flags.key_passphrase_file.is_some() {
+                    anyhow::bail!(
+                        "--key-passphrase-file encrypts CA key files, but with --hsm-module the \
+                         keys stay in the token: drop one of them"
+                    );
+                }
+                if label.trim().is_empty() {
+                    anyhow::bail!("--hsm-token must name the token's label");
+                }
+                let token = Pkcs11Token {
+                    module: absolute(module, "--hsm-module")?,
+                    label: label.clone(),
+                    pin_file: absolute(pin_file, "--hsm-pin-file")?,
+                };
+                // Fail on an unreadable PIN file now, not after the directory exists.
+                read_secret_file(&token.pin_file, "HSM user PIN")
+                    .context("checking --hsm-pin-file")?;
+                Ok(Plan::Pkcs11 { token })
+            }
+            (None, None, None) => {
+                let passphrase = match &flags.key_passphrase_file {
+                    None => None,
+                    Some(file) => {
+                        let file = absolute(file, "--key-passphrase-file")?;
+                        let secret = read_secret_file(&file, "key passphrase")
+                            .context("checking --key-passphrase-file")?;
+                        Some((file, secret))
+                    }
+                };
+                Ok(Plan::File { passphrase })
+            }
+            // clap's `requires` catches this first; kept for callers that build flags by hand.
+            _ => anyhow::bail!(
+                "--hsm-module, --hsm-token and --hsm-pin-file go together: give all three to \
+                 keep the CA keys in a PKCS#11 token, or none for key files"
+            ),
+        }
+    }
+
+    /// Creates the fleet root's and the first anchor's CA keys: new files under `ca/`, or new
+    /// key pairs in the token labelled `nexus-root-<fleet>` and `nexus-anchor-<node id>`.
+    pub fn create(&self, dir: &DataDir, fleet_id: &str, anchor: NodeId) -> anyhow::Result<CaKeys> {
+        match self {
+            Plan::File { passphrase } => {
+                let secret = passphrase.as_ref().map(|(_, s)| s.as_str());
+                let root = FileKey::create(&dir.ca_root_key(), secret)?;
+                let intermediate = FileKey::create(&dir.ca_key(), secret)?;
+                Ok(CaKeys {
+                    root: Arc::new(root),
+                    intermediate: Arc::new(intermediate),
+                    file: KeysFile::File {
+                        passphrase_file: passphrase.as_ref().map(|(p, _)| p.clone()),
+                    },
+                })
+            }
+            Plan::Pkcs11 { token } => {
+                let root_key_label = format!("nexus-root-{fleet_id}");
+                let intermediate_key_label = format!("nexus-anchor-{anchor}");
+                let root = Pkcs11Key::generate(token, &root_key_label)?;
+                let intermediate = Pkcs11Key::generate(token, &intermediate_key_label)?;
+                Ok(CaKeys {
+                    root: Arc::new(root),
+                    intermediate: Arc::new(intermediate),
+                    file: KeysFile::Pkcs11 {
+                        module: token.module.clone(),
+                        token: token.label.clone(),
+                        pin_file: token.pin_file.clone(),
+                        root_key_label,
+                        intermediate_key_label,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Writes `ca/keys.toml`.
+pub fn write(dir: &DataDir, keys: &KeysFile) -> anyhow::Result<()> {
+    let text = toml::to_string(keys).context("serializing ca/keys.toml")?;
+    datadir::write_public(
+        &dir.ca_keys(),
+        &format!(
+            "# Where this anchor's CA keys live; written by `nexus init`, read by `nexus run`.\n\
+             # It names the PIN or passphrase file, never the secret itself.\n{text}"
+        ),
+    )
+}
+
+/// Reads `ca/keys.toml`; a data directory without one keeps unencrypted key files.
+pub fn read(dir: &DataDir) -> anyhow::Result<KeysFile> {
+    let path = dir.ca_keys();
+    if !path.exists() {
+        return Ok(KeysFile::File {
+            passphrase_file: None,
+        });
+    }
+    toml::from_str(&datadir::read(&path)?).with_context(|| {
+        format!(
+            "{} is not valid: expected backend = \"file\" (with an optional passphrase_file) or \
+             backend = \"pkcs11\" with module, token, pin_file, root_key_label and \
+             intermediate_key_label",
+            path.display()
+        )
+    })
+}
+
+/// Loads this anchor's intermediate CA with the key backend `ca/keys.toml` names. For key
+/// files, `NEXUS_KEY_PASSPHRASE_FILE` overrides the passphrase file named there.
+///
+/// Blocks: decrypting a key file runs scrypt, and a token may be slow to log in.
+pub fn load_anchor_ca(dir: &DataDir) -> anyhow::Result<CertificateAuthority> {
+    let keys = read(dir)?;
+    let signer: Arc<dyn CaSigner> = match &keys {
+        KeysFile::File { passphrase_file } => {
+            let from_env = std::env::var_os(PASSPHRASE_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from);
+            let passphrase = match from_env.as_ref().or(passphrase_file.as_ref()) {
+                Some(file) => Some(read_secret_file(file, "key passphrase")?),
+                None => None,
+            };
+            Arc::new(FileKey::load(
+                &dir.ca_key(),
+                passphrase.as_ref().map(|s| s.as_str()),
+            )?)
+        }
+        KeysFile::Pkcs11 {
+            module,
+            token,
+            pin_file,
+            intermediate_key_label,
+            ..
+        } => Arc::new(Pkcs11Key::open(
+            &Pkcs11Token {
+                module: module.clone(),
+                label: token.clone(),
+                pin_file: pin_file.clone(),
+            },
+            intermediate_key_label,
+        )?),
+    };
+    let ca = CertificateAuthority::load_with(&datadir::read(&dir.ca_cert())?, signer)
+        .with_context(|| format!("the CA key in {}", keys.summary(dir)))?;
+    Ok(ca)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_file_roundtrip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        assert_eq!(
+            read(&data).unwrap(),
+            KeysFile::File {
+                passphrase_file: None
+            }
+        );
+        let hsm = KeysFile::Pkcs11 {
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token: "nexus".into(),
+            pin_file: "/etc/nexus/pin".into(),
+            root_key_label: "nexus-root-f".into(),
+            intermediate_key_label: "nexus-anchor-n".into(),
+        };
+        write(&data, &hsm).unwrap();
+        let text = std::fs::read_to_string(data.ca_keys()).unwrap();
+        assert!(text.contains("backend = \"pkcs11\""), "{text}");
+        assert!(text.contains("pin_file = \"/etc/nexus/pin\""), "{text}");
+        assert_eq!(read(&data).unwrap(), hsm);
+
+        std::fs::write(
+            data.ca_keys(),
+            "backend = \"file\"\npasphrase_file = \"x\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read(&data).unwrap_err());
+        assert!(err.contains("passphrase_file"), "{err}");
+        std::fs::write(
+            data.ca_keys(),
+            "backend = \"file\"\npassphrase_file = \"/p\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read(&data).unwrap(),
+            KeysFile::File {
+                passphrase_file: Some("/p".into())
+            }
+        );
+    }
+
+    #[test]
+    fn hsm_flags_go_together_and_exclude_a_passphrase() {
+        let partial = CaKeyFlags {
+            hsm_module: Some("/lib/x.so".into()),
+            ..Default::default()
+        };
+        let err = Plan::from_flags(&partial).err().unwrap().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let both = CaKeyFlags {
+            hsm_module: Some("/lib/x.so".into()),
+            hsm_token: Some("t".into()),
+            hsm_pin_file: Some("/p".into()),
+            key_passphrase_file: Some("/q".into()),
+        };
+        let err = Plan::from_flags(&both).err().unwrap().to_string();
+        assert!(err.contains("drop one"), "{err}");
+        let missing = CaKeyFlags {
+            key_passphrase_file: Some("/nonexistent/pass".into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Plan::from_flags(&missing).err().unwrap());
+        assert!(err.contains("/nonexistent/pass"), "{err}");
+    }
+}

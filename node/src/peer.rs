@@ -1,0 +1,804 @@
+//! What fleet members ask each other over QUIC with mutual TLS (ALPN `nexus-peer/1`): revocation
+//! lists and certificate renewal. Also the node's side of revocation: which CRLs it enforces,
+//! how a new one spreads, and renewing its own MIC before it expires.
+//!
+//! Every connection on this ALPN must present a valid, unrevoked MIC of the fleet (checked in
+//! the TLS handshake by [`nexus_ca::FleetTrust`]). Each request is one bidirectional stream: a
+//! JSON [`PeerRequest`], answered by one JSON [`PeerResponse`].
+//!
+//! Revocation spreads two ways:
+//! - **push**: the anchor that revoked sends its new CRL at once to every live member;
+//! - **pull**: anchors publish `crl` = `<issuer fingerprint>:<number>` in gossip; a node that
+//!   sees a number above the one it holds asks that anchor for its list. This catches nodes the
+//!   push missed (partitioned, restarting) and needs nothing but gossip.
+//!
+//! CRLs are signed by the issuing anchor's CA, so a node accepts one from anyone; it installs it
+//! only if the signature verifies and the number grew.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use nexus_ca::{
+    CertificateAuthority, Credentials, FleetTrust, Installed, MicProfile, NodeId, NodeKey, Role,
+    VerifiedMic, der_to_pem, pem_to_der, public_key_from_csr, read_mic,
+};
+use nexus_mesh::{Mesh, NodeInfo, NodeStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::datadir::{self, DataDir};
+use crate::store::{CertificateRow, Enrollment, Store};
+
+/// ALPN of the peer protocol.
+pub const ALPN_PEER: &[u8] = b"nexus-peer/1";
+/// Gossip key under which anchors publish their CRL number.
+pub const GOSSIP_KEY_CRL: &str = "crl";
+/// Largest request or response.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// One request, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a CRL says it is good for; anchors re-sign before (every renewal check).
+const CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Streams one peer may have open at once.
+const MAX_STREAMS_PER_PEER: usize = 16;
+/// Nodes pushed to at once after a revocation.
+const PUSH_CONCURRENCY: usize = 64;
+
+/// A request between fleet members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// The CRLs the answering node holds.
+    Crls,
+    /// CRLs (base64 DER) for the answering node to install.
+    PushCrls {
+        /// The lists.
+        crls: Vec<String>,
+    },
+    /// A new MIC for the caller's own key, same identity (anchors only).
+    Renew {
+        /// PKCS#10 CSR, PEM, for the caller's current key.
+        csr_pem: String,
+    },
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerResponse {
+    /// The CRLs held (base64 DER).
+    Crls {
+        /// The lists.
+        crls: Vec<String>,
+    },
+    /// How many pushed lists were new.
+    Installed {
+        /// New lists.
+        new: usize,
+    },
+    /// The renewed MIC.
+    Renewed {
+        /// The certificate, PEM.
+        cert_pem: String,
+        /// The anchor intermediates the anchor knows, PEM.
+        intermediates_pem: Vec<String>,
+    },
+    /// Refused, with a reason for the operator.
+    Refused {
+        /// Machine-readable.
+        code: String,
+        /// What was wrong and what to do.
+        message: String,
+    },
+}
+
+fn refused(code: &str, message: impl Into<String>) -> PeerResponse {
+    PeerResponse::Refused {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What only an anchor has: its CA and how it issues.
+pub struct AnchorCa {
+    /// This anchor's intermediate CA.
+    pub ca: Arc<CertificateAuthority>,
+    /// SHA-256 of the intermediate certificate, hex: names this anchor's CRL.
+    pub issuer: String,
+    /// Lifetime of the MICs it issues.
+    pub mic_lifetime: Duration,
+}
+
+/// A revocation an anchor performed.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The new CRL number, or `None` when every serial was already revoked.
+    pub crl_number: Option<u64>,
+}
+
+/// The node's trust at run time: its credentials, the CRLs it enforces, the peer protocol.
+pub struct PeerService {
+    /// Trust store + revocations shared with gossip and TLS.
+    pub fleet: Arc<FleetTrust>,
+    /// This node's certificate chain for TLS.
+    pub credentials: Arc<Credentials>,
+    key: Arc<NodeKey>,
+    node_id: NodeId,
+    store: Arc<Store>,
+    dir: DataDir,
+    mesh: Arc<Mesh>,
+    /// The anchor CA, on anchors.
+    pub anchor: Option<Arc<AnchorCa>>,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    renew_before: Duration,
+    info: Mutex<NodeInfo>,
+    connections: Mutex<HashMap<usize, (String, quinn::Connection)>>,
+    renewing: tokio::sync::Mutex<()>,
+    /// Decommissioned nodes whose certificates this anchor already revoked.
+    retired: Mutex<std::collections::HashSet<NodeId>>,
+}
+
+fn now_unix() -> i64 {
+    (crate::now_ms() / 1000) as i64
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PeerService {
+    /// Wires the service; `info` is what this node publishes (updated on renewal).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        fleet: Arc<FleetTrust>,
+        credentials: Arc<Credentials>,
+        key: Arc<NodeKey>,
+        store: Arc<Store>,
+        dir: DataDir,
+        mesh: Arc<Mesh>,
+        anchor: Option<Arc<AnchorCa>>,
+        endpoint: quinn::Endpoint,
+        renew_before: Duration,
+        info: NodeInfo,
+    ) -> Arc<PeerService> {
+        let tls = nexus_ca::member_client_config(credentials.clone(), fleet.clone(), &[ALPN_PEER]);
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .expect("a TLS 1.3 config with an initial cipher suite");
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("10 s is a valid timeout"),
+        ));
+        client.transport_config(Arc::new(transport));
+        Arc::new(PeerService {
+            node_id: key.node_id(),
+            fleet,
+            credentials,
+            key,
+            store,
+            dir,
+            mesh,
+            anchor,
+            endpoint,
+            client,
+            renew_before,
+            info: Mutex::new(info),
+            connections: Mutex::new(HashMap::new()),
+            renewing: tokio::sync::Mutex::new(()),
+            retired: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    /// Serves one accepted connection whose ALPN is [`ALPN_PEER`].
+    pub async fn serve(self: Arc<Self>, connection: quinn::Connection) {
+        let peer = connection
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .ok_or_else(|| "no client certificate".to_string())
+            .and_then(|chain| {
+                nexus_ca::peer_identity(&self.fleet, &chain, now_unix()).map_err(|e| e.to_string())
+            });
+        let peer = match peer {
+            Ok(peer) => peer,
+            Err(err) => {
+                metrics::counter!("nexus_peer_connections_refused_total", "reason" => "certificate")
+                    .increment(1);
+                tracing::debug!(remote = %connection.remote_address(), error = %err, "peer refused");
+                connection.close(1u32.into(), b"a valid fleet certificate is required");
+                return;
+            }
+        };
+        let id = connection.stable_id();
+        lock(&self.connections).insert(id, (peer.serial_hex.clone(), connection.clone()));
+        let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_PEER));
+        let peer = Arc::new(peer);
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let Ok(permit) = streams.clone().try_acquire_owned() else {
+                let _ = send.reset(2u32.into());
+                continue;
+            };
+            let (service, peer) = (self.clone(), peer.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let exchange = async {
+                    let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+                    let response = match serde_json::from_slice::<PeerRequest>(&bytes) {
+                        Ok(request) => service.handle(&peer, request).await,
+                        Err(err) => refused("malformed", format!("not a peer request: {err}")),
+                    };
+                    send.write_all(&serde_json::to_vec(&response)?).await?;
+                    send.finish()?;
+                    anyhow::Ok(())
+                };
+                if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT * 2, exchange).await {
+                    tracing::debug!(error = %err, "peer request timed out");
+                }
+            });
+        }
+        lock(&self.connections).remove(&id);
+    }
+
+    async fn handle(&self, caller: &VerifiedMic, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::Crls => PeerResponse::Crls {
+                crls: self
+                    .fleet
+                    .revocations()
+                    .crls()
+                    .into_iter()
+                    .map(|(_, der)| STANDARD.encode(der))
+                    .collect(),
+            },
+            PeerRequest::PushCrls { crls } => {
+                let mut ders = Vec::new();
+                for crl in crls.iter().take(64) {
+                    match STANDARD.decode(crl) {
+                        Ok(der) => ders.push(der),
+                        Err(err) => {
+                            return refused("malformed", format!("a CRL is not base64: {err}"));
+                        }
+                    }
+                }
+                PeerResponse::Installed {
+                    new: self.accept_crls(ders).await,
+                }
+            }
+            PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
+        }
+    }
+
+    async fn renew_for(&self, caller: &VerifiedMic, csr_pem: &str) -> PeerResponse {
+        let Some(anchor) = self.anchor.clone() else {
+            return refused(
+                "not_an_anchor",
+                "this node is not an anchor; ask an anchor to renew",
+            );
+        };
+        let public_key = match public_key_from_csr(csr_pem) {
+            Ok(pk) => pk,
+            Err(err) => return refused("bad_csr", format!("CSR refused: {err}")),
+        };
+        if public_key != caller.public_key {
+            metrics::counter!("nexus_mic_issuance_refused_total", "reason" => "identity")
+                .increment(1);
+            return refused(
+                "identity_mismatch",
+                format!(
+                    "the CSR is for node {}, but the caller is node {}: a node renews only its own \
+                     identity",
+                    NodeId::from_public_key(&public_key),
+                    caller.node_id
+                ),
+            );
+        }
+        let profile = MicProfile {
+            fleet_id: caller.fleet_id.clone(),
+            node_id: caller.node_id,
+            tenant: caller.tenant.clone(),
+            site: caller.site.clone(),
+            role: caller.role,
+            validity: anchor.mic_lifetime,
+        };
+        let store = self.store.clone();
+        let issued = tokio::task::spawn_blocking(move || {
+            let der = anchor.ca.issue_mic(&public_key, &profile)?;
+            let serial = read_mic(&der)?.serial_hex;
+            let cert_pem = der_to_pem(&der);
+            store.record_certificate(
+                &Enrollment {
+                    serial,
+                    node_id: profile.node_id.to_string(),
+                    cert_pem: cert_pem.clone(),
+                },
+                "renewal",
+            )?;
+            anyhow::Ok(cert_pem)
+        })
+        .await;
+        match issued {
+            Ok(Ok(cert_pem)) => {
+                metrics::counter!("nexus_mic_issued_total", "kind" => "renewal").increment(1);
+                tracing::info!(node = %caller.node_id, "renewed a node certificate");
+                PeerResponse::Renewed {
+                    cert_pem,
+                    intermediates_pem: self
+                        .fleet
+                        .store()
+                        .intermediates()
+                        .iter()
+                        .map(|d| der_to_pem(d))
+                        .collect(),
+                }
+            }
+            Ok(Err(err)) => refused("issue_failed", format!("{err:#}")),
+            Err(err) => refused("internal", err.to_string()),
+        }
+    }
+
+    /// Sends `request` to the node `node` at `addr` and waits for the answer.
+    pub async fn request(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        request: &PeerRequest,
+    ) -> anyhow::Result<PeerResponse> {
+        let body = serde_json::to_vec(request)?;
+        let exchange = async {
+            let connection = self
+                .endpoint
+                .connect_with(
+                    self.client.clone(),
+                    addr,
+                    &nexus_ca::node_server_name(&node),
+                )?
+                .await
+                .with_context(|| format!("connecting to node {node} at {addr}"))?;
+            let (mut send, mut recv) = connection.open_bi().await?;
+            send.write_all(&body).await?;
+            send.finish()?;
+            let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+            connection.close(0u32.into(), b"done");
+            anyhow::Ok(serde_json::from_slice::<PeerResponse>(&bytes)?)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("node {node} at {addr} did not answer within 5 s"))?
+    }
+
+    /// Installs the CRLs that verify and are newer than the ones held, persists them, and
+    /// closes connections of peers they revoke. Returns how many were new.
+    pub async fn accept_crls(&self, ders: Vec<Vec<u8>>) -> usize {
+        let mut new = 0;
+        for der in ders {
+            match self.fleet.install_crl(&der) {
+                Ok(Installed::New { number }) => {
+                    new += 1;
+                    let issuer = nexus_ca::verify_crl(&self.fleet.store(), &der)
+                        .map(|crl| hex::encode(crl.issuer_fingerprint))
+                        .unwrap_or_default();
+                    let store = self.store.clone();
+                    let saved =
+                        tokio::task::spawn_blocking(move || store.save_crl(&issuer, number, &der))
+                            .await;
+                    if !matches!(saved, Ok(Ok(()))) {
+                        tracing::error!("cannot persist a CRL; it is enforced until restart");
+                    }
+                    metrics::counter!("nexus_crl_installed_total").increment(1);
+                    tracing::info!(number, "installed a newer revocation list");
+                }
+                Ok(Installed::Stale { .. }) => {}
+                Err(err) => {
+                    metrics::counter!("nexus_crl_refused_total").increment(1);
+                    tracing::warn!(error = %err, "refused a revocation list");
+                }
+            }
+        }
+        if new > 0 {
+            metrics::gauge!("nexus_revoked_certificates")
+                .set(self.fleet.revocations().len() as f64);
+            self.close_revoked();
+        }
+        new
+    }
+
+    /// Closes established peer connections whose certificate is now revoked.
+    fn close_revoked(&self) {
+        let revocations = self.fleet.revocations();
+        lock(&self.connections).retain(|_, (serial, connection)| {
+            if revocations.is_revoked(serial) {
+                connection.close(3u32.into(), b"certificate revoked");
+                metrics::counter!("nexus_peer_connections_refused_total", "reason" => "revoked")
+                    .increment(1);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Revokes certificates this anchor issued; the new CRL is durable and enforced locally
+    /// before this returns, then pushed to every live member in the background.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        serials: Vec<String>,
+        reason: nexus_ca::RevokeReason,
+    ) -> anyhow::Result<Revocation> {
+        let Some(anchor) = self.anchor.clone() else {
+            bail!("this node is not an anchor");
+        };
+        let revoking = !serials.is_empty();
+        let store = self.store.clone();
+        let signer = anchor.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            store.revoke_certificates(
+                &signer.issuer,
+                &serials,
+                reason.as_str(),
+                |number, rows: &[CertificateRow]| {
+                    let revoked: Vec<nexus_ca::Revoked> = rows
+                        .iter()
+                        .map(|row| nexus_ca::Revoked {
+                            serial_hex: row.serial.clone(),
+                            revoked_at_unix: (row.revoked_at_ms.unwrap_or(0) / 1000) as i64,
+                            reason: row
+                                .revoke_reason
+                                .as_deref()
+                                .and_then(|r| r.parse().ok())
+                                .unwrap_or(nexus_ca::RevokeReason::Unspecified),
+                        })
+                        .collect();
+                    signer.ca.issue_crl(number, &revoked, CRL_VALIDITY)
+                },
+            )
+        })
+        .await??;
+        let Some((number, der)) = outcome? else {
+            return Ok(Revocation { crl_number: None });
+        };
+        if revoking {
+            metrics::counter!("nexus_mic_revoked_total").increment(1);
+        }
+        self.accept_crls(vec![der.clone()]).await;
+        self.mesh
+            .publish(GOSSIP_KEY_CRL, &format!("{}:{number}", anchor.issuer))
+            .await;
+        let service = self.clone();
+        tokio::spawn(async move { service.push(der).await });
+        Ok(Revocation {
+            crl_number: Some(number),
+        })
+    }
+
+    /// On anchors: signs a first (empty) CRL if none exists yet, or a fresh one when the held
+    /// list is past half its validity, so standard tools always find a current list.
+    pub async fn refresh_own_crl(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(anchor) = &self.anchor else {
+            return Ok(());
+        };
+        let issuer = anchor.ca.fingerprint();
+        let fresh = self.fleet.revocations().crls().into_iter().any(|(crl, _)| {
+            crl.issuer_fingerprint == issuer
+                && crl.next_update_unix - now_unix() > (CRL_VALIDITY.as_secs() / 2) as i64
+        });
+        if !fresh {
+            self.revoke(Vec::new(), nexus_ca::RevokeReason::Unspecified)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// On anchors: revokes the certificates this anchor issued to nodes an operator
+    /// decommissioned (wherever the decommission was requested).
+    async fn retire_decommissioned(self: &Arc<Self>) {
+        if self.anchor.is_none() {
+            return;
+        }
+        let pending: Vec<NodeId> = {
+            let retired = lock(&self.retired);
+            self.mesh
+                .members()
+                .into_iter()
+                .filter(|m| m.status == NodeStatus::Decommissioned && !retired.contains(&m.node_id))
+                .map(|m| m.node_id)
+                .collect()
+        };
+        for node in pending {
+            let store = self.store.clone();
+            let id = node.to_string();
+            let serials = tokio::task::spawn_blocking(move || store.certificates(Some(&id))).await;
+            let serials: Vec<String> = match serials {
+                Ok(Ok(rows)) => rows
+                    .into_iter()
+                    .filter(|r| r.revoked_at_ms.is_none())
+                    .map(|r| r.serial)
+                    .collect(),
+                _ => continue,
+            };
+            if !serials.is_empty() {
+                match self
+                    .revoke(serials, nexus_ca::RevokeReason::CessationOfOperation)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(node = %node, "revoked the certificates of a decommissioned node")
+                    }
+                    Err(err) => {
+                        tracing::error!(node = %node, error = %format!("{err:#}"), "cannot revoke a decommissioned node's certificates");
+                        continue;
+                    }
+                }
+            }
+            lock(&self.retired).insert(node);
+        }
+    }
+
+    /// Publishes this anchor's current CRL number (at start).
+    pub async fn publish_crl_number(&self) {
+        if let Some(anchor) = &self.anchor
+            && let Some(number) = self
+                .fleet
+                .revocations()
+                .number_from(&anchor.ca.fingerprint())
+        {
+            self.mesh
+                .publish(GOSSIP_KEY_CRL, &format!("{}:{number}", anchor.issuer))
+                .await;
+        }
+    }
+
+    fn live_peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.mesh
+            .members()
+            .into_iter()
+            .filter(|m| m.node_id != self.node_id)
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+                )
+            })
+            .filter_map(|m| Some((m.node_id, m.info?.quic_addr)))
+            .collect()
+    }
+
+    async fn push(self: Arc<Self>, der: Vec<u8>) {
+        let request = PeerRequest::PushCrls {
+            crls: vec![STANDARD.encode(&der)],
+        };
+        let limit = Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (node, addr) in self.live_peers() {
+            let (service, request, limit) = (self.clone(), request.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (node, service.request(node, addr, &request).await)
+            });
+        }
+        let (mut ok, mut failed) = (0, 0);
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok((_, Ok(PeerResponse::Installed { .. }))) => ok += 1,
+                Ok((node, Ok(other))) => {
+                    failed += 1;
+                    tracing::debug!(node = %node, answer = ?other, "CRL push not accepted");
+                }
+                Ok((node, Err(err))) => {
+                    failed += 1;
+                    // A revoked node refuses our handshake too; gossip tells everyone else.
+                    tracing::debug!(node = %node, error = %format!("{err:#}"), "CRL push failed");
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        tracing::info!(
+            pushed = ok,
+            failed,
+            "revocation list pushed to live members"
+        );
+    }
+
+    /// Pulls CRLs that gossip says are newer than ours, renews our MIC when due, and keeps
+    /// anchors' CRLs fresh. Runs until the node stops.
+    pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_after = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            self.pull_newer_crls().await;
+            self.retire_decommissioned().await;
+            if tokio::time::Instant::now() >= renew_after {
+                if let Err(err) = self.refresh_own_crl().await {
+                    tracing::error!(error = %format!("{err:#}"), "cannot sign this anchor's CRL");
+                }
+                match self.renew_if_due().await {
+                    Ok(()) => renew_after = tokio::time::Instant::now() + Duration::from_secs(1),
+                    Err(err) => {
+                        metrics::counter!("nexus_mic_renewals_total", "outcome" => "failed")
+                            .increment(1);
+                        tracing::warn!(error = %format!("{err:#}"), "certificate renewal failed; retrying");
+                        renew_after = tokio::time::Instant::now() + Duration::from_secs(5);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pull_newer_crls(&self) {
+        let published = self.mesh.published(GOSSIP_KEY_CRL).await;
+        for (anchor, value) in published {
+            if anchor == self.node_id {
+                continue;
+            }
+            let Some((issuer, number)) = value.split_once(':') else {
+                continue;
+            };
+            let (Ok(issuer), Ok(number)) = (hex::decode(issuer), number.parse::<u64>()) else {
+                continue;
+            };
+            let Ok(issuer) = <[u8; 32]>::try_from(issuer) else {
+                continue;
+            };
+            if self
+                .fleet
+                .revocations()
+                .number_from(&issuer)
+                .is_some_and(|held| held >= number)
+            {
+                continue;
+            }
+            let Some(addr) = self
+                .mesh
+                .member(&anchor)
+                .and_then(|m| m.info.map(|i| i.quic_addr))
+            else {
+                continue;
+            };
+            match self.request(anchor, addr, &PeerRequest::Crls).await {
+                Ok(PeerResponse::Crls { crls }) => {
+                    let ders = crls
+                        .iter()
+                        .filter_map(|c| STANDARD.decode(c).ok())
+                        .collect();
+                    self.accept_crls(ders).await;
+                }
+                Ok(other) => tracing::debug!(answer = ?other, "unexpected CRL answer"),
+                Err(err) => {
+                    tracing::debug!(anchor = %anchor, error = %format!("{err:#}"), "cannot fetch CRL")
+                }
+            }
+        }
+    }
+
+    /// Renews this node's MIC if less than the renewal window is left.
+    pub async fn renew_if_due(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.renewing.lock().await;
+        let current = read_mic(&self.credentials.mic_der())?;
+        metrics::gauge!("nexus_mic_expires_at_seconds").set(current.not_after_unix as f64);
+        let lifetime = (current.not_after_unix - current.not_before_unix).max(0) as u64;
+        let window = self.renew_before.as_secs().min(lifetime / 3).max(1);
+        let left = current.not_after_unix - now_unix();
+        if left > window as i64 {
+            return Ok(());
+        }
+        tracing::info!(left_s = left, "renewing this node's certificate");
+        let csr = self.key.csr_pem()?;
+        let (cert_pem, intermediates) = match &self.anchor {
+            Some(anchor) => {
+                let profile = MicProfile {
+                    fleet_id: current.fleet_id.clone(),
+                    node_id: current.node_id,
+                    tenant: current.tenant.clone(),
+                    site: current.site.clone(),
+                    role: current.role,
+                    validity: anchor.mic_lifetime,
+                };
+                let der = anchor.ca.issue_mic(&self.key.public_key(), &profile)?;
+                let cert_pem = der_to_pem(&der);
+                self.store.record_certificate(
+                    &Enrollment {
+                        serial: read_mic(&der)?.serial_hex,
+                        node_id: self.node_id.to_string(),
+                        cert_pem: cert_pem.clone(),
+                    },
+                    "renewal",
+                )?;
+                (cert_pem, Vec::new())
+            }
+            None => self.renew_from_anchor(&csr).await?,
+        };
+        self.install_mic(&cert_pem, &intermediates).await?;
+        metrics::counter!("nexus_mic_renewals_total", "outcome" => "renewed").increment(1);
+        Ok(())
+    }
+
+    async fn renew_from_anchor(&self, csr: &str) -> anyhow::Result<(String, Vec<String>)> {
+        let anchors: Vec<(NodeId, SocketAddr)> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| m.status == NodeStatus::Online)
+            .filter_map(|m| {
+                let info = m.info?;
+                (info.role == Role::Anchor).then_some((m.node_id, info.quic_addr))
+            })
+            .collect();
+        if anchors.is_empty() {
+            bail!("no anchor is online to renew this node's certificate");
+        }
+        let mut last = anyhow::anyhow!("no anchor answered");
+        for (anchor, addr) in anchors {
+            let request = PeerRequest::Renew {
+                csr_pem: csr.to_string(),
+            };
+            match self.request(anchor, addr, &request).await {
+                Ok(PeerResponse::Renewed {
+                    cert_pem,
+                    intermediates_pem,
+                }) => return Ok((cert_pem, intermediates_pem)),
+                Ok(PeerResponse::Refused { code, message }) => {
+                    last = anyhow::anyhow!("anchor {anchor} refused ({code}): {message}")
+                }
+                Ok(other) => last = anyhow::anyhow!("anchor {anchor} answered {other:?}"),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    /// Checks and installs a renewed MIC: on disk (atomically), for TLS and for gossip.
+    async fn install_mic(&self, cert_pem: &str, intermediates: &[String]) -> anyhow::Result<()> {
+        for pem in intermediates {
+            for der in pem_to_der(pem)? {
+                if let Err(err) = self.fleet.add_intermediate(der) {
+                    tracing::warn!(error = %err, "ignoring an intermediate the anchor sent");
+                }
+            }
+        }
+        let der = pem_to_der(cert_pem)?
+            .into_iter()
+            .next()
+            .context("the anchor sent no certificate")?;
+        let mic = self
+            .fleet
+            .verify_peer(&der, &[], now_unix())
+            .context("the renewed certificate does not verify")?;
+        if mic.public_key != self.key.public_key() {
+            bail!("the renewed certificate is for another key");
+        }
+        let store = self.fleet.store();
+        let mut chain = vec![der.clone()];
+        chain.extend(store.intermediates().iter().cloned());
+        chain.push(store.root_der().to_vec());
+        let intermediates_pem: String = store
+            .intermediates()
+            .iter()
+            .map(|d| der_to_pem(d))
+            .collect();
+        datadir::write_public(&self.dir.trust_intermediates(), &intermediates_pem)?;
+        datadir::write_public(&self.dir.node_cert(), &der_to_pem(&der))?;
+        self.credentials.replace(chain, &self.key)?;
+        self.mesh.set_certificate(der);
+        let info = {
+            let mut info = lock(&self.info);
+            info.mic_serial = mic.serial_hex.clone();
+            info.mic_not_after_ms = (mic.not_after_unix.max(0) as u64) * 1000;
+            info.clone()
+        };
+        self.mesh.set_info(&info).await;
+        metrics::gauge!("nexus_mic_expires_at_seconds").set(mic.not_after_unix as f64);
+        tracing::info!(serial = %mic.serial_hex, not_after = mic.not_after_unix, "certificate renewed");
+        Ok(())
+    }
+}
