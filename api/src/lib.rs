@@ -9,9 +9,11 @@
 //!
 //! Routes: `GET /v1/nodes`, `GET /v1/nodes/{id}`, `POST /v1/nodes/{id}/drain`,
 //! `POST /v1/nodes/{id}/decommission`, `POST /v1/tokens`, `GET /v1/tokens`,
-//! `DELETE /v1/tokens/{id}`, `GET /healthz`, `GET /metrics`.
+//! `DELETE /v1/tokens/{id}`, `GET /healthz`, `GET /metrics`; the transparency log's
+//! `GET /v1/transparency/{sth,entries,proof/inclusion,proof/consistency}` (see [`transparency`]).
 
 pub mod cursor;
+pub mod transparency;
 pub mod wire;
 
 use std::future::Future;
@@ -29,8 +31,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::wire::{
-    Caller, CreateToken, CreatedToken, CsrRequest, ErrorBody, ErrorDetail, Health, IssuedMic, Mic,
-    Node, Page, RevokeRequest, Revoked, Token,
+    Anchor, Caller, CreateToken, CreatedToken, CsrRequest, ErrorBody, ErrorDetail, Health,
+    IssuedMic, Mic, Node, Page, PromoteRequest, RevokeRequest, Revoked, Token,
 };
 
 /// The client certificate chain (DER, leaf first) a TLS connection presented; the TLS server
@@ -130,6 +132,49 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Revoked, ApiError> {
         Err(not_an_anchor())
     }
+    /// Authorizes a node to become an anchor (the anchor holding the fleet root key).
+    async fn promote(&self, _node_id: &str) -> Result<Anchor, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// Anchors, and pending promotions, ordered by node id.
+    async fn anchors(&self) -> Result<Vec<Anchor>, ApiError> {
+        Ok(Vec::new())
+    }
+    /// This anchor's transparency log: its signed tree head (anchors).
+    async fn transparency_sth(&self) -> Result<wire::SignedTreeHead, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// Transparency log entries with index in `start..end` (`end`: the log's size when absent
+    /// or beyond it) that `lookup` selects, at most `limit`, by index (anchors). A `start`
+    /// beyond the log is a 400 naming `start`.
+    async fn transparency_entries(
+        &self,
+        _lookup: wire::TransparencyLookup,
+        _start: u64,
+        _end: Option<u64>,
+        _limit: usize,
+    ) -> Result<wire::TransparencyEntries, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// The audit path of one log entry in the tree of `size` entries (default: the whole
+    /// log). 404 for an entry the log does not hold, 400 naming `size` for a size beyond the
+    /// log or one that does not include the entry (anchors).
+    async fn transparency_inclusion(
+        &self,
+        _target: wire::InclusionTarget,
+        _size: Option<u64>,
+    ) -> Result<wire::InclusionProof, ApiError> {
+        Err(not_an_anchor())
+    }
+    /// The proof that the log at size `second` (default: now) extends it at size `first`; 400
+    /// naming the size beyond the log (anchors).
+    async fn transparency_consistency(
+        &self,
+        _first: u64,
+        _second: Option<u64>,
+    ) -> Result<wire::ConsistencyProof, ApiError> {
+        Err(not_an_anchor())
+    }
     /// The CRLs this node enforces: (issuer fingerprint hex, DER), ordered by issuer.
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
@@ -163,6 +208,17 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/mics/{serial}", get(get_mic))
         .route("/v1/mics/{serial}/revoke", post(revoke_mic))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/transparency/sth", get(transparency::sth))
+        .route("/v1/transparency/entries", get(transparency::entries))
+        .route(
+            "/v1/transparency/proof/inclusion",
+            get(transparency::inclusion),
+        )
+        .route(
+            "/v1/transparency/proof/consistency",
+            get(transparency::consistency),
+        )
+        .route("/v1/anchors", post(promote).get(list_anchors))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_api_key,
@@ -796,4 +852,25 @@ pub async fn serve_tls(
     // In-flight requests finish; idle keep-alive connections close.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+async fn promote(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Result<Json<PromoteRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let request = json_body(body, "promotion")?;
+    check_node_id(&request.node_id)?;
+    let anchor = backend.promote(&request.node_id).await?;
+    // Accepted, not done: the node takes up the role when it next hears of it (seconds).
+    Ok((StatusCode::ACCEPTED, Json(anchor)).into_response())
+}
+
+async fn list_anchors(
+    State(backend): State<Shared>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<Anchor>>, ApiError> {
+    let query = query_or_400(query)?;
+    paginate(backend.anchors().await?, &query, "anchors", |a| &a.node_id).map(Json)
 }

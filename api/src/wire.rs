@@ -236,3 +236,151 @@ pub struct Caller {
     /// Tenant the caller is confined to (`None`: the whole fleet).
     pub tenant: Option<String>,
 }
+
+/// `POST /v1/anchors` body: make a node an anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The node to promote (32 hex chars).
+    pub node_id: String,
+}
+
+/// An anchor, or a node on its way to becoming one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The node.
+    pub node_id: String,
+    /// `active` (an anchor now) or `pending` (promotion authorized, not yet taken up).
+    pub state: String,
+    /// Its status in the answering node's view, if known.
+    pub status: Option<String>,
+    /// Its API address, if known.
+    pub api: Option<String>,
+    /// Its QUIC address (where nodes join), if known.
+    pub quic: Option<String>,
+}
+
+/// `GET /v1/transparency/sth`: an anchor's signed tree head, with what a client needs to check
+/// the signature on its own.
+///
+/// The first five fields are the JSON of `nexus_ca::tlog::SignedTreeHead`; `signing_input` is the exact
+/// byte string signed (`"nexus-sth-v1\0"`, log id length and bytes, size, timestamp, root), so
+/// `openssl pkeyutl -verify -rawin` can check it with the intermediate's public key
+/// (`openssl x509 -pubkey -noout -in <signer_certificate_pem>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTreeHead {
+    /// Which log: `nexus-tlog/<anchor node id>`.
+    pub log_id: String,
+    /// Number of entries.
+    pub size: u64,
+    /// RFC 6962 Merkle tree hash of those entries, hex.
+    pub root: String,
+    /// When the head was signed, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// ed25519 signature over `signing_input`, hex.
+    pub signature: String,
+    /// The bytes signed, hex.
+    pub signing_input: String,
+    /// Always `ed25519`.
+    pub signature_algorithm: String,
+    /// The signer's raw ed25519 public key, hex: the anchor intermediate CA's key.
+    pub public_key: String,
+    /// SHA-256 of the anchor intermediate certificate (DER), hex; also the `issuer` of the
+    /// entries this anchor logs.
+    pub signer_fingerprint: String,
+    /// The anchor intermediate certificate, PEM (it chains to the fleet root).
+    pub signer_certificate_pem: String,
+}
+
+/// One entry of an anchor's transparency log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransparencyEntry {
+    /// 0-based leaf index.
+    pub index: u64,
+    /// RFC 6962 leaf hash (SHA-256 of 0x00 and the leaf), hex.
+    pub leaf_hash: String,
+    /// `issued` or `revoked`.
+    pub kind: String,
+    /// Certificate serial, lowercase hex.
+    pub serial: String,
+    /// The node the certificate names.
+    pub node_id: String,
+    /// SHA-256 of the issuing anchor intermediate's certificate, hex.
+    pub issuer: String,
+    /// When the anchor logged it, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The certificate, DER, standard base64 (`issued` entries only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_der: Option<String>,
+    /// The leaf bytes the hash is over (the canonical encoding), standard base64.
+    pub leaf: String,
+}
+
+/// `GET /v1/transparency/entries`: a slice of the log, or the entries a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransparencyEntries {
+    /// The log's size when it was read.
+    pub tree_size: u64,
+    /// The entries, by index.
+    pub entries: Vec<TransparencyEntry>,
+    /// Pass as `start` (same other parameters) for the rest; absent when there is no more.
+    #[serde(default)]
+    pub next_start: Option<u64>,
+}
+
+/// Which entries `GET /v1/transparency/entries` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransparencyLookup {
+    /// Every entry in the range.
+    All,
+    /// One certificate serial's entries (lowercase hex).
+    Serial(String),
+    /// One node's entries (node id).
+    NodeId(String),
+    /// One issuer's entries (intermediate fingerprint, lowercase hex).
+    Issuer(String),
+}
+
+/// What `GET /v1/transparency/proof/inclusion` proves the inclusion of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InclusionTarget {
+    /// The entry of this serial (lowercase hex) and kind (`issued` or `revoked`).
+    Serial {
+        /// Serial.
+        serial: String,
+        /// `issued` or `revoked`.
+        kind: String,
+    },
+    /// The entry with this leaf hash.
+    LeafHash([u8; 32]),
+}
+
+/// `GET /v1/transparency/proof/inclusion`: RFC 6962 audit path of one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The entry's index.
+    pub leaf_index: u64,
+    /// Its leaf hash, hex.
+    pub leaf_hash: String,
+    /// Size of the tree the proof is for.
+    pub tree_size: u64,
+    /// Root of that tree, hex.
+    pub root: String,
+    /// `PATH(leaf_index, D[tree_size])`, leaf level first, hex.
+    pub audit_path: Vec<String>,
+}
+
+/// `GET /v1/transparency/proof/consistency`: RFC 6962 proof that a tree extends another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    /// The older size.
+    pub first: u64,
+    /// The newer size.
+    pub second: u64,
+    /// Root at `first`, hex.
+    pub first_root: String,
+    /// Root at `second`, hex.
+    pub second_root: String,
+    /// `PROOF(first, D[second])`, leaf level first, hex (empty when `first` is 0 or `second`).
+    pub proof: Vec<String>,
+}

@@ -68,6 +68,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Backdating of notBefore, so a node whose clock is a little behind the
 /// anchor's still accepts a freshly issued certificate.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+/// How far every certificate's notBefore is backdated (tolerates clocks a little behind), in
+/// seconds: a certificate's *intended* lifetime is notAfter - notBefore - this.
+pub const BACKDATE_SECS: i64 = 300;
 const ROOT_VALIDITY: time::Duration = time::Duration::days(3650);
 const INTERMEDIATE_VALIDITY: time::Duration = time::Duration::days(1826);
 
@@ -304,6 +307,47 @@ impl CertificateAuthority {
         })
     }
 
+    /// Certifies `public_key` (raw ed25519, held by someone else: a newly promoted anchor, or
+    /// an existing intermediate being renewed) as an anchor intermediate CA of this root, with
+    /// the same profile as [`new_intermediate_with`](Self::new_intermediate_with).
+    ///
+    /// Re-certifying an existing intermediate's key keeps every MIC it issued valid: issuer name
+    /// and key identifier are unchanged.
+    pub fn certify_intermediate(
+        &self,
+        fleet_id: &str,
+        anchor: NodeId,
+        public_key: &[u8; 32],
+        validity: std::time::Duration,
+    ) -> Result<CertDer, CaError> {
+        if !self.is_root {
+            return Err(CaError::Generate(
+                "anchor intermediates must be signed by the fleet root CA, not by another \
+                 intermediate"
+                    .into(),
+            ));
+        }
+        self.check_fleet(fleet_id)?;
+        if ed25519_dalek::VerifyingKey::from_bytes(public_key).is_err() {
+            return Err(CaError::BadKey(
+                "the public key is not a valid ed25519 point".into(),
+            ));
+        }
+        let validity = time::Duration::try_from(validity)
+            .map_err(|e| CaError::BadValidity(e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = (now + validity.min(INTERMEDIATE_VALIDITY)).min(self.not_after);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = self.issuer()?;
+        let cert = params
+            .signed_by(&RcgenPublicKey(*public_key), &issuer)
+            .map_err(|e| issuer.key().error(e))?;
+        Ok(cert.der().to_vec())
+    }
+
     /// Loads a CA from its certificate PEM (the first block is used) and unencrypted
     /// PKCS#8 key PEM.
     ///
@@ -386,6 +430,58 @@ impl CertificateAuthority {
     /// SHA-256 of the CA certificate (for a root: what join tokens carry).
     pub fn fingerprint(&self) -> [u8; 32] {
         sha256_fingerprint(&self.cert_der)
+    }
+
+    /// The anchor a Nexus intermediate was made for (from its CN), its key, and its validity
+    /// (Unix seconds).
+    pub fn describe_intermediate(der: &[u8]) -> Result<(String, [u8; 32], i64, i64), CaError> {
+        let cert = parse_cert(der)?;
+        let cn = first_attr(cert.subject().iter_common_name()).unwrap_or_default();
+        let anchor = cn
+            .strip_prefix(INTERMEDIATE_CN_PREFIX)
+            .ok_or_else(|| CaError::NotAMic(format!("{cn:?} is not a Nexus anchor CA")))?
+            .to_string();
+        let key = ed25519_public_key(&cert, "the anchor CA")?;
+        Ok((
+            anchor,
+            key,
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        ))
+    }
+
+    /// A PKCS#10 CSR (PEM) signed with this CA's key (whatever backend holds it), proving
+    /// possession when the root re-certifies an anchor CA. Subject CN = the CA's key's node-id
+    /// form, like node CSRs.
+    pub fn csr_pem(&self) -> Result<String, CaError> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            NodeId::from_public_key(&self.key.public_key()).to_hex(),
+        );
+        let signer = RcgenSigner::new(&*self.key);
+        let csr = params
+            .serialize_request(&signer)
+            .map_err(|e| signer.error(e))?;
+        csr.pem().map_err(|e| CaError::Generate(e.to_string()))
+    }
+
+    /// The CA's raw ed25519 public key (the one in its certificate).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    /// Signs a transparency log tree head with this CA's key.
+    ///
+    /// Deliberately not a general `sign(msg)`: the CA key signs certificates and CRLs, so it
+    /// only ever signs other things behind a domain-separation prefix a DER structure cannot
+    /// start with (`"nexus-sth-v1\0"`, see [`crate::tlog`]).
+    pub fn sign_tree_head(
+        &self,
+        head: crate::tlog::TreeHead,
+    ) -> Result<crate::tlog::SignedTreeHead, crate::tlog::TlogError> {
+        crate::tlog::SignedTreeHead::try_sign(head, |msg| self.key.sign(msg))
     }
 
     /// Issue a node MIC for `public_key` (raw ed25519) with the profile.
@@ -791,6 +887,36 @@ pub(crate) mod tests {
             node_key,
             node_mic,
         }
+    }
+
+    #[test]
+    fn a_recertified_intermediate_keeps_its_mics_valid() {
+        let f = fleet("acme");
+        let (_, key, _, not_after) =
+            CertificateAuthority::describe_intermediate(f.intermediate.cert_der()).unwrap();
+        assert_eq!(key, f.intermediate.public_key());
+        // The CA proves it holds its key with a CSR, whatever backend keeps it.
+        let csr = f.intermediate.csr_pem().unwrap();
+        assert_eq!(crate::public_key_from_csr(&csr).unwrap(), key);
+        let anchor = f.anchor_key.node_id();
+        let renewed = f
+            .root
+            .certify_intermediate("acme", anchor, &key, std::time::Duration::from_secs(3600))
+            .unwrap();
+        let (_, renewed_key, _, renewed_not_after) =
+            CertificateAuthority::describe_intermediate(&renewed).unwrap();
+        assert_eq!(renewed_key, key);
+        assert!(renewed_not_after < not_after, "capped at the asked validity");
+        // A MIC the old certificate's key issued verifies through the new certificate alone.
+        let store = crate::TrustStore::new(f.root.cert_der().to_vec(), vec![renewed]).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(store.verify_mic(&f.node_mic, now).is_ok());
+        // Only a root certifies intermediates.
+        assert!(
+            f.intermediate
+                .certify_intermediate("acme", anchor, &key, std::time::Duration::from_secs(60))
+                .is_err()
+        );
     }
 
     #[test]

@@ -257,6 +257,25 @@ impl Mesh {
             .await
     }
 
+    /// Every `(node, key, value)` published under a key starting with `prefix`, by any node.
+    pub async fn published_prefix(&self, prefix: &str) -> Vec<(NodeId, String, String)> {
+        let prefix = prefix.to_string();
+        self.chitchat
+            .with_chitchat(|c| {
+                let mut found = Vec::new();
+                for (id, state) in c.node_states() {
+                    let Ok(node) = id.node_id.parse::<NodeId>() else {
+                        continue;
+                    };
+                    for (key, value) in state.iter_prefix(&prefix) {
+                        found.push((node, key.to_string(), value.value.clone()));
+                    }
+                }
+                found
+            })
+            .await
+    }
+
     /// Publishes a changed [`NodeInfo`] (for example after a certificate renewal).
     pub async fn set_info(&self, info: &NodeInfo) {
         let json = serde_json::to_string(info).expect("NodeInfo serializes");

@@ -176,7 +176,23 @@ async fn shutdown_signal() {
 }
 
 /// Runs the node until SIGINT or SIGTERM.
-pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::Result<()> {
+/// Why a node stopped.
+pub enum Exit {
+    /// SIGINT or SIGTERM.
+    Stopped,
+    /// It must start again with a changed identity (it became an anchor), on the same addresses.
+    Restart {
+        /// The API address it had bound.
+        api: SocketAddr,
+        /// The gossip address.
+        gossip: SocketAddr,
+        /// The QUIC address.
+        quic: SocketAddr,
+    },
+}
+
+/// Runs the node until SIGINT or SIGTERM (or until it must restart as an anchor).
+pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let store = Arc::new(Store::open(&dir.db())?);
     let loaded = load(&dir, &store)?;
@@ -296,14 +312,33 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         let ca =
             crate::cakeys::load_anchor_ca(&dir).context("loading this anchor's intermediate CA")?;
         tracing::info!(key = %ca.key_description(), "anchor CA loaded");
+        let root = crate::cakeys::load_root_ca(&dir)
+            .context("loading the fleet root CA")?
+            .map(Arc::new);
         Some(Arc::new(AnchorCa {
             issuer: hex::encode(ca.fingerprint()),
             ca: Arc::new(ca),
             mic_lifetime: config.mic_lifetime,
+            ca_lifetime: config.ca_lifetime,
+            root,
         }))
     } else {
         None
     };
+    // Before anything can issue or revoke: from here on the store logs both.
+    let transparency = match &anchor_ca {
+        Some(anchor) => {
+            let (store, ca) = (store.clone(), anchor.ca.clone());
+            let log = tokio::task::spawn_blocking(move || {
+                crate::transparency::Transparency::open(store, ca, node_id)
+            })
+            .await?
+            .context("loading this anchor's transparency log")?;
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
+    let remote_uses: crate::peer::RemoteUses = Default::default();
     let admitter = if let Some(anchor) = &anchor_ca {
         let ca = anchor.ca.clone();
         let seeds_mesh = mesh.clone();
@@ -312,6 +347,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             store: store.clone(),
             ca,
             mic_lifetime: config.mic_lifetime,
+            remote_uses: remote_uses.clone(),
             fleet_id: loaded.identity.fleet_id.clone(),
             root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
             intermediates_pem: loaded
@@ -337,6 +373,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     } else {
         None
     };
+    let (restart_tx, mut restart_rx) = watch::channel(false);
     let peer = PeerService::new(
         fleet.clone(),
         credentials.clone(),
@@ -348,11 +385,16 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         endpoint.clone(),
         config.mic_renew_before,
         info.clone(),
+        restart_tx,
+        remote_uses,
     );
     peer.refresh_own_crl()
         .await
         .context("signing this anchor's certificate revocation list")?;
     peer.publish_crl_number().await;
+    peer.publish_anchor_state()
+        .await
+        .context("publishing this anchor's CA and tokens")?;
     let join_service = tokio::spawn(crate::enroll::serve_joins(
         endpoint.clone(),
         admitter,
@@ -363,15 +405,18 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         "store".to_string(),
         "ok".to_string(),
     )])));
-    let backend = Arc::new(NodeBackend::new(
-        mesh.clone(),
-        store.clone(),
-        &loaded,
-        metrics.clone(),
-        health.clone(),
-        quic_addr,
-        peer.clone(),
-    )?);
+    let backend = Arc::new(
+        NodeBackend::new(
+            mesh.clone(),
+            store.clone(),
+            &loaded,
+            metrics.clone(),
+            health.clone(),
+            quic_addr,
+            peer.clone(),
+        )?
+        .with_transparency(transparency),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
     let mut api_stop = stop_rx.clone();
@@ -433,9 +478,13 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     ));
 
     let mut evicted = mesh.evicted();
-    let mut outcome = Ok(());
+    let mut outcome = Ok(Exit::Stopped);
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = restart_rx.wait_for(|r| *r) => {
+            tracing::info!("restarting with the new role");
+            outcome = Ok(Exit::Restart { api: api_addr, gossip: gossip_addr, quic: quic_addr });
+        }
         _ = evicted.wait_for(|e| *e) => {
             tracing::error!(node = %node_id, "an operator decommissioned this node; stopping");
             outcome = Err(anyhow::anyhow!(

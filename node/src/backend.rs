@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
 use nexus_api::wire::{
-    Addresses, Caller, CreateToken, CreatedToken, CsrRequest, Health, IssuedMic, Mic, Node,
+    Addresses, Anchor, Caller, CreateToken, CreatedToken, CsrRequest, Health, IssuedMic, Mic, Node,
     Revoked, Token,
 };
 use nexus_api::{ApiError, Backend};
@@ -21,6 +21,7 @@ use crate::agent::Loaded;
 use crate::enroll::api_key_hash;
 use crate::peer::PeerService;
 use crate::store::{CertificateRow, Enrollment, Store, TokenRow};
+use crate::transparency::{Transparency, TransparencyError};
 use crate::{now_ms, rfc3339_ms};
 
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -40,6 +41,8 @@ pub struct NodeBackend {
     metrics: PrometheusHandle,
     health: Arc<Mutex<BTreeMap<String, String>>>,
     peer: Arc<PeerService>,
+    /// The transparency log, on anchors.
+    transparency: Option<Arc<Transparency>>,
 }
 
 impl NodeBackend {
@@ -70,7 +73,35 @@ impl NodeBackend {
             metrics,
             health,
             peer,
+            transparency: None,
         })
+    }
+
+    /// Serves `transparency` (an anchor's log) on `/v1/transparency`.
+    pub fn with_transparency(mut self, transparency: Option<Arc<Transparency>>) -> NodeBackend {
+        self.transparency = transparency;
+        self
+    }
+
+    /// Runs `f` on the transparency log off the async runtime (it reads SQLite and hashes).
+    async fn transparency<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transparency) -> Result<T, TransparencyError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Some(log) = self.transparency.clone() else {
+            return Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_an_anchor",
+                format!(
+                    "each anchor keeps the transparency log of the certificates it issues, and                      this node is not an anchor: ask an anchor ({})",
+                    self.anchor_apis()
+                ),
+            ));
+        };
+        tokio::task::spawn_blocking(move || f(&log))
+            .await
+            .map_err(|err| ApiError::internal(err.to_string()))?
+            .map_err(ApiError::from)
     }
 
     fn anchor(&self) -> Result<Arc<crate::peer::AnchorCa>, ApiError> {
@@ -221,6 +252,17 @@ pub fn to_wire(member: &Member) -> Node {
             .filter(|ms| *ms > 0)
             .map(rfc3339_ms),
         certificate_revoked: false,
+    }
+}
+
+fn anchor_to_wire(node_id: &str, state: &str, member: Option<&Member>) -> Anchor {
+    let info = member.and_then(|m| m.info.as_ref());
+    Anchor {
+        node_id: node_id.to_string(),
+        state: state.to_string(),
+        status: member.map(|m| m.status.as_str().to_string()),
+        api: info.map(|i| i.api_addr.to_string()),
+        quic: info.map(|i| i.quic_addr.to_string()),
     }
 }
 
@@ -463,6 +505,107 @@ impl Backend for NodeBackend {
         })
     }
 
+    async fn promote(&self, node_id: &str) -> Result<Anchor, ApiError> {
+        self.anchor()?;
+        if !self.peer.holds_root() {
+            return Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_root_holder",
+                "promotions are signed with the fleet root key, which only the fleet's first \
+                 anchor holds: send this request to its API",
+            ));
+        }
+        let target = Self::parse_id(node_id)?;
+        let member = self.mesh.member(&target).ok_or_else(|| {
+            ApiError::not_found(format!("node {node_id} is not known to this anchor"))
+        })?;
+        if member.status == NodeStatus::Decommissioned {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "decommissioned",
+                format!("node {node_id} is decommissioned"),
+            ));
+        }
+        if member.info.as_ref().is_some_and(|i| i.role == Role::Anchor) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_anchor",
+                format!("node {node_id} is already an anchor"),
+            ));
+        }
+        self.peer
+            .authorize_promotion(target)
+            .await
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        tracing::info!(node = %target, "promotion to anchor authorized");
+        Ok(anchor_to_wire(
+            &target.to_string(),
+            "pending",
+            Some(&member),
+        ))
+    }
+
+    async fn anchors(&self) -> Result<Vec<Anchor>, ApiError> {
+        let mut anchors: BTreeMap<String, Anchor> = self
+            .mesh
+            .members()
+            .iter()
+            .filter(|m| m.info.as_ref().is_some_and(|i| i.role == Role::Anchor))
+            .map(|m| {
+                let id = m.node_id.to_string();
+                (id.clone(), anchor_to_wire(&id, "active", Some(m)))
+            })
+            .collect();
+        if self.peer.holds_root() {
+            for (node, _, done) in self.blocking(|s| s.promotions()).await? {
+                if done.is_none() && !anchors.contains_key(&node) {
+                    let member = node
+                        .parse::<NodeId>()
+                        .ok()
+                        .and_then(|id| self.mesh.member(&id));
+                    anchors.insert(
+                        node.clone(),
+                        anchor_to_wire(&node, "pending", member.as_ref()),
+                    );
+                }
+            }
+        }
+        Ok(anchors.into_values().collect())
+    }
+
+    async fn transparency_sth(&self) -> Result<nexus_api::wire::SignedTreeHead, ApiError> {
+        self.transparency(|log| log.signed_head()).await
+    }
+
+    async fn transparency_entries(
+        &self,
+        lookup: nexus_api::wire::TransparencyLookup,
+        start: u64,
+        end: Option<u64>,
+        limit: usize,
+    ) -> Result<nexus_api::wire::TransparencyEntries, ApiError> {
+        self.transparency(move |log| log.entries(&lookup, start, end, limit))
+            .await
+    }
+
+    async fn transparency_inclusion(
+        &self,
+        target: nexus_api::wire::InclusionTarget,
+        size: Option<u64>,
+    ) -> Result<nexus_api::wire::InclusionProof, ApiError> {
+        self.transparency(move |log| log.inclusion(&target, size))
+            .await
+    }
+
+    async fn transparency_consistency(
+        &self,
+        first: u64,
+        second: Option<u64>,
+    ) -> Result<nexus_api::wire::ConsistencyProof, ApiError> {
+        self.transparency(move |log| log.consistency(first, second))
+            .await
+    }
+
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         self.peer
             .fleet
@@ -517,17 +660,26 @@ impl Backend for NodeBackend {
             created_at_ms: now,
             revoked_at_ms: None,
         };
-        let (fleet, anchors, fingerprint) = (
-            self.fleet_id.clone(),
-            vec![self.quic_addr],
-            self.root_fingerprint,
+        // Every anchor known, this one first: the token works at any of them.
+        let mut anchors = vec![self.quic_addr];
+        anchors.extend(
+            self.mesh
+                .members()
+                .into_iter()
+                .filter(|m| m.node_id != self.node_id && m.status == NodeStatus::Online)
+                .filter_map(|m| m.info)
+                .filter(|i| i.role == Role::Anchor && !i.quic_addr.ip().is_unspecified())
+                .map(|i| i.quic_addr)
+                .take(7),
         );
+        let (fleet, fingerprint) = (self.fleet_id.clone(), self.root_fingerprint);
         let (token, row) = self
             .blocking(move |store| {
                 crate::enroll::create_token(store, &fleet, anchors, fingerprint, row)
             })
             .await?;
         tracing::info!(token = %row.id, uses, ttl_s = ttl.as_secs(), "join token created");
+        self.peer.advertise_token(&row).await;
         Ok(CreatedToken {
             token: token.encode(),
             info: token_to_wire(&row),
@@ -537,7 +689,14 @@ impl Backend for NodeBackend {
     async fn tokens(&self) -> Result<Vec<Token>, ApiError> {
         self.require_anchor()?;
         let rows = self.blocking(|store| store.tokens()).await?;
-        Ok(rows.iter().map(token_to_wire).collect())
+        // Uses count fleet-wide: joins other anchors admitted with a token are added.
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                row.uses = row.uses.saturating_add(self.peer.remote_uses(&row.id));
+                token_to_wire(&row)
+            })
+            .collect())
     }
 
     async fn revoke_token(&self, token_id: &str) -> Result<Token, ApiError> {
@@ -547,6 +706,8 @@ impl Backend for NodeBackend {
         match row {
             Some(row) => {
                 tracing::info!(token = %row.id, "join token revoked");
+                // The other anchors must refuse it too.
+                self.peer.advertise_token(&row).await;
                 Ok(token_to_wire(&row))
             }
             None => Err(ApiError::not_found(format!(

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use nexus_ca::{
-    CaSigner, CertificateAuthority, FileKey, NodeId, Pkcs11Key, Pkcs11Token, Secret,
+    CaSigner, CertificateAuthority, FileKey, NodeId, NodeKey, Pkcs11Key, Pkcs11Token, Secret,
     read_secret_file,
 };
 use serde::{Deserialize, Serialize};
@@ -309,6 +309,72 @@ pub fn load_anchor_ca(dir: &DataDir) -> anyhow::Result<CertificateAuthority> {
     let ca = CertificateAuthority::load_with(&datadir::read(&dir.ca_cert())?, signer)
         .with_context(|| format!("the CA key in {}", keys.summary(dir)))?;
     Ok(ca)
+}
+
+/// Loads the fleet root CA when this anchor holds its key (the fleet's first anchor), with the
+/// backend `ca/keys.toml` names; `None` on anchors without it.
+pub fn load_root_ca(dir: &DataDir) -> anyhow::Result<Option<CertificateAuthority>> {
+    let keys = read(dir)?;
+    let signer: Arc<dyn CaSigner> = match &keys {
+        KeysFile::File { passphrase_file } => {
+            if !dir.ca_root_key().exists() {
+                return Ok(None);
+            }
+            let from_env = std::env::var_os(PASSPHRASE_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from);
+            let passphrase = match from_env.as_ref().or(passphrase_file.as_ref()) {
+                Some(file) => Some(read_secret_file(file, "key passphrase")?),
+                None => None,
+            };
+            Arc::new(FileKey::load(
+                &dir.ca_root_key(),
+                passphrase.as_ref().map(|s| s.as_str()),
+            )?)
+        }
+        KeysFile::Pkcs11 {
+            module,
+            token,
+            pin_file,
+            root_key_label,
+            ..
+        } => Arc::new(Pkcs11Key::open(
+            &Pkcs11Token {
+                module: module.clone(),
+                label: token.clone(),
+                pin_file: pin_file.clone(),
+            },
+            root_key_label,
+        )?),
+    };
+    let ca = CertificateAuthority::load_with(&datadir::read(&dir.trust_root())?, signer)
+        .with_context(|| format!("the fleet root key in {}", keys.summary(dir)))?;
+    Ok(Some(ca))
+}
+
+/// A CSR signed with this anchor's CA key (to have the root re-certify it), PEM.
+pub fn ca_csr(dir: &DataDir) -> anyhow::Result<String> {
+    let ca = load_anchor_ca(dir)?;
+    Ok(ca.csr_pem()?)
+}
+
+/// Stores the CA of a node just promoted to anchor: its new intermediate key (a 0600 key file),
+/// the intermediate certificate and a `ca/keys.toml` naming the file backend.
+pub fn install_promoted(dir: &DataDir, key: NodeKey, intermediate_pem: &str) -> anyhow::Result<()> {
+    if dir.ca_key().exists() {
+        anyhow::bail!(
+            "{} already exists: this node already holds an anchor CA key",
+            dir.ca_key().display()
+        );
+    }
+    FileKey::write(&dir.ca_key(), key, None)?;
+    datadir::write_public(&dir.ca_cert(), intermediate_pem)?;
+    write(
+        dir,
+        &KeysFile::File {
+            passphrase_file: None,
+        },
+    )
 }
 
 #[cfg(test)]

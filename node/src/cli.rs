@@ -34,6 +34,8 @@ enum Command {
     },
     /// Query and manage nodes (against any node's API).
     Nodes(NodesArgs),
+    /// Anchors: list them, or promote a node (against the first anchor's API).
+    Anchor(AnchorArgs),
     /// Start a local fleet on loopback: one anchor and three nodes.
     Dev(DevArgs),
 }
@@ -187,6 +189,26 @@ struct NodesArgs {
     client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+struct AnchorArgs {
+    #[command(subcommand)]
+    command: Option<AnchorCommand>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AnchorCommand {
+    /// List anchors and pending promotions (default).
+    List,
+    /// Make a node an anchor: it gets its own intermediate CA and admits joining nodes. Send it
+    /// to the anchor holding the fleet root key (the fleet's first anchor).
+    Promote {
+        /// Node id (32 hex characters).
+        node: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum NodesCommand {
     /// List every node the answering node knows (default).
@@ -278,11 +300,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dir.require_enrolled()?;
             let config = crate::config::NodeConfig::load(dir.root(), &args.addrs, &args.seeds)?;
             crate::agent::init_logging(&config.log);
-            runtime()?.block_on(async {
+            let exit = runtime()?.block_on(async {
                 let sockets = crate::agent::Sockets::bind(&config)?;
                 crate::agent::run(dir, config, sockets).await
             })?;
-            Ok(ExitCode::SUCCESS)
+            restart_if_asked(exit, &args.data_dir, args.addrs.config.as_deref())
         }
         Command::Join(args) => {
             let dir = crate::datadir::DataDir::new(&args.data_dir);
@@ -297,7 +319,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             crate::agent::init_logging(&config.log);
             dir.create_fresh()?;
-            runtime()?.block_on(async {
+            let exit = runtime()?.block_on(async {
                 // Bind first: an occupied port must fail before the token is spent.
                 let sockets = crate::agent::Sockets::bind(&config)?;
                 let key = nexus_ca::NodeKey::generate();
@@ -319,11 +341,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         "Start it with: nexus run --data-dir {}",
                         args.data_dir.display()
                     );
-                    return Ok(());
+                    return Ok(crate::agent::Exit::Stopped);
                 }
                 crate::agent::run(dir, config, sockets).await
             })?;
-            Ok(ExitCode::SUCCESS)
+            restart_if_asked(exit, &args.data_dir, args.addrs.config.as_deref())
         }
         Command::Token { command } => runtime()?.block_on(async {
             match command {
@@ -354,10 +376,51 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }),
+        Command::Anchor(args) => runtime()?.block_on(async {
+            let client = &args.client;
+            match args.command.unwrap_or(AnchorCommand::List) {
+                AnchorCommand::List => crate::client::anchors_list(client).await,
+                AnchorCommand::Promote { node } => {
+                    crate::client::anchor_promote(client, &node).await
+                }
+            }
+        }),
         Command::Dev(args) => {
             crate::agent::init_logging("warn");
             runtime()?.block_on(crate::dev::run(args.data_dir, args.nodes, args.base_port))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// After the node stopped: if it must restart (it became an anchor), replaces this process with
+/// `nexus run` on the same data directory and the addresses it had bound, so peers, clients and
+/// supervisors see the same process and ports. Returns only when no restart was asked for.
+fn restart_if_asked(
+    exit: crate::agent::Exit,
+    data_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let crate::agent::Exit::Restart { api, gossip, quic } = exit else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the nexus executable to restart")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--api", &api.to_string()])
+        .args(["--gossip", &gossip.to_string()])
+        .args(["--quic", &quic.to_string()]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    // `exec` returns only if it failed.
+    let err = command.exec();
+    Err(anyhow::anyhow!(
+        "cannot restart as an anchor ({err}): start the node again with `nexus run --data-dir {}`",
+        data_dir.display()
+    ))
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nexus_api::wire::{CreateToken, CreatedToken, ErrorBody, Node, Page, Token};
+use nexus_api::wire::{
+    Anchor, CreateToken, CreatedToken, ErrorBody, Node, Page, PromoteRequest, Token,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -329,6 +331,53 @@ pub async fn nodes_action(args: &ClientArgs, id: &str, action: &str) -> anyhow::
     match args.output {
         Output::Table => println!("node {} is {}", node.node_id, node.status),
         output => print_structured(output, &node)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn anchor_row(a: &Anchor) -> Vec<String> {
+    vec![
+        a.node_id.clone(),
+        a.state.clone(),
+        a.status.clone().unwrap_or_else(|| "-".into()),
+        a.api.clone().unwrap_or_else(|| "-".into()),
+        a.quic.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
+const ANCHOR_HEADERS: [&str; 5] = ["NODE", "STATE", "STATUS", "API", "QUIC"];
+
+/// `nexus anchor list`.
+pub async fn anchors_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let page: Page<Anchor> = api
+        .call(reqwest::Method::GET, "/v1/anchors?limit=1000", None::<&()>)
+        .await?;
+    match args.output {
+        Output::Table => print_table(&ANCHOR_HEADERS, page.items.iter().map(anchor_row).collect()),
+        output => print_structured(output, &page.items)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nexus anchor promote NODE`.
+pub async fn anchor_promote(args: &ClientArgs, node: &str) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let anchor: Anchor = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/anchors",
+            Some(&PromoteRequest {
+                node_id: node.to_string(),
+            }),
+        )
+        .await?;
+    match args.output {
+        Output::Table => println!(
+            "promotion of {} authorized; it becomes an anchor within seconds (see `nexus anchor list`)",
+            anchor.node_id
+        ),
+        output => print_structured(output, &anchor)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,9 @@ pub struct CertificatesFile {
     /// Renew this node's MIC when less than this is left (`30d`; at most a third of the
     /// certificate's lifetime is used, so short-lived certificates renew in time too).
     pub renew_before: Option<String>,
+    /// Lifetime of the anchor intermediate CAs the root holder certifies (`1826d`). Anchors
+    /// renew theirs when a third of it is left.
+    pub ca_lifetime: Option<String>,
 }
 
 /// `[http]` table.
@@ -111,6 +114,8 @@ pub struct NodeConfig {
     pub mic_lifetime: Duration,
     /// Renew this node's MIC when less than this is left (capped at a third of its lifetime).
     pub mic_renew_before: Duration,
+    /// Lifetime of the anchor CAs the root holder certifies.
+    pub ca_lifetime: Duration,
     /// Serve the API over plain HTTP (loopback only).
     pub api_plaintext: bool,
 }
@@ -238,6 +243,17 @@ impl NodeConfig {
         if let Ok(value) = std::env::var("NEXUS_CERT_RENEW_BEFORE") {
             c.renew_before = Some(value);
         }
+        if let Ok(value) = std::env::var("NEXUS_CA_LIFETIME") {
+            c.ca_lifetime = Some(value);
+        }
+        let ca_lifetime = duration(
+            &c.ca_lifetime,
+            "certificates.ca_lifetime",
+            Duration::from_secs(1826 * 24 * 3600),
+        )?;
+        if ca_lifetime < Duration::from_secs(10) || ca_lifetime > Duration::from_secs(1826 * 24 * 3600) {
+            bail!("config key `certificates.ca_lifetime` must be between 10s and 1826d");
+        }
         let mic_lifetime = duration(&c.lifetime, "certificates.lifetime", DEFAULT_MIC_LIFETIME)?;
         if mic_lifetime < Duration::from_secs(10)
             || mic_lifetime > Duration::from_secs(5 * 365 * 24 * 3600)
@@ -281,6 +297,7 @@ impl NodeConfig {
             membership,
             mic_lifetime,
             mic_renew_before,
+            ca_lifetime,
             api_plaintext,
         })
     }

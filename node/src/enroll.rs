@@ -222,6 +222,8 @@ pub struct Admitter {
     pub ca: Arc<CertificateAuthority>,
     /// Lifetime of the MICs it issues.
     pub mic_lifetime: Duration,
+    /// Joins other anchors admitted with each token (a token's uses count fleet-wide).
+    pub remote_uses: crate::peer::RemoteUses,
     /// Fleet id.
     pub fleet_id: String,
     /// Root certificate PEM.
@@ -331,7 +333,14 @@ impl Admitter {
                 // the `state` the API shows for the token.
                 expires_at_unix: row.expires_at_ms.div_ceil(1000) as i64,
                 max_uses: row.max_uses,
-                uses: row.uses,
+                uses: row.uses.saturating_add(
+                    self.remote_uses
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&row.id)
+                        .copied()
+                        .unwrap_or(0),
+                ),
                 revoked: row.revoked_at_ms.is_some(),
             });
             check_admission(

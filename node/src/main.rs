@@ -3,7 +3,8 @@
 //! Parts: [`cli`] (commands and flags), [`config`] (one config tree: file, env, flags),
 //! [`store`] (the node's SQLite file), [`datadir`] (files on disk), [`enroll`] (fleet creation
 //! and the join protocol), [`cakeys`] (where an anchor's CA keys live), [`agent`] (the running node: gossip, API, QUIC), [`backend`] (what
-//! the API serves), [`client`] (CLI commands against a node's API), [`dev`] (a local fleet).
+//! the API serves), [`client`] (CLI commands against a node's API), [`dev`] (a local fleet),
+//! [`transparency`] (an anchor's certificate transparency log).
 
 mod agent;
 mod backend;
@@ -16,6 +17,7 @@ mod dev;
 mod enroll;
 mod peer;
 mod store;
+mod transparency;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -37,6 +37,18 @@ use crate::store::{CertificateRow, Enrollment, Store};
 pub const ALPN_PEER: &[u8] = b"nexus-peer/1";
 /// Gossip key under which anchors publish their CRL number.
 pub const GOSSIP_KEY_CRL: &str = "crl";
+/// Gossip key under which anchors publish their intermediate CA certificate (base64 DER), so
+/// every node trusts the MICs a newly promoted anchor issues.
+pub const GOSSIP_KEY_CA: &str = "ca";
+/// Published (`1`) by the anchor that holds the fleet root key.
+pub const GOSSIP_KEY_ROOT: &str = "root";
+/// `promote/<node id>` = `pending` | `done`: promotions the root holder authorized.
+pub const GOSSIP_PREFIX_PROMOTE: &str = "promote/";
+/// `token/<id>` = a join token an anchor created ([`TokenAd`], the secret's hash only), so a
+/// token works at every anchor.
+pub const GOSSIP_PREFIX_TOKEN: &str = "token/";
+/// `token-uses/<id>` = how many joins the publishing anchor admitted with that token.
+pub const GOSSIP_PREFIX_TOKEN_USES: &str = "token-uses/";
 /// Largest request or response.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// One request, connection included.
@@ -64,6 +76,40 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, for the caller's current key.
         csr_pem: String,
     },
+    /// The caller, whose promotion an operator authorized, asks the root holder for an anchor
+    /// intermediate CA certificate for a new key (and an anchor MIC for its node key).
+    Promote {
+        /// PKCS#10 CSR, PEM, for the new CA key (proves the caller holds it).
+        ca_csr_pem: String,
+    },
+    /// An anchor asks the root holder to re-certify its intermediate CA key (same key, so every
+    /// MIC it issued stays valid).
+    RenewIntermediate {
+        /// PKCS#10 CSR, PEM, signed with the anchor's CA key.
+        ca_csr_pem: String,
+    },
+}
+
+/// A join token as anchors share it in gossip: everything but the secret, whose SHA-256 only
+/// travels (fleet members only: gossip is authenticated).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenAd {
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// Tenant of joining nodes.
+    pub tenant: String,
+    /// Site, if fixed.
+    pub site: Option<String>,
+    /// Labels of joining nodes.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Allowed joins, fleet-wide.
+    pub max_uses: u32,
+    /// Expiry, unix ms.
+    pub expires_at_ms: u64,
+    /// Creation, unix ms.
+    pub created_at_ms: u64,
+    /// Revocation, unix ms.
+    pub revoked_at_ms: Option<u64>,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -79,6 +125,18 @@ pub enum PeerResponse {
     Installed {
         /// New lists.
         new: usize,
+    },
+    /// The promotion: the new anchor's intermediate and its anchor MIC.
+    Promoted {
+        /// Intermediate CA certificate for the CSR's key, PEM.
+        intermediate_pem: String,
+        /// The caller's MIC with role anchor, PEM.
+        cert_pem: String,
+    },
+    /// A re-certified intermediate.
+    Intermediate {
+        /// The new certificate, PEM.
+        intermediate_pem: String,
     },
     /// The renewed MIC.
     Renewed {
@@ -103,6 +161,9 @@ fn refused(code: &str, message: impl Into<String>) -> PeerResponse {
     }
 }
 
+/// Joins other anchors admitted with each token, from gossip (token id → count).
+pub type RemoteUses = Arc<Mutex<HashMap<String, u32>>>;
+
 /// What only an anchor has: its CA and how it issues.
 pub struct AnchorCa {
     /// This anchor's intermediate CA.
@@ -111,6 +172,10 @@ pub struct AnchorCa {
     pub issuer: String,
     /// Lifetime of the MICs it issues.
     pub mic_lifetime: Duration,
+    /// The fleet root CA, on the anchor that holds its key.
+    pub root: Option<Arc<CertificateAuthority>>,
+    /// Lifetime of the anchor CAs the root certifies.
+    pub ca_lifetime: Duration,
 }
 
 /// A revocation an anchor performed.
@@ -141,6 +206,14 @@ pub struct PeerService {
     renewing: tokio::sync::Mutex<()>,
     /// Decommissioned nodes whose certificates this anchor already revoked.
     retired: Mutex<std::collections::HashSet<NodeId>>,
+    /// This node's role.
+    role: Role,
+    /// Set when this node must restart (it became an anchor).
+    restart: tokio::sync::watch::Sender<bool>,
+    /// Joins other anchors admitted, per token id (shared with the join service).
+    remote_uses: RemoteUses,
+    /// What this node last published under each of its own gossip keys (tokens, uses).
+    published: Mutex<HashMap<String, String>>,
 }
 
 fn now_unix() -> i64 {
@@ -165,6 +238,8 @@ impl PeerService {
         endpoint: quinn::Endpoint,
         renew_before: Duration,
         info: NodeInfo,
+        restart: tokio::sync::watch::Sender<bool>,
+        remote_uses: RemoteUses,
     ) -> Arc<PeerService> {
         let tls = nexus_ca::member_client_config(credentials.clone(), fleet.clone(), &[ALPN_PEER]);
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -187,10 +262,14 @@ impl PeerService {
             endpoint,
             client,
             renew_before,
-            info: Mutex::new(info),
             connections: Mutex::new(HashMap::new()),
             renewing: tokio::sync::Mutex::new(()),
             retired: Mutex::new(std::collections::HashSet::new()),
+            role: info.role,
+            restart,
+            remote_uses,
+            published: Mutex::new(HashMap::new()),
+            info: Mutex::new(info),
         })
     }
 
@@ -272,7 +351,445 @@ impl PeerService {
                 }
             }
             PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
+            PeerRequest::Promote { ca_csr_pem } => self.promote_for(caller, &ca_csr_pem).await,
+            PeerRequest::RenewIntermediate { ca_csr_pem } => {
+                self.renew_intermediate_for(caller, &ca_csr_pem).await
+            }
         }
+    }
+
+    /// Root holder: answers a promoted node's request for its anchor CA.
+    async fn promote_for(&self, caller: &VerifiedMic, ca_csr_pem: &str) -> PeerResponse {
+        let Some(anchor) = self.anchor.clone() else {
+            return refused("not_an_anchor", "this node is not an anchor");
+        };
+        let Some(root) = anchor.root.clone() else {
+            return refused(
+                "not_root_holder",
+                "this anchor does not hold the fleet root key; promotions are signed by the \
+                 fleet's first anchor",
+            );
+        };
+        let node = caller.node_id.to_string();
+        let store = self.store.clone();
+        let pending = tokio::task::spawn_blocking(move || store.promotions()).await;
+        let authorized = matches!(&pending, Ok(Ok(rows)) if rows.iter().any(|(id, _, done)| *id == node && done.is_none()));
+        if !authorized {
+            return refused(
+                "not_authorized",
+                format!(
+                    "no promotion of node {} is pending: a fleet admin runs `nexus anchor promote \
+                     {}` first",
+                    caller.node_id, caller.node_id
+                ),
+            );
+        }
+        let ca_key = match public_key_from_csr(ca_csr_pem) {
+            Ok(pk) => pk,
+            Err(err) => return refused("bad_csr", format!("CA key CSR refused: {err}")),
+        };
+        if ca_key == caller.public_key {
+            return refused(
+                "bad_csr",
+                "the CA key must be a new key, not the node's own identity key",
+            );
+        }
+        let caller = caller.clone();
+        let (store, fleet) = (self.store.clone(), self.fleet.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let intermediate =
+                root.certify_intermediate(
+                    &caller.fleet_id,
+                    caller.node_id,
+                    &ca_key,
+                    anchor.ca_lifetime,
+                )?;
+            let mic = anchor.ca.issue_mic(
+                &caller.public_key,
+                &MicProfile {
+                    fleet_id: caller.fleet_id.clone(),
+                    node_id: caller.node_id,
+                    tenant: caller.tenant.clone(),
+                    site: caller.site.clone(),
+                    role: Role::Anchor,
+                    validity: anchor.mic_lifetime,
+                },
+            )?;
+            let cert_pem = der_to_pem(&mic);
+            store.record_certificate(
+                &Enrollment {
+                    serial: read_mic(&mic)?.serial_hex,
+                    node_id: caller.node_id.to_string(),
+                    cert_pem: cert_pem.clone(),
+                },
+                "promotion",
+            )?;
+            store.complete_promotion(&caller.node_id.to_string())?;
+            fleet.add_intermediate(intermediate.clone())?;
+            anyhow::Ok((der_to_pem(&intermediate), cert_pem, caller.node_id))
+        })
+        .await;
+        match done {
+            Ok(Ok((intermediate_pem, cert_pem, node))) => {
+                self.persist_intermediates();
+                self.mesh
+                    .publish(&format!("{GOSSIP_PREFIX_PROMOTE}{node}"), "done")
+                    .await;
+                tracing::info!(node = %node, "promoted a node to anchor");
+                PeerResponse::Promoted {
+                    intermediate_pem,
+                    cert_pem,
+                }
+            }
+            Ok(Err(err)) => refused("issue_failed", format!("{err:#}")),
+            Err(err) => refused("internal", err.to_string()),
+        }
+    }
+
+    /// Root holder: re-certifies the CA key of the calling anchor.
+    async fn renew_intermediate_for(&self, caller: &VerifiedMic, ca_csr_pem: &str) -> PeerResponse {
+        let Some(anchor) = self.anchor.clone() else {
+            return refused("not_an_anchor", "this node is not an anchor");
+        };
+        let Some(root) = anchor.root.clone() else {
+            return refused("not_root_holder", "this anchor does not hold the fleet root key");
+        };
+        if caller.role != Role::Anchor {
+            return refused("not_an_anchor", "only anchors hold intermediate CAs");
+        }
+        let key = match public_key_from_csr(ca_csr_pem) {
+            Ok(pk) => pk,
+            Err(err) => return refused("bad_csr", format!("CA key CSR refused: {err}")),
+        };
+        // The key must be one the root already certified for this very anchor.
+        let known = self.fleet.store().intermediates().iter().any(|der| {
+            CertificateAuthority::describe_intermediate(der)
+                .is_ok_and(|(node, pk, _, _)| node == caller.node_id.to_hex() && pk == key)
+        });
+        if !known {
+            return refused(
+                "unknown_ca_key",
+                format!(
+                    "the CSR's key is not the CA key of anchor {}: only an existing anchor CA is \
+                     renewed (a new one comes with `nexus anchor promote`)",
+                    caller.node_id
+                ),
+            );
+        }
+        match root.certify_intermediate(&caller.fleet_id, caller.node_id, &key, anchor.ca_lifetime) {
+            Ok(der) => {
+                let _ = self.fleet.add_intermediate(der.clone());
+                self.persist_intermediates();
+                tracing::info!(anchor = %caller.node_id, "re-certified an anchor CA");
+                PeerResponse::Intermediate {
+                    intermediate_pem: der_to_pem(&der),
+                }
+            }
+            Err(err) => refused("issue_failed", err.to_string()),
+        }
+    }
+
+    /// Anchors: re-certifies this anchor's intermediate CA when a third of its life is left
+    /// (by the root holder; itself when it is the root holder), then restarts to use it.
+    async fn renew_intermediate_if_due(&self) -> anyhow::Result<()> {
+        let Some(anchor) = &self.anchor else {
+            return Ok(());
+        };
+        let (_, key, not_before, not_after) =
+            CertificateAuthority::describe_intermediate(anchor.ca.cert_der())?;
+        if not_after - now_unix() > (not_after - not_before - nexus_ca::BACKDATE_SECS).max(0) / 3 {
+            return Ok(());
+        }
+        tracing::info!(not_after, "renewing this anchor's intermediate CA");
+        let der = match &anchor.root {
+            Some(root) => root.certify_intermediate(
+                anchor.ca.fleet_id(),
+                self.node_id,
+                &key,
+                anchor.ca_lifetime,
+            )?,
+            None => {
+                let holder = self
+                    .mesh
+                    .published(GOSSIP_KEY_ROOT)
+                    .await
+                    .into_iter()
+                    .map(|(node, _)| node)
+                    .next()
+                    .context("no anchor holding the fleet root key is known")?;
+                let addr = self
+                    .mesh
+                    .member(&holder)
+                    .and_then(|m| m.info.map(|i| i.quic_addr))
+                    .context("the root holder's QUIC address is not known")?;
+                let csr = crate::cakeys::ca_csr(&self.dir)?;
+                match self
+                    .request(holder, addr, &PeerRequest::RenewIntermediate { ca_csr_pem: csr })
+                    .await?
+                {
+                    PeerResponse::Intermediate { intermediate_pem } => pem_to_der(&intermediate_pem)?
+                        .into_iter()
+                        .next()
+                        .context("no certificate in the answer")?,
+                    PeerResponse::Refused { code, message } => bail!("refused ({code}): {message}"),
+                    other => bail!("unexpected answer {other:?}"),
+                }
+            }
+        };
+        let (_, new_key, _, new_not_after) = CertificateAuthority::describe_intermediate(&der)?;
+        if new_key != key || new_not_after <= not_after {
+            bail!("the renewed intermediate is not a later certificate for this anchor's key");
+        }
+        self.fleet.add_intermediate(der.clone())?;
+        self.persist_intermediates();
+        datadir::write_public(&self.dir.ca_cert(), &der_to_pem(&der))?;
+        tracing::info!(not_after = new_not_after, "anchor CA renewed; restarting to use it");
+        let _ = self.restart.send(true);
+        Ok(())
+    }
+
+    /// Root holder: authorizes `node` to become an anchor; it picks that up from gossip.
+    pub async fn authorize_promotion(&self, node: NodeId) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        let id = node.to_string();
+        tokio::task::spawn_blocking(move || store.request_promotion(&id)).await??;
+        self.mesh
+            .publish(&format!("{GOSSIP_PREFIX_PROMOTE}{node}"), "pending")
+            .await;
+        Ok(())
+    }
+
+    /// Whether this anchor holds the fleet root key.
+    pub fn holds_root(&self) -> bool {
+        self.anchor.as_ref().is_some_and(|a| a.root.is_some())
+    }
+
+    /// Writes the intermediates this node trusts to `trust/intermediates.pem`.
+    fn persist_intermediates(&self) {
+        let pem: String = self
+            .fleet
+            .store()
+            .intermediates()
+            .iter()
+            .map(|d| der_to_pem(d))
+            .collect();
+        if let Err(err) = datadir::write_public(&self.dir.trust_intermediates(), &pem) {
+            tracing::error!(error = %format!("{err:#}"), "cannot persist the trusted anchor CAs");
+        }
+    }
+
+    /// Anchors: publishes this anchor's CA certificate, its pending promotions and its tokens.
+    pub async fn publish_anchor_state(&self) -> anyhow::Result<()> {
+        let Some(anchor) = &self.anchor else {
+            return Ok(());
+        };
+        self.mesh
+            .publish(GOSSIP_KEY_CA, &STANDARD.encode(anchor.ca.cert_der()))
+            .await;
+        if anchor.root.is_some() {
+            self.mesh.publish(GOSSIP_KEY_ROOT, "1").await;
+            for (node, _, done) in self.store.promotions()? {
+                let state = if done.is_some() { "done" } else { "pending" };
+                self.mesh
+                    .publish(&format!("{GOSSIP_PREFIX_PROMOTE}{node}"), state)
+                    .await;
+            }
+        }
+        let own = self.store.own_token_ids()?;
+        for row in self.store.tokens()? {
+            if own.contains(&row.id) {
+                self.advertise_token(&row).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Anchors: shares a token this anchor created (or its revocation) with the other anchors.
+    pub async fn advertise_token(&self, row: &crate::store::TokenRow) {
+        if row.expires_at_ms <= crate::now_ms() {
+            return;
+        }
+        let ad = TokenAd {
+            secret_hash: hex::encode(row.secret_hash),
+            tenant: row.tenant.clone(),
+            site: row.site.clone(),
+            labels: row.labels.clone(),
+            max_uses: row.max_uses,
+            expires_at_ms: row.expires_at_ms,
+            created_at_ms: row.created_at_ms,
+            revoked_at_ms: row.revoked_at_ms,
+        };
+        let value = serde_json::to_string(&ad).expect("TokenAd serializes");
+        self.publish_once(&format!("{GOSSIP_PREFIX_TOKEN}{}", row.id), value)
+            .await;
+    }
+
+    async fn publish_once(&self, key: &str, value: String) {
+        if lock(&self.published).get(key) == Some(&value) {
+            return;
+        }
+        self.mesh.publish(key, &value).await;
+        lock(&self.published).insert(key.to_string(), value);
+    }
+
+    /// Joins that other anchors admitted with token `id` (from gossip).
+    pub fn remote_uses(&self, id: &str) -> u32 {
+        lock(&self.remote_uses).get(id).copied().unwrap_or(0)
+    }
+
+    /// Keeps fleet-wide trust state in step with gossip: anchor CAs, promotions, tokens.
+    async fn sync_fleet_state(self: &Arc<Self>) {
+        // Anchor CAs: a new one is trusted once the fleet root is seen to have signed it.
+        let known = self.fleet.store();
+        let mut learned = false;
+        for (node, value) in self.mesh.published(GOSSIP_KEY_CA).await {
+            let Ok(der) = STANDARD.decode(&value) else {
+                continue;
+            };
+            if known.intermediates().contains(&der) {
+                continue;
+            }
+            match self.fleet.add_intermediate(der) {
+                Ok(()) => {
+                    learned = true;
+                    tracing::info!(anchor = %node, "trusting a new anchor CA");
+                }
+                Err(err) => tracing::warn!(anchor = %node, error = %err, "refused an anchor CA"),
+            }
+        }
+        if learned {
+            self.persist_intermediates();
+        }
+        // Our own promotion.
+        if self.role != Role::Anchor {
+            let key = format!("{GOSSIP_PREFIX_PROMOTE}{}", self.node_id);
+            let from = self
+                .mesh
+                .published(&key)
+                .await
+                .into_iter()
+                .find(|(_, v)| v == "pending")
+                .map(|(anchor, _)| anchor);
+            if let Some(anchor) = from
+                && let Err(err) = self.become_anchor(anchor).await
+            {
+                tracing::warn!(error = %format!("{err:#}"), "promotion to anchor failed; retrying");
+            }
+            return;
+        }
+        // Anchors: tokens other anchors created, and how often they were used there.
+        let mut uses: HashMap<String, u32> = HashMap::new();
+        for (origin, key, value) in self.mesh.published_prefix(GOSSIP_PREFIX_TOKEN_USES).await {
+            if origin == self.node_id {
+                continue;
+            }
+            if let (Some(id), Ok(n)) = (
+                key.strip_prefix(GOSSIP_PREFIX_TOKEN_USES),
+                value.parse::<u32>(),
+            ) {
+                *uses.entry(id.to_string()).or_default() += n;
+            }
+        }
+        *lock(&self.remote_uses) = uses;
+        for (origin, key, value) in self.mesh.published_prefix(GOSSIP_PREFIX_TOKEN).await {
+            if origin == self.node_id
+                || lock(&self.published).get(&format!("seen/{key}")) == Some(&value)
+            {
+                continue;
+            }
+            let (Some(id), Ok(ad)) = (
+                key.strip_prefix(GOSSIP_PREFIX_TOKEN),
+                serde_json::from_str::<TokenAd>(&value),
+            ) else {
+                continue;
+            };
+            let Some(secret_hash) = hex::decode(&ad.secret_hash)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                continue;
+            };
+            let row = crate::store::TokenRow {
+                id: id.to_string(),
+                secret_hash,
+                tenant: ad.tenant,
+                site: ad.site,
+                labels: ad.labels,
+                max_uses: ad.max_uses,
+                uses: 0,
+                expires_at_ms: ad.expires_at_ms,
+                created_at_ms: ad.created_at_ms,
+                revoked_at_ms: ad.revoked_at_ms,
+            };
+            let store = self.store.clone();
+            let origin_s = origin.to_string();
+            let imported =
+                tokio::task::spawn_blocking(move || store.import_token(&row, &origin_s)).await;
+            if matches!(imported, Ok(Ok(_))) {
+                lock(&self.published).insert(format!("seen/{key}"), value);
+            }
+        }
+        // Our own uses, for the others.
+        let store = self.store.clone();
+        if let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.tokens()).await {
+            for row in rows
+                .iter()
+                .filter(|r| r.uses > 0 && r.expires_at_ms > crate::now_ms())
+            {
+                self.publish_once(
+                    &format!("{GOSSIP_PREFIX_TOKEN_USES}{}", row.id),
+                    row.uses.to_string(),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A plain node whose promotion was authorized: makes a CA key, gets it certified by the
+    /// root holder, stores everything, and restarts as an anchor.
+    async fn become_anchor(&self, root_holder: NodeId) -> anyhow::Result<()> {
+        let addr = self
+            .mesh
+            .member(&root_holder)
+            .and_then(|m| m.info.map(|i| i.quic_addr))
+            .context("the root holder's QUIC address is not known yet")?;
+        // A half-finished earlier attempt (crash before the role was stored) starts over.
+        for stale in [self.dir.ca_key(), self.dir.ca_cert()] {
+            if stale.exists() {
+                std::fs::remove_file(&stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+        let ca_key = NodeKey::generate();
+        let request = PeerRequest::Promote {
+            ca_csr_pem: ca_key.csr_pem()?,
+        };
+        let (intermediate_pem, cert_pem) = match self.request(root_holder, addr, &request).await? {
+            PeerResponse::Promoted {
+                intermediate_pem,
+                cert_pem,
+            } => (intermediate_pem, cert_pem),
+            PeerResponse::Refused { code, message } => bail!("refused ({code}): {message}"),
+            other => bail!("unexpected answer {other:?}"),
+        };
+        let intermediate = pem_to_der(&intermediate_pem)?
+            .into_iter()
+            .next()
+            .context("no intermediate certificate in the answer")?;
+        // Checks it is a CA for our new key, signed by the fleet root.
+        CertificateAuthority::load_with(&intermediate_pem, Arc::new(ca_key.clone()))
+            .context("the intermediate the root holder sent is not for our CA key")?;
+        self.fleet
+            .add_intermediate(intermediate)
+            .context("the intermediate is not signed by the fleet root")?;
+        crate::cakeys::install_promoted(&self.dir, ca_key, &intermediate_pem)?;
+        self.persist_intermediates();
+        self.install_mic(&cert_pem, &[]).await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.set_role(Role::Anchor.as_str())).await??;
+        tracing::info!("this node is now an anchor; restarting to take up the role");
+        let _ = self.restart.send(true);
+        Ok(())
     }
 
     async fn renew_for(&self, caller: &VerifiedMic, csr_pem: &str) -> PeerResponse {
@@ -618,9 +1135,13 @@ impl PeerService {
             }
             self.pull_newer_crls().await;
             self.retire_decommissioned().await;
+            self.sync_fleet_state().await;
             if tokio::time::Instant::now() >= renew_after {
                 if let Err(err) = self.refresh_own_crl().await {
                     tracing::error!(error = %format!("{err:#}"), "cannot sign this anchor's CRL");
+                }
+                if let Err(err) = self.renew_intermediate_if_due().await {
+                    tracing::warn!(error = %format!("{err:#}"), "anchor CA renewal failed; retrying");
                 }
                 match self.renew_if_due().await {
                     Ok(()) => renew_after = tokio::time::Instant::now() + Duration::from_secs(1),
@@ -686,7 +1207,8 @@ impl PeerService {
         let _one_at_a_time = self.renewing.lock().await;
         let current = read_mic(&self.credentials.mic_der())?;
         metrics::gauge!("nexus_mic_expires_at_seconds").set(current.not_after_unix as f64);
-        let lifetime = (current.not_after_unix - current.not_before_unix).max(0) as u64;
+        let lifetime = (current.not_after_unix - current.not_before_unix - nexus_ca::BACKDATE_SECS)
+            .max(0) as u64;
         let window = self.renew_before.as_secs().min(lifetime / 3).max(1);
         let left = current.not_after_unix - now_unix();
         if left > window as i64 {
@@ -776,6 +1298,15 @@ impl PeerService {
             .context("the renewed certificate does not verify")?;
         if mic.public_key != self.key.public_key() {
             bail!("the renewed certificate is for another key");
+        }
+        let current = read_mic(&self.credentials.mic_der())?;
+        if mic.role == current.role && mic.not_after_unix <= current.not_after_unix {
+            // Capped by an issuing CA that expires first: renewing again would not help until
+            // that CA is renewed.
+            bail!(
+                "the renewed certificate expires no later than the current one (its issuing CA \
+                 expires first); waiting for the anchor CA to be renewed"
+            );
         }
         let store = self.fleet.store();
         let mut chain = vec![der.clone()];

@@ -4,7 +4,7 @@
 //! WAL with `synchronous=FULL`: a write acknowledged to a caller is on disk. Migrations are
 //! versioned in code through `PRAGMA user_version`; each runs in one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -123,6 +123,31 @@ const MIGRATIONS: &[&str] = &[
         der BLOB NOT NULL,
         installed_at_ms INTEGER NOT NULL
     );",
+    // 4: several anchors: promotions the root holder authorized, and join tokens learned from
+    // other anchors (origin = the anchor that created them; NULL for this anchor's own).
+    "CREATE TABLE promotions (
+        node_id TEXT PRIMARY KEY,
+        requested_at_ms INTEGER NOT NULL,
+        completed_at_ms INTEGER
+    );
+    ALTER TABLE tokens ADD COLUMN origin TEXT;",
+    // 5: the anchor's certificate transparency log (see `crate::transparency`): one row per
+    // leaf, `idx` its 0-based index, `leaf` the canonical encoding whose hash is in the tree.
+    // The columns after `leaf_hash` repeat what the leaf says, for lookups.
+    "CREATE TABLE tlog_entries (
+        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+        leaf BLOB NOT NULL,
+        leaf_hash BLOB NOT NULL,
+        kind TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL
+    );
+    CREATE INDEX tlog_entries_serial ON tlog_entries(serial);
+    CREATE INDEX tlog_entries_node ON tlog_entries(node_id);
+    CREATE INDEX tlog_entries_issuer ON tlog_entries(issuer);
+    CREATE INDEX tlog_entries_leaf_hash ON tlog_entries(leaf_hash);",
 ];
 
 /// Who this node is, as stored.
@@ -184,6 +209,9 @@ pub struct Enrollment {
 pub struct Store {
     conn: Mutex<Connection>,
     path: String,
+    /// Fingerprint of the CA whose issues and revocations go into the transparency log; `None`
+    /// (nodes, `nexus init`) logs nothing. See [`Store::start_transparency_log`].
+    log_issuer: Mutex<Option<[u8; 32]>>,
 }
 
 impl Store {
@@ -225,6 +253,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             path: display,
+            log_issuer: Mutex::new(None),
         })
     }
 
@@ -371,13 +400,14 @@ impl Store {
     }
 
     /// Admits a node: inside one immediate transaction, re-reads the token, lets `decide` check it
-    /// and issue the certificate, then records the use and the enrollment. Either all of it is on
-    /// disk, or nothing is.
+    /// and issue the certificate, then records the use, the enrollment and (on anchors) its
+    /// transparency log entry. Either all of it is on disk, or nothing is.
     pub fn admit<T, E>(
         &self,
         token_id: &str,
         decide: impl FnOnce(Option<&TokenRow>) -> Result<(T, Enrollment), E>,
     ) -> Result<Result<T, E>, StoreError> {
+        let log_issuer = self.log_issuer();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row = tx
@@ -395,15 +425,21 @@ impl Store {
                 "UPDATE tokens SET uses = uses + 1 WHERE id = ?1",
                 [token_id],
             )?;
-            insert_certificate(&tx, &enrollment, "join", Some(token_id))?;
+            insert_certificate(&tx, &enrollment, "join", Some(token_id), log_issuer)?;
             tx.commit()?;
             Ok(Ok(value))
         })
     }
 
-    /// Records a certificate this anchor issued outside a join (its own, a renewal, a CSR).
+    /// Records a certificate this anchor issued outside a join (its own, a renewal, a CSR), with
+    /// its transparency log entry in the same transaction.
     pub fn record_certificate(&self, issued: &Enrollment, kind: &str) -> Result<(), StoreError> {
-        self.with(|c| insert_certificate(c, issued, kind, None))
+        let log_issuer = self.log_issuer();
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_certificate(&tx, issued, kind, None, log_issuer)?;
+            tx.commit()
+        })
     }
 
     /// A certificate this anchor issued.
@@ -430,7 +466,8 @@ impl Store {
     }
 
     /// Revokes `serials` (certificates this anchor issued) and, in the same transaction, signs
-    /// and stores the anchor's next CRL with `sign(number, all revoked)`. Serials already revoked
+    /// and stores the anchor's next CRL with `sign(number, all revoked)`; each newly revoked
+    /// serial also gets its transparency log entry in that transaction. Serials already revoked
     /// keep their first revocation. Returns the new CRL number and DER, or `None` when nothing
     /// changed; an empty `serials` always signs a new list. Durable before it returns.
     pub fn revoke_certificates<E>(
@@ -440,15 +477,25 @@ impl Store {
         reason: &str,
         sign: impl FnOnce(u64, &[CertificateRow]) -> Result<Vec<u8>, E>,
     ) -> Result<Result<Option<SignedCrl>, E>, StoreError> {
+        let log_issuer = self.log_issuer();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = crate::now_ms() as i64;
             let mut changed = 0;
             for serial in serials {
-                changed += tx.execute(
+                let revoked = tx.execute(
                     "UPDATE certificates SET revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1 AND revoked_at_ms IS NULL",
                     params![serial, now, reason],
                 )?;
+                if let (1, Some(issuer)) = (revoked, log_issuer) {
+                    let node_id: String = tx.query_row(
+                        "SELECT node_id FROM certificates WHERE serial = ?1",
+                        [serial],
+                        |r| r.get(0),
+                    )?;
+                    append_log_entry(&tx, &revoked_entry(serial, &node_id, issuer, now as u64)?)?;
+                }
+                changed += revoked;
             }
             // No serials means "sign the list again" (the first list, or a refresh before its
             // next update); serials that were all revoked already change nothing.
@@ -484,6 +531,92 @@ impl Store {
     pub fn crls(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT der FROM crls ORDER BY issuer")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Authorizes `node_id` to become an anchor (idempotent).
+    pub fn request_promotion(&self, node_id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO promotions (node_id, requested_at_ms) VALUES (?1, ?2)",
+                params![node_id, crate::now_ms() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Promotions: (node id, requested at, completed at), by node id.
+    pub fn promotions(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT node_id, requested_at_ms, completed_at_ms FROM promotions ORDER BY node_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Marks a promotion done.
+    pub fn complete_promotion(&self, node_id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE promotions SET completed_at_ms = ?2 WHERE node_id = ?1 AND completed_at_ms IS NULL",
+                params![node_id, crate::now_ms() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// This node became an anchor.
+    pub fn set_role(&self, role: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE identity SET role = ?1 WHERE id = 1", [role])
+                .map(|_| ())
+        })
+    }
+
+    /// Stores a token another anchor created (`origin`), or its revocation. Uses are this
+    /// anchor's own count.
+    pub fn import_token(&self, row: &TokenRow, origin: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let inserted = c.execute(
+                "INSERT OR IGNORE INTO tokens (id, secret_hash, tenant, site, labels, max_uses, uses, expires_at_ms, created_at_ms, revoked_at_ms, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+                params![
+                    row.id,
+                    &row.secret_hash[..],
+                    row.tenant,
+                    row.site,
+                    serde_json::to_string(&row.labels).unwrap_or_else(|_| "{}".into()),
+                    row.max_uses,
+                    row.expires_at_ms as i64,
+                    row.created_at_ms as i64,
+                    row.revoked_at_ms.map(|v| v as i64),
+                    origin
+                ],
+            )?;
+            if let Some(at) = row.revoked_at_ms {
+                c.execute(
+                    "UPDATE tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                    params![row.id, at as i64],
+                )?;
+            }
+            Ok(inserted > 0)
+        })
+    }
+
+    /// Ids of the tokens this anchor created itself (not imported).
+    pub fn own_token_ids(&self) -> Result<HashSet<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id FROM tokens WHERE origin IS NULL")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
         })
@@ -578,15 +711,256 @@ impl Store {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The transparency log (anchors): rows of `tlog_entries`, appended in the transaction that
+// records the certificate or the revocation they describe.
+
+/// One stored transparency log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlogRow {
+    /// Its 0-based leaf index.
+    pub index: u64,
+    /// The canonical leaf bytes ([`nexus_ca::tlog::LogEntry::leaf_bytes`]).
+    pub leaf: Vec<u8>,
+}
+
+/// Which transparency log entries a read selects (besides its index range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlogLookup {
+    /// Every entry.
+    All,
+    /// Entries of one certificate serial (lowercase hex): its issue, then its revocation.
+    Serial(String),
+    /// Entries of one node (node id hex).
+    NodeId(String),
+    /// Entries of one issuer (the CA certificate's SHA-256, lowercase hex).
+    Issuer(String),
+    /// The entry with this leaf hash.
+    LeafHash([u8; 32]),
+}
+
+impl Store {
+    fn log_issuer(&self) -> Option<[u8; 32]> {
+        *self
+            .log_issuer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts this anchor's transparency log: from now on every certificate recorded
+    /// ([`Store::admit`], [`Store::record_certificate`]) and every revocation
+    /// ([`Store::revoke_certificates`]) appends its entry, naming `issuer` (the SHA-256 of the
+    /// anchor intermediate's certificate), in the same transaction.
+    ///
+    /// When the log is still empty, this first logs the certificates recorded before it
+    /// existed (the anchor's own from `nexus init`, and any from before this schema version):
+    /// an `issued` entry for each, and a `revoked` entry for each revoked one, in the order
+    /// they happened. Their timestamps are now, when they were logged. A certificate that
+    /// cannot be read is left out (and reported). Returns how many entries that appended.
+    pub fn start_transparency_log(&self, issuer: [u8; 32]) -> Result<usize, StoreError> {
+        *self
+            .log_issuer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(issuer);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let empty: bool = tx.query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM tlog_entries)",
+                [],
+                |r| r.get(0),
+            )?;
+            if !empty {
+                return Ok(0);
+            }
+            let rows: Vec<CertificateRow> = {
+                let mut stmt = tx.prepare(&format!("{CERT_SELECT} ORDER BY issued_at_ms, serial"))?;
+                stmt.query_map([], certificate_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let now = crate::now_ms();
+            // (when it happened, issue before revocation, the entry)
+            let mut events = Vec::new();
+            for row in rows {
+                let der = nexus_ca::pem_to_der(&row.cert_pem)
+                    .ok()
+                    .and_then(|ders| ders.into_iter().next());
+                let issued = der.map(|der| nexus_ca::tlog::LogEntry::issued(der, issuer, now));
+                let Some(Ok(issued)) = issued else {
+                    tracing::warn!(serial = %row.serial, "a recorded certificate cannot be read; it is left out of the transparency log");
+                    continue;
+                };
+                events.push((row.issued_at_ms, 0, issued));
+                if let Some(at) = row.revoked_at_ms {
+                    match revoked_entry(&row.serial, &row.node_id, issuer, now) {
+                        Ok(entry) => events.push((at, 1, entry)),
+                        Err(err) => {
+                            tracing::warn!(serial = %row.serial, error = %err, "a recorded revocation cannot be logged")
+                        }
+                    }
+                }
+            }
+            events.sort_by_key(|(at, order, _)| (*at, *order));
+            for (_, _, entry) in &events {
+                append_log_entry(&tx, entry)?;
+            }
+            tx.commit()?;
+            Ok(events.len())
+        })
+    }
+
+    /// Leaf hashes of the transparency log from index `from` on, in index order.
+    ///
+    /// Reading the whole log goes through the leaf hash index (about 45 bytes a row) rather
+    /// than the table, whose rows carry the certificates: a million entries load in seconds.
+    pub fn tlog_leaf_hashes(&self, from: u64) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        self.with(|c| {
+            let sql = if from == 0 {
+                "SELECT idx, leaf_hash FROM tlog_entries INDEXED BY tlog_entries_leaf_hash WHERE idx >= ?1"
+            } else {
+                "SELECT idx, leaf_hash FROM tlog_entries WHERE idx >= ?1 ORDER BY idx"
+            };
+            let mut stmt = c.prepare(sql)?;
+            let rows = stmt.query_map([from as i64], |r| {
+                let hash: Vec<u8> = r.get(1)?;
+                let hash = <[u8; 32]>::try_from(hash).map_err(|bad| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Blob,
+                        format!("a leaf hash is {} bytes, not 32", bad.len()).into(),
+                    )
+                })?;
+                Ok((r.get::<_, i64>(0)? as u64, hash))
+            })?;
+            let mut hashes = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            hashes.sort_unstable_by_key(|(idx, _)| *idx);
+            Ok(hashes)
+        })
+    }
+
+    /// Transparency log entries with index in `start..end` selected by `lookup`, in index
+    /// order, at most `limit`.
+    pub fn tlog_entries(
+        &self,
+        lookup: &TlogLookup,
+        start: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<TlogRow>, StoreError> {
+        let (column, value): (&str, Option<rusqlite::types::Value>) = match lookup {
+            TlogLookup::All => ("", None),
+            TlogLookup::Serial(s) => ("serial", Some(s.clone().into())),
+            TlogLookup::NodeId(s) => ("node_id", Some(s.clone().into())),
+            TlogLookup::Issuer(s) => ("issuer", Some(s.clone().into())),
+            TlogLookup::LeafHash(h) => ("leaf_hash", Some(h.to_vec().into())),
+        };
+        let (start, end) = (clamp_i64(start), clamp_i64(end));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let read = |r: &rusqlite::Row<'_>| {
+                Ok(TlogRow {
+                    index: r.get::<_, i64>(0)? as u64,
+                    leaf: r.get(1)?,
+                })
+            };
+            match value {
+                None => {
+                    let mut stmt = c.prepare(
+                        "SELECT idx, leaf FROM tlog_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx LIMIT ?3",
+                    )?;
+                    stmt.query_map(params![start, end, limit], read)?.collect()
+                }
+                Some(value) => {
+                    let mut stmt = c.prepare(&format!(
+                        "SELECT idx, leaf FROM tlog_entries WHERE {column} = ?4 AND idx >= ?1 AND idx < ?2 ORDER BY idx LIMIT ?3"
+                    ))?;
+                    stmt.query_map(params![start, end, limit, value], read)?
+                        .collect()
+                }
+            }
+        })
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A failure to build a log entry, as an SQLite error so that it rolls back the transaction
+/// the entry belongs to (a certificate is never recorded without its entry).
+fn log_failure(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(err.into())
+}
+
+/// The `revoked` entry for a stored certificate.
+fn revoked_entry(
+    serial: &str,
+    node_id: &str,
+    issuer: [u8; 32],
+    at_ms: u64,
+) -> rusqlite::Result<nexus_ca::tlog::LogEntry> {
+    let serial_bytes = hex::decode(serial).map_err(|e| {
+        log_failure(format!(
+            "the revoked certificate's serial {serial:?} is not hex: {e}"
+        ))
+    })?;
+    let node = node_id
+        .parse::<nexus_ca::NodeId>()
+        .map_err(|e| log_failure(format!("the revoked certificate's node id: {e}")))?;
+    Ok(nexus_ca::tlog::LogEntry::revoked(
+        serial_bytes,
+        node,
+        issuer,
+        at_ms,
+    ))
+}
+
+/// Appends `entry` to the transparency log inside the caller's (immediate) transaction, at the
+/// next index; returns that index. A rolled-back transaction takes its index back with it, so
+/// indices have no gaps.
+fn append_log_entry(c: &Connection, entry: &nexus_ca::tlog::LogEntry) -> rusqlite::Result<u64> {
+    let leaf = entry.leaf_bytes().map_err(log_failure)?;
+    let hash = nexus_ca::tlog::leaf_hash(&leaf);
+    let idx: i64 = c.query_row(
+        "SELECT COALESCE(MAX(idx) + 1, 0) FROM tlog_entries",
+        [],
+        |r| r.get(0),
+    )?;
+    let kind = match entry.kind {
+        nexus_ca::tlog::EntryKind::Issued { .. } => "issued",
+        nexus_ca::tlog::EntryKind::Revoked => "revoked",
+    };
+    c.execute(
+        "INSERT INTO tlog_entries (idx, leaf, leaf_hash, kind, serial, node_id, issuer, timestamp_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            idx,
+            leaf,
+            &hash[..],
+            kind,
+            entry.serial_hex(),
+            entry.node_id.to_string(),
+            hex::encode(entry.issuer),
+            clamp_i64(entry.timestamp_ms)
+        ],
+    )?;
+    Ok(idx as u64)
+}
+
+/// Records a certificate and, when `log_issuer` is set (on an anchor), its `issued` log entry;
+/// the caller's transaction makes the two one write.
 fn insert_certificate(
     c: &Connection,
     issued: &Enrollment,
     kind: &str,
     token_id: Option<&str>,
+    log_issuer: Option<[u8; 32]>,
 ) -> rusqlite::Result<()> {
-    let not_after_ms = nexus_ca::pem_to_der(&issued.cert_pem)
+    let der = nexus_ca::pem_to_der(&issued.cert_pem)
         .ok()
-        .and_then(|ders| nexus_ca::read_mic(ders.first()?).ok())
+        .and_then(|ders| ders.into_iter().next());
+    let not_after_ms = der
+        .as_deref()
+        .and_then(|der| nexus_ca::read_mic(der).ok())
         .map_or(0, |mic| mic.not_after_unix.saturating_mul(1000));
     c.execute(
         "INSERT INTO certificates (serial, node_id, kind, token_id, cert_pem, issued_at_ms, not_after_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -599,8 +973,30 @@ fn insert_certificate(
             crate::now_ms() as i64,
             not_after_ms
         ],
-    )
-    .map(|_| ())
+    )?;
+    if let Some(issuer) = log_issuer {
+        let der = der.ok_or_else(|| {
+            log_failure(format!(
+                "certificate {} is not PEM and cannot be logged",
+                issued.serial
+            ))
+        })?;
+        let entry =
+            nexus_ca::tlog::LogEntry::issued(der, issuer, crate::now_ms()).map_err(log_failure)?;
+        if entry.serial_hex() != issued.serial || entry.node_id.to_string() != issued.node_id {
+            return Err(log_failure(format!(
+                "certificate {} is recorded as serial {} of node {}, but it says serial {} of \
+                 node {}",
+                issued.serial,
+                issued.serial,
+                issued.node_id,
+                entry.serial_hex(),
+                entry.node_id
+            )));
+        }
+        append_log_entry(c, &entry)?;
+    }
+    Ok(())
 }
 
 fn upsert_crl(c: &Connection, issuer: &str, number: u64, der: &[u8]) -> rusqlite::Result<()> {
@@ -763,5 +1159,246 @@ mod tests {
             5_003,
             "survives a restart"
         );
+    }
+}
+
+#[cfg(test)]
+mod transparency_tests {
+    use nexus_ca::tlog::{EntryKind, LogEntry};
+    use nexus_ca::{CertificateAuthority, MicProfile, NodeKey, Role};
+
+    use super::*;
+
+    fn anchor_ca() -> CertificateAuthority {
+        let root = CertificateAuthority::new_fleet_root("tlog").unwrap();
+        root.new_intermediate("tlog", NodeKey::generate().node_id())
+            .unwrap()
+    }
+
+    fn issue(ca: &CertificateAuthority) -> Enrollment {
+        let node = NodeKey::generate();
+        let profile = MicProfile {
+            fleet_id: "tlog".into(),
+            node_id: node.node_id(),
+            tenant: "default".into(),
+            site: "lab".into(),
+            role: Role::Node,
+            validity: std::time::Duration::from_secs(3600),
+        };
+        let der = ca.issue_mic(&node.public_key(), &profile).unwrap();
+        Enrollment {
+            serial: nexus_ca::read_mic(&der).unwrap().serial_hex,
+            node_id: node.node_id().to_string(),
+            cert_pem: nexus_ca::der_to_pem(&der),
+        }
+    }
+
+    fn entries(store: &Store) -> Vec<LogEntry> {
+        store
+            .tlog_entries(&TlogLookup::All, 0, u64::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                assert_eq!(row.index, i as u64, "indices have no gaps");
+                LogEntry::from_leaf_bytes(&row.leaf).unwrap()
+            })
+            .collect()
+    }
+
+    impl Store {
+        /// Appends `n` synthetic entries in one transaction (for load-time measurements).
+        pub(crate) fn fill_tlog_for_test(&self, n: u64, leaf: impl Fn(u64) -> Vec<u8>) {
+            self.with(|c| {
+                let tx = c.transaction()?;
+                {
+                    let mut insert = tx.prepare(
+                        "INSERT INTO tlog_entries (idx, leaf, leaf_hash, kind, serial, node_id, issuer, timestamp_ms)
+                         VALUES (?1, ?2, ?3, 'issued', ?4, ?5, ?6, ?1)",
+                    )?;
+                    for i in 0..n {
+                        let leaf = leaf(i);
+                        let hash = nexus_ca::tlog::leaf_hash(&leaf);
+                        insert.execute(params![
+                            i as i64,
+                            leaf,
+                            &hash[..],
+                            format!("{i:016x}"),
+                            format!("{:032x}", i % 1000),
+                            hex::encode([1; 32])
+                        ])?;
+                    }
+                }
+                tx.commit()
+            })
+            .unwrap();
+        }
+    }
+
+    fn crl(_: u64, _: &[CertificateRow]) -> Result<Vec<u8>, &'static str> {
+        Ok(vec![0x30, 0x00])
+    }
+
+    #[test]
+    fn every_issue_and_revocation_is_logged_in_its_own_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nexus.db")).unwrap();
+        let ca = anchor_ca();
+        let issuer = ca.fingerprint();
+        assert_eq!(store.start_transparency_log(issuer).unwrap(), 0);
+        store
+            .insert_token(&TokenRow {
+                id: "t1".into(),
+                secret_hash: [7; 32],
+                tenant: "default".into(),
+                site: None,
+                labels: BTreeMap::new(),
+                max_uses: 3,
+                uses: 0,
+                expires_at_ms: crate::now_ms() + 60_000,
+                created_at_ms: crate::now_ms(),
+                revoked_at_ms: None,
+            })
+            .unwrap();
+
+        // A refused admission writes no entry.
+        let refused: Result<(), &str> = store.admit("t1", |_| Err("no")).unwrap();
+        assert_eq!(refused, Err("no"));
+        assert!(entries(&store).is_empty());
+
+        let joined = issue(&ca);
+        let admitted: Result<(), &str> = store.admit("t1", |_| Ok(((), joined.clone()))).unwrap();
+        assert_eq!(admitted, Ok(()));
+        let log = entries(&store);
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].serial_hex(), joined.serial);
+        assert_eq!(log[0].node_id.to_string(), joined.node_id);
+        assert_eq!(log[0].issuer, issuer);
+        let EntryKind::Issued { certificate_der } = &log[0].kind else {
+            panic!("not an issued entry: {:?}", log[0]);
+        };
+        assert_eq!(
+            nexus_ca::der_to_pem(certificate_der),
+            joined.cert_pem,
+            "the leaf holds the certificate"
+        );
+
+        // A certificate that cannot be logged is not recorded either, nor the token used.
+        let unreadable = Enrollment {
+            cert_pem: "not a certificate".into(),
+            ..issue(&ca)
+        };
+        let err = store
+            .admit("t1", |_| Ok::<_, ()>(((), unreadable.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be logged"), "{err}");
+        assert!(store.certificate(&unreadable.serial).unwrap().is_none());
+        assert_eq!(store.tokens().unwrap()[0].uses, 1);
+        let mislabelled = Enrollment {
+            serial: "01".into(),
+            ..issue(&ca)
+        };
+        assert!(store.record_certificate(&mislabelled, "csr").is_err());
+        assert!(store.certificate("01").unwrap().is_none());
+        assert_eq!(entries(&store).len(), 1);
+
+        let renewed = issue(&ca);
+        store.record_certificate(&renewed, "renewal").unwrap();
+        assert_eq!(entries(&store).len(), 2);
+
+        // A revocation whose CRL cannot be signed revokes nothing and logs nothing.
+        let failed = store
+            .revoke_certificates(&hex::encode(issuer), &[joined.serial.clone()], "unspecified", |_, _| {
+                Err::<Vec<u8>, _>("token unplugged")
+            })
+            .unwrap();
+        assert_eq!(failed, Err("token unplugged"));
+        assert!(store.certificate(&joined.serial).unwrap().unwrap().revoked_at_ms.is_none());
+        assert_eq!(entries(&store).len(), 2);
+
+        let serials = [joined.serial.clone(), "ffff".to_string()];
+        let done = store
+            .revoke_certificates(&hex::encode(issuer), &serials, "unspecified", crl)
+            .unwrap()
+            .unwrap();
+        assert!(done.is_some());
+        let log = entries(&store);
+        assert_eq!(log.len(), 3, "one entry per serial actually revoked");
+        assert_eq!(log[2].kind, EntryKind::Revoked);
+        assert_eq!(log[2].serial_hex(), joined.serial);
+        assert_eq!(log[2].node_id.to_string(), joined.node_id);
+        assert_eq!(
+            Some(log[2].timestamp_ms),
+            store.certificate(&joined.serial).unwrap().unwrap().revoked_at_ms
+        );
+
+        // Revoking again changes nothing and logs nothing; a fresh CRL logs nothing.
+        let again = store
+            .revoke_certificates(&hex::encode(issuer), &[joined.serial.clone()], "unspecified", crl)
+            .unwrap()
+            .unwrap();
+        assert!(again.is_none());
+        store
+            .revoke_certificates(&hex::encode(issuer), &[], "unspecified", crl)
+            .unwrap()
+            .unwrap();
+        assert_eq!(entries(&store).len(), 3);
+
+        // Lookups.
+        let by_serial = store
+            .tlog_entries(&TlogLookup::Serial(joined.serial.clone()), 0, u64::MAX, 10)
+            .unwrap();
+        assert_eq!(by_serial.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 2]);
+        let by_node = store
+            .tlog_entries(&TlogLookup::NodeId(renewed.node_id.clone()), 0, u64::MAX, 10)
+            .unwrap();
+        assert_eq!(by_node.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+        let by_issuer = store
+            .tlog_entries(&TlogLookup::Issuer(hex::encode(issuer)), 1, 3, 1)
+            .unwrap();
+        assert_eq!(by_issuer.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+        let hashes = store.tlog_leaf_hashes(0).unwrap();
+        assert_eq!(hashes.len(), 3);
+        assert_eq!(store.tlog_leaf_hashes(2).unwrap(), hashes[2..]);
+        let by_hash = store
+            .tlog_entries(&TlogLookup::LeafHash(hashes[1].1), 0, u64::MAX, 10)
+            .unwrap();
+        assert_eq!(by_hash.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn certificates_recorded_before_the_log_started_are_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.db");
+        let ca = anchor_ca();
+        let (own, other) = (issue(&ca), issue(&ca));
+        {
+            // `nexus init` and an older version: no log yet.
+            let store = Store::open(&path).unwrap();
+            store.record_certificate(&own, "anchor").unwrap();
+            store.record_certificate(&other, "csr").unwrap();
+            store
+                .revoke_certificates("x", &[other.serial.clone()], "unspecified", crl)
+                .unwrap()
+                .unwrap();
+            assert!(entries(&store).is_empty());
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.start_transparency_log(ca.fingerprint()).unwrap(), 3);
+        let log = entries(&store);
+        let revoked = log.iter().position(|e| e.kind == EntryKind::Revoked).unwrap();
+        assert_eq!(log[revoked].serial_hex(), other.serial);
+        let issued = log
+            .iter()
+            .position(|e| e.serial_hex() == other.serial)
+            .unwrap();
+        assert!(issued < revoked, "an issue is logged before its revocation");
+        assert!(log.iter().any(|e| e.serial_hex() == own.serial));
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.start_transparency_log(ca.fingerprint()).unwrap(), 0);
+        assert_eq!(entries(&store), log, "a restart changes nothing");
     }
 }

@@ -71,7 +71,9 @@ async fn nodes_renew_short_lived_certificates_without_leaving_the_fleet() {
         )
         .await
         .unwrap();
-    assert!(renewals >= 1.0, "renewals: {renewals}");
+    // Renewed when due, not on every check: with 15 s certificates and a 5 s window, at most a
+    // couple of renewals fit in this test.
+    assert!((1.0..=3.0).contains(&renewals), "renewals: {renewals}");
     // Every certificate the anchor issued is on its record.
     let (status, mics) = fleet
         .get(&fleet.anchor().api, &format!("/v1/mics?node_id={node1}"))

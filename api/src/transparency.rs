@@ -1,0 +1,201 @@
+//! `/v1/transparency/*`: an anchor's certificate transparency log (RFC 6962 Merkle tree of every
+//! MIC it issued and revoked). Read-only, for any authenticated caller: the point of the log is
+//! that anyone in the fleet can audit it.
+//!
+//! - `GET /v1/transparency/sth`: the signed tree head.
+//! - `GET /v1/transparency/entries?start=&end=`: entries `start..end` (end exclusive, at most
+//!   [`MAX_LIMIT`] per call; `next_start` says where to go on), or the entries of one
+//!   `serial=`, `node_id=` or `issuer=` (same shape, same paging).
+//! - `GET /v1/transparency/proof/inclusion?serial=[&kind=]` or `?leaf_hash=`, optional `size=`.
+//! - `GET /v1/transparency/proof/consistency?first=[&second=]`.
+//!
+//! This module checks the shape of each parameter (a 400 names it); the [`Backend`] checks
+//! sizes against the log (400 beyond it) and answers 404 for an entry it does not hold.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+
+use crate::wire::{
+    ConsistencyProof, InclusionProof, InclusionTarget, SignedTreeHead, TransparencyEntries,
+    TransparencyLookup,
+};
+use crate::{ApiError, MAX_LIMIT, Shared};
+
+fn query<T>(query: Result<Query<T>, QueryRejection>, accepted: &str) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|err| {
+        ApiError::bad_request(format!(
+            "bad query string: {}; this route accepts {accepted}",
+            err.body_text()
+        ))
+    })
+}
+
+/// A whole number parameter.
+fn number(param: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{param} must be a whole number (a leaf index or tree size), got {raw:?}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// A lowercase-hex parameter of `len` characters (`None`: any even length up to 510, a serial).
+fn hex_param(param: &str, raw: &str, len: Option<usize>) -> Result<String, ApiError> {
+    let hex = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = match len {
+        Some(len) => hex && raw.len() == len,
+        None => hex && raw.len().is_multiple_of(2) && raw.len() <= 510,
+    };
+    if ok {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        let want = match len {
+            Some(len) => format!("{len} hex characters"),
+            None => "an even number of hex characters".to_string(),
+        };
+        Err(ApiError::bad_request(format!(
+            "{param} must be {want}, got {raw:?}"
+        )))
+    }
+}
+
+fn hash_param(param: &str, raw: &str) -> Result<[u8; 32], ApiError> {
+    let hex = hex_param(param, raw, Some(64))?;
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| ApiError::bad_request(format!("{param} is not hex")))?;
+    }
+    Ok(out)
+}
+
+pub(crate) async fn sth(State(backend): State<Shared>) -> Result<Json<SignedTreeHead>, ApiError> {
+    backend.transparency_sth().await.map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EntriesQuery {
+    start: Option<String>,
+    end: Option<String>,
+    serial: Option<String>,
+    node_id: Option<String>,
+    issuer: Option<String>,
+}
+
+pub(crate) async fn entries(
+    State(backend): State<Shared>,
+    raw: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Json<TransparencyEntries>, ApiError> {
+    let q = query(raw, "start, end, and one of serial, node_id or issuer")?;
+    let start = number("start", q.start.as_deref())?.unwrap_or(0);
+    let end = number("end", q.end.as_deref())?;
+    if let Some(end) = end
+        && end < start
+    {
+        return Err(ApiError::bad_request(format!(
+            "end ({end}) must not be smaller than start ({start}); end is exclusive"
+        )));
+    }
+    let lookup = match (&q.serial, &q.node_id, &q.issuer) {
+        (None, None, None) => TransparencyLookup::All,
+        (Some(serial), None, None) => {
+            TransparencyLookup::Serial(hex_param("serial", serial, None)?)
+        }
+        (None, Some(id), None) => TransparencyLookup::NodeId(hex_param("node_id", id, Some(32))?),
+        (None, None, Some(fp)) => TransparencyLookup::Issuer(hex_param("issuer", fp, Some(64))?),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give at most one of serial, node_id and issuer",
+            ));
+        }
+    };
+    backend
+        .transparency_entries(lookup, start, end, MAX_LIMIT)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InclusionQuery {
+    serial: Option<String>,
+    kind: Option<String>,
+    leaf_hash: Option<String>,
+    size: Option<String>,
+}
+
+pub(crate) async fn inclusion(
+    State(backend): State<Shared>,
+    raw: Result<Query<InclusionQuery>, QueryRejection>,
+) -> Result<Json<InclusionProof>, ApiError> {
+    let q = query(
+        raw,
+        "serial (with kind issued or revoked) or leaf_hash, and size",
+    )?;
+    let size = number("size", q.size.as_deref())?;
+    let target = match (&q.serial, &q.leaf_hash) {
+        (Some(serial), None) => {
+            let kind = match q.kind.as_deref() {
+                None | Some("issued") => "issued",
+                Some("revoked") => "revoked",
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "kind must be issued or revoked, got {other:?}"
+                    )));
+                }
+            };
+            InclusionTarget::Serial {
+                serial: hex_param("serial", serial, None)?,
+                kind: kind.to_string(),
+            }
+        }
+        (None, Some(hash)) => {
+            if q.kind.is_some() {
+                return Err(ApiError::bad_request(
+                    "kind goes with serial; a leaf_hash names one entry already",
+                ));
+            }
+            InclusionTarget::LeafHash(hash_param("leaf_hash", hash)?)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of serial and leaf_hash",
+            ));
+        }
+    };
+    backend.transparency_inclusion(target, size).await.map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsistencyQuery {
+    first: Option<String>,
+    second: Option<String>,
+}
+
+pub(crate) async fn consistency(
+    State(backend): State<Shared>,
+    raw: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    let q = query(raw, "first and second")?;
+    let first = number("first", q.first.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("first (the older tree size) is required"))?;
+    let second = number("second", q.second.as_deref())?;
+    if let Some(second) = second
+        && first > second
+    {
+        return Err(ApiError::bad_request(format!(
+            "first ({first}) must not be larger than second ({second})"
+        )));
+    }
+    backend
+        .transparency_consistency(first, second)
+        .await
+        .map(Json)
+}
