@@ -333,8 +333,8 @@ impl CertificateAuthority {
                 "the public key is not a valid ed25519 point".into(),
             ));
         }
-        let validity = time::Duration::try_from(validity)
-            .map_err(|e| CaError::BadValidity(e.to_string()))?;
+        let validity =
+            time::Duration::try_from(validity).map_err(|e| CaError::BadValidity(e.to_string()))?;
         let now = OffsetDateTime::now_utc();
         let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
@@ -906,7 +906,10 @@ pub(crate) mod tests {
         let (_, renewed_key, _, renewed_not_after) =
             CertificateAuthority::describe_intermediate(&renewed).unwrap();
         assert_eq!(renewed_key, key);
-        assert!(renewed_not_after < not_after, "capped at the asked validity");
+        assert!(
+            renewed_not_after < not_after,
+            "capped at the asked validity"
+        );
         // A MIC the old certificate's key issued verifies through the new certificate alone.
         let store = crate::TrustStore::new(f.root.cert_der().to_vec(), vec![renewed]).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();

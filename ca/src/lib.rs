@@ -34,9 +34,8 @@ pub mod token;
 pub mod trust;
 
 pub use cert::{
-    BACKDATE_SECS,
-    CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, VerifiedMic, der_to_pem,
-    pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint, validate_name,
+    BACKDATE_SECS, CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, VerifiedMic,
+    der_to_pem, pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint, validate_name,
 };
 pub use crl::{
     Installed, RevocationSet, RevokeReason, Revoked, VerifiedCrl, normalize_serial, verify_crl,

@@ -778,6 +778,71 @@ mod tests {
         );
     }
 
+    #[test]
+    fn revoked_senders_are_dropped_from_the_next_datagram_and_renewed_ones_are_let_back() {
+        let f = fleet("acme");
+        let sender_member = member(&f);
+        let mut sender = auth_for(&f, &sender_member);
+        let mut receiver = auth_for(&f, &member(&f));
+        let live = nexus_ca::FleetTrust::new(f.trust.clone());
+        receiver.enforce_revocations(live.clone());
+        let now = unix_ms();
+        let sealed = sender.seal(b"payload", now).unwrap();
+        receiver.open(&sealed, now).unwrap();
+
+        let serial = nexus_ca::read_mic(&sender_member.1).unwrap().serial_hex;
+        let crl = f
+            .intermediate
+            .issue_crl(
+                1,
+                &[nexus_ca::Revoked {
+                    serial_hex: serial,
+                    revoked_at_unix: 0,
+                    reason: nexus_ca::RevokeReason::KeyCompromise,
+                }],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        live.install_crl(&crl).unwrap();
+        let err = receiver.open(&sealed, now).unwrap_err();
+        assert_eq!(err, DropReason::Revoked(sender.node_id));
+        assert_eq!(err.label(), "revoked");
+        // Certificate-less datagrams too: the cached certificate is the revoked one.
+        let bare = seal_without_cert(&sender, b"payload", now);
+        assert_eq!(
+            receiver.open(&bare, now).unwrap_err(),
+            DropReason::Revoked(sender.node_id)
+        );
+        // A decommissioned node is denied first, so it still hears why (eviction notice).
+        receiver.deny(sender.node_id);
+        assert_eq!(
+            receiver.open(&sealed, now).unwrap_err(),
+            DropReason::Denied(sender.node_id)
+        );
+
+        // A new certificate for the same key (not revoked) is accepted again by a receiver that
+        // does not deny the node.
+        let mut fresh = auth_for(&f, &member(&f));
+        fresh.enforce_revocations(live.clone());
+        let renewed = f
+            .intermediate
+            .issue_mic(
+                &sender_member.0.public_key(),
+                &MicProfile {
+                    fleet_id: f.id.clone(),
+                    node_id: sender_member.0.node_id(),
+                    tenant: String::new(),
+                    site: "lab-1".to_string(),
+                    role: Role::Node,
+                    validity: Duration::from_secs(3600),
+                },
+            )
+            .unwrap();
+        sender.set_certificate(renewed);
+        let sealed = sender.seal(b"payload", now).unwrap();
+        assert_eq!(fresh.open(&sealed, now).unwrap().sender, sender.node_id);
+    }
+
     #[tokio::test]
     async fn plain_chitchat_and_junk_are_not_nexus() {
         use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};

@@ -251,7 +251,9 @@ impl NodeConfig {
             "certificates.ca_lifetime",
             Duration::from_secs(1826 * 24 * 3600),
         )?;
-        if ca_lifetime < Duration::from_secs(10) || ca_lifetime > Duration::from_secs(1826 * 24 * 3600) {
+        if ca_lifetime < Duration::from_secs(10)
+            || ca_lifetime > Duration::from_secs(1826 * 24 * 3600)
+        {
             bail!("config key `certificates.ca_lifetime` must be between 10s and 1826d");
         }
         let mic_lifetime = duration(&c.lifetime, "certificates.lifetime", DEFAULT_MIC_LIFETIME)?;

@@ -397,13 +397,12 @@ impl PeerService {
         let caller = caller.clone();
         let (store, fleet) = (self.store.clone(), self.fleet.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let intermediate =
-                root.certify_intermediate(
-                    &caller.fleet_id,
-                    caller.node_id,
-                    &ca_key,
-                    anchor.ca_lifetime,
-                )?;
+            let intermediate = root.certify_intermediate(
+                &caller.fleet_id,
+                caller.node_id,
+                &ca_key,
+                anchor.ca_lifetime,
+            )?;
             let mic = anchor.ca.issue_mic(
                 &caller.public_key,
                 &MicProfile {
@@ -452,7 +451,10 @@ impl PeerService {
             return refused("not_an_anchor", "this node is not an anchor");
         };
         let Some(root) = anchor.root.clone() else {
-            return refused("not_root_holder", "this anchor does not hold the fleet root key");
+            return refused(
+                "not_root_holder",
+                "this anchor does not hold the fleet root key",
+            );
         };
         if caller.role != Role::Anchor {
             return refused("not_an_anchor", "only anchors hold intermediate CAs");
@@ -476,7 +478,8 @@ impl PeerService {
                 ),
             );
         }
-        match root.certify_intermediate(&caller.fleet_id, caller.node_id, &key, anchor.ca_lifetime) {
+        match root.certify_intermediate(&caller.fleet_id, caller.node_id, &key, anchor.ca_lifetime)
+        {
             Ok(der) => {
                 let _ = self.fleet.add_intermediate(der.clone());
                 self.persist_intermediates();
@@ -524,13 +527,19 @@ impl PeerService {
                     .context("the root holder's QUIC address is not known")?;
                 let csr = crate::cakeys::ca_csr(&self.dir)?;
                 match self
-                    .request(holder, addr, &PeerRequest::RenewIntermediate { ca_csr_pem: csr })
+                    .request(
+                        holder,
+                        addr,
+                        &PeerRequest::RenewIntermediate { ca_csr_pem: csr },
+                    )
                     .await?
                 {
-                    PeerResponse::Intermediate { intermediate_pem } => pem_to_der(&intermediate_pem)?
-                        .into_iter()
-                        .next()
-                        .context("no certificate in the answer")?,
+                    PeerResponse::Intermediate { intermediate_pem } => {
+                        pem_to_der(&intermediate_pem)?
+                            .into_iter()
+                            .next()
+                            .context("no certificate in the answer")?
+                    }
                     PeerResponse::Refused { code, message } => bail!("refused ({code}): {message}"),
                     other => bail!("unexpected answer {other:?}"),
                 }
@@ -543,7 +552,10 @@ impl PeerService {
         self.fleet.add_intermediate(der.clone())?;
         self.persist_intermediates();
         datadir::write_public(&self.dir.ca_cert(), &der_to_pem(&der))?;
-        tracing::info!(not_after = new_not_after, "anchor CA renewed; restarting to use it");
+        tracing::info!(
+            not_after = new_not_after,
+            "anchor CA renewed; restarting to use it"
+        );
         let _ = self.restart.send(true);
         Ok(())
     }

@@ -786,16 +786,21 @@ impl Store {
                     .and_then(|ders| ders.into_iter().next());
                 let issued = der.map(|der| nexus_ca::tlog::LogEntry::issued(der, issuer, now));
                 let Some(Ok(issued)) = issued else {
-                    tracing::warn!(serial = %row.serial, "a recorded certificate cannot be read; it is left out of the transparency log");
+                    tracing::warn!(
+                        serial = %row.serial,
+                        "a recorded certificate cannot be read; it is left out of the transparency log"
+                    );
                     continue;
                 };
                 events.push((row.issued_at_ms, 0, issued));
                 if let Some(at) = row.revoked_at_ms {
                     match revoked_entry(&row.serial, &row.node_id, issuer, now) {
                         Ok(entry) => events.push((at, 1, entry)),
-                        Err(err) => {
-                            tracing::warn!(serial = %row.serial, error = %err, "a recorded revocation cannot be logged")
-                        }
+                        Err(err) => tracing::warn!(
+                            serial = %row.serial,
+                            error = %err,
+                            "a recorded revocation cannot be logged"
+                        ),
                     }
                 }
             }
@@ -1309,12 +1314,22 @@ mod transparency_tests {
 
         // A revocation whose CRL cannot be signed revokes nothing and logs nothing.
         let failed = store
-            .revoke_certificates(&hex::encode(issuer), &[joined.serial.clone()], "unspecified", |_, _| {
-                Err::<Vec<u8>, _>("token unplugged")
-            })
+            .revoke_certificates(
+                &hex::encode(issuer),
+                std::slice::from_ref(&joined.serial),
+                "unspecified",
+                |_, _| Err::<Vec<u8>, _>("token unplugged"),
+            )
             .unwrap();
         assert_eq!(failed, Err("token unplugged"));
-        assert!(store.certificate(&joined.serial).unwrap().unwrap().revoked_at_ms.is_none());
+        assert!(
+            store
+                .certificate(&joined.serial)
+                .unwrap()
+                .unwrap()
+                .revoked_at_ms
+                .is_none()
+        );
         assert_eq!(entries(&store).len(), 2);
 
         let serials = [joined.serial.clone(), "ffff".to_string()];
@@ -1330,12 +1345,21 @@ mod transparency_tests {
         assert_eq!(log[2].node_id.to_string(), joined.node_id);
         assert_eq!(
             Some(log[2].timestamp_ms),
-            store.certificate(&joined.serial).unwrap().unwrap().revoked_at_ms
+            store
+                .certificate(&joined.serial)
+                .unwrap()
+                .unwrap()
+                .revoked_at_ms
         );
 
         // Revoking again changes nothing and logs nothing; a fresh CRL logs nothing.
         let again = store
-            .revoke_certificates(&hex::encode(issuer), &[joined.serial.clone()], "unspecified", crl)
+            .revoke_certificates(
+                &hex::encode(issuer),
+                std::slice::from_ref(&joined.serial),
+                "unspecified",
+                crl,
+            )
             .unwrap()
             .unwrap();
         assert!(again.is_none());
@@ -1349,9 +1373,17 @@ mod transparency_tests {
         let by_serial = store
             .tlog_entries(&TlogLookup::Serial(joined.serial.clone()), 0, u64::MAX, 10)
             .unwrap();
-        assert_eq!(by_serial.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(
+            by_serial.iter().map(|r| r.index).collect::<Vec<_>>(),
+            [0, 2]
+        );
         let by_node = store
-            .tlog_entries(&TlogLookup::NodeId(renewed.node_id.clone()), 0, u64::MAX, 10)
+            .tlog_entries(
+                &TlogLookup::NodeId(renewed.node_id.clone()),
+                0,
+                u64::MAX,
+                10,
+            )
             .unwrap();
         assert_eq!(by_node.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
         let by_issuer = store
@@ -1379,7 +1411,7 @@ mod transparency_tests {
             store.record_certificate(&own, "anchor").unwrap();
             store.record_certificate(&other, "csr").unwrap();
             store
-                .revoke_certificates("x", &[other.serial.clone()], "unspecified", crl)
+                .revoke_certificates("x", std::slice::from_ref(&other.serial), "unspecified", crl)
                 .unwrap()
                 .unwrap();
             assert!(entries(&store).is_empty());
@@ -1387,7 +1419,10 @@ mod transparency_tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.start_transparency_log(ca.fingerprint()).unwrap(), 3);
         let log = entries(&store);
-        let revoked = log.iter().position(|e| e.kind == EntryKind::Revoked).unwrap();
+        let revoked = log
+            .iter()
+            .position(|e| e.kind == EntryKind::Revoked)
+            .unwrap();
         assert_eq!(log[revoked].serial_hex(), other.serial);
         let issued = log
             .iter()

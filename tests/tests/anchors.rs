@@ -147,14 +147,16 @@ async fn a_promoted_node_becomes_a_second_anchor_that_admits_nodes() {
         .as_str()
         .unwrap()
         .to_string();
+    let once_id = nexus_ca::JoinToken::decode(&once).unwrap().token_id;
     wait_until(
         Duration::from_secs(10),
         "the second anchor learns the token",
         || async {
-            fleet
-                .get(&second_api, "/v1/tokens")
-                .await
-                .is_ok_and(|(_, t)| t["items"].as_array().is_some_and(|i| i.len() >= 2))
+            fleet.get(&second_api, "/v1/tokens").await.is_ok_and(|(_, t)| {
+                t["items"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|t| t["id"] == once_id.as_str()))
+            })
         },
     )
     .await
@@ -165,7 +167,6 @@ async fn a_promoted_node_becomes_a_second_anchor_that_admits_nodes() {
         .unwrap();
     fleet.converge(4, "online", &[]).await.unwrap();
     // Once gossip carried the use, the first anchor counts it and refuses a second join.
-    let once_id = nexus_ca::JoinToken::decode(&once).unwrap().token_id;
     wait_until(
         Duration::from_secs(10),
         "the first anchor counts the use",

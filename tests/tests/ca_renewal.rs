@@ -41,27 +41,35 @@ async fn a_promoted_anchor_renews_its_ca_before_it_expires() {
     };
     assert_eq!(status, 202, "{body}");
     let ca_pem = fleet.nodes[1].dir.join("ca/intermediate.pem");
-    wait_until(Duration::from_secs(20), "the promotion completes", || async {
-        ca_pem.exists()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the promotion completes",
+        || async { ca_pem.exists() },
+    )
     .await
     .unwrap();
     let first = not_after(&ca_pem);
 
     // A third of 24 s before expiry, the anchor has the root re-certify its key.
-    wait_until(Duration::from_secs(30), "the anchor CA is renewed", || async {
-        not_after(&ca_pem) != first
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the anchor CA is renewed",
+        || async { not_after(&ca_pem) != first },
+    )
     .await
     .unwrap();
     // The renewed anchor is back (it restarted on the same addresses) and still admits nodes.
     let second_api = fleet.nodes[1].api.clone();
-    wait_until(Duration::from_secs(20), "the anchor serves again", || async {
-        fleet
-            .get(&second_api, "/healthz")
-            .await
-            .is_ok_and(|(_, h)| h["role"] == "anchor")
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the anchor serves again",
+        || async {
+            fleet
+                .get(&second_api, "/healthz")
+                .await
+                .is_ok_and(|(_, h)| h["role"] == "anchor")
+        },
+    )
     .await
     .unwrap();
     let http = nexus_tests::api_client(&fleet.anchor().dir).unwrap();
