@@ -175,6 +175,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<wire::ConsistencyProof, ApiError> {
         Err(not_an_anchor())
     }
+    /// The other anchors' transparency logs as this anchor mirrors them.
+    async fn transparency_mirrors(&self) -> Result<Vec<crate::wire::TransparencyMirror>, ApiError> {
+        Err(not_an_anchor())
+    }
     /// The CRLs this node enforces: (issuer fingerprint hex, DER), ordered by issuer.
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
@@ -219,6 +223,7 @@ pub fn router(backend: Shared) -> Router {
             get(transparency::consistency),
         )
         .route("/v1/anchors", post(promote).get(list_anchors))
+        .route("/v1/transparency/mirrors", get(transparency_mirrors))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_api_key,
@@ -873,4 +878,10 @@ async fn list_anchors(
 ) -> Result<Json<Page<Anchor>>, ApiError> {
     let query = query_or_400(query)?;
     paginate(backend.anchors().await?, &query, "anchors", |a| &a.node_id).map(Json)
+}
+
+async fn transparency_mirrors(
+    State(backend): State<Shared>,
+) -> Result<Json<Vec<crate::wire::TransparencyMirror>>, ApiError> {
+    backend.transparency_mirrors().await.map(Json)
 }

@@ -384,3 +384,22 @@ pub struct ConsistencyProof {
     /// `PROOF(first, D[second])`, leaf level first, hex (empty when `first` is 0 or `second`).
     pub proof: Vec<String>,
 }
+
+/// Another anchor's transparency log as this anchor mirrors and checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransparencyMirror {
+    /// The origin anchor.
+    pub origin: String,
+    /// `nexus-tlog/<origin>`.
+    pub log_id: String,
+    /// Entries mirrored.
+    pub size: u64,
+    /// Root of the newest signed head the mirrored entries reproduce (hex).
+    pub root: Option<String>,
+    /// False once the origin was caught rewriting or shrinking its log.
+    pub consistent: bool,
+    /// What was found, when inconsistent.
+    pub problem: Option<String>,
+    /// Last successful check (RFC 3339), if any this run.
+    pub checked_at: Option<String>,
+}

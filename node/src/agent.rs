@@ -388,6 +388,13 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         restart_tx,
         remote_uses,
     );
+    if let Some(log) = &transparency {
+        let store = store.clone();
+        let mirrors = tokio::task::spawn_blocking(move || crate::mirror::Mirrors::open(store))
+            .await?
+            .context("loading the mirrored transparency logs")?;
+        peer.set_logs(log.clone(), Arc::new(mirrors));
+    }
     peer.refresh_own_crl()
         .await
         .context("signing this anchor's certificate revocation list")?;

@@ -606,6 +606,19 @@ impl Backend for NodeBackend {
             .await
     }
 
+    async fn transparency_mirrors(
+        &self,
+    ) -> Result<Vec<nexus_api::wire::TransparencyMirror>, ApiError> {
+        let mirrors = self.peer.mirrors().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_an_anchor",
+                "only anchors mirror the other anchors' transparency logs",
+            )
+        })?;
+        Ok(mirrors.status())
+    }
+
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         self.peer
             .fleet

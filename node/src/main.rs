@@ -15,6 +15,7 @@ mod config;
 mod datadir;
 mod dev;
 mod enroll;
+mod mirror;
 mod peer;
 mod store;
 mod transparency;

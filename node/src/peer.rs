@@ -82,6 +82,14 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, for the new CA key (proves the caller holds it).
         ca_csr_pem: String,
     },
+    /// Leaves of the answering anchor's transparency log from `start` (at most `max`), with
+    /// its signed tree head: how anchors mirror each other's logs.
+    TlogSince {
+        /// First leaf index wanted.
+        start: u64,
+        /// Most leaves wanted.
+        max: u32,
+    },
     /// An anchor asks the root holder to re-certify its intermediate CA key (same key, so every
     /// MIC it issued stays valid).
     RenewIntermediate {
@@ -133,6 +141,8 @@ pub enum PeerResponse {
         /// The caller's MIC with role anchor, PEM.
         cert_pem: String,
     },
+    /// A page of a transparency log.
+    TlogPage(Box<crate::mirror::TlogPage>),
     /// A re-certified intermediate.
     Intermediate {
         /// The new certificate, PEM.
@@ -214,6 +224,11 @@ pub struct PeerService {
     remote_uses: RemoteUses,
     /// What this node last published under each of its own gossip keys (tokens, uses).
     published: Mutex<HashMap<String, String>>,
+    /// Anchors: this anchor's transparency log and its mirrors of the others'.
+    logs: std::sync::OnceLock<(
+        Arc<crate::transparency::Transparency>,
+        Arc<crate::mirror::Mirrors>,
+    )>,
 }
 
 fn now_unix() -> i64 {
@@ -269,6 +284,7 @@ impl PeerService {
             restart,
             remote_uses,
             published: Mutex::new(HashMap::new()),
+            logs: std::sync::OnceLock::new(),
             info: Mutex::new(info),
         })
     }
@@ -352,6 +368,17 @@ impl PeerService {
             }
             PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
             PeerRequest::Promote { ca_csr_pem } => self.promote_for(caller, &ca_csr_pem).await,
+            PeerRequest::TlogSince { start, max } => {
+                let Some((log, _)) = self.logs.get().cloned() else {
+                    return refused("not_an_anchor", "only anchors keep a transparency log");
+                };
+                let max = max.min(crate::mirror::PAGE);
+                match tokio::task::spawn_blocking(move || log.page(start, max)).await {
+                    Ok(Ok(page)) => PeerResponse::TlogPage(Box::new(page)),
+                    Ok(Err(err)) => refused("internal", format!("{err}")),
+                    Err(err) => refused("internal", err.to_string()),
+                }
+            }
             PeerRequest::RenewIntermediate { ca_csr_pem } => {
                 self.renew_intermediate_for(caller, &ca_csr_pem).await
             }
@@ -642,6 +669,78 @@ impl PeerService {
         }
         self.mesh.publish(key, &value).await;
         lock(&self.published).insert(key.to_string(), value);
+    }
+
+    /// Anchors: the transparency log this anchor serves, and the mirrors it keeps.
+    pub fn set_logs(
+        &self,
+        log: Arc<crate::transparency::Transparency>,
+        mirrors: Arc<crate::mirror::Mirrors>,
+    ) {
+        let _ = self.logs.set((log, mirrors));
+    }
+
+    /// The mirrors of the other anchors' logs (anchors).
+    pub fn mirrors(&self) -> Option<Arc<crate::mirror::Mirrors>> {
+        self.logs.get().map(|(_, m)| m.clone())
+    }
+
+    /// Anchors: brings every mirror of another anchor's log up to date (a few pages each).
+    async fn mirror_logs(&self) {
+        let Some((_, mirrors)) = self.logs.get().cloned() else {
+            return;
+        };
+        let anchors: Vec<(NodeId, SocketAddr)> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| m.node_id != self.node_id && m.status == NodeStatus::Online)
+            .filter_map(|m| {
+                let info = m.info?;
+                (info.role == Role::Anchor).then_some((m.node_id, info.quic_addr))
+            })
+            .collect();
+        for (origin, addr) in anchors {
+            for _ in 0..10 {
+                let Some(start) = mirrors.next_start(&origin) else {
+                    break;
+                };
+                let request = PeerRequest::TlogSince {
+                    start,
+                    max: crate::mirror::PAGE,
+                };
+                let page = match self.request(origin, addr, &request).await {
+                    Ok(PeerResponse::TlogPage(page)) => page,
+                    Ok(other) => {
+                        tracing::debug!(anchor = %origin, answer = ?other, "no log page");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::debug!(anchor = %origin, error = %format!("{err:#}"), "cannot fetch a log page");
+                        break;
+                    }
+                };
+                let fleet = self.fleet.clone();
+                let mirrors = mirrors.clone();
+                let full = page.leaves.len() as u32 >= crate::mirror::PAGE;
+                let applied = tokio::task::spawn_blocking(move || {
+                    mirrors.apply(origin, start, &page, |der| {
+                        fleet.store().intermediates().iter().any(|i| i == der)
+                            || fleet.add_intermediate(der.to_vec()).is_ok()
+                    })
+                })
+                .await;
+                match applied {
+                    Ok(Ok(_)) if full => continue,
+                    Ok(Ok(_)) => break,
+                    Ok(Err(err)) => {
+                        tracing::warn!(anchor = %origin, error = %format!("{err:#}"), "log page refused");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     /// Joins that other anchors admitted with token `id` (from gossip).
@@ -1148,6 +1247,7 @@ impl PeerService {
             self.pull_newer_crls().await;
             self.retire_decommissioned().await;
             self.sync_fleet_state().await;
+            self.mirror_logs().await;
             if tokio::time::Instant::now() >= renew_after {
                 if let Err(err) = self.refresh_own_crl().await {
                     tracing::error!(error = %format!("{err:#}"), "cannot sign this anchor's CRL");

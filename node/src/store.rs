@@ -148,6 +148,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tlog_entries_node ON tlog_entries(node_id);
     CREATE INDEX tlog_entries_issuer ON tlog_entries(issuer);
     CREATE INDEX tlog_entries_leaf_hash ON tlog_entries(leaf_hash);",
+    // 6: copies of the other anchors' transparency logs (see `crate::mirror`), the newest head
+    // verified against each, and evidence when an origin was caught rewriting its log.
+    "CREATE TABLE tlog_mirror (
+        origin TEXT NOT NULL,
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        leaf BLOB NOT NULL,
+        PRIMARY KEY (origin, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE tlog_mirror_heads (
+        origin TEXT PRIMARY KEY,
+        head TEXT,
+        broken TEXT,
+        evidence TEXT,
+        updated_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Who this node is, as stored.
@@ -882,6 +897,87 @@ impl Store {
                         .collect()
                 }
             }
+        })
+    }
+}
+
+/// A mirrored log as stored: origin, leaf hashes in order, the newest verified head, and the
+/// problem found, if any.
+pub type MirroredLog = (
+    String,
+    Vec<[u8; 32]>,
+    Option<nexus_ca::tlog::TreeHead>,
+    Option<String>,
+);
+
+impl Store {
+    /// Every mirrored transparency log.
+    pub fn tlog_mirrors(&self) -> Result<Vec<MirroredLog>, StoreError> {
+        self.with(|c| {
+            let mut heads = c.prepare("SELECT origin, head, broken FROM tlog_mirror_heads")?;
+            let heads: Vec<(String, Option<String>, Option<String>)> = heads
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut leaves =
+                c.prepare("SELECT leaf FROM tlog_mirror WHERE origin = ?1 ORDER BY idx")?;
+            let mut all = Vec::new();
+            for (origin, head, broken) in heads {
+                let hashes = leaves
+                    .query_map([&origin], |r| {
+                        Ok(nexus_ca::tlog::leaf_hash(&r.get::<_, Vec<u8>>(0)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let head = head
+                    .and_then(|h| serde_json::from_str::<nexus_ca::tlog::SignedTreeHead>(&h).ok())
+                    .map(|sth| sth.head);
+                all.push((origin, hashes, head, broken));
+            }
+            Ok(all)
+        })
+    }
+
+    /// Appends mirrored leaves `start..` of `origin`'s log and, when given, its newest verified
+    /// head, in one transaction.
+    pub fn append_tlog_mirror(
+        &self,
+        origin: &str,
+        start: u64,
+        leaves: &[Vec<u8>],
+        head: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (i, leaf) in leaves.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO tlog_mirror (origin, idx, leaf) VALUES (?1, ?2, ?3)",
+                    params![origin, clamp_i64(start + i as u64), leaf],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO tlog_mirror_heads (origin, head, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (origin) DO UPDATE SET head = COALESCE(excluded.head, head),
+                     updated_at_ms = excluded.updated_at_ms",
+                params![origin, head, crate::now_ms() as i64],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// Records that `origin`'s log was caught inconsistent, with the offending head.
+    pub fn mark_tlog_mirror_broken(
+        &self,
+        origin: &str,
+        problem: &str,
+        evidence: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tlog_mirror_heads (origin, broken, evidence, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (origin) DO UPDATE SET broken = excluded.broken,
+                     evidence = excluded.evidence, updated_at_ms = excluded.updated_at_ms",
+                params![origin, problem, evidence, crate::now_ms() as i64],
+            )
+            .map(|_| ())
         })
     }
 }

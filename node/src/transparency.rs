@@ -144,12 +144,35 @@ impl Transparency {
 
     /// The signed tree head of the log as it is now.
     pub fn signed_head(&self) -> Result<SignedTreeHead, TransparencyError> {
+        let sth = self.current_head()?;
+        self.wire_head(&sth)
+    }
+
+    /// Leaves `start..` (at most `max`) and the signed head they belong to, for anchors that
+    /// mirror this log.
+    pub fn page(&self, start: u64, max: u32) -> Result<crate::mirror::TlogPage, TransparencyError> {
+        let head = self.current_head()?;
+        let end = start.saturating_add(u64::from(max)).min(head.head.size);
+        let rows = if start < end {
+            self.store
+                .tlog_entries(&TlogLookup::All, start, end, max as usize)?
+        } else {
+            Vec::new()
+        };
+        Ok(crate::mirror::TlogPage {
+            head,
+            signer_der: STANDARD.encode(self.ca.cert_der()),
+            leaves: rows.iter().map(|r| STANDARD.encode(&r.leaf)).collect(),
+        })
+    }
+
+    fn current_head(&self) -> Result<tlog::SignedTreeHead, TransparencyError> {
         let head = {
             let log = self.synced()?;
             let cached = lock(&self.head);
             match &*cached {
                 Some((sth, at)) if sth.head.size == log.len() && at.elapsed() < STH_MAX_AGE => {
-                    return self.wire_head(sth);
+                    return Ok(sth.clone());
                 }
                 _ => log.tree_head(self.log_id.clone(), crate::now_ms()),
             }
@@ -166,7 +189,7 @@ impl Transparency {
         if newer {
             *cached = Some((sth.clone(), Instant::now()));
         }
-        self.wire_head(&sth)
+        Ok(sth)
     }
 
     fn wire_head(&self, sth: &tlog::SignedTreeHead) -> Result<SignedTreeHead, TransparencyError> {

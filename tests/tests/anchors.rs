@@ -152,11 +152,14 @@ async fn a_promoted_node_becomes_a_second_anchor_that_admits_nodes() {
         Duration::from_secs(10),
         "the second anchor learns the token",
         || async {
-            fleet.get(&second_api, "/v1/tokens").await.is_ok_and(|(_, t)| {
-                t["items"]
-                    .as_array()
-                    .is_some_and(|i| i.iter().any(|t| t["id"] == once_id.as_str()))
-            })
+            fleet
+                .get(&second_api, "/v1/tokens")
+                .await
+                .is_ok_and(|(_, t)| {
+                    t["items"]
+                        .as_array()
+                        .is_some_and(|i| i.iter().any(|t| t["id"] == once_id.as_str()))
+                })
         },
     )
     .await
@@ -207,4 +210,36 @@ async fn a_promoted_node_becomes_a_second_anchor_that_admits_nodes() {
         "the single-use token was accepted twice"
     );
     assert!(stderr.contains("used"), "{stderr}");
+
+    // Each anchor mirrors the other's transparency log and finds it consistent with the head
+    // the other signed.
+    for (here, there, there_id) in [
+        (&anchor_api, &second_api, second.clone()),
+        (&second_api, &anchor_api, fleet.anchor().node_id.clone()),
+    ] {
+        wait_until(
+            Duration::from_secs(15),
+            "the anchors mirror each other's logs",
+            || async {
+                let Ok((_, sth)) = fleet.get(there, "/v1/transparency/sth").await else {
+                    return false;
+                };
+                fleet
+                    .get(here, "/v1/transparency/mirrors")
+                    .await
+                    .is_ok_and(|(_, mirrors)| {
+                        mirrors.as_array().is_some_and(|all| {
+                            all.iter().any(|m| {
+                                m["origin"] == there_id.as_str()
+                                    && m["consistent"] == true
+                                    && m["size"] == sth["size"]
+                                    && m["root"] == sth["root"]
+                            })
+                        })
+                    })
+            },
+        )
+        .await
+        .unwrap();
+    }
 }
