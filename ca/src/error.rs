@@ -159,6 +159,20 @@ pub enum CaError {
         serial: String,
     },
 
+    /// Strict mode: the certificate is not (yet) proven to be in a transparency log.
+    #[error(
+        "the certificate of node {node} (serial {serial}) is not proven to be in an anchor's \
+         transparency log; this node requires that (strict mode) and is looking it up: retry in \
+         a moment, and if it persists the certificate was issued outside the fleet's CAs' \
+         records"
+    )]
+    NotLogged {
+        /// The node the certificate names.
+        node: String,
+        /// Its serial, lowercase hex.
+        serial: String,
+    },
+
     /// A certificate revocation list was refused.
     #[error("certificate revocation list refused: {0}")]
     BadCrl(String),

@@ -46,7 +46,16 @@ fn provider() -> Arc<CryptoProvider> {
 pub struct FleetTrust {
     store: RwLock<TrustStore>,
     revocations: RevocationSet,
+    /// Strict mode: a peer's MIC must be proven to be in an anchor's transparency log.
+    require_logged: std::sync::atomic::AtomicBool,
+    /// Serials proven to be in a log.
+    logged: RwLock<std::collections::HashSet<String>>,
+    /// Serials seen but not proven yet, with their node (for the node to look up).
+    unconfirmed: std::sync::Mutex<std::collections::HashMap<String, NodeId>>,
 }
+
+/// Most serials waiting for a log lookup at once (each costs a round trip to an anchor).
+const MAX_UNCONFIRMED: usize = 4096;
 
 impl FleetTrust {
     /// Starts from `store` with nothing revoked.
@@ -54,6 +63,61 @@ impl FleetTrust {
         Arc::new(FleetTrust {
             store: RwLock::new(store),
             revocations: RevocationSet::new(),
+            require_logged: std::sync::atomic::AtomicBool::new(false),
+            logged: RwLock::new(Default::default()),
+            unconfirmed: std::sync::Mutex::new(Default::default()),
+        })
+    }
+
+    /// Strict mode on or off: when on, [`FleetTrust::verify_peer`] refuses a MIC until
+    /// [`FleetTrust::confirm_logged`] was called for its serial.
+    pub fn require_logged(&self, on: bool) {
+        self.require_logged
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records that the MIC with this serial was proven to be in a transparency log.
+    pub fn confirm_logged(&self, serial: &str) {
+        self.logged
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(serial.to_string());
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(serial);
+    }
+
+    /// The serials (and their nodes) refused for want of a log proof, to be looked up; taken
+    /// out of the queue (a serial seen again is queued again).
+    pub fn take_unconfirmed(&self) -> Vec<(String, NodeId)> {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect()
+    }
+
+    /// In strict mode, refuses (and queues for a lookup) a MIC not yet proven to be logged.
+    pub fn check_logged(&self, mic: &VerifiedMic) -> Result<(), CaError> {
+        if !self
+            .require_logged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .logged
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&mic.serial_hex)
+        {
+            return Ok(());
+        }
+        let mut queue = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() < MAX_UNCONFIRMED {
+            queue.insert(mic.serial_hex.clone(), mic.node_id);
+        }
+        Err(CaError::NotLogged {
+            node: mic.node_id.to_hex(),
+            serial: mic.serial_hex.clone(),
         })
     }
 
@@ -86,6 +150,19 @@ impl FleetTrust {
     /// `presented` are intermediates the peer sent; one this node does not know yet is used if
     /// the fleet root signed it (a newly promoted anchor's CA).
     pub fn verify_peer(
+        &self,
+        der: &[u8],
+        presented: &[CertificateDer<'_>],
+        now_unix: i64,
+    ) -> Result<VerifiedMic, CaError> {
+        let mic = self.verify_peer_unlogged(der, presented, now_unix)?;
+        self.check_logged(&mic)?;
+        Ok(mic)
+    }
+
+    /// [`FleetTrust::verify_peer`] without the strict-mode log check: for the connections that
+    /// fetch log proofs (whose answers carry their own signatures).
+    pub fn verify_peer_unlogged(
         &self,
         der: &[u8],
         presented: &[CertificateDer<'_>],
@@ -263,9 +340,12 @@ impl ServerCertVerifier for MemberServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        // Outgoing connections carry self-authenticating answers (signed CRLs, signed tree
+        // heads, checked certificates) and fetch the very proofs strict mode needs, so the log
+        // check applies to what this node accepts, not to whom it asks.
         let mic = self
             .trust
-            .verify_peer(end_entity, intermediates, now_unix(now))
+            .verify_peer_unlogged(end_entity, intermediates, now_unix(now))
             .map_err(|e| rustls::Error::General(format!("server certificate refused: {e}")))?;
         if let ServerName::DnsName(name) = server_name
             && let Some(expected) = name.as_ref().strip_suffix(NODE_NAME_SUFFIX)

@@ -85,6 +85,9 @@ pub enum DropReason {
     /// The sender's certificate is on a revocation list this node holds.
     #[error("sender {0} presents a revoked certificate")]
     Revoked(NodeId),
+    /// Strict mode: the sender's certificate is not proven to be in a transparency log yet.
+    #[error("sender {0} presents a certificate not proven to be logged")]
+    NotLogged(NodeId),
     /// Signature does not verify.
     #[error("bad signature")]
     BadSignature,
@@ -108,6 +111,7 @@ impl DropReason {
             DropReason::IdentityMismatch { .. } => "identity_mismatch",
             DropReason::Denied(_) => "denied",
             DropReason::Revoked(_) => "revoked",
+            DropReason::NotLogged(_) => "not_logged",
             DropReason::BadSignature => "bad_signature",
             DropReason::CertificateRequested => "certificate_request",
             DropReason::EvictionNotice(_) => "eviction_notice",
@@ -430,6 +434,11 @@ impl GossipAuth {
                 .is_some_and(|(_, mic)| trust.revocations().is_revoked(&mic.serial_hex));
             if revoked {
                 return Err(DropReason::Revoked(sender));
+            }
+            if let Some((_, mic)) = self.verified.get(&sender)
+                && trust.check_logged(mic).is_err()
+            {
+                return Err(DropReason::NotLogged(sender));
             }
         }
         let payload = &datagram[cursor..body_end];

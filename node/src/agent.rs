@@ -203,6 +203,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     // Trust as the node enforces it: the fleet root, the anchors' CAs, and every CRL stored by
     // earlier runs, all in place before the first datagram or handshake is accepted.
     let fleet = FleetTrust::new(loaded.trust.clone());
+    fleet.require_logged(config.require_logged);
     for der in store.crls()? {
         if let Err(err) = fleet.install_crl(&der) {
             tracing::warn!(error = %err, "a stored revocation list no longer verifies");

@@ -332,6 +332,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 crate::enroll::persist_admission(&dir, &key, &admission, &args.addrs)?;
+                let anchors: Vec<String> = if args.anchors.is_empty() {
+                    token.anchors.iter().map(ToString::to_string).collect()
+                } else {
+                    args.anchors.iter().map(ToString::to_string).collect()
+                };
+                crate::store::Store::open(&dir.db())?.save_anchor_addrs(&anchors, false)?;
                 println!(
                     "Joined fleet {} as node {} (site {}, tenant {}).",
                     admission.fleet_id, admission.node_id, admission.site, admission.tenant

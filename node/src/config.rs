@@ -39,6 +39,17 @@ pub struct FileConfig {
     pub certificates: Option<CertificatesFile>,
     /// The HTTP API.
     pub http: Option<HttpFile>,
+    /// What this node demands of its peers' certificates.
+    pub trust: Option<TrustFile>,
+}
+
+/// `[trust]` table.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFile {
+    /// Strict mode: accept a peer's MIC (gossip, incoming QUIC, API) only once an anchor proved
+    /// it is in its transparency log.
+    pub require_logged_certificates: Option<bool>,
 }
 
 /// `[certificates]` table.
@@ -118,6 +129,8 @@ pub struct NodeConfig {
     pub ca_lifetime: Duration,
     /// Serve the API over plain HTTP (loopback only).
     pub api_plaintext: bool,
+    /// Strict mode (`[trust] require_logged_certificates`).
+    pub require_logged: bool,
 }
 
 /// Default lifetime of a node MIC.
@@ -289,6 +302,20 @@ impl NodeConfig {
                  (HTTPS is the default) or bind the API to 127.0.0.1"
             );
         }
+        let require_logged = match std::env::var("NEXUS_REQUIRE_LOGGED_CERTIFICATES") {
+            Ok(value) => match value.as_str() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => {
+                    bail!("NEXUS_REQUIRE_LOGGED_CERTIFICATES={other:?}: expected true or false")
+                }
+            },
+            Err(_) => file
+                .trust
+                .as_ref()
+                .and_then(|t| t.require_logged_certificates)
+                .unwrap_or(false),
+        };
         Ok(NodeConfig {
             api,
             gossip,
@@ -301,6 +328,7 @@ impl NodeConfig {
             mic_renew_before,
             ca_lifetime,
             api_plaintext,
+            require_logged,
         })
     }
 }

@@ -36,6 +36,76 @@ pub struct TlogPage {
     pub leaves: Vec<String>,
 }
 
+/// Proof that a certificate is in an anchor's log (strict mode asks for it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogProof {
+    /// The anchor's signed tree head.
+    pub head: SignedTreeHead,
+    /// Its anchor CA certificate (DER, base64).
+    pub signer_der: String,
+    /// Leaf index of the certificate's `issued` entry.
+    pub index: u64,
+    /// That leaf (base64).
+    pub leaf: String,
+    /// RFC 6962 audit path, hex.
+    pub audit_path: Vec<String>,
+}
+
+impl LogProof {
+    /// Checks that this proves the MIC `serial` of `node` is in the log of `anchor`, whose CA
+    /// `trusted_ca` must accept.
+    /// `anchor` may be unknown (asked by address only): it is then the anchor the signing CA
+    /// was certified for.
+    pub fn check(
+        &self,
+        anchor: Option<NodeId>,
+        serial: &str,
+        node: NodeId,
+        trusted_ca: impl Fn(&[u8]) -> bool,
+    ) -> anyhow::Result<()> {
+        let signer = STANDARD
+            .decode(&self.signer_der)
+            .context("signer is not base64")?;
+        let (ca_node, key, _, _) = CertificateAuthority::describe_intermediate(&signer)?;
+        let anchor = match anchor {
+            Some(anchor) => anchor,
+            None => ca_node.parse::<NodeId>()?,
+        };
+        if ca_node != anchor.to_hex() || !trusted_ca(&signer) {
+            bail!("the proof is not signed by a CA the fleet root certified for anchor {anchor}");
+        }
+        if self.head.head.log_id != format!("nexus-tlog/{anchor}") || !self.head.verify(&key) {
+            bail!("the tree head is not anchor {anchor}'s, or its signature does not verify");
+        }
+        let leaf = STANDARD.decode(&self.leaf).context("leaf is not base64")?;
+        let entry = tlog::LogEntry::from_leaf_bytes(&leaf)?;
+        let issued = matches!(entry.kind, tlog::EntryKind::Issued { .. });
+        if !issued || entry.serial_hex() != serial || entry.node_id != node {
+            bail!("the leaf is not the issue of certificate {serial} of node {node}");
+        }
+        let path = self
+            .audit_path
+            .iter()
+            .map(|h| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .context("a path hash is not 32 bytes of hex")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !tlog::verify_inclusion(
+            &tlog::leaf_hash(&leaf),
+            self.index,
+            self.head.head.size,
+            &path,
+            &self.head.head.root,
+        ) {
+            bail!("the audit path does not lead to the signed root");
+        }
+        Ok(())
+    }
+}
+
 /// One mirrored log.
 struct Mirrored {
     tree: MerkleLog,

@@ -82,6 +82,11 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, for the new CA key (proves the caller holds it).
         ca_csr_pem: String,
     },
+    /// Proof that the MIC with this serial is in the answering anchor's transparency log.
+    ProveLogged {
+        /// Serial, lowercase hex.
+        serial: String,
+    },
     /// Leaves of the answering anchor's transparency log from `start` (at most `max`), with
     /// its signed tree head: how anchors mirror each other's logs.
     TlogSince {
@@ -143,6 +148,8 @@ pub enum PeerResponse {
     },
     /// A page of a transparency log.
     TlogPage(Box<crate::mirror::TlogPage>),
+    /// A log inclusion proof.
+    LogProof(Box<crate::mirror::LogProof>),
     /// A re-certified intermediate.
     Intermediate {
         /// The new certificate, PEM.
@@ -368,6 +375,16 @@ impl PeerService {
             }
             PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
             PeerRequest::Promote { ca_csr_pem } => self.promote_for(caller, &ca_csr_pem).await,
+            PeerRequest::ProveLogged { serial } => {
+                let Some((log, _)) = self.logs.get().cloned() else {
+                    return refused("not_an_anchor", "only anchors keep a transparency log");
+                };
+                match tokio::task::spawn_blocking(move || log.prove(&serial)).await {
+                    Ok(Ok(proof)) => PeerResponse::LogProof(Box::new(proof)),
+                    Ok(Err(err)) => refused("not_logged_here", format!("{err}")),
+                    Err(err) => refused("internal", err.to_string()),
+                }
+            }
             PeerRequest::TlogSince { start, max } => {
                 let Some((log, _)) = self.logs.get().cloned() else {
                     return refused("not_an_anchor", "only anchors keep a transparency log");
@@ -743,6 +760,83 @@ impl PeerService {
         }
     }
 
+    /// Strict mode: looks up the log proofs of the MICs refused for want of one.
+    async fn confirm_logged_peers(&self) {
+        let wanted = self.fleet.take_unconfirmed();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut anchors: Vec<(Option<NodeId>, SocketAddr)> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| m.status == NodeStatus::Online)
+            .filter_map(|m| {
+                let info = m.info?;
+                (info.role == Role::Anchor).then_some((Some(m.node_id), info.quic_addr))
+            })
+            .collect();
+        // Before this node accepts anyone's gossip it knows no anchor from it: the addresses
+        // remembered from joining (and from earlier runs) are asked by address.
+        let store = self.store.clone();
+        if let Ok(Ok(known)) = tokio::task::spawn_blocking(move || store.anchor_addrs()).await {
+            for addr in known.iter().filter_map(|a| a.parse::<SocketAddr>().ok()) {
+                if !anchors.iter().any(|(_, a)| *a == addr) {
+                    anchors.push((None, addr));
+                }
+            }
+        }
+        for (serial, node) in wanted.into_iter().take(64) {
+            let mut confirmed = false;
+            for (anchor, addr) in &anchors {
+                let proof = if *anchor == Some(self.node_id) {
+                    let Some((log, _)) = self.logs.get().cloned() else {
+                        continue;
+                    };
+                    let serial = serial.clone();
+                    match tokio::task::spawn_blocking(move || log.prove(&serial)).await {
+                        Ok(Ok(proof)) => proof,
+                        _ => continue,
+                    }
+                } else {
+                    let request = PeerRequest::ProveLogged {
+                        serial: serial.clone(),
+                    };
+                    let answer = match anchor {
+                        Some(anchor) => self.request(*anchor, *addr, &request).await,
+                        None => self.request_at(*addr, &request).await,
+                    };
+                    match answer {
+                        Ok(PeerResponse::LogProof(proof)) => *proof,
+                        _ => continue,
+                    }
+                };
+                let fleet = self.fleet.clone();
+                let checked = proof.check(*anchor, &serial, node, |der| {
+                    fleet.store().intermediates().iter().any(|i| i == der)
+                        || fleet.add_intermediate(der.to_vec()).is_ok()
+                });
+                match checked {
+                    Ok(()) => {
+                        self.fleet.confirm_logged(&serial);
+                        metrics::counter!("nexus_mic_log_checks_total", "outcome" => "proven")
+                            .increment(1);
+                        confirmed = true;
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(anchor = %addr, serial = %serial, error = %format!("{err:#}"), "bad log proof")
+                    }
+                }
+            }
+            if !confirmed {
+                metrics::counter!("nexus_mic_log_checks_total", "outcome" => "unproven")
+                    .increment(1);
+                tracing::warn!(node = %node, serial = %serial, "no anchor proves this certificate is logged; it stays refused");
+            }
+        }
+    }
+
     /// Joins that other anchors admitted with token `id` (from gossip).
     pub fn remote_uses(&self, id: &str) -> u32 {
         lock(&self.remote_uses).get(id).copied().unwrap_or(0)
@@ -770,6 +864,26 @@ impl PeerService {
         }
         if learned {
             self.persist_intermediates();
+        }
+        // Remember where anchors answer, for the next start.
+        let mut anchors: Vec<String> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| m.status == NodeStatus::Online)
+            .filter_map(|m| m.info)
+            .filter(|i| i.role == Role::Anchor && !i.quic_addr.ip().is_unspecified())
+            .map(|i| i.quic_addr.to_string())
+            .collect();
+        anchors.sort();
+        let joined = anchors.join(",");
+        if !anchors.is_empty() && lock(&self.published).get("anchors") != Some(&joined) {
+            let store = self.store.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || store.save_anchor_addrs(&anchors, true)).await;
+            if matches!(saved, Ok(Ok(()))) {
+                lock(&self.published).insert("anchors".to_string(), joined);
+            }
         }
         // Our own promotion.
         if self.role != Role::Anchor {
@@ -978,17 +1092,35 @@ impl PeerService {
         addr: SocketAddr,
         request: &PeerRequest,
     ) -> anyhow::Result<PeerResponse> {
+        self.exchange(addr, &nexus_ca::node_server_name(&node), request)
+            .await
+            .with_context(|| format!("asking node {node} at {addr}"))
+    }
+
+    /// Sends `request` to whichever fleet member answers at `addr` (its identity is not known
+    /// in advance; the answer must authenticate itself).
+    pub async fn request_at(
+        &self,
+        addr: SocketAddr,
+        request: &PeerRequest,
+    ) -> anyhow::Result<PeerResponse> {
+        self.exchange(addr, nexus_ca::ANCHOR_SERVER_NAME, request)
+            .await
+            .with_context(|| format!("asking the member at {addr}"))
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        request: &PeerRequest,
+    ) -> anyhow::Result<PeerResponse> {
         let body = serde_json::to_vec(request)?;
         let exchange = async {
             let connection = self
                 .endpoint
-                .connect_with(
-                    self.client.clone(),
-                    addr,
-                    &nexus_ca::node_server_name(&node),
-                )?
-                .await
-                .with_context(|| format!("connecting to node {node} at {addr}"))?;
+                .connect_with(self.client.clone(), addr, server_name)?
+                .await?;
             let (mut send, mut recv) = connection.open_bi().await?;
             send.write_all(&body).await?;
             send.finish()?;
@@ -998,7 +1130,7 @@ impl PeerService {
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .with_context(|| format!("node {node} at {addr} did not answer within 5 s"))?
+            .with_context(|| format!("no answer from {addr} within 5 s"))?
     }
 
     /// Installs the CRLs that verify and are newer than the ones held, persists them, and
@@ -1248,6 +1380,7 @@ impl PeerService {
             self.retire_decommissioned().await;
             self.sync_fleet_state().await;
             self.mirror_logs().await;
+            self.confirm_logged_peers().await;
             if tokio::time::Instant::now() >= renew_after {
                 if let Err(err) = self.refresh_own_crl().await {
                     tracing::error!(error = %format!("{err:#}"), "cannot sign this anchor's CRL");

@@ -163,6 +163,9 @@ const MIGRATIONS: &[&str] = &[
         evidence TEXT,
         updated_at_ms INTEGER NOT NULL
     );",
+    // 7: where anchors answer QUIC, remembered so a node can reach one even before it accepts
+    // any gossip (strict mode looks up log proofs there).
+    "CREATE TABLE anchor_addrs (addr TEXT PRIMARY KEY, updated_at_ms INTEGER NOT NULL);",
 ];
 
 /// Who this node is, as stored.
@@ -546,6 +549,33 @@ impl Store {
     pub fn crls(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT der FROM crls ORDER BY issuer")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Remembers anchors' QUIC addresses (`IP:PORT`), replacing the previous set when `replace`.
+    pub fn save_anchor_addrs(&self, addrs: &[String], replace: bool) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if replace {
+                tx.execute("DELETE FROM anchor_addrs", [])?;
+            }
+            for addr in addrs {
+                tx.execute(
+                    "INSERT INTO anchor_addrs (addr, updated_at_ms) VALUES (?1, ?2)
+                     ON CONFLICT (addr) DO UPDATE SET updated_at_ms = excluded.updated_at_ms",
+                    params![addr, crate::now_ms() as i64],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Remembered anchor QUIC addresses.
+    pub fn anchor_addrs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT addr FROM anchor_addrs ORDER BY addr")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
         })

@@ -166,6 +166,31 @@ impl Transparency {
         })
     }
 
+    /// Proof that the MIC with `serial` is in this log: its `issued` leaf, the audit path and
+    /// the signed head they reproduce.
+    pub fn prove(&self, serial: &str) -> Result<crate::mirror::LogProof, TransparencyError> {
+        let head = self.current_head()?;
+        let proof = self.inclusion(
+            &nexus_api::wire::InclusionTarget::Serial {
+                serial: serial.to_string(),
+                kind: "issued".to_string(),
+            },
+            Some(head.head.size),
+        )?;
+        let row = self
+            .store
+            .tlog_entries(&TlogLookup::All, proof.leaf_index, proof.leaf_index + 1, 1)?
+            .pop()
+            .ok_or_else(|| TransparencyError::NotFound(format!("entry {}", proof.leaf_index)))?;
+        Ok(crate::mirror::LogProof {
+            head,
+            signer_der: STANDARD.encode(self.ca.cert_der()),
+            index: proof.leaf_index,
+            leaf: STANDARD.encode(&row.leaf),
+            audit_path: proof.audit_path,
+        })
+    }
+
     fn current_head(&self) -> Result<tlog::SignedTreeHead, TransparencyError> {
         let head = {
             let log = self.synced()?;
