@@ -23,6 +23,10 @@
 //!   * URI `nexus://<fleet_id>/<tenant>/node/<node_id>`
 //!   * URI `nexus://<fleet_id>/site/<site>`
 //!   * URI `nexus://<fleet_id>/role/<anchor|node>`
+//!   * URI `nexus://<fleet_id>/trust/<level>`: trust level 0–255, from the role (anchor 2,
+//!     node 1); what a relying party may let the holder do beyond membership
+//!   * URI `nexus://<fleet_id>/capability/<name>`, one per capability, from the role: an anchor
+//!     `admit`, `issue`, `revoke`, `log`; a node `gossip`, `replicate`, `route`
 //!   * DNS `<node_id>.node.nexus.invalid` (webpki refuses certificates without a
 //!     usable DNS/IP name; `.invalid` can never resolve, so it names nothing real)
 //! * basicConstraints CA:FALSE (critical), keyUsage digitalSignature,
@@ -132,6 +136,22 @@ impl Role {
         match self {
             Role::Anchor => "anchor",
             Role::Node => "node",
+        }
+    }
+
+    /// The trust level a MIC of this role carries (0 = untrusted … 255).
+    pub fn trust_level(&self) -> u8 {
+        match self {
+            Role::Anchor => 2,
+            Role::Node => 1,
+        }
+    }
+
+    /// The capabilities a MIC of this role names.
+    pub fn capabilities(&self) -> &'static [&'static str] {
+        match self {
+            Role::Anchor => &["admit", "issue", "revoke", "log"],
+            Role::Node => &["gossip", "replicate", "route"],
         }
     }
 }
@@ -542,12 +562,21 @@ impl CertificateAuthority {
             san_uri(format!("{URI_SCHEME}{fleet}/{tenant}/node/{node}"))?,
             san_uri(format!("{URI_SCHEME}{fleet}/site/{}", profile.site))?,
             san_uri(format!("{URI_SCHEME}{fleet}/role/{role}"))?,
+            san_uri(format!(
+                "{URI_SCHEME}{fleet}/trust/{}",
+                profile.role.trust_level()
+            ))?,
             rcgen::SanType::DnsName(
                 format!("{node}{NODE_DNS_SUFFIX}")
                     .try_into()
                     .map_err(|e: rcgen::Error| CaError::Generate(e.to_string()))?,
             ),
         ];
+        for capability in profile.role.capabilities() {
+            params.subject_alt_names.push(san_uri(format!(
+                "{URI_SCHEME}{fleet}/capability/{capability}"
+            ))?);
+        }
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -774,6 +803,10 @@ pub struct VerifiedMic {
     pub not_after_unix: i64,
     /// The serial number, lowercase hex.
     pub serial_hex: String,
+    /// Trust level named in the MIC (from the role for MICs that name none).
+    pub trust_level: u8,
+    /// Capabilities named in the MIC.
+    pub capabilities: Vec<String>,
 }
 
 /// Parse the MIC fields without verifying the chain (for displaying one's own cert).
@@ -791,6 +824,8 @@ pub fn read_mic(der: &[u8]) -> Result<VerifiedMic, CaError> {
     let mut node: Option<(String, String, String)> = None;
     let mut site: Option<(String, String)> = None;
     let mut role: Option<(String, String)> = None;
+    let mut trust_level: Option<u8> = None;
+    let mut capabilities = Vec::new();
     for name in &sans.value.general_names {
         let GeneralName::URI(uri) = name else {
             continue;
@@ -805,6 +840,12 @@ pub fn read_mic(der: &[u8]) -> Result<VerifiedMic, CaError> {
             }
             [fleet, "site", s] => site = Some((fleet.to_string(), s.to_string())),
             [fleet, "role", r] => role = Some((fleet.to_string(), r.to_string())),
+            [_, "trust", level] => {
+                trust_level = Some(level.parse().map_err(|_| {
+                    CaError::NotAMic(format!("trust level {level:?} is not a number 0-255"))
+                })?)
+            }
+            [_, "capability", name] => capabilities.push(name.to_string()),
             _ => {}
         }
     }
@@ -840,6 +881,8 @@ pub fn read_mic(der: &[u8]) -> Result<VerifiedMic, CaError> {
         not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         serial_hex: hex::encode(cert.raw_serial()),
+        trust_level: trust_level.unwrap_or_else(|| role.trust_level()),
+        capabilities,
     })
 }
 
@@ -1119,6 +1162,11 @@ pub(crate) mod tests {
         );
         assert!(text.contains("URI:nexus://acme/site/lab-1"), "{text}");
         assert!(text.contains("URI:nexus://acme/role/node"), "{text}");
+        assert!(text.contains("URI:nexus://acme/trust/1"), "{text}");
+        assert!(text.contains("URI:nexus://acme/capability/route"), "{text}");
+        let mic = read_mic(&f.node_mic).unwrap();
+        assert_eq!(mic.trust_level, 1);
+        assert_eq!(mic.capabilities, vec!["gossip", "replicate", "route"]);
         assert!(
             text.contains(&format!("DNS:{id}.node.nexus.invalid")),
             "{text}"

@@ -231,8 +231,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         nexroute_version: String::new(),
         nic_model: String::new(),
         firmware_version: String::new(),
-        capabilities: Vec::new(),
-        trust_level: if loaded.role == Role::Anchor { 2 } else { 1 },
+        // What the MIC grants, so the fleet view matches what peers verify.
+        capabilities: own_mic.capabilities.clone(),
+        trust_level: own_mic.trust_level,
         config_version: 0,
         created_at_ms: loaded.identity.created_at_ms,
         mic_serial: own_mic.serial_hex.clone(),
