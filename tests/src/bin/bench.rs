@@ -1157,6 +1157,34 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The `<!-- name:start -->` … `<!-- name:end -->` sections of `text`, each with its markers.
+fn marked_sections(text: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<!-- ") {
+        let after = &rest[start..];
+        let Some(name_end) = after.find(":start -->") else {
+            break;
+        };
+        let name = &after[5..name_end];
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            // Some other comment: look further on.
+            rest = &after[5..];
+            continue;
+        }
+        let end_marker = format!("<!-- {name}:end -->");
+        let Some(end) = after.find(&end_marker) else {
+            break;
+        };
+        let section = &after[..end + end_marker.len()];
+        kept.push('\n');
+        kept.push_str(section);
+        kept.push('\n');
+        rest = &after[end + end_marker.len()..];
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,32 +1220,4 @@ mod tests {
         assert_eq!(stats.mean(), Some(4.0));
         assert_eq!(Stats::default().p50(), None);
     }
-}
-
-/// The `<!-- name:start -->` … `<!-- name:end -->` sections of `text`, each with its markers.
-fn marked_sections(text: &str) -> String {
-    let mut kept = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("<!-- ") {
-        let after = &rest[start..];
-        let Some(name_end) = after.find(":start -->") else {
-            break;
-        };
-        let name = &after[5..name_end];
-        if name.is_empty() || name.contains(char::is_whitespace) {
-            // Some other comment: look further on.
-            rest = &after[5..];
-            continue;
-        }
-        let end_marker = format!("<!-- {name}:end -->");
-        let Some(end) = after.find(&end_marker) else {
-            break;
-        };
-        let section = &after[..end + end_marker.len()];
-        kept.push('\n');
-        kept.push_str(section);
-        kept.push('\n');
-        rest = &after[end + end_marker.len()..];
-    }
-    kept
 }
