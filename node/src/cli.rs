@@ -36,6 +36,8 @@ enum Command {
     Nodes(NodesArgs),
     /// Anchors: list them, or promote a node (against the first anchor's API).
     Anchor(AnchorArgs),
+    /// Machine identity certificates: list, revoke, and the revocation list (against an anchor).
+    Mics(MicsArgs),
     /// Start a local fleet on loopback: one anchor and three nodes.
     Dev(DevArgs),
 }
@@ -195,6 +197,34 @@ struct AnchorArgs {
     command: Option<AnchorCommand>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct MicsArgs {
+    #[command(subcommand)]
+    command: Option<MicsCommand>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum MicsCommand {
+    /// Certificates the anchor issued (default), optionally of one node.
+    List {
+        /// Only this node's certificates.
+        #[arg(long, value_name = "NODE_ID")]
+        node: Option<String>,
+    },
+    /// Revoke a certificate (on the anchor that issued it); enforced fleet-wide within a second.
+    Revoke {
+        /// Serial, hex (as `openssl x509 -serial` prints it).
+        serial: String,
+        /// unspecified, key_compromise, superseded or cessation_of_operation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Print the certificate revocation lists the node enforces (PEM).
+    Crl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +410,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 NodesCommand::Decommission { id } => {
                     crate::client::nodes_action(client, &id, "decommission").await
                 }
+            }
+        }),
+        Command::Mics(args) => runtime()?.block_on(async {
+            let client = &args.client;
+            match args.command.unwrap_or(MicsCommand::List { node: None }) {
+                MicsCommand::List { node } => crate::client::mics_list(client, node).await,
+                MicsCommand::Revoke { serial, reason } => {
+                    crate::client::mics_revoke(client, &serial, &reason).await
+                }
+                MicsCommand::Crl => crate::client::crl(client).await,
             }
         }),
         Command::Anchor(args) => runtime()?.block_on(async {

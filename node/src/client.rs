@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nexus_api::wire::{
-    Anchor, CreateToken, CreatedToken, ErrorBody, Node, Page, PromoteRequest, Token,
+    Anchor, CreateToken, CreatedToken, ErrorBody, Mic, Node, Page, PromoteRequest, RevokeRequest,
+    Revoked, Token,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +46,15 @@ fn read_pem_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 }
 
 impl Api {
+    /// For public routes (no API key needed).
+    fn new_public(args: &ClientArgs) -> anyhow::Result<Api> {
+        let mut args = args.clone();
+        if args.key.is_none() && args.key_file.is_none() && args.client_cert.is_none() {
+            args.key = Some(String::new());
+        }
+        Api::new(&args)
+    }
+
     fn new(args: &ClientArgs) -> anyhow::Result<Api> {
         let key = match (&args.key, &args.key_file) {
             (Some(key), _) => Some(key.trim().to_string()),
@@ -379,5 +390,92 @@ pub async fn anchor_promote(args: &ClientArgs, node: &str) -> anyhow::Result<Exi
         ),
         output => print_structured(output, &anchor)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+const MIC_HEADERS: [&str; 6] = ["SERIAL", "NODE", "KIND", "ISSUED", "EXPIRES", "REVOKED"];
+
+fn mic_row(m: &Mic) -> Vec<String> {
+    vec![
+        m.serial.clone(),
+        m.node_id.clone(),
+        m.kind.clone(),
+        m.issued_at.clone(),
+        m.expires_at.clone(),
+        match (&m.revoked_at, &m.revoke_reason) {
+            (Some(at), Some(reason)) => format!("{at} ({reason})"),
+            (Some(at), None) => at.clone(),
+            _ => "-".into(),
+        },
+    ]
+}
+
+/// `nexus mics list [--node ID]`.
+pub async fn mics_list(args: &ClientArgs, node: Option<String>) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let mut path = "/v1/mics?limit=1000".to_string();
+    if let Some(node) = &node {
+        nexus_ca::NodeId::from_str(node)?;
+        path.push_str(&format!("&node_id={node}"));
+    }
+    let page: Page<Mic> = api.call(reqwest::Method::GET, &path, None::<&()>).await?;
+    match args.output {
+        Output::Table => print_table(&MIC_HEADERS, page.items.iter().map(mic_row).collect()),
+        output => print_structured(output, &page.items)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nexus mics revoke SERIAL [--reason R]`.
+pub async fn mics_revoke(
+    args: &ClientArgs,
+    serial: &str,
+    reason: &str,
+) -> anyhow::Result<ExitCode> {
+    let serial = nexus_ca::normalize_serial(&serial.replace(':', ""))?;
+    reason.parse::<nexus_ca::RevokeReason>()?;
+    let api = Api::new(args)?;
+    let revoked: Revoked = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/mics/{serial}/revoke"),
+            Some(&RevokeRequest {
+                reason: Some(reason.to_string()),
+            }),
+        )
+        .await?;
+    match args.output {
+        Output::Table => println!(
+            "certificate {} of node {} revoked ({}); CRL number {}",
+            revoked.mic.serial,
+            revoked.mic.node_id,
+            revoked
+                .mic
+                .revoke_reason
+                .as_deref()
+                .unwrap_or("unspecified"),
+            revoked.crl_number
+        ),
+        output => print_structured(output, &revoked)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nexus mics crl`: the PEM revocation lists, for `openssl crl` or `openssl verify -CRLfile`.
+pub async fn crl(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new_public(args)?;
+    let url = format!("{}/v1/crl?format=pem", api.base);
+    let response = api
+        .http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node API at {}", api.base))?;
+    let status = response.status();
+    let text = response.text().await.context("reading the CRL")?;
+    if !status.is_success() {
+        bail!("the API answered {status}: {text}");
+    }
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

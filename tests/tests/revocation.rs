@@ -278,6 +278,37 @@ async fn decommissioning_revokes_and_survives_restarts() {
     .await
     .unwrap();
 
+    // The CLI shows the same: the certificate revoked, and a CRL openssl reads.
+    let ca_file = fleet.anchor().dir.join("trust/root.pem");
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend([
+            "--api",
+            &anchor,
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--key",
+            &fleet.admin_key,
+        ]);
+        let out = nexus_tests::run(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = cli(&["mics", "list", "--node", &target]);
+    assert!(
+        listed.contains(&serial) && listed.contains("cessation_of_operation"),
+        "{listed}"
+    );
+    let crl = cli(&["mics", "crl"]);
+    assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+    let bad = nexus_tests::run(&["mics", "revoke", "zz", "--api", &anchor, "--key", "k"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("serial"));
+
     // A restarted node still enforces the list it stored.
     assert!(fleet.nodes[2].terminate(), "clean exit on SIGTERM");
     let dir = fleet.nodes[2].dir.clone();
