@@ -229,7 +229,8 @@ pub struct PeerService {
     restart: tokio::sync::watch::Sender<bool>,
     /// Joins other anchors admitted, per token id (shared with the join service).
     remote_uses: RemoteUses,
-    /// What this node last published under each of its own gossip keys (tokens, uses).
+    /// Small bookkeeping: what this node last published under its own gossip keys (tokens,
+    /// uses), tokens imported, anchor addresses saved, when a promotion may be retried.
     published: Mutex<HashMap<String, String>>,
     /// Anchors: this anchor's transparency log and its mirrors of the others'.
     logs: std::sync::OnceLock<(
@@ -895,9 +896,18 @@ impl PeerService {
                 .into_iter()
                 .find(|(_, v)| v == "pending")
                 .map(|(anchor, _)| anchor);
-            if let Some(anchor) = from
+            let due = lock(&self.published)
+                .get("promotion-retry-at")
+                .and_then(|at| at.parse::<u64>().ok())
+                .is_none_or(|at| crate::now_ms() >= at);
+            if let Some(anchor) = from.filter(|_| due)
                 && let Err(err) = self.become_anchor(anchor).await
             {
+                // Not again for 5 s: each attempt makes a key and asks the root holder.
+                lock(&self.published).insert(
+                    "promotion-retry-at".to_string(),
+                    (crate::now_ms() + 5_000).to_string(),
+                );
                 tracing::warn!(error = %format!("{err:#}"), "promotion to anchor failed; retrying");
             }
             return;
@@ -1368,19 +1378,23 @@ impl PeerService {
     /// Pulls CRLs that gossip says are newer than ours, renews our MIC when due, and keeps
     /// anchors' CRLs fresh. Runs until the node stops.
     pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Transparency work (mirroring, strict-mode proofs) talks to other anchors and may wait
+        // on slow ones: it runs in its own loop so revocation and renewal never wait behind it.
+        let logs = tokio::spawn(self.clone().log_loop(stop.clone()));
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_after = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    logs.abort();
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             self.pull_newer_crls().await;
             self.retire_decommissioned().await;
             self.sync_fleet_state().await;
-            self.mirror_logs().await;
-            self.confirm_logged_peers().await;
             if tokio::time::Instant::now() >= renew_after {
                 if let Err(err) = self.refresh_own_crl().await {
                     tracing::error!(error = %format!("{err:#}"), "cannot sign this anchor's CRL");
@@ -1398,6 +1412,19 @@ impl PeerService {
                     }
                 }
             }
+        }
+    }
+
+    async fn log_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            self.confirm_logged_peers().await;
+            self.mirror_logs().await;
         }
     }
 
