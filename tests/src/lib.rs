@@ -5,6 +5,7 @@
 //! executable; `.ci/run` builds it before the tests.
 
 pub mod baseline;
+pub mod netns;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+use crate::netns::Site;
 
 /// Path of the `nexus` binary under test.
 pub fn nexus_bin() -> PathBuf {
@@ -47,7 +50,16 @@ pub fn set_nexus_env(key: &str, value: impl Into<OsString>) {
 
 /// A `nexus` command with logs kept quiet unless asked for.
 pub fn nexus() -> Command {
-    let mut cmd = Command::new(nexus_bin());
+    nexus_at(None)
+}
+
+/// [`nexus`] run inside `site` (see [`netns`]).
+pub fn nexus_in(site: &Site) -> Command {
+    nexus_at(Some(site))
+}
+
+fn nexus_at(site: Option<&Site>) -> Command {
+    let mut cmd = site.map_or_else(|| Command::new(nexus_bin()), |s| s.command(nexus_bin()));
     cmd.env_remove("NEXUS_API_KEY")
         .env_remove("NEXUS_DATA_DIR")
         .env_remove("NEXUS_API_URL")
@@ -80,12 +92,16 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Starts `nexus <args>` with stdout and stderr appended to `log`.
 pub fn spawn_logged(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    spawn_logged_at(None, args, log)
+}
+
+fn spawn_logged_at(site: Option<&Site>, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    nexus()
+    nexus_at(site)
         .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -151,7 +167,20 @@ pub async fn fetch_metric(
 /// root certificate (`trust/root.pem`) for HTTPS. Before the directory holds one (the node has not
 /// enrolled yet) it is a plain client.
 pub fn api_client(dir: &Path) -> anyhow::Result<reqwest::Client> {
+    api_client_at(dir, None)
+}
+
+/// [`api_client`] that also reaches the APIs of every site of `site`'s [`netns::Sites`] (through
+/// its proxy).
+pub fn api_client_in(site: &Site, dir: &Path) -> anyhow::Result<reqwest::Client> {
+    api_client_at(dir, Some(site))
+}
+
+fn api_client_at(dir: &Path, site: Option<&Site>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(site) = site {
+        builder = builder.proxy(site.proxy());
+    }
     if let Ok(pem) = std::fs::read_to_string(dir.join("trust").join("root.pem")) {
         let root = nexus_ca::pem_to_der(&pem)?.swap_remove(0);
         builder = builder.use_preconfigured_tls(nexus_ca::api_client_config(root, None));
@@ -176,22 +205,42 @@ pub struct NodeProc {
     pub quic: String,
     /// Its fleet id.
     pub fleet_id: String,
+    /// The site it runs in, if it runs in one (see [`netns`]).
+    pub site: Option<Site>,
 }
 
 impl NodeProc {
     /// Starts `nexus <args>` whose data dir is `dir`, and waits until it serves.
     pub async fn spawn(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
-        let mut node = NodeProc::start(dir, args)?;
+        NodeProc::spawn_at(None, dir, args).await
+    }
+
+    /// [`NodeProc::spawn`] inside `site`.
+    pub async fn spawn_in(site: &Site, dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        NodeProc::spawn_at(Some(site), dir, args).await
+    }
+
+    async fn spawn_at(site: Option<&Site>, dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        let mut node = NodeProc::start_at(site, dir, args)?;
         node.wait_serving(Duration::from_secs(20)).await?;
         Ok(node)
     }
 
     /// Starts `nexus <args>` whose data dir is `dir`, without waiting for it to serve.
     pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        NodeProc::start_at(None, dir, args)
+    }
+
+    /// [`NodeProc::start`] inside `site`.
+    pub fn start_in(site: &Site, dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
+        NodeProc::start_at(Some(site), dir, args)
+    }
+
+    fn start_at(site: Option<&Site>, dir: &Path, args: &[&str]) -> anyhow::Result<NodeProc> {
         let log = dir.with_extension("log");
         // Earlier runs of the same node share the log file: this process's output starts here.
         let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
-        let child = spawn_logged(args, &log)?;
+        let child = spawn_logged_at(site, args, &log)?;
         Ok(NodeProc {
             log_from,
             dir: dir.to_path_buf(),
@@ -201,12 +250,23 @@ impl NodeProc {
             gossip: String::new(),
             quic: String::new(),
             fleet_id: String::new(),
+            site: site.cloned(),
         })
     }
 
     /// Runs an enrolled data directory.
     pub async fn run(dir: &Path) -> anyhow::Result<NodeProc> {
         NodeProc::spawn(
+            dir,
+            &["run", "--data-dir", dir.to_str().expect("utf-8 path")],
+        )
+        .await
+    }
+
+    /// [`NodeProc::run`] inside `site` (the data directory's addresses must be the site's).
+    pub async fn run_in(site: &Site, dir: &Path) -> anyhow::Result<NodeProc> {
+        NodeProc::spawn_in(
+            site,
             dir,
             &["run", "--data-dir", dir.to_str().expect("utf-8 path")],
         )
@@ -232,7 +292,7 @@ impl NodeProc {
             {
                 let api = e["api"].as_str().unwrap_or_default().to_string();
                 // The trust files exist once the node wrote its endpoints.
-                let http = api_client(&self.dir)?;
+                let http = api_client_at(&self.dir, self.site.as_ref())?;
                 if http
                     .get(format!("{api}/healthz"))
                     .send()
@@ -334,13 +394,28 @@ impl Fleet {
 
     /// [`Fleet::init`] with extra `nexus init` flags (for example where the CA keys go).
     pub async fn init_with(extra: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::init_at(None, extra).await
+    }
+
+    /// [`Fleet::init_with`] with the first anchor in `site` (labelled `site-<index>`, bound to
+    /// the site's address); the fleet's client reaches every site of that [`netns::Sites`].
+    pub async fn init_in(site: &Site, extra: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::init_at(Some(site), extra).await
+    }
+
+    async fn init_at(site: Option<&Site>, extra: &[&str]) -> anyhow::Result<Fleet> {
         let root = tempfile::tempdir()?;
         let dir = root.path().join("anchor");
         let dir_s = dir.to_str().expect("utf-8");
-        let mut args = vec!["init", "--data-dir", dir_s, "--site", "hq"];
-        args.extend(ANY_PORTS);
+        let (label, ports) = place_flags(site);
+        let mut args = vec!["init", "--data-dir", dir_s, "--site", &label];
+        args.extend(ports.iter().map(String::as_str));
         args.extend(extra);
-        let out = run(&args);
+        let out = nexus_at(site)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .context("spawn nexus")?;
         if !out.status.success() {
             bail!(
                 "nexus init failed: {}",
@@ -350,12 +425,13 @@ impl Fleet {
         let admin_key = std::fs::read_to_string(dir.join("admin.key"))?
             .trim()
             .to_string();
-        let anchor = NodeProc::run(&dir).await?;
+        let run_args = ["run", "--data-dir", dir_s];
+        let anchor = NodeProc::spawn_at(site, &dir, &run_args).await?;
         Ok(Fleet {
             root,
             nodes: vec![anchor],
             admin_key,
-            http: api_client(&dir)?,
+            http: api_client_at(&dir, site)?,
         })
     }
 
@@ -383,12 +459,36 @@ impl Fleet {
 
     /// Joins a new node with `token` and waits until it serves.
     pub async fn join(&mut self, token: &str, extra: &[&str]) -> anyhow::Result<&NodeProc> {
+        self.join_at(None, token, extra).await
+    }
+
+    /// [`Fleet::join`] of a node in `site` (labelled `site-<index>`, bound to the site's
+    /// address): `nexus join` runs there too, so it reaches the anchor across the sites' links.
+    pub async fn join_in(
+        &mut self,
+        site: &Site,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<&NodeProc> {
+        self.join_at(Some(site), token, extra).await
+    }
+
+    async fn join_at(
+        &mut self,
+        site: Option<&Site>,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<&NodeProc> {
         let dir = self.root.path().join(format!("node-{}", self.nodes.len()));
         let dir_s = dir.to_str().expect("utf-8").to_string();
         let mut args = vec!["join", token, "--data-dir", &dir_s];
-        args.extend(ANY_PORTS);
+        let (label, ports) = place_flags(site);
+        if site.is_some() {
+            args.extend(["--site", &label]);
+        }
+        args.extend(ports.iter().map(String::as_str));
         args.extend(extra);
-        let node = NodeProc::spawn(&dir, &args).await?;
+        let node = NodeProc::spawn_at(site, &dir, &args).await?;
         self.nodes.push(node);
         Ok(self.nodes.last().expect("just pushed"))
     }
@@ -487,5 +587,13 @@ impl Fleet {
             bail!("{err}; views: {views:?}");
         }
         Ok(())
+    }
+}
+
+/// The `--site` label and the address flags of a node placed in `site` (or on loopback).
+fn place_flags(site: Option<&Site>) -> (String, Vec<String>) {
+    match site {
+        Some(site) => (format!("site-{}", site.index()), site.any_ports().to_vec()),
+        None => ("hq".into(), ANY_PORTS.map(String::from).to_vec()),
     }
 }
