@@ -1,0 +1,389 @@
+//! The typed configuration models and how they map onto automerge.
+//!
+//! Two kinds of document exist (see [`DocId`](crate::DocId)):
+//!
+//! * [`FleetDoc`] — one per fleet: settings, tenants, anchors, revocations, fleet-wide policies.
+//! * [`TenantDoc`] — one per tenant: route policies, firmware targets, node overrides, and the
+//!   site-scoped objects (`site_routes`, `site_node_overrides`, keyed `<site>/<id>`).
+//!
+//! Every collection is a map keyed by object id, never a list: two concurrent edits to different
+//! objects then touch different map keys and both survive the merge, and concurrent edits to
+//! different fields of one object merge field by field. A list would merge by position and could
+//! interleave or duplicate objects.
+//!
+//! The serde names and the automerge keys are the same, so a document, its JSON view and the
+//! API wire types line up. Field names follow the `RoutePolicy` data model of REQUIREMENTS.md.
+//!
+//! **Schema evolution.** Optional fields carry `missing = "Default::default"`, so a document
+//! written by an older node (without the field) still hydrates; unknown keys written by a newer
+//! node are ignored on hydration and left alone on reconciliation.
+
+use std::collections::BTreeMap;
+
+use autosurgeon::{Hydrate, Reconcile};
+use nexus_ca::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The fleet document: everything every node of the fleet replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct FleetDoc {
+    /// Fleet-wide settings.
+    #[autosurgeon(missing = "Default::default")]
+    pub settings: FleetSettings,
+    /// Tenants by tenant id.
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Anchor nodes by node id (32 hex characters).
+    pub anchors: BTreeMap<String, Anchor>,
+    /// Revoked MICs by serial (lowercase hex). Placeholder until revocation moves into the
+    /// replicated configuration; CRLs are authoritative today.
+    pub revocations: BTreeMap<String, Revocation>,
+    /// Fleet-wide route policies by id; they apply to every tenant and carry an empty
+    /// `tenant_id`.
+    pub policies: BTreeMap<String, RoutePolicy>,
+}
+
+/// Fleet-wide settings. Every field is optional: `None` means the node's built-in default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct FleetSettings {
+    /// Heartbeat interval in milliseconds (NCC-AG-005), 100..=600,000.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How many peers a committed change is pushed to directly, 1..=64.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub push_fanout: Option<u64>,
+    /// Anti-entropy interval in milliseconds, 100..=3,600,000.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub anti_entropy_interval_ms: Option<u64>,
+}
+
+/// A tenant as the fleet document records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct Tenant {
+    /// Display name, 1..=128 characters.
+    pub name: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Quotas (NCC-TN-002); enforcement comes later.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub quotas: TenantQuotas,
+}
+
+/// Per-tenant quotas. `None` means unlimited; a set value must be positive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct TenantQuotas {
+    /// Maximum number of nodes.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub max_nodes: Option<u64>,
+    /// Maximum concurrent connections.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// Maximum bandwidth in megabits per second.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub max_bandwidth_mbps: Option<u64>,
+}
+
+/// An anchor node as the fleet document records it (keyed by node id).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct Anchor {
+    /// The anchor's site (may be empty).
+    pub site: String,
+    /// When it became an anchor, Unix milliseconds.
+    pub added_at: i64,
+}
+
+/// A revoked MIC (placeholder; keyed by serial).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct Revocation {
+    /// The node the MIC was issued to.
+    #[autosurgeon(with = "node_id")]
+    pub node_id: NodeId,
+    /// Free-form reason (a CRL reason name).
+    pub reason: String,
+    /// Revocation time, Unix milliseconds.
+    pub revoked_at: i64,
+}
+
+/// A tenant's document: what the tenant's nodes (and the anchors) replicate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct TenantDoc {
+    /// The tenant this document belongs to; fixed at genesis.
+    pub tenant_id: String,
+    /// Tenant-wide route policies by id.
+    pub routes: BTreeMap<String, RoutePolicy>,
+    /// Firmware targets by id.
+    pub firmware_targets: BTreeMap<String, FirmwareTarget>,
+    /// Per-node overrides, keyed by node id (32 hex characters).
+    pub node_overrides: BTreeMap<String, NodeOverride>,
+    /// Site-scoped route policies, keyed `<site>/<route id>`; see [`site_key`].
+    ///
+    /// Flat (not a map per site) on purpose: a per-site container created concurrently by two
+    /// nodes would be two conflicting maps under one key, and the merge would hide one of them
+    /// with all its routes. Keys are site-prefixed so a site-scoped writer's rights are a
+    /// prefix check on the keys its change touches ([`authorize`](crate::authorize)).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub site_routes: BTreeMap<String, RoutePolicy>,
+    /// Overrides for nodes set by site-scoped writers, keyed `<site>/<node id>`.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub site_node_overrides: BTreeMap<String, NodeOverride>,
+}
+
+/// The map key of a site-scoped object: `<site>/<id>`. Site names and object ids never contain
+/// `/`, so the key splits back unambiguously ([`split_site_key`]).
+pub fn site_key(site: &str, id: &str) -> String {
+    format!("{site}/{id}")
+}
+
+/// Splits a site-scoped key into `(site, id)`.
+pub fn split_site_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
+impl TenantDoc {
+    /// The site-scoped routes of `site`, by route id.
+    pub fn routes_of_site<'a>(
+        &'a self,
+        site: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a RoutePolicy)> + 'a {
+        self.site_routes.iter().filter_map(move |(k, r)| {
+            split_site_key(k).and_then(|(s, id)| (s == site).then_some((id, r)))
+        })
+    }
+}
+
+/// A route policy (REQUIREMENTS.md data model `RoutePolicy`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct RoutePolicy {
+    /// Policy id; equals its map key.
+    pub id: String,
+    /// Display name, 1..=128 characters.
+    pub name: String,
+    /// Owning tenant; the document's tenant, or empty for a fleet-wide policy.
+    pub tenant_id: String,
+    /// Lower wins; 0..=[`PRIORITY_MAX`](crate::PRIORITY_MAX).
+    pub priority: u32,
+    /// What traffic the policy applies to.
+    #[serde(rename = "match")]
+    #[autosurgeon(rename = "match")]
+    pub matches: RouteMatch,
+    /// What happens to matching traffic.
+    pub action: RouteAction,
+    /// Disabled policies are kept but not compiled into the data plane.
+    pub enabled: bool,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Which traffic a route policy matches. An empty list matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct RouteMatch {
+    /// Source nodes (same tenant).
+    #[autosurgeon(with = "node_id_list")]
+    pub source_node_ids: Vec<NodeId>,
+    /// Capabilities the destination must have.
+    pub dest_capabilities: Vec<String>,
+    /// Stream modes, a subset of {RO, RU, BE, PR}.
+    pub stream_modes: Vec<StreamMode>,
+    /// Message types.
+    pub message_types: Vec<u16>,
+}
+
+/// A stream mode.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+)]
+pub enum StreamMode {
+    /// Reliable, ordered.
+    RO,
+    /// Reliable, unordered.
+    RU,
+    /// Best effort.
+    BE,
+    /// Priority.
+    PR,
+}
+
+/// What a route policy does (REQUIREMENTS.md: `action {type, rate_limit, redirect_node_id,
+/// weight_override}`).
+///
+/// Kept flat, as the data model has it: concurrent edits then merge field by field, and
+/// combinations that make no sense after a merge (a `redirect` without a target) are caught by
+/// validation and quarantined instead of being silently dropped by the merge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct RouteAction {
+    /// The action type.
+    #[serde(rename = "type")]
+    #[autosurgeon(rename = "type")]
+    pub kind: ActionType,
+    /// Messages per second; required for `ratelimit`, absent otherwise.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    /// Redirect target (a node of the same tenant); required for `redirect`, absent otherwise.
+    #[autosurgeon(with = "node_id_opt")]
+    #[serde(default)]
+    pub redirect_node_id: Option<NodeId>,
+    /// Scoring-weight overrides by weight name.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub weight_override: BTreeMap<String, f64>,
+}
+
+impl RouteAction {
+    /// An action of `kind` with no parameters.
+    pub fn new(kind: ActionType) -> RouteAction {
+        RouteAction {
+            kind,
+            rate_limit: None,
+            redirect_node_id: None,
+            weight_override: BTreeMap::new(),
+        }
+    }
+}
+
+/// The action type of a route policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionType {
+    /// Let matching traffic through.
+    #[autosurgeon(rename = "allow")]
+    Allow,
+    /// Drop matching traffic.
+    #[autosurgeon(rename = "deny")]
+    Deny,
+    /// Limit matching traffic to `rate_limit` messages per second.
+    #[autosurgeon(rename = "ratelimit")]
+    Ratelimit,
+    /// Send matching traffic to `redirect_node_id`.
+    #[autosurgeon(rename = "redirect")]
+    Redirect,
+}
+
+/// A firmware rollout target (NCC-FC-004; the rollout itself comes later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct FirmwareTarget {
+    /// Target id; equals its map key.
+    pub id: String,
+    /// Firmware version, 1..=64 characters of `[0-9A-Za-z.+-]`.
+    pub version: String,
+    /// SHA-256 of the signed image, 64 lowercase hex characters.
+    pub image_sha256: String,
+    /// Node label selector (all must match); empty selects every node of the tenant.
+    pub selector: BTreeMap<String, String>,
+    /// Nodes upgraded at once, 1..=10,000.
+    pub batch_size: u32,
+    /// Share of selected nodes that may be down at once, 0..=100.
+    pub max_unavailable_percent: u8,
+    /// How long a node has to report healthy after flashing, seconds, 1..=3,600.
+    pub health_timeout_s: u32,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Per-node adjustments to the tenant's policies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct NodeOverride {
+    /// Route policy ids not applied on this node.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub disabled_routes: Vec<String>,
+    /// Scoring-weight overrides for this node.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub weight_override: BTreeMap<String, f64>,
+}
+
+/// Automerge mapping for a [`NodeId`]: its 32-hex-character string.
+pub(crate) mod node_id {
+    use autosurgeon::{Hydrate, HydrateError, Prop, ReadDoc, Reconciler};
+    use nexus_ca::NodeId;
+
+    pub(crate) fn parse(s: &str) -> Result<NodeId, HydrateError> {
+        s.parse().map_err(|_| {
+            HydrateError::unexpected("a node id (32 hex characters)", format!("{s:?}"))
+        })
+    }
+
+    pub(crate) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<NodeId, HydrateError> {
+        parse(&String::hydrate(doc, obj, prop)?)
+    }
+
+    pub(crate) fn reconcile<R: Reconciler>(id: &NodeId, mut reconciler: R) -> Result<(), R::Error> {
+        reconciler.str(id.to_hex())
+    }
+}
+
+/// Automerge mapping for an optional [`NodeId`]: a string, or null/absent for `None`.
+pub(crate) mod node_id_opt {
+    use autosurgeon::{Hydrate, HydrateError, Prop, ReadDoc, Reconcile, Reconciler};
+    use nexus_ca::NodeId;
+
+    pub(crate) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Option<NodeId>, HydrateError> {
+        let Some(value) = doc.get(obj, &prop)?.map(|(v, _)| v) else {
+            return Ok(None);
+        };
+        if value.is_null() {
+            return Ok(None);
+        }
+        let s = Option::<String>::hydrate(doc, obj, prop)?;
+        s.as_deref().map(super::node_id::parse).transpose()
+    }
+
+    pub(crate) fn reconcile<R: Reconciler>(
+        id: &Option<NodeId>,
+        reconciler: R,
+    ) -> Result<(), R::Error> {
+        id.map(|id| id.to_hex()).reconcile(reconciler)
+    }
+}
+
+/// Automerge mapping for a list of [`NodeId`]s: a list of strings.
+pub(crate) mod node_id_list {
+    use autosurgeon::{Hydrate, HydrateError, Prop, ReadDoc, Reconcile, Reconciler};
+    use nexus_ca::NodeId;
+
+    pub(crate) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Vec<NodeId>, HydrateError> {
+        Vec::<String>::hydrate(doc, obj, prop)?
+            .iter()
+            .map(|s| super::node_id::parse(s))
+            .collect()
+    }
+
+    pub(crate) fn reconcile<R: Reconciler>(ids: &[NodeId], reconciler: R) -> Result<(), R::Error> {
+        ids.iter()
+            .map(|id| id.to_hex())
+            .collect::<Vec<_>>()
+            .reconcile(reconciler)
+    }
+}
