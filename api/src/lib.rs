@@ -179,6 +179,28 @@ pub trait Backend: Send + Sync + 'static {
     async fn transparency_mirrors(&self) -> Result<Vec<crate::wire::TransparencyMirror>, ApiError> {
         Err(not_an_anchor())
     }
+    /// This node's tenant's effective route policies (JSON) and the document's config version.
+    async fn routes(&self) -> Result<(Vec<serde_json::Value>, u64), ApiError> {
+        Err(ApiError::internal(
+            "no replicated configuration on this node",
+        ))
+    }
+    /// Creates or replaces a route policy for `caller` (identity); returns it and the version.
+    async fn put_route(
+        &self,
+        _caller: &str,
+        _route: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64), ApiError> {
+        Err(ApiError::internal(
+            "no replicated configuration on this node",
+        ))
+    }
+    /// The fleet's configuration version spread, per document.
+    async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::internal(
+            "no replicated configuration on this node",
+        ))
+    }
     /// The CRLs this node enforces: (issuer fingerprint hex, DER), ordered by issuer.
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
@@ -224,6 +246,9 @@ pub fn router(backend: Shared) -> Router {
         )
         .route("/v1/anchors", post(promote).get(list_anchors))
         .route("/v1/transparency/mirrors", get(transparency_mirrors))
+        .route("/v1/routes", get(list_routes).post(create_route))
+        .route("/v1/routes/{id}", get(get_route))
+        .route("/v1/config/status", get(config_status))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_api_key,
@@ -884,4 +909,66 @@ async fn transparency_mirrors(
     State(backend): State<Shared>,
 ) -> Result<Json<Vec<crate::wire::TransparencyMirror>>, ApiError> {
     backend.transparency_mirrors().await.map(Json)
+}
+
+async fn list_routes(
+    State(backend): State<Shared>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query_or_400(query)?;
+    let (routes, version) = backend.routes().await?;
+    let keyed: Vec<(String, serde_json::Value)> = routes
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r))
+        .collect();
+    let page = paginate(keyed, &query, "routes", |(id, _)| id)?;
+    Ok((
+        [("x-config-version", version.to_string())],
+        Json(serde_json::json!({
+            "items": page.items.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+            "config_version": version,
+        })),
+    )
+        .into_response())
+}
+
+async fn get_route(
+    State(backend): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (routes, version) = backend.routes().await?;
+    let route = routes
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("no route policy {id:?} in this tenant")))?;
+    Ok(([("x-config-version", version.to_string())], Json(route)).into_response())
+}
+
+async fn create_route(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
+    let route = json_body(body, "route policy")?;
+    let (route, version) = backend.put_route(&identity, route).await?;
+    let location = format!("/v1/routes/{}", route["id"].as_str().unwrap_or_default());
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, location),
+            (
+                header::HeaderName::from_static("x-config-version"),
+                version.to_string(),
+            ),
+        ],
+        Json(route),
+    )
+        .into_response())
+}
+
+async fn config_status(State(backend): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    backend.config_status().await.map(Json)
 }

@@ -244,34 +244,62 @@ impl Mesh {
         let key = key.to_string();
         self.chitchat
             .with_chitchat(|c| {
-                c.node_states()
-                    .iter()
-                    .filter_map(|(id, state)| {
-                        Some((
-                            id.node_id.parse::<NodeId>().ok()?,
-                            state.get(&key)?.to_string(),
-                        ))
-                    })
+                // From each node's newest incarnation only: a restarted node's old state is stale.
+                let mut newest: std::collections::HashMap<NodeId, (u64, Option<String>)> =
+                    std::collections::HashMap::new();
+                for (id, state) in c.node_states() {
+                    let Ok(node) = id.node_id.parse::<NodeId>() else {
+                        continue;
+                    };
+                    if newest
+                        .get(&node)
+                        .is_some_and(|(g, _)| *g > id.generation_id)
+                    {
+                        continue;
+                    }
+                    newest.insert(
+                        node,
+                        (id.generation_id, state.get(&key).map(str::to_string)),
+                    );
+                }
+                newest
+                    .into_iter()
+                    .filter_map(|(node, (_, value))| Some((node, value?)))
                     .collect()
             })
             .await
     }
 
-    /// Every `(node, key, value)` published under a key starting with `prefix`, by any node.
+    /// Every `(node, key, value)` published under a key starting with `prefix`, by any node
+    /// (from each node's newest incarnation only: a restarted node's old state is stale).
     pub async fn published_prefix(&self, prefix: &str) -> Vec<(NodeId, String, String)> {
         let prefix = prefix.to_string();
         self.chitchat
             .with_chitchat(|c| {
-                let mut found = Vec::new();
+                let mut newest: std::collections::HashMap<NodeId, (u64, Vec<(String, String)>)> =
+                    std::collections::HashMap::new();
                 for (id, state) in c.node_states() {
                     let Ok(node) = id.node_id.parse::<NodeId>() else {
                         continue;
                     };
-                    for (key, value) in state.iter_prefix(&prefix) {
-                        found.push((node, key.to_string(), value.value.clone()));
+                    if newest
+                        .get(&node)
+                        .is_some_and(|(g, _)| *g > id.generation_id)
+                    {
+                        continue;
                     }
+                    let entries = state
+                        .iter_prefix(&prefix)
+                        .map(|(key, value)| (key.to_string(), value.value.clone()))
+                        .collect();
+                    newest.insert(node, (id.generation_id, entries));
                 }
-                found
+                newest
+                    .into_iter()
+                    .flat_map(|(node, (_, entries))| {
+                        entries.into_iter().map(move |(k, v)| (node, k, v))
+                    })
+                    .collect()
             })
             .await
     }

@@ -274,12 +274,14 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             auth.deny(id);
         }
     }
+    // Also the automerge actor's incarnation: never repeats for this node.
+    let generation = store.next_generation(crate::now_ms())?;
     let mesh = Arc::new(
         Mesh::start(
             MeshConfig {
                 fleet_id: loaded.identity.fleet_id.clone(),
                 node_id,
-                generation: store.next_generation(crate::now_ms())?,
+                generation,
                 gossip_interval: config.gossip_interval,
                 seeds,
                 membership: config.membership.clone(),
@@ -397,6 +399,30 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             .context("loading the mirrored transparency logs")?;
         peer.set_logs(log.clone(), Arc::new(mirrors));
     }
+    let replication = {
+        let (store, fleet, mesh, peer, key, own) = (
+            store.clone(),
+            fleet.clone(),
+            mesh.clone(),
+            peer.clone(),
+            (*loaded.key).clone(),
+            own_mic.clone(),
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                crate::replication::Replication::open(
+                    store, fleet, mesh, peer, key, &own, generation,
+                )
+            })
+            .await?
+            .context("loading the replicated configuration")?,
+        )
+    };
+    peer.set_replication(replication.clone());
+    replication
+        .ensure_tenant(&loaded.identity.tenant)
+        .await
+        .context("registering this anchor's tenant in the fleet configuration")?;
     peer.refresh_own_crl()
         .await
         .context("signing this anchor's certificate revocation list")?;
@@ -424,7 +450,8 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             quic_addr,
             peer.clone(),
         )?
-        .with_transparency(transparency),
+        .with_transparency(transparency)
+        .with_replication(replication.clone()),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
@@ -478,6 +505,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     );
 
     let maintenance = tokio::spawn(peer.clone().maintain(stop_rx.clone()));
+    let anti_entropy = tokio::spawn(replication.clone().run(stop_rx.clone()));
     let background = tokio::spawn(background(
         mesh.clone(),
         store.clone(),
@@ -520,6 +548,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     endpoint.close(0u32.into(), b"node shutting down");
     join_service.abort();
     maintenance.abort();
+    anti_entropy.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
     persist_members(&mesh, &store);
     mesh.shutdown();

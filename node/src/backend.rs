@@ -43,6 +43,7 @@ pub struct NodeBackend {
     peer: Arc<PeerService>,
     /// The transparency log, on anchors.
     transparency: Option<Arc<Transparency>>,
+    replication: Option<Arc<crate::replication::Replication>>,
 }
 
 impl NodeBackend {
@@ -74,6 +75,7 @@ impl NodeBackend {
             health,
             peer,
             transparency: None,
+            replication: None,
         })
     }
 
@@ -81,6 +83,21 @@ impl NodeBackend {
     pub fn with_transparency(mut self, transparency: Option<Arc<Transparency>>) -> NodeBackend {
         self.transparency = transparency;
         self
+    }
+
+    /// Serves routes from (and writes them to) the replicated configuration.
+    pub fn with_replication(
+        mut self,
+        replication: Arc<crate::replication::Replication>,
+    ) -> NodeBackend {
+        self.replication = Some(replication);
+        self
+    }
+
+    fn replication(&self) -> Result<Arc<crate::replication::Replication>, ApiError> {
+        self.replication
+            .clone()
+            .ok_or_else(|| ApiError::internal("the replicated configuration is not loaded"))
     }
 
     /// Runs `f` on the transparency log off the async runtime (it reads SQLite and hashes).
@@ -619,6 +636,88 @@ impl Backend for NodeBackend {
         Ok(mirrors.status())
     }
 
+    async fn routes(&self) -> Result<(Vec<serde_json::Value>, u64), ApiError> {
+        let replication = self.replication()?;
+        let (routes, version) = tokio::task::spawn_blocking(move || replication.routes())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let routes = routes
+            .iter()
+            .map(|r| serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok((routes, version))
+    }
+
+    async fn put_route(
+        &self,
+        caller: &str,
+        route: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64), ApiError> {
+        let route: nexus_crdt::RoutePolicy = serde_json::from_value(route)
+            .map_err(|e| ApiError::bad_request(format!("invalid route policy: {e}")))?;
+        let replication = self.replication()?;
+        match replication.put_route(caller, route).await {
+            Ok((route, version)) => Ok((
+                serde_json::to_value(&route).map_err(|e| ApiError::internal(e.to_string()))?,
+                version,
+            )),
+            Err(crate::replication::WriteError::Invalid(problems)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                problems.join("; "),
+            )),
+            Err(crate::replication::WriteError::NotHere(message)) => Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "other_tenant",
+                message,
+            )),
+            Err(crate::replication::WriteError::Internal(message)) => {
+                Err(ApiError::internal(message))
+            }
+        }
+    }
+
+    async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
+        // document → "version:digest" → nodes reporting it.
+        let mut spread: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        for (node, key, value) in self
+            .mesh
+            .published_prefix(crate::replication::GOSSIP_PREFIX_CONFIG)
+            .await
+        {
+            let Some(doc) = key.strip_prefix(crate::replication::GOSSIP_PREFIX_CONFIG) else {
+                continue;
+            };
+            spread
+                .entry(doc.to_string())
+                .or_default()
+                .entry(value)
+                .or_default()
+                .push(node.to_string());
+        }
+        let documents: Vec<serde_json::Value> = spread
+            .into_iter()
+            .map(|(doc, states)| {
+                let states: Vec<serde_json::Value> = states
+                    .into_iter()
+                    .map(|(state, mut nodes)| {
+                        nodes.sort();
+                        let (version, digest) = state.split_once(':').unwrap_or((&state, ""));
+                        serde_json::json!({
+                            "version": version.parse::<u64>().unwrap_or(0),
+                            "heads_digest": digest,
+                            "nodes": nodes.len(),
+                            "node_ids": nodes,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "document": doc, "converged": states.len() == 1, "states": states })
+            })
+            .collect();
+        Ok(serde_json::json!({ "documents": documents }))
+    }
+
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         self.peer
             .fleet
@@ -647,6 +746,18 @@ impl Backend for NodeBackend {
     async fn create_token(&self, request: CreateToken) -> Result<CreatedToken, ApiError> {
         self.require_anchor()?;
         let (ttl, uses) = validate_token_request(&request)?;
+        // The token's tenant must exist in the fleet configuration before its nodes write.
+        let tenant = request
+            .tenant
+            .clone()
+            .unwrap_or_else(|| crate::DEFAULT_TENANT.to_string());
+        crate::check_name("tenant", &tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(replication) = &self.replication {
+            replication
+                .ensure_tenant(&tenant)
+                .await
+                .map_err(|e| ApiError::internal(format!("registering tenant {tenant}: {e:#}")))?;
+        }
         if self.quic_addr.ip().is_unspecified() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -17,6 +17,7 @@ mod dev;
 mod enroll;
 mod mirror;
 mod peer;
+mod replication;
 mod store;
 mod transparency;
 

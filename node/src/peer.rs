@@ -82,6 +82,17 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, for the new CA key (proves the caller holds it).
         ca_csr_pem: String,
     },
+    /// Configuration changes (signed envelopes with their authors' MICs) for the receiver.
+    ConfigChanges {
+        /// The changes.
+        changes: Vec<crate::replication::WireChange>,
+    },
+    /// Every configuration change the answering node holds for a document (bounded), for a
+    /// peer whose copy differs.
+    ConfigAll {
+        /// `fleet` or `tenant/<id>`.
+        doc_id: String,
+    },
     /// Proof that the MIC with this serial is in the answering anchor's transparency log.
     ProveLogged {
         /// Serial, lowercase hex.
@@ -150,6 +161,11 @@ pub enum PeerResponse {
     TlogPage(Box<crate::mirror::TlogPage>),
     /// A log inclusion proof.
     LogProof(Box<crate::mirror::LogProof>),
+    /// Configuration changes.
+    ConfigChanges {
+        /// The changes.
+        changes: Vec<crate::replication::WireChange>,
+    },
     /// A re-certified intermediate.
     Intermediate {
         /// The new certificate, PEM.
@@ -232,6 +248,8 @@ pub struct PeerService {
     /// Small bookkeeping: what this node last published under its own gossip keys (tokens,
     /// uses), tokens imported, anchor addresses saved, when a promotion may be retried.
     published: Mutex<HashMap<String, String>>,
+    /// Replicated configuration, once loaded.
+    replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
     /// Anchors: this anchor's transparency log and its mirrors of the others'.
     logs: std::sync::OnceLock<(
         Arc<crate::transparency::Transparency>,
@@ -293,6 +311,7 @@ impl PeerService {
             remote_uses,
             published: Mutex::new(HashMap::new()),
             logs: std::sync::OnceLock::new(),
+            replication: std::sync::OnceLock::new(),
             info: Mutex::new(info),
         })
     }
@@ -376,6 +395,50 @@ impl PeerService {
             }
             PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
             PeerRequest::Promote { ca_csr_pem } => self.promote_for(caller, &ca_csr_pem).await,
+            PeerRequest::ConfigChanges { changes } => {
+                let Some(replication) = self.replication.get().cloned() else {
+                    return refused("not_ready", "configuration is not loaded yet");
+                };
+                let new = tokio::task::spawn_blocking(move || replication.receive(&changes))
+                    .await
+                    .unwrap_or(0);
+                if new > 0
+                    && let Some(replication) = self.replication.get()
+                {
+                    replication.publish_versions().await;
+                }
+                PeerResponse::Installed { new }
+            }
+            PeerRequest::ConfigAll { doc_id } => {
+                let Some(replication) = self.replication.get().cloned() else {
+                    return refused("not_ready", "configuration is not loaded yet");
+                };
+                let id = match doc_id.as_str() {
+                    "fleet" => nexus_crdt::DocId::Fleet,
+                    other => match other.strip_prefix("tenant/").map(nexus_crdt::DocId::tenant) {
+                        Some(Ok(id)) => id,
+                        _ => return refused("malformed", format!("no document {doc_id:?}")),
+                    },
+                };
+                // Replication follows tenancy: another tenant's document never leaves here.
+                let facts = nexus_crdt::AuthorFacts {
+                    node_id: caller.node_id,
+                    role: caller.role,
+                    tenant: caller.tenant.clone(),
+                    site: caller.site.clone(),
+                };
+                if !nexus_crdt::may_replicate(&id, &facts) {
+                    return refused(
+                        "not_yours",
+                        format!("node {} may not hold document {id}", caller.node_id),
+                    );
+                }
+                match tokio::task::spawn_blocking(move || replication.all_changes(&id)).await {
+                    Ok(Ok(changes)) => PeerResponse::ConfigChanges { changes },
+                    Ok(Err(err)) => refused("internal", format!("{err:#}")),
+                    Err(err) => refused("internal", err.to_string()),
+                }
+            }
             PeerRequest::ProveLogged { serial } => {
                 let Some((log, _)) = self.logs.get().cloned() else {
                     return refused("not_an_anchor", "only anchors keep a transparency log");
@@ -696,6 +759,11 @@ impl PeerService {
         mirrors: Arc<crate::mirror::Mirrors>,
     ) {
         let _ = self.logs.set((log, mirrors));
+    }
+
+    /// Hands the replicated configuration to the peer protocol.
+    pub fn set_replication(&self, replication: Arc<crate::replication::Replication>) {
+        let _ = self.replication.set(replication);
     }
 
     /// The mirrors of the other anchors' logs (anchors).

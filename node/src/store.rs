@@ -166,6 +166,22 @@ const MIGRATIONS: &[&str] = &[
     // 7: where anchors answer QUIC, remembered so a node can reach one even before it accepts
     // any gossip (strict mode looks up log proofs there).
     "CREATE TABLE anchor_addrs (addr TEXT PRIMARY KEY, updated_at_ms INTEGER NOT NULL);",
+    // 8: replicated configuration (see `crate::replication`): the documents as automerge
+    // incremental chunks, and every signed change envelope with its author's MIC.
+    "CREATE TABLE config_chunks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc_id TEXT NOT NULL,
+        bytes BLOB NOT NULL
+    );
+    CREATE INDEX config_chunks_doc ON config_chunks(doc_id, seq);
+    CREATE TABLE config_changes (
+        hash TEXT PRIMARY KEY,
+        doc_id TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        author_mic BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX config_changes_doc ON config_changes(doc_id);",
 ];
 
 /// Who this node is, as stored.
@@ -550,6 +566,59 @@ impl Store {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT der FROM crls ORDER BY issuer")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// The stored incremental chunks of a configuration document, in order.
+    pub fn config_chunks(&self, doc_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT bytes FROM config_chunks WHERE doc_id = ?1 ORDER BY seq")?;
+            let rows = stmt.query_map([doc_id], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Stores a change of a configuration document: the document's new incremental chunk and
+    /// the signed envelope with its author's MIC, in one transaction (durable before a write is
+    /// acknowledged or a received change counted).
+    pub fn save_config_change(
+        &self,
+        doc_id: &str,
+        chunk: &[u8],
+        hash: &str,
+        envelope: &[u8],
+        author_mic: &[u8],
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !chunk.is_empty() {
+                tx.execute(
+                    "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
+                    params![doc_id, chunk],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, doc_id, envelope, author_mic, crate::now_ms() as i64],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// Every stored envelope of a document with its author's MIC, oldest first (at most `limit`).
+    pub fn config_changes(
+        &self,
+        doc_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredChange>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT envelope, author_mic FROM config_changes WHERE doc_id = ?1 ORDER BY stored_at_ms, hash LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![doc_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
     }
@@ -1140,6 +1209,9 @@ fn upsert_crl(c: &Connection, issuer: &str, number: u64, der: &[u8]) -> rusqlite
     )
     .map(|_| ())
 }
+
+/// A stored configuration change: its signed envelope and its author's MIC (DER).
+pub type StoredChange = (Vec<u8>, Vec<u8>);
 
 /// A CRL number and the list's DER.
 pub type SignedCrl = (u64, Vec<u8>);

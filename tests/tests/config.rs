@@ -1,0 +1,241 @@
+//! Replicated configuration with real processes: a route policy written on one node is on
+//! every node, invalid ones are refused with the field, acknowledged writes survive kill -9,
+//! and a node that joins later catches up.
+
+use std::time::Duration;
+
+use nexus_tests::{Fleet, NodeProc, wait_until};
+use serde_json::{Value, json};
+
+fn route(id: &str, priority: u32) -> Value {
+    json!({
+        "id": id,
+        "name": format!("route {id}"),
+        "tenant_id": "",
+        "priority": priority,
+        "match": {"source_node_ids": [], "dest_capabilities": [], "stream_modes": ["RO"], "message_types": [7]},
+        "action": {"type": "allow"},
+        "enabled": true,
+        "created_at": 0
+    })
+}
+
+async fn post(fleet: &Fleet, api: &str, body: Value) -> (u16, Value) {
+    let http = nexus_tests::api_client(&fleet.anchor().dir).unwrap();
+    let response = http
+        .post(format!("{api}/v1/routes"))
+        .bearer_auth(&fleet.admin_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn route_ids(fleet: &Fleet, api: &str) -> Vec<String> {
+    fleet
+        .get(api, "/v1/routes?limit=1000")
+        .await
+        .map(|(_, b)| {
+            b["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|r| r["id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+async fn join(fleet: &mut Fleet) {
+    let token = fleet.token(json!({})).await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet.join(&token, &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
+    let mut fleet = Fleet::init().await.unwrap();
+    for _ in 0..3 {
+        join(&mut fleet).await;
+    }
+    fleet.converge(4, "online", &[]).await.unwrap();
+    // The fleet document (which registers the tenant) reaches the joined nodes.
+    wait_until(
+        Duration::from_secs(15),
+        "every node holds the fleet document",
+        || async {
+            fleet
+                .get(&fleet.anchor().api, "/v1/config/status")
+                .await
+                .is_ok_and(|(_, s)| {
+                    s["documents"].as_array().is_some_and(|docs| {
+                        docs.iter().any(|d| {
+                            d["document"] == "fleet"
+                                && d["converged"] == true
+                                && d["states"][0]["nodes"] == 4
+                        })
+                    })
+                })
+        },
+    )
+    .await
+    .unwrap();
+
+    // Written on a plain node, acknowledged only once stored.
+    let writer = fleet.nodes[2].api.clone();
+    let (status, body) = post(&fleet, &writer, route("r1", 10)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["tenant_id"], "default");
+    for node in &fleet.nodes {
+        wait_until(
+            Duration::from_secs(10),
+            "the route reaches every node",
+            || async {
+                route_ids(&fleet, &node.api)
+                    .await
+                    .contains(&"r1".to_string())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // Invalid input is refused with the field, and nothing is written.
+    let (status, body) = post(&fleet, &writer, route("bad", 5000)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("priority"),
+        "{body}"
+    );
+    let (status, body) = post(&fleet, &writer, json!({"id": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        !route_ids(&fleet, &writer)
+            .await
+            .contains(&"bad".to_string())
+    );
+
+    // A stream of writes, then kill -9: every acknowledged one is there after the restart.
+    let victim_api = fleet.nodes[3].api.clone();
+    let mut acknowledged = Vec::new();
+    for i in 0..15 {
+        let id = format!("k{i}");
+        let (status, body) = post(&fleet, &victim_api, route(&id, i)).await;
+        assert_eq!(status, 201, "{body}");
+        acknowledged.push(id);
+    }
+    fleet.nodes[3].kill9();
+    let dir = fleet.nodes[3].dir.clone();
+    fleet.nodes[3] = NodeProc::run(&dir).await.unwrap();
+    let restarted = fleet.nodes[3].api.clone();
+    let held = route_ids(&fleet, &restarted).await;
+    for id in &acknowledged {
+        assert!(held.contains(id), "{id} lost after kill -9: {held:?}");
+    }
+
+    // A node that joins afterwards catches up by anti-entropy.
+    join(&mut fleet).await;
+    let late = fleet.nodes[4].api.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "a late node catches up",
+        || async {
+            let ids = route_ids(&fleet, &late).await;
+            ids.contains(&"r1".to_string()) && acknowledged.iter().all(|id| ids.contains(id))
+        },
+    )
+    .await
+    .unwrap();
+
+    // Every node reports the same version of the tenant document.
+    wait_until(
+        Duration::from_secs(15),
+        "the fleet converges on one version",
+        || async {
+            fleet
+                .get(&fleet.anchor().api, "/v1/config/status")
+                .await
+                .is_ok_and(|(_, s)| {
+                    s["documents"].as_array().is_some_and(|docs| {
+                        docs.iter().any(|d| {
+                            d["document"] == "tenant/default"
+                                && d["converged"] == true
+                                && d["states"][0]["nodes"] == 5
+                        })
+                    })
+                })
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Rows a node's SQLite file holds for a configuration document.
+fn stored_chunks(dir: &std::path::Path, doc: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("nexus.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(
+        "SELECT count(*) FROM config_changes WHERE doc_id = ?1",
+        [doc],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_configuration_never_reaches_another_tenants_nodes() {
+    let mut fleet = Fleet::init().await.unwrap();
+    join(&mut fleet).await; // tenant default
+    let token = fleet.token(json!({"tenant": "blue"})).await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet.join(&token, &[]).await.unwrap(); // tenant blue
+    fleet.converge(3, "online", &[]).await.unwrap();
+    let blue = fleet.nodes[2].api.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the blue node can write",
+        || async { post(&fleet, &blue, route("b1", 1)).await.0 == 201 },
+    )
+    .await
+    .unwrap();
+    // The anchor holds every tenant's document; the blue node sees its route; the default
+    // node sees none of it, through the API or in its database.
+    wait_until(
+        Duration::from_secs(10),
+        "the anchor stores the blue route",
+        || async { stored_chunks(&fleet.anchor().dir, "tenant/blue") >= 1 },
+    )
+    .await
+    .unwrap();
+    assert!(route_ids(&fleet, &blue).await.contains(&"b1".to_string()));
+    let default_node = fleet.nodes[1].api.clone();
+    // Give anti-entropy a few rounds to (wrongly) move it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !route_ids(&fleet, &default_node)
+            .await
+            .contains(&"b1".to_string())
+    );
+    assert_eq!(stored_chunks(&fleet.nodes[1].dir, "tenant/blue"), 0);
+    // A route the default node writes stays in the default tenant.
+    let (status, body) = post(&fleet, &default_node, route("d1", 2)).await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!route_ids(&fleet, &blue).await.contains(&"d1".to_string()));
+    assert_eq!(stored_chunks(&fleet.nodes[2].dir, "tenant/default"), 0);
+}
