@@ -498,6 +498,24 @@ impl Fleet {
         self.call(reqwest::Method::GET, api, path).await
     }
 
+    /// POST a JSON body to `api` with the admin key.
+    pub async fn post_json(
+        &self,
+        api: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{api}{path}"))
+            .bearer_auth(&self.admin_key)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// POST to `api` with the admin key.
     pub async fn post(&self, api: &str, path: &str) -> anyhow::Result<(u16, Value)> {
         self.call(reqwest::Method::POST, api, path).await

@@ -197,3 +197,118 @@ fn groups_of(n: usize, groups: &[&[usize]]) -> Vec<Vec<bool>> {
         })
         .collect()
 }
+
+fn route(id: &str) -> serde_json::Value {
+    json!({
+        "id": id, "name": id, "tenant_id": "", "priority": 5,
+        "match": {"source_node_ids": [], "dest_capabilities": [], "stream_modes": [], "message_types": []},
+        "action": {"type": "deny"}, "enabled": true, "created_at": 0
+    })
+}
+
+async fn routes_of(fleet: &Fleet, api: &str) -> Vec<String> {
+    fleet
+        .get(api, "/v1/routes?limit=1000")
+        .await
+        .ok()
+        .and_then(|(_, b)| {
+            b["items"].as_array().map(|items| {
+                items
+                    .iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Offline sites: both sides of a partition keep accepting writes; after the heal every node
+/// holds every acknowledged write and the same document (same heads digest).
+#[tokio::test]
+async fn writes_on_both_sides_of_a_partition_converge_after_the_heal() {
+    let sites = Sites::create(2).expect("sites");
+    let (site0, site1) = (sites.site(0), sites.site(1));
+    let mut fleet = Fleet::init_in(&site0, &[]).await.expect("init");
+    let token = fleet
+        .token(json!({ "uses": 3, "ttl_seconds": 600 }))
+        .await
+        .expect("token")["token"]
+        .as_str()
+        .expect("token string")
+        .to_string();
+    fleet.join_in(&site0, &token, &[]).await.expect("join");
+    fleet.join_in(&site1, &token, &[]).await.expect("join");
+    fleet.join_in(&site1, &token, &[]).await.expect("join");
+    fleet.converge(4, "online", &[]).await.unwrap();
+    // Everyone holds the fleet document (it registers the tenant) before the cut.
+    let (a, b) = (fleet.nodes[1].api.clone(), fleet.nodes[2].api.clone());
+    wait_until(SETTLE, "writes are accepted on both sides", || async {
+        fleet
+            .post_json(&a, "/v1/routes", &route("warmup-a"))
+            .await
+            .is_ok_and(|(s, _)| s == 201)
+            && fleet
+                .post_json(&b, "/v1/routes", &route("warmup-b"))
+                .await
+                .is_ok_and(|(s, _)| s == 201)
+    })
+    .await
+    .unwrap();
+
+    sites.cut(1).unwrap();
+    let mut written = vec!["warmup-a".to_string(), "warmup-b".to_string()];
+    for i in 0..5 {
+        for (api, side) in [(&a, "a"), (&b, "b")] {
+            let id = format!("{side}{i}");
+            let (status, body) = fleet
+                .post_json(api, "/v1/routes", &route(&id))
+                .await
+                .unwrap();
+            assert_eq!(status, 201, "write {id} during the partition: {body}");
+            written.push(id);
+        }
+    }
+    // Each side serves its own side's writes; the other side's are cut off.
+    let anchor = fleet.nodes[0].api.clone();
+    wait_until(SETTLE, "site 0 holds its side's writes", || async {
+        let held = routes_of(&fleet, &anchor).await;
+        (0..5).all(|i| held.contains(&format!("a{i}")))
+    })
+    .await
+    .unwrap();
+    let held = routes_of(&fleet, &anchor).await;
+    assert!(
+        (0..5).all(|i| !held.contains(&format!("b{i}"))),
+        "site 1's writes crossed a cut link: {held:?}"
+    );
+
+    sites.heal(1).unwrap();
+    for node in &fleet.nodes {
+        wait_until(
+            SETTLE,
+            "every write reaches every node after the heal",
+            || async {
+                let held = routes_of(&fleet, &node.api).await;
+                written.iter().all(|id| held.contains(id))
+            },
+        )
+        .await
+        .unwrap();
+    }
+    wait_until(SETTLE, "one document everywhere (same heads)", || async {
+        fleet
+            .get(&fleet.anchor().api, "/v1/config/status")
+            .await
+            .is_ok_and(|(_, s)| {
+                s["documents"].as_array().is_some_and(|docs| {
+                    docs.iter().any(|d| {
+                        d["document"] == "tenant/default"
+                            && d["converged"] == true
+                            && d["states"][0]["nodes"] == 4
+                    })
+                })
+            })
+    })
+    .await
+    .unwrap();
+}
