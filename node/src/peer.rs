@@ -761,6 +761,20 @@ impl PeerService {
         let _ = self.logs.set((log, mirrors));
     }
 
+    /// Publishes the configuration version this node applies (its tenant document's) in its
+    /// gossip info, which `GET /v1/nodes` shows.
+    pub async fn set_config_version(&self, version: u64) {
+        let info = {
+            let mut info = lock(&self.info);
+            if info.config_version == version {
+                return;
+            }
+            info.config_version = version;
+            info.clone()
+        };
+        self.mesh.set_info(&info).await;
+    }
+
     /// Hands the replicated configuration to the peer protocol.
     pub fn set_replication(&self, replication: Arc<crate::replication::Replication>) {
         let _ = self.replication.set(replication);

@@ -465,6 +465,14 @@ impl Replication {
         for (key, value) in versions {
             self.mesh.publish(&key, &value).await;
         }
+        let applied = DocId::tenant(&self.tenant).ok().and_then(|id| {
+            lock(&self.docs)
+                .get(&id.to_string())
+                .map(ConfigDoc::version)
+        });
+        if let Some(version) = applied {
+            self.peer.set_config_version(version).await;
+        }
     }
 
     /// Anti-entropy: pulls from peers whose published digest of a document differs from ours.

@@ -157,6 +157,28 @@ async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
     .await
     .unwrap();
 
+    // Every node reports the version it applies in the fleet view.
+    let (_, nodes) = fleet.get(&fleet.anchor().api, "/v1/nodes").await.unwrap();
+    let (_, routes) = fleet.get(&fleet.anchor().api, "/v1/routes").await.unwrap();
+    let version = routes["config_version"].as_u64().unwrap();
+    assert!(version >= 17, "{routes}");
+    wait_until(
+        Duration::from_secs(15),
+        "every node reports the version",
+        || async {
+            fleet
+                .get(&fleet.anchor().api, "/v1/nodes")
+                .await
+                .is_ok_and(|(_, n)| {
+                    n["items"]
+                        .as_array()
+                        .is_some_and(|items| items.iter().all(|i| i["config_version"] == version))
+                })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: {nodes}"));
+
     // Every node reports the same version of the tenant document.
     wait_until(
         Duration::from_secs(15),
