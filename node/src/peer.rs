@@ -248,6 +248,8 @@ pub struct PeerService {
     /// Small bookkeeping: what this node last published under its own gossip keys (tokens,
     /// uses), tokens imported, anchor addresses saved, when a promotion may be retried.
     published: Mutex<HashMap<String, String>>,
+    /// Connections this node opened to peers, reused across requests.
+    outgoing: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
     /// Replicated configuration, once loaded.
     replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
     /// Anchors: this anchor's transparency log and its mirrors of the others'.
@@ -312,6 +314,7 @@ impl PeerService {
             published: Mutex::new(HashMap::new()),
             logs: std::sync::OnceLock::new(),
             replication: std::sync::OnceLock::new(),
+            outgoing: Mutex::new(HashMap::new()),
             info: Mutex::new(info),
         })
     }
@@ -1209,20 +1212,50 @@ impl PeerService {
     ) -> anyhow::Result<PeerResponse> {
         let body = serde_json::to_vec(request)?;
         let exchange = async {
-            let connection = self
-                .endpoint
-                .connect_with(self.client.clone(), addr, server_name)?
-                .await?;
-            let (mut send, mut recv) = connection.open_bi().await?;
+            let connection = self.connection_to(addr, server_name).await?;
+            let (mut send, mut recv) = match connection.open_bi().await {
+                Ok(streams) => streams,
+                Err(_) => {
+                    // The cached connection died under us (the peer restarted): once more on a
+                    // fresh one.
+                    lock(&self.outgoing).remove(&(addr, server_name.to_string()));
+                    self.connection_to(addr, server_name)
+                        .await?
+                        .open_bi()
+                        .await?
+                }
+            };
             send.write_all(&body).await?;
             send.finish()?;
             let bytes = recv.read_to_end(MAX_MESSAGE).await?;
-            connection.close(0u32.into(), b"done");
             anyhow::Ok(serde_json::from_slice::<PeerResponse>(&bytes)?)
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .with_context(|| format!("no answer from {addr} within 5 s"))?
+    }
+
+    /// A live connection to `addr` under `server_name`: a cached one (one handshake per peer,
+    /// not per request; idle ones close after 10 s), or a new one.
+    async fn connection_to(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> anyhow::Result<quinn::Connection> {
+        let key = (addr, server_name.to_string());
+        if let Some(connection) = lock(&self.outgoing).get(&key)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, server_name)?
+            .await?;
+        let mut outgoing = lock(&self.outgoing);
+        outgoing.retain(|_, c| c.close_reason().is_none());
+        outgoing.insert(key, connection.clone());
+        Ok(connection)
     }
 
     /// Installs the CRLs that verify and are newer than the ones held, persists them, and
@@ -1264,6 +1297,23 @@ impl PeerService {
     /// Closes established peer connections whose certificate is now revoked.
     fn close_revoked(&self) {
         let revocations = self.fleet.revocations();
+        // Connections this node opened, to a peer whose certificate is now revoked.
+        lock(&self.outgoing).retain(|_, connection| {
+            let serial = connection
+                .peer_identity()
+                .and_then(|any| {
+                    any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .and_then(|chain| chain.first().and_then(|c| read_mic(c).ok()))
+                .map(|mic| mic.serial_hex);
+            if serial.is_some_and(|s| revocations.is_revoked(&s)) {
+                connection.close(3u32.into(), b"certificate revoked");
+                false
+            } else {
+                true
+            }
+        });
         lock(&self.connections).retain(|_, (serial, connection)| {
             if revocations.is_revoked(serial) {
                 connection.close(3u32.into(), b"certificate revoked");
