@@ -911,12 +911,28 @@ async fn transparency_mirrors(
     backend.transparency_mirrors().await.map(Json)
 }
 
+/// Routes a caller confined to a tenant may see: only that tenant's.
+fn visible_routes(
+    caller: &Option<axum::Extension<Caller>>,
+    routes: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    match caller.as_ref().and_then(|c| c.0.tenant.clone()) {
+        None => routes,
+        Some(tenant) => routes
+            .into_iter()
+            .filter(|r| r["tenant_id"] == tenant.as_str())
+            .collect(),
+    }
+}
+
 async fn list_routes(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = query_or_400(query)?;
     let (routes, version) = backend.routes().await?;
+    let routes = visible_routes(&caller, routes);
     let keyed: Vec<(String, serde_json::Value)> = routes
         .into_iter()
         .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r))
@@ -935,10 +951,12 @@ async fn list_routes(
 
 async fn get_route(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (routes, version) = backend.routes().await?;
-    let route = routes
+    // Another tenant's route reads as absent: existence does not leak.
+    let route = visible_routes(&caller, routes)
         .into_iter()
         .find(|r| r["id"] == id.as_str())
         .ok_or_else(|| ApiError::not_found(format!("no route policy {id:?} in this tenant")))?;

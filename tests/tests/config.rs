@@ -260,4 +260,40 @@ async fn a_tenants_configuration_never_reaches_another_tenants_nodes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!route_ids(&fleet, &blue).await.contains(&"d1".to_string()));
     assert_eq!(stored_chunks(&fleet.nodes[2].dir, "tenant/default"), 0);
+
+    // A blue node's certificate reads no default-tenant route through the default node's API.
+    let blue_dir = fleet.nodes[2].dir.clone();
+    let root = nexus_ca::pem_to_der(
+        &std::fs::read_to_string(fleet.anchor().dir.join("trust/root.pem")).unwrap(),
+    )
+    .unwrap()
+    .swap_remove(0);
+    let chain =
+        nexus_ca::pem_to_der(&std::fs::read_to_string(blue_dir.join("node.pem")).unwrap()).unwrap();
+    let key = nexus_ca::NodeKey::from_pkcs8_pem(
+        &std::fs::read_to_string(blue_dir.join("node.key")).unwrap(),
+    )
+    .unwrap();
+    let blue_client = reqwest::Client::builder()
+        .use_preconfigured_tls(nexus_ca::api_client_config(
+            root,
+            Some(nexus_ca::Credentials::new(chain, &key).unwrap()),
+        ))
+        .build()
+        .unwrap();
+    let seen: Value = blue_client
+        .get(format!("{default_node}/v1/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["items"].as_array().map(Vec::len), Some(0), "{seen}");
+    let one = blue_client
+        .get(format!("{default_node}/v1/routes/d1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status().as_u16(), 404);
 }
