@@ -195,6 +195,12 @@ pub trait Backend: Send + Sync + 'static {
             "no replicated configuration on this node",
         ))
     }
+    /// Deletes a route policy; `Ok(None)` when there is none; else the new version.
+    async fn delete_route(&self, _caller: &str, _id: &str) -> Result<Option<u64>, ApiError> {
+        Err(ApiError::internal(
+            "no replicated configuration on this node",
+        ))
+    }
     /// The fleet's configuration version spread, per document.
     async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
         Err(ApiError::internal(
@@ -247,7 +253,10 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/anchors", post(promote).get(list_anchors))
         .route("/v1/transparency/mirrors", get(transparency_mirrors))
         .route("/v1/routes", get(list_routes).post(create_route))
-        .route("/v1/routes/{id}", get(get_route))
+        .route(
+            "/v1/routes/{id}",
+            get(get_route).put(replace_route).delete(delete_route),
+        )
         .route("/v1/config/status", get(config_status))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
@@ -989,4 +998,58 @@ async fn create_route(
 
 async fn config_status(State(backend): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
     backend.config_status().await.map(Json)
+}
+
+/// `PUT /v1/routes/{id}`: create or replace; the id in the path wins over the body's.
+async fn replace_route(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
+    let mut route = json_body(body, "route policy")?;
+    match route.get("id").and_then(|v| v.as_str()) {
+        Some(body_id) if body_id != id => {
+            return Err(ApiError::bad_request(format!(
+                "id: the body names route {body_id:?} but the path names {id:?}"
+            )));
+        }
+        _ => {}
+    }
+    if let Some(object) = route.as_object_mut() {
+        object.insert("id".to_string(), serde_json::Value::String(id));
+    }
+    let (route, version) = backend.put_route(&identity, route).await?;
+    Ok((
+        [(
+            header::HeaderName::from_static("x-config-version"),
+            version.to_string(),
+        )],
+        Json(route),
+    )
+        .into_response())
+}
+
+async fn delete_route(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
+    match backend.delete_route(&identity, &id).await? {
+        Some(version) => Ok((
+            StatusCode::NO_CONTENT,
+            [(
+                header::HeaderName::from_static("x-config-version"),
+                version.to_string(),
+            )],
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no route policy {id:?} in this tenant"
+        ))),
+    }
 }

@@ -678,6 +678,26 @@ impl Backend for NodeBackend {
         }
     }
 
+    async fn delete_route(&self, caller: &str, id: &str) -> Result<Option<u64>, ApiError> {
+        let replication = self.replication()?;
+        match replication.delete_route(caller, id).await {
+            Ok(version) => Ok(version),
+            Err(crate::replication::WriteError::Invalid(problems)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                problems.join("; "),
+            )),
+            Err(crate::replication::WriteError::NotHere(message)) => Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "other_tenant",
+                message,
+            )),
+            Err(crate::replication::WriteError::Internal(message)) => {
+                Err(ApiError::internal(message))
+            }
+        }
+    }
+
     async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
         // document → "version:digest" → nodes reporting it.
         let mut spread: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();

@@ -331,6 +331,54 @@ impl Replication {
         Ok((route, version))
     }
 
+    /// Deletes a route of this node's tenant for `caller`; `Ok(None)` when there is none.
+    /// Durable before it returns.
+    pub async fn delete_route(
+        self: &Arc<Self>,
+        caller: &str,
+        route_id: &str,
+    ) -> Result<Option<u64>, WriteError> {
+        let id =
+            DocId::tenant(&self.tenant).map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+        let internal = |e: anyhow::Error| WriteError::Internal(format!("{e:#}"));
+        let exists = self
+            .with_doc(&id, |doc| {
+                doc.entry(nexus_crdt::ROUTES, route_id)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+            .map_err(internal)?;
+        if !exists {
+            return Ok(None);
+        }
+        let change = self
+            .with_doc(&id, |doc| {
+                doc.apply_local_entry(
+                    &self.author,
+                    &Self::caller(caller),
+                    crate::now_ms() as i64,
+                    nexus_crdt::ROUTES,
+                    route_id,
+                    |v: &mut Option<RoutePolicy>| {
+                        *v = None;
+                        Ok::<_, std::convert::Infallible>(())
+                    },
+                )
+            })
+            .map_err(internal)?
+            .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+        if let Some(change) = change {
+            self.commit(&id, &change).map_err(internal)?;
+            metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
+            self.publish_versions().await;
+            let me = self.clone();
+            tokio::spawn(async move { me.push(vec![change]).await });
+        }
+        let version = self.with_doc(&id, |d| d.version()).map_err(internal)?;
+        Ok(Some(version))
+    }
+
     /// Applies changes pushed or pulled from peers; returns how many were new.
     pub fn receive(&self, changes: &[WireChange]) -> usize {
         let mut new = 0;

@@ -125,6 +125,70 @@ async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
             .contains(&"bad".to_string())
     );
 
+    // Replace and delete replicate too.
+    let http = nexus_tests::api_client(&fleet.anchor().dir).unwrap();
+    let mut changed = route("r1", 20);
+    changed["name"] = json!("renamed");
+    let replaced = http
+        .put(format!("{writer}/v1/routes/r1"))
+        .bearer_auth(&fleet.admin_key)
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status().as_u16(), 200);
+    let mismatched = http
+        .put(format!("{writer}/v1/routes/other"))
+        .bearer_auth(&fleet.admin_key)
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status().as_u16(), 400);
+    let anchor_api = fleet.anchor().api.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the replacement reaches the anchor",
+        || async {
+            fleet
+                .get(&anchor_api, "/v1/routes/r1")
+                .await
+                .is_ok_and(|(_, r)| r["name"] == "renamed" && r["priority"] == 20)
+        },
+    )
+    .await
+    .unwrap();
+    let (status, _) = post(&fleet, &writer, route("gone", 3)).await;
+    assert_eq!(status, 201);
+    let deleted = http
+        .delete(format!("{}/v1/routes/gone", fleet.nodes[1].api))
+        .bearer_auth(&fleet.admin_key)
+        .send()
+        .await
+        .unwrap();
+    // Written on one node, deleted on another (once it has it).
+    assert!(matches!(deleted.status().as_u16(), 204 | 404));
+    wait_until(
+        Duration::from_secs(10),
+        "the deletion reaches every node",
+        || async {
+            let _ = http
+                .delete(format!("{}/v1/routes/gone", fleet.nodes[1].api))
+                .bearer_auth(&fleet.admin_key)
+                .send()
+                .await;
+            let mut everywhere = true;
+            for node in &fleet.nodes {
+                everywhere &= !route_ids(&fleet, &node.api)
+                    .await
+                    .contains(&"gone".to_string());
+            }
+            everywhere
+        },
+    )
+    .await
+    .unwrap();
+
     // A stream of writes, then kill -9: every acknowledged one is there after the restart.
     let victim_api = fleet.nodes[3].api.clone();
     let mut acknowledged = Vec::new();
@@ -161,7 +225,7 @@ async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
     let (_, nodes) = fleet.get(&fleet.anchor().api, "/v1/nodes").await.unwrap();
     let (_, routes) = fleet.get(&fleet.anchor().api, "/v1/routes").await.unwrap();
     let version = routes["config_version"].as_u64().unwrap();
-    assert!(version >= 17, "{routes}");
+    assert!(version >= 19, "{routes}");
     wait_until(
         Duration::from_secs(15),
         "every node reports the version",
