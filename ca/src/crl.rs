@@ -264,6 +264,8 @@ pub enum Installed {
     New {
         /// Its number.
         number: u64,
+        /// SHA-256 of the issuing anchor CA's certificate.
+        issuer: [u8; 32],
     },
     /// The node already held this number or a newer one from the same issuer.
     Stale {
@@ -338,7 +340,7 @@ impl RevocationSet {
         {
             return Ok(Installed::Stale { held: held.number });
         }
-        let number = crl.number;
+        let (number, issuer) = (crl.number, crl.issuer_fingerprint);
         state
             .crls
             .insert(crl.issuer_fingerprint, (crl, der.to_vec()));
@@ -349,7 +351,7 @@ impl RevocationSet {
             .collect();
         state.revoked = revoked;
         state.version += 1;
-        Ok(Installed::New { number })
+        Ok(Installed::New { number, issuer })
     }
 
     /// The CRLs held, one per issuer, ordered by issuer fingerprint.
@@ -406,7 +408,10 @@ mod tests {
         assert_eq!(verified.serials, vec![serial.clone()]);
         assert_eq!(
             set.install(&trust, &one).unwrap(),
-            Installed::New { number: 1 }
+            Installed::New {
+                number: 1,
+                issuer: f.intermediate.fingerprint()
+            }
         );
         assert!(set.is_revoked(&serial));
         assert_eq!(set.version(), 1);

@@ -21,6 +21,43 @@
 //!
 //! Everything public is re-exported at the crate root.
 
+/// The handshake-signature methods every Nexus certificate verifier shares: ed25519 only (all
+/// Nexus keys are), checked with the provider's algorithms in `self.algorithms`. `$who` names
+/// the signing side in the error. Advertising only ed25519 makes a misconfigured peer fail at
+/// negotiation instead of after the chain check; the TLS 1.2 method is unreachable with the
+/// TLS 1.3-only configurations but verifies properly rather than accept anything.
+macro_rules! ed25519_handshake_signatures {
+    ($who:literal) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            if dss.scheme != rustls::SignatureScheme::ED25519 {
+                return Err(rustls::Error::General(format!(
+                    "the {} signed the handshake with {:?}; Nexus requires ed25519",
+                    $who, dss.scheme
+                )));
+            }
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            vec![rustls::SignatureScheme::ED25519]
+        }
+    };
+}
+
 pub mod cert;
 pub mod crl;
 pub mod csr;

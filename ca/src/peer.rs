@@ -14,13 +14,13 @@
 use std::sync::{Arc, RwLock};
 
 use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{DistinguishedName, SignatureScheme};
 
 use crate::cert::{CertDer, VerifiedMic, ed25519_public_key, parse_cert, sha256_fingerprint};
 use crate::crl::{Installed, RevocationSet};
@@ -261,16 +261,6 @@ fn now_unix(now: UnixTime) -> i64 {
     now.as_secs().min(i64::MAX as u64) as i64
 }
 
-fn tls13_only(scheme: SignatureScheme, who: &str) -> Result<(), rustls::Error> {
-    if scheme == SignatureScheme::ED25519 {
-        Ok(())
-    } else {
-        Err(rustls::Error::General(format!(
-            "the {who} signed the handshake with {scheme:?}; Nexus requires ed25519"
-        )))
-    }
-}
-
 /// Verifies client certificates of fleet members (optional).
 #[derive(Debug)]
 struct MemberClientVerifier {
@@ -299,28 +289,7 @@ impl ClientCertVerifier for MemberClientVerifier {
             .map_err(|e| rustls::Error::General(format!("client certificate refused: {e}")))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_only(dss.scheme, "client")?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_handshake_signatures!("client");
 }
 
 /// Verifies a server that is a member of this fleet; when dialed by
@@ -359,28 +328,7 @@ impl ServerCertVerifier for MemberServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_only(dss.scheme, "server")?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_handshake_signatures!("server");
 }
 
 /// Server side for the QUIC endpoint and the HTTPS API: presents `credentials`, verifies any
@@ -459,28 +407,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
             })
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_only(dss.scheme, "server")?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_handshake_signatures!("server");
 }
 
 /// Client config for API clients that hold the fleet root certificate (`root_der`), optionally

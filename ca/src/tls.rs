@@ -19,10 +19,9 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::cert::{CertDer, Role, ed25519_public_key, parse_cert, sha256_fingerprint};
 use crate::error::CaError;
@@ -170,37 +169,7 @@ impl ServerCertVerifier for JoinVerifier {
             .map_err(rustls::Error::General)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable with a TLS 1.3-only config; verify properly anyway rather than
-        // leave a method that would accept anything.
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if dss.scheme != SignatureScheme::ED25519 {
-            return Err(rustls::Error::General(format!(
-                "the anchor signed the handshake with {:?}; Nexus requires ed25519",
-                dss.scheme
-            )));
-        }
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        // All Nexus keys are ed25519; advertising only it makes a misconfigured
-        // server fail at negotiation instead of after the chain check.
-        vec![SignatureScheme::ED25519]
-    }
+    ed25519_handshake_signatures!("anchor");
 }
 
 #[cfg(test)]

@@ -283,6 +283,22 @@ fn anchor_to_wire(node_id: &str, state: &str, member: Option<&Member>) -> Anchor
     }
 }
 
+/// How a refused configuration write reads in the API.
+fn write_error(err: crate::replication::WriteError) -> ApiError {
+    use crate::replication::WriteError;
+    match err {
+        WriteError::Invalid(problems) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            problems.join("; "),
+        ),
+        WriteError::NotHere(message) => {
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "other_tenant", message)
+        }
+        WriteError::Internal(message) => ApiError::internal(message),
+    }
+}
+
 fn mic_to_wire(row: &CertificateRow) -> Mic {
     Mic {
         serial: row.serial.clone(),
@@ -662,19 +678,7 @@ impl Backend for NodeBackend {
                 serde_json::to_value(&route).map_err(|e| ApiError::internal(e.to_string()))?,
                 version,
             )),
-            Err(crate::replication::WriteError::Invalid(problems)) => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_config",
-                problems.join("; "),
-            )),
-            Err(crate::replication::WriteError::NotHere(message)) => Err(ApiError::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "other_tenant",
-                message,
-            )),
-            Err(crate::replication::WriteError::Internal(message)) => {
-                Err(ApiError::internal(message))
-            }
+            Err(err) => Err(write_error(err)),
         }
     }
 
@@ -682,19 +686,7 @@ impl Backend for NodeBackend {
         let replication = self.replication()?;
         match replication.delete_route(caller, id).await {
             Ok(version) => Ok(version),
-            Err(crate::replication::WriteError::Invalid(problems)) => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_config",
-                problems.join("; "),
-            )),
-            Err(crate::replication::WriteError::NotHere(message)) => Err(ApiError::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "other_tenant",
-                message,
-            )),
-            Err(crate::replication::WriteError::Internal(message)) => {
-                Err(ApiError::internal(message))
-            }
+            Err(err) => Err(write_error(err)),
         }
     }
 

@@ -271,6 +271,18 @@ pub fn read(dir: &DataDir) -> anyhow::Result<KeysFile> {
     })
 }
 
+/// The passphrase of file-backed CA keys: from the file `NEXUS_KEY_PASSPHRASE_FILE` names, else
+/// from the one `ca/keys.toml` names; `None` when the keys are not encrypted.
+fn passphrase(named: Option<&PathBuf>) -> anyhow::Result<Option<Secret>> {
+    let from_env = std::env::var_os(PASSPHRASE_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    Ok(match from_env.as_ref().or(named) {
+        Some(file) => Some(read_secret_file(file, "key passphrase")?),
+        None => None,
+    })
+}
+
 /// Loads this anchor's intermediate CA with the key backend `ca/keys.toml` names. For key
 /// files, `NEXUS_KEY_PASSPHRASE_FILE` overrides the passphrase file named there.
 ///
@@ -279,13 +291,7 @@ pub fn load_anchor_ca(dir: &DataDir) -> anyhow::Result<CertificateAuthority> {
     let keys = read(dir)?;
     let signer: Arc<dyn CaSigner> = match &keys {
         KeysFile::File { passphrase_file } => {
-            let from_env = std::env::var_os(PASSPHRASE_FILE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from);
-            let passphrase = match from_env.as_ref().or(passphrase_file.as_ref()) {
-                Some(file) => Some(read_secret_file(file, "key passphrase")?),
-                None => None,
-            };
+            let passphrase = passphrase(passphrase_file.as_ref())?;
             Arc::new(FileKey::load(
                 &dir.ca_key(),
                 passphrase.as_ref().map(|s| s.as_str()),
@@ -320,13 +326,7 @@ pub fn load_root_ca(dir: &DataDir) -> anyhow::Result<Option<CertificateAuthority
             if !dir.ca_root_key().exists() {
                 return Ok(None);
             }
-            let from_env = std::env::var_os(PASSPHRASE_FILE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from);
-            let passphrase = match from_env.as_ref().or(passphrase_file.as_ref()) {
-                Some(file) => Some(read_secret_file(file, "key passphrase")?),
-                None => None,
-            };
+            let passphrase = passphrase(passphrase_file.as_ref())?;
             Arc::new(FileKey::load(
                 &dir.ca_root_key(),
                 passphrase.as_ref().map(|s| s.as_str()),

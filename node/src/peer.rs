@@ -1264,11 +1264,9 @@ impl PeerService {
         let mut new = 0;
         for der in ders {
             match self.fleet.install_crl(&der) {
-                Ok(Installed::New { number }) => {
+                Ok(Installed::New { number, issuer }) => {
                     new += 1;
-                    let issuer = nexus_ca::verify_crl(&self.fleet.store(), &der)
-                        .map(|crl| hex::encode(crl.issuer_fingerprint))
-                        .unwrap_or_default();
+                    let issuer = hex::encode(issuer);
                     let store = self.store.clone();
                     let saved =
                         tokio::task::spawn_blocking(move || store.save_crl(&issuer, number, &der))

@@ -447,11 +447,6 @@ impl Replication {
             .collect())
     }
 
-    /// Whether the peer described by `facts` may receive document `id`.
-    pub fn may_send(id: &DocId, facts: &AuthorFacts) -> bool {
-        nexus_crdt::may_replicate(id, facts)
-    }
-
     fn peers_for(&self, id: &DocId) -> Vec<(NodeId, SocketAddr)> {
         self.mesh
             .members()
@@ -471,7 +466,7 @@ impl Replication {
                     tenant: info.tenant.clone(),
                     site: info.site.clone(),
                 };
-                Self::may_send(id, &facts).then_some((m.node_id, info.quic_addr))
+                nexus_crdt::may_replicate(id, &facts).then_some((m.node_id, info.quic_addr))
             })
             .collect()
     }

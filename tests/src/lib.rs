@@ -188,6 +188,30 @@ fn api_client_at(dir: &Path, site: Option<&Site>) -> anyhow::Result<reqwest::Cli
     Ok(builder.build()?)
 }
 
+/// An API client that trusts the fleet root in `root_dir` (a node's data directory) and
+/// authenticates with the certificate chain `chain_pem` and its `key` (mutual TLS).
+pub fn mic_client(
+    root_dir: &Path,
+    chain_pem: &str,
+    key: &nexus_ca::NodeKey,
+) -> anyhow::Result<reqwest::Client> {
+    let root = nexus_ca::pem_to_der(&std::fs::read_to_string(
+        root_dir.join("trust").join("root.pem"),
+    )?)?
+    .swap_remove(0);
+    let credentials = nexus_ca::Credentials::new(nexus_ca::pem_to_der(chain_pem)?, key)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(nexus_ca::api_client_config(root, Some(credentials)))
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// [`mic_client`] with the node's own MIC and key from its data directory `dir`.
+pub fn node_mic_client(dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let key = nexus_ca::NodeKey::from_pkcs8_pem(&std::fs::read_to_string(dir.join("node.key"))?)?;
+    mic_client(dir, &std::fs::read_to_string(dir.join("node.pem"))?, &key)
+}
+
 /// One running (or stopped) node process.
 pub struct NodeProc {
     /// Its data directory.
@@ -514,6 +538,22 @@ impl Fleet {
             .await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Whether `/v1/config/status` on the anchor shows document `doc` at one version and
+    /// digest on exactly `nodes` nodes.
+    pub async fn config_converged(&self, doc: &str, nodes: usize) -> bool {
+        self.get(&self.anchor().api, "/v1/config/status")
+            .await
+            .is_ok_and(|(_, s)| {
+                s["documents"].as_array().is_some_and(|docs| {
+                    docs.iter().any(|d| {
+                        d["document"] == doc
+                            && d["converged"] == true
+                            && d["states"][0]["nodes"] == nodes
+                    })
+                })
+            })
     }
 
     /// POST to `api` with the admin key.

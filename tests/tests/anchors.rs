@@ -9,16 +9,7 @@ use nexus_tests::{Fleet, wait_until};
 use serde_json::{Value, json};
 
 async fn post_json(fleet: &Fleet, api: &str, path: &str, body: Value) -> (u16, Value) {
-    let http = nexus_tests::api_client(&fleet.anchor().dir).unwrap();
-    let response = http
-        .post(format!("{api}{path}"))
-        .bearer_auth(&fleet.admin_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    fleet.post_json(api, path, &body).await.unwrap()
 }
 
 #[tokio::test]

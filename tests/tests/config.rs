@@ -21,16 +21,7 @@ fn route(id: &str, priority: u32) -> Value {
 }
 
 async fn post(fleet: &Fleet, api: &str, body: Value) -> (u16, Value) {
-    let http = nexus_tests::api_client(&fleet.anchor().dir).unwrap();
-    let response = http
-        .post(format!("{api}/v1/routes"))
-        .bearer_auth(&fleet.admin_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    fleet.post_json(api, "/v1/routes", &body).await.unwrap()
 }
 
 async fn route_ids(fleet: &Fleet, api: &str) -> Vec<String> {
@@ -70,20 +61,7 @@ async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
     wait_until(
         Duration::from_secs(15),
         "every node holds the fleet document",
-        || async {
-            fleet
-                .get(&fleet.anchor().api, "/v1/config/status")
-                .await
-                .is_ok_and(|(_, s)| {
-                    s["documents"].as_array().is_some_and(|docs| {
-                        docs.iter().any(|d| {
-                            d["document"] == "fleet"
-                                && d["converged"] == true
-                                && d["states"][0]["nodes"] == 4
-                        })
-                    })
-                })
-        },
+        || async { fleet.config_converged("fleet", 4).await },
     )
     .await
     .unwrap();
@@ -247,20 +225,7 @@ async fn a_route_written_anywhere_reaches_every_node_and_survives_kill_9() {
     wait_until(
         Duration::from_secs(15),
         "the fleet converges on one version",
-        || async {
-            fleet
-                .get(&fleet.anchor().api, "/v1/config/status")
-                .await
-                .is_ok_and(|(_, s)| {
-                    s["documents"].as_array().is_some_and(|docs| {
-                        docs.iter().any(|d| {
-                            d["document"] == "tenant/default"
-                                && d["converged"] == true
-                                && d["states"][0]["nodes"] == 5
-                        })
-                    })
-                })
-        },
+        || async { fleet.config_converged("tenant/default", 5).await },
     )
     .await
     .unwrap();
@@ -326,25 +291,7 @@ async fn a_tenants_configuration_never_reaches_another_tenants_nodes() {
     assert_eq!(stored_chunks(&fleet.nodes[2].dir, "tenant/default"), 0);
 
     // A blue node's certificate reads no default-tenant route through the default node's API.
-    let blue_dir = fleet.nodes[2].dir.clone();
-    let root = nexus_ca::pem_to_der(
-        &std::fs::read_to_string(fleet.anchor().dir.join("trust/root.pem")).unwrap(),
-    )
-    .unwrap()
-    .swap_remove(0);
-    let chain =
-        nexus_ca::pem_to_der(&std::fs::read_to_string(blue_dir.join("node.pem")).unwrap()).unwrap();
-    let key = nexus_ca::NodeKey::from_pkcs8_pem(
-        &std::fs::read_to_string(blue_dir.join("node.key")).unwrap(),
-    )
-    .unwrap();
-    let blue_client = reqwest::Client::builder()
-        .use_preconfigured_tls(nexus_ca::api_client_config(
-            root,
-            Some(nexus_ca::Credentials::new(chain, &key).unwrap()),
-        ))
-        .build()
-        .unwrap();
+    let blue_client = nexus_tests::node_mic_client(&fleet.nodes[2].dir).unwrap();
     let seen: Value = blue_client
         .get(format!("{default_node}/v1/routes"))
         .send()

@@ -296,18 +296,7 @@ async fn writes_on_both_sides_of_a_partition_converge_after_the_heal() {
         .unwrap();
     }
     wait_until(SETTLE, "one document everywhere (same heads)", || async {
-        fleet
-            .get(&fleet.anchor().api, "/v1/config/status")
-            .await
-            .is_ok_and(|(_, s)| {
-                s["documents"].as_array().is_some_and(|docs| {
-                    docs.iter().any(|d| {
-                        d["document"] == "tenant/default"
-                            && d["converged"] == true
-                            && d["states"][0]["nodes"] == 4
-                    })
-                })
-            })
+        fleet.config_converged("tenant/default", 4).await
     })
     .await
     .unwrap();

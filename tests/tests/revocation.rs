@@ -34,26 +34,6 @@ fn serial_of(dir: &Path) -> String {
         .to_ascii_lowercase()
 }
 
-/// An API client that authenticates with the MIC of the node in `dir`.
-fn mtls_client(fleet: &Fleet, dir: &Path) -> reqwest::Client {
-    let root = nexus_ca::pem_to_der(
-        &std::fs::read_to_string(fleet.anchor().dir.join("trust/root.pem")).unwrap(),
-    )
-    .unwrap()
-    .swap_remove(0);
-    let chain =
-        nexus_ca::pem_to_der(&std::fs::read_to_string(dir.join("node.pem")).unwrap()).unwrap();
-    let key =
-        nexus_ca::NodeKey::from_pkcs8_pem(&std::fs::read_to_string(dir.join("node.key")).unwrap())
-            .unwrap();
-    let creds = nexus_ca::Credentials::new(chain, &key).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(nexus_ca::api_client_config(root, Some(creds)))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_revoked_node_is_refused_everywhere_and_tools_agree() {
     let fleet = joined_fleet(3).await;
@@ -77,7 +57,7 @@ async fn a_revoked_node_is_refused_everywhere_and_tools_agree() {
     .unwrap();
 
     // The node's own MIC is accepted on the API (mTLS) and may read, not write.
-    let victim_client = mtls_client(&fleet, &victim.dir);
+    let victim_client = nexus_tests::node_mic_client(&victim.dir).unwrap();
     let read = victim_client
         .get(format!("{}/v1/whoami", fleet.nodes[2].api))
         .send()

@@ -9,18 +9,7 @@ use nexus_tests::{Fleet, wait_until};
 use serde_json::json;
 
 fn client_with(fleet: &Fleet, chain_pem: &str, key: &nexus_ca::NodeKey) -> reqwest::Client {
-    let root = nexus_ca::pem_to_der(
-        &std::fs::read_to_string(fleet.anchor().dir.join("trust/root.pem")).unwrap(),
-    )
-    .unwrap()
-    .swap_remove(0);
-    let chain = nexus_ca::pem_to_der(chain_pem).unwrap();
-    let creds = nexus_ca::Credentials::new(chain, key).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(nexus_ca::api_client_config(root, Some(creds)))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    nexus_tests::mic_client(&fleet.anchor().dir, chain_pem, key).unwrap()
 }
 
 fn read(path: &Path) -> String {

@@ -48,24 +48,10 @@ async fn measure(n: usize, rounds: usize) -> anyhow::Result<(Vec<f64>, Duration)
     let boot = started.elapsed();
     // Untimed: every node holds the fleet document (it registers the tenant, so writes
     // validate) before the first write.
-    let anchor = fleet.anchor().api.clone();
     nexus_tests::wait_until(
         Duration::from_secs(60),
         "the fleet document everywhere",
-        || async {
-            fleet
-                .get(&anchor, "/v1/config/status")
-                .await
-                .is_ok_and(|(_, s)| {
-                    s["documents"].as_array().is_some_and(|docs| {
-                        docs.iter().any(|d| {
-                            d["document"] == "fleet"
-                                && d["converged"] == true
-                                && d["states"][0]["nodes"] == n
-                        })
-                    })
-                })
-        },
+        || async { fleet.config_converged("fleet", n).await },
     )
     .await?;
     let apis: Vec<String> = fleet.nodes.iter().map(|node| node.api.clone()).collect();
