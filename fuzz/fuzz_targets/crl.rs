@@ -12,10 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let installed = set.install(trust, data);
     match (&verified, &installed) {
         (Ok(crl), Ok(first)) => {
-            assert_eq!(*first, Installed::New {
-                number: crl.number,
-                issuer: crl.issuer_fingerprint
-            });
+            assert_eq!(
+                *first,
+                Installed::New {
+                    number: crl.number,
+                    issuer: crl.issuer_fingerprint
+                }
+            );
             for serial in &crl.serials {
                 assert!(
                     set.is_revoked(serial),
