@@ -12,6 +12,7 @@
 //! `DELETE /v1/tokens/{id}`, `GET /healthz`, `GET /metrics`; the transparency log's
 //! `GET /v1/transparency/{sth,entries,proof/inclusion,proof/consistency}` (see [`transparency`]).
 
+pub mod config;
 pub mod cursor;
 pub mod transparency;
 pub mod wire;
@@ -179,27 +180,66 @@ pub trait Backend: Send + Sync + 'static {
     async fn transparency_mirrors(&self) -> Result<Vec<crate::wire::TransparencyMirror>, ApiError> {
         Err(not_an_anchor())
     }
-    /// This node's tenant's effective route policies (JSON) and the document's config version.
-    async fn routes(&self) -> Result<(Vec<serde_json::Value>, u64), ApiError> {
-        Err(ApiError::internal(
-            "no replicated configuration on this node",
-        ))
-    }
-    /// Creates or replaces a route policy for `caller` (identity); returns it and the version.
-    async fn put_route(
+    /// A page of a configuration collection: effective objects after `after`, in id order.
+    async fn config_list(
         &self,
-        _caller: &str,
-        _route: serde_json::Value,
-    ) -> Result<(serde_json::Value, u64), ApiError> {
-        Err(ApiError::internal(
-            "no replicated configuration on this node",
-        ))
+        _kind: config::ConfigKind,
+        _tenant: Option<String>,
+        _after: Option<String>,
+        _limit: usize,
+    ) -> Result<config::ConfigPage, ApiError> {
+        Err(no_config())
     }
-    /// Deletes a route policy; `Ok(None)` when there is none; else the new version.
-    async fn delete_route(&self, _caller: &str, _id: &str) -> Result<Option<u64>, ApiError> {
-        Err(ApiError::internal(
-            "no replicated configuration on this node",
-        ))
+    /// One configuration object as stored, with its quarantine reasons.
+    async fn config_get(
+        &self,
+        _kind: config::ConfigKind,
+        _tenant: Option<String>,
+        _id: String,
+    ) -> Result<config::ConfigObject, ApiError> {
+        Err(no_config())
+    }
+    /// Creates or replaces an object for `caller`, durable before it returns; `true` when
+    /// it was created.
+    async fn config_put(
+        &self,
+        _caller: &Caller,
+        _kind: config::ConfigKind,
+        _tenant: Option<String>,
+        _id: String,
+        _body: serde_json::Value,
+    ) -> Result<(config::ConfigObject, bool), ApiError> {
+        Err(no_config())
+    }
+    /// Deletes an object; `Ok(None)` when there is none, else the document's new version.
+    async fn config_delete(
+        &self,
+        _caller: &Caller,
+        _kind: config::ConfigKind,
+        _tenant: Option<String>,
+        _id: String,
+    ) -> Result<Option<u64>, ApiError> {
+        Err(no_config())
+    }
+    /// Names the current state of a document (`None`: the node's tenant document).
+    async fn snapshot_create(
+        &self,
+        _caller: &Caller,
+        _document: Option<String>,
+        _name: String,
+    ) -> Result<serde_json::Value, ApiError> {
+        Err(no_config())
+    }
+    /// Snapshots of the documents this node holds (or of one).
+    async fn snapshots(
+        &self,
+        _document: Option<String>,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        Err(no_config())
+    }
+    /// Restores a snapshot's state as a new change.
+    async fn rollback(&self, _caller: &Caller, _id: &str) -> Result<serde_json::Value, ApiError> {
+        Err(no_config())
     }
     /// The fleet's configuration version spread, per document.
     async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
@@ -223,6 +263,14 @@ fn not_an_anchor() -> ApiError {
         "not_an_anchor",
         "certificates are issued and revoked by anchors: send this request to an anchor's API \
          (GET /v1/nodes shows which nodes have role anchor)",
+    )
+}
+
+fn no_config() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_configuration",
+        "no replicated configuration on this node",
     )
 }
 
@@ -252,11 +300,67 @@ pub fn router(backend: Shared) -> Router {
         )
         .route("/v1/anchors", post(promote).get(list_anchors))
         .route("/v1/transparency/mirrors", get(transparency_mirrors))
-        .route("/v1/routes", get(list_routes).post(create_route))
+        .route(
+            "/v1/routes",
+            get(config::list_routes).post(config::create_route),
+        )
         .route(
             "/v1/routes/{id}",
-            get(get_route).put(replace_route).delete(delete_route),
+            get(config::get_route)
+                .put(config::put_route)
+                .patch(config::patch_route)
+                .delete(config::delete_route),
         )
+        .route(
+            "/v1/sites/{site}/routes",
+            get(config::list_site_routes).post(config::create_site_route),
+        )
+        .route(
+            "/v1/sites/{site}/routes/{id}",
+            get(config::get_site_route)
+                .put(config::put_site_route)
+                .patch(config::patch_site_route)
+                .delete(config::delete_site_route),
+        )
+        .route(
+            "/v1/firmware/targets",
+            get(config::list_firmware).post(config::create_firmware),
+        )
+        .route(
+            "/v1/firmware/targets/{id}",
+            get(config::get_firmware)
+                .put(config::put_firmware)
+                .patch(config::patch_firmware)
+                .delete(config::delete_firmware),
+        )
+        .route(
+            "/v1/tenants",
+            get(config::list_tenants).post(config::create_tenant),
+        )
+        .route(
+            "/v1/tenants/{id}",
+            get(config::get_tenant)
+                .put(config::put_tenant)
+                .patch(config::patch_tenant)
+                .delete(config::delete_tenant),
+        )
+        .route(
+            "/v1/fleet/policies",
+            get(config::list_fleet_policies).post(config::create_fleet_policy),
+        )
+        .route(
+            "/v1/fleet/policies/{id}",
+            get(config::get_fleet_policy)
+                .put(config::put_fleet_policy)
+                .patch(config::patch_fleet_policy)
+                .delete(config::delete_fleet_policy),
+        )
+        .route(
+            "/v1/config/snapshots",
+            get(config::list_snapshots).post(config::create_snapshot),
+        )
+        .route("/v1/config/snapshots/{id}", get(config::get_snapshot))
+        .route("/v1/config/snapshots/{id}/rollback", post(config::rollback))
         .route("/v1/config/status", get(config_status))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
@@ -587,7 +691,7 @@ async fn metrics_text(State(backend): State<Shared>) -> Response {
         .into_response()
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Json<T>, JsonRejection>,
     what: &str,
 ) -> Result<T, ApiError> {
@@ -605,7 +709,9 @@ fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn require_fleet_admin(caller: &Option<axum::Extension<Caller>>) -> Result<(), ApiError> {
+pub(crate) fn require_fleet_admin(
+    caller: &Option<axum::Extension<Caller>>,
+) -> Result<(), ApiError> {
     match caller {
         Some(axum::Extension(c)) if c.role == "fleet-admin" => Ok(()),
         _ => Err(ApiError::new(
@@ -920,136 +1026,6 @@ async fn transparency_mirrors(
     backend.transparency_mirrors().await.map(Json)
 }
 
-/// Routes a caller confined to a tenant may see: only that tenant's.
-fn visible_routes(
-    caller: &Option<axum::Extension<Caller>>,
-    routes: Vec<serde_json::Value>,
-) -> Vec<serde_json::Value> {
-    match caller.as_ref().and_then(|c| c.0.tenant.clone()) {
-        None => routes,
-        Some(tenant) => routes
-            .into_iter()
-            .filter(|r| r["tenant_id"] == tenant.as_str())
-            .collect(),
-    }
-}
-
-async fn list_routes(
-    State(backend): State<Shared>,
-    caller: Option<axum::Extension<Caller>>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let query = query_or_400(query)?;
-    let (routes, version) = backend.routes().await?;
-    let routes = visible_routes(&caller, routes);
-    let keyed: Vec<(String, serde_json::Value)> = routes
-        .into_iter()
-        .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r))
-        .collect();
-    let page = paginate(keyed, &query, "routes", |(id, _)| id)?;
-    Ok((
-        [("x-config-version", version.to_string())],
-        Json(serde_json::json!({
-            "items": page.items.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-            "next_cursor": page.next_cursor,
-            "config_version": version,
-        })),
-    )
-        .into_response())
-}
-
-async fn get_route(
-    State(backend): State<Shared>,
-    caller: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let (routes, version) = backend.routes().await?;
-    // Another tenant's route reads as absent: existence does not leak.
-    let route = visible_routes(&caller, routes)
-        .into_iter()
-        .find(|r| r["id"] == id.as_str())
-        .ok_or_else(|| ApiError::not_found(format!("no route policy {id:?} in this tenant")))?;
-    Ok(([("x-config-version", version.to_string())], Json(route)).into_response())
-}
-
-async fn create_route(
-    State(backend): State<Shared>,
-    caller: Option<axum::Extension<Caller>>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
-    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
-    let route = json_body(body, "route policy")?;
-    let (route, version) = backend.put_route(&identity, route).await?;
-    let location = format!("/v1/routes/{}", route["id"].as_str().unwrap_or_default());
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::LOCATION, location),
-            (
-                header::HeaderName::from_static("x-config-version"),
-                version.to_string(),
-            ),
-        ],
-        Json(route),
-    )
-        .into_response())
-}
-
 async fn config_status(State(backend): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
     backend.config_status().await.map(Json)
-}
-
-/// `PUT /v1/routes/{id}`: create or replace; the id in the path wins over the body's.
-async fn replace_route(
-    State(backend): State<Shared>,
-    caller: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
-    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
-    let mut route = json_body(body, "route policy")?;
-    match route.get("id").and_then(|v| v.as_str()) {
-        Some(body_id) if body_id != id => {
-            return Err(ApiError::bad_request(format!(
-                "id: the body names route {body_id:?} but the path names {id:?}"
-            )));
-        }
-        _ => {}
-    }
-    if let Some(object) = route.as_object_mut() {
-        object.insert("id".to_string(), serde_json::Value::String(id));
-    }
-    let (route, version) = backend.put_route(&identity, route).await?;
-    Ok((
-        [(
-            header::HeaderName::from_static("x-config-version"),
-            version.to_string(),
-        )],
-        Json(route),
-    )
-        .into_response())
-}
-
-async fn delete_route(
-    State(backend): State<Shared>,
-    caller: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
-    let identity = caller.map(|c| c.0.identity).unwrap_or_default();
-    match backend.delete_route(&identity, &id).await? {
-        Some(version) => Ok((
-            StatusCode::NO_CONTENT,
-            [(
-                header::HeaderName::from_static("x-config-version"),
-                version.to_string(),
-            )],
-        )
-            .into_response()),
-        None => Err(ApiError::not_found(format!(
-            "no route policy {id:?} in this tenant"
-        ))),
-    }
 }

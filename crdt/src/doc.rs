@@ -80,9 +80,6 @@ impl LocalAuthor {
 pub enum Applied {
     /// Applied now: persist it and relay it.
     New,
-    /// Verified, but automerge holds it until its dependencies arrive (start a sync with the
-    /// sender). Persist and relay it like a new one.
-    Queued,
     /// Already here: nothing to do, do not relay.
     Duplicate,
 }
@@ -139,11 +136,22 @@ pub struct ConfigDoc {
 impl ConfigDoc {
     /// A new document holding only its genesis change (nothing persisted yet).
     pub fn new(id: DocId) -> ConfigDoc {
+        let mut doc = genesis(&id);
+        doc.apply_changes(derived_changes(&id))
+            .expect("derived changes apply to genesis");
         ConfigDoc {
-            doc: genesis(&id),
+            doc,
             id,
             persisted: Vec::new(),
         }
+    }
+
+    /// The hashes of the changes every replica derives itself and never sends: genesis and the
+    /// collections added after it (see [`derived_changes`]).
+    pub fn derived_hashes(id: &DocId) -> Vec<ChangeHash> {
+        let mut hashes = vec![ConfigDoc::genesis_hash(id)];
+        hashes.extend(derived_changes(id).iter_mut().map(|c| c.hash()));
+        hashes
     }
 
     /// The hash of `id`'s genesis change, the same on every node.
@@ -169,7 +177,25 @@ impl ConfigDoc {
             });
         }
         let persisted = doc.get_heads();
-        Ok(ConfigDoc { id, doc, persisted })
+        let mut doc = ConfigDoc { id, doc, persisted };
+        doc.add_derived()?;
+        Ok(doc)
+    }
+
+    /// Adds the derived changes a document stored by an older node lacks (they become part of
+    /// the next incremental save).
+    fn add_derived(&mut self) -> Result<(), DocError> {
+        let missing: Vec<Change> = derived_changes(&self.id)
+            .into_iter()
+            .filter(|c| !self.has_change(&c.hash()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.doc.apply_changes(missing).map_err(|e| DocError::Load {
+            doc: self.id.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Adds changes from storage (chunks written by [`ConfigDoc::save_incremental`]); returns
@@ -236,7 +262,12 @@ impl ConfigDoc {
     /// state; a higher version only means more changes. Changes held back for missing
     /// dependencies are not counted.
     pub fn version(&self) -> u64 {
-        self.doc.stats().num_changes
+        // Derived changes other than genesis are structure, not configuration: not counted,
+        // so a version means the same whether a replica added them at load or at creation.
+        self.doc
+            .stats()
+            .num_changes
+            .saturating_sub(DERIVED_COLLECTIONS.len() as u64)
     }
 
     /// Whether the change `hash` is part of this document.
@@ -258,6 +289,33 @@ impl ConfigDoc {
             });
         }
         let mut hydrated = M::hydrate_lenient(&self.doc);
+        hydrated.malformed.sort();
+        Ok(hydrated)
+    }
+
+    /// Reads the typed model as it was at `heads` (a snapshot's), leaving out objects that do
+    /// not match the schema. Costs a copy of the document's history up to `heads`.
+    pub fn hydrate_at<M: Model>(&self, heads: &[ChangeHash]) -> Result<Hydrated<M>, DocError> {
+        if !M::fits(&self.id) {
+            return Err(DocError::WrongModel {
+                doc: self.id.to_string(),
+                model: M::NAME,
+            });
+        }
+        if let Some(missing) = heads.iter().find(|h| !self.has_change(h)) {
+            return Err(DocError::UnknownHeads {
+                doc: self.id.to_string(),
+                reason: format!("change {missing} has not reached this node"),
+            });
+        }
+        let past = self
+            .doc
+            .fork_at(heads)
+            .map_err(|e| DocError::UnknownHeads {
+                doc: self.id.to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut hydrated = M::hydrate_lenient(&past);
         hydrated.malformed.sort();
         Ok(hydrated)
     }
@@ -344,17 +402,22 @@ impl ConfigDoc {
             let mut batch = Batch::new(&self.doc);
             batch.check(&self.id, change, directory)?
         };
+        // automerge would hold a change with missing dependencies in memory, invisibly and
+        // for ever if they never come (a change of another document filed under this one).
+        // Refuse it instead: a sync session brings it with its dependencies, in order.
+        if let Some(missing) = decoded.deps().iter().find(|d| !self.has_change(d)) {
+            return Err(RemoteError::MissingDependencies {
+                hash: change.change_hash,
+                detail: format!("it depends on change {missing}"),
+            });
+        }
         self.doc
             .apply_changes([decoded])
             .map_err(|source| RemoteError::Automerge {
                 hash: change.change_hash,
                 source: Box::new(source),
             })?;
-        Ok(if self.has_change(&change.change_hash) {
-            Applied::New
-        } else {
-            Applied::Queued
-        })
+        Ok(Applied::New)
     }
 
     pub(crate) fn wrong_doc(&self, change: &SignedChange) -> RemoteError {
@@ -483,6 +546,36 @@ fn genesis(id: &DocId) -> Automerge {
     doc
 }
 
+/// Top-level collections added after genesis was fixed. Genesis cannot change (its hash is
+/// every document's root), so each later collection is created by a *derived* change: built
+/// on top of genesis alone by an actor derived from the document id and the collection name,
+/// at time 0, so it is byte-identical on every node like genesis. Every replica adds it itself
+/// ([`ConfigDoc::new`], [`ConfigDoc::load`]); it is never sent and never signed, and no other
+/// change creates these maps, so they never conflict.
+const DERIVED_COLLECTIONS: &[&str] = &["snapshots"];
+
+/// The derived changes of `id`, in order (each depends on genesis only).
+fn derived_changes(id: &DocId) -> Vec<Change> {
+    let base = genesis(id);
+    DERIVED_COLLECTIONS
+        .iter()
+        .map(|name| {
+            let mut h = Sha256::new();
+            h.update(b"nexus-derived-v1\0");
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(id.to_string().as_bytes());
+            let mut doc = base.fork().with_actor(ActorId::from(&h.finalize()[..16]));
+            let mut tx = doc.transaction();
+            tx.put_object(ROOT, *name, ObjType::Map)
+                .expect("writing to a fresh document cannot fail");
+            let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
+            doc.get_change_by_hash(&hash.expect("the change has an operation"))
+                .expect("just committed")
+        })
+        .collect()
+}
+
 // --- hydration and reconciliation helpers -------------------------------------------------
 
 /// The map object at `parent[key]`, if that is a map.
@@ -604,6 +697,7 @@ impl Model for FleetDoc {
             anchors: lenient_map(doc, "anchors", &mut malformed),
             revocations: lenient_map(doc, "revocations", &mut malformed),
             policies: lenient_map(doc, "policies", &mut malformed),
+            snapshots: lenient_map(doc, "snapshots", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -616,7 +710,8 @@ impl Model for FleetDoc {
         reconcile_map_diff(tx, "tenants", &old.tenants, &new.tenants)?;
         reconcile_map_diff(tx, "anchors", &old.anchors, &new.anchors)?;
         reconcile_map_diff(tx, "revocations", &old.revocations, &new.revocations)?;
-        reconcile_map_diff(tx, "policies", &old.policies, &new.policies)
+        reconcile_map_diff(tx, "policies", &old.policies, &new.policies)?;
+        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)
     }
 
     fn outside_site(_old: &Self, _new: &Self, _site: &str) -> Option<String> {
@@ -640,6 +735,7 @@ impl Model for TenantDoc {
             node_overrides: lenient_map(doc, "node_overrides", &mut malformed),
             site_routes: lenient_map(doc, "site_routes", &mut malformed),
             site_node_overrides: lenient_map(doc, "site_node_overrides", &mut malformed),
+            snapshots: lenient_map(doc, "snapshots", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -670,7 +766,8 @@ impl Model for TenantDoc {
             "site_node_overrides",
             &old.site_node_overrides,
             &new.site_node_overrides,
-        )
+        )?;
+        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)
     }
 
     fn outside_site(old: &Self, new: &Self, site: &str) -> Option<String> {
@@ -686,6 +783,7 @@ impl Model for TenantDoc {
                 )
             })
             .or_else(|| whole("node_overrides", old.node_overrides == new.node_overrides))
+            .or_else(|| whole("snapshots", old.snapshots == new.snapshots))
             .or_else(|| changed_outside("site_routes", &old.site_routes, &new.site_routes, site))
             .or_else(|| {
                 changed_outside(

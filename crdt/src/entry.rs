@@ -17,7 +17,7 @@ use autosurgeon::{Hydrate, Reconcile, hydrate_prop, reconcile_prop};
 use crate::doc::{Batch, ConfigDoc, LocalAuthor};
 use crate::error::{LocalError, Unauthorized};
 use crate::model::{
-    Anchor, FirmwareTarget, NodeOverride, Revocation, RoutePolicy, Tenant, split_site_key,
+    Anchor, FirmwareTarget, NodeOverride, Revocation, RoutePolicy, Snapshot, Tenant, split_site_key,
 };
 use crate::signed::{Caller, CallerRole, DocId, SignedChange, authorize};
 use crate::validate::Problem;
@@ -80,8 +80,14 @@ pub const SITE_ROUTES: Collection<RoutePolicy> = Collection::new("site_routes", 
 pub const SITE_NODE_OVERRIDES: Collection<NodeOverride> =
     Collection::new("site_node_overrides", true, true);
 
+/// Fleet document: snapshots of the fleet document by id.
+pub const FLEET_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", false, false);
+/// Tenant document: snapshots of the tenant document by id.
+pub const TENANT_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", true, false);
+
 /// Every collection's name.
 const COLLECTION_NAMES: &[&str] = &[
+    FLEET_SNAPSHOTS.name,
     TENANTS.name,
     ANCHORS.name,
     REVOCATIONS.name,

@@ -211,6 +211,15 @@ pub enum DocError {
         /// The genesis expected.
         genesis: ChangeHash,
     },
+    /// A state was asked at heads this document does not hold (a snapshot taken on a node
+    /// whose changes have not arrived here yet).
+    #[error("document {doc} does not hold the state asked for: {reason}")]
+    UnknownHeads {
+        /// The document.
+        doc: String,
+        /// Which heads are missing.
+        reason: String,
+    },
     /// A fleet model was asked of a tenant document, or the other way round.
     #[error("document {doc} does not hold a {model}")]
     WrongModel {

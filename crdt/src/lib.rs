@@ -130,14 +130,14 @@ mod tests;
 pub use automerge::ChangeHash;
 pub use doc::{Applied, ConfigDoc, Hydrated, LocalAuthor, Model};
 pub use entry::{
-    ANCHORS, Collection, FIRMWARE_TARGETS, NODE_OVERRIDES, ObjectRef, POLICIES, REVOCATIONS,
-    ROUTES, SITE_NODE_OVERRIDES, SITE_ROUTES, TENANTS,
+    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_SNAPSHOTS, NODE_OVERRIDES, ObjectRef, POLICIES,
+    REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES, SITE_ROUTES, TENANT_SNAPSHOTS, TENANTS,
 };
 pub use error::{ChangeError, DocError, LocalError, RemoteError, SyncError, Unauthorized};
 pub use model::{
     ActionType, Anchor, FirmwareTarget, FleetDoc, FleetSettings, NodeOverride, Revocation,
-    RouteAction, RouteMatch, RoutePolicy, StreamMode, Tenant, TenantDoc, TenantQuotas, site_key,
-    split_site_key,
+    RouteAction, RouteMatch, RoutePolicy, Snapshot, StreamMode, Tenant, TenantDoc, TenantQuotas,
+    site_key, split_site_key,
 };
 pub use signed::{
     AuthorDirectory, AuthorFacts, Caller, CallerRole, DocId, KnownAuthor, MAX_CHANGE_BYTES,
@@ -146,6 +146,6 @@ pub use signed::{
 pub use sync::{EnvelopeSource, MemoryEnvelopes, PeerSync, SyncLimits, SyncPacket};
 pub use validate::{
     Effective, ID_MAX, Invalid, KnownNode, KnownNodes, NAME_MAX, PRIORITY_MAX, Problem,
-    Quarantined, RATE_LIMIT_MAX, WEIGHT_MAX, effective_fleet, effective_tenant, validate,
-    validate_tenant,
+    Quarantined, RATE_LIMIT_MAX, WEIGHT_MAX, effective_fleet, effective_fleet_with,
+    effective_tenant, effective_tenant_with, validate, validate_tenant,
 };

@@ -40,6 +40,27 @@ pub struct FleetDoc {
     /// Fleet-wide route policies by id; they apply to every tenant and carry an empty
     /// `tenant_id`.
     pub policies: BTreeMap<String, RoutePolicy>,
+    /// Named states of this document (NCC-CD-003), by snapshot id.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, Snapshot>,
+}
+
+/// A named state of one document: its heads when the snapshot was taken. Rolling back writes
+/// the document's state at those heads as a new change, so a rollback replicates, is signed
+/// and can itself be rolled back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct Snapshot {
+    /// Display name, 1..=128 characters.
+    pub name: String,
+    /// The document's heads (change hashes, 64 lowercase hex characters each), sorted.
+    pub heads: Vec<String>,
+    /// The document's config version at the time.
+    pub version: u64,
+    /// Who took it (the caller's identity).
+    pub created_by: String,
+    /// When, Unix milliseconds.
+    pub created_at: i64,
 }
 
 /// Fleet-wide settings. Every field is optional: `None` means the node's built-in default.
@@ -134,6 +155,10 @@ pub struct TenantDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub site_node_overrides: BTreeMap<String, NodeOverride>,
+    /// Named states of this document (NCC-CD-003), by snapshot id.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, Snapshot>,
 }
 
 /// The map key of a site-scoped object: `<site>/<id>`. Site names and object ids never contain

@@ -210,7 +210,7 @@ impl ConfigDoc {
             return Ok(None);
         };
         let chunks = std::mem::replace(&mut message.changes, sync::ChunkList::empty());
-        let genesis = ConfigDoc::genesis_hash(self.id());
+        let derived = ConfigDoc::derived_hashes(self.id());
         let mut changes = Vec::new();
         let mut bytes = 0usize;
         let mut deferred = Vec::new();
@@ -218,8 +218,8 @@ impl ConfigDoc {
             let hash = decode_change(chunk)
                 .map_err(|e| SyncError::Decode(format!("automerge produced a bad chunk: {e}")))?
                 .hash();
-            if hash == genesis {
-                // Every replica derives genesis itself; it is never sent.
+            if derived.contains(&hash) {
+                // Every replica derives genesis (and the derived changes) itself; never sent.
                 continue;
             }
             let full = changes.len() >= limits.max_changes.get()

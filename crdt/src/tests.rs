@@ -1569,3 +1569,62 @@ fn bench_100k_route_policies() {
         bytes
     );
 }
+
+// --- snapshots -----------------------------------------------------------------------------
+
+#[test]
+fn snapshots_merge_and_read_the_past() {
+    let n1 = TestNode::new(Role::Node, "acme", "");
+    let n2 = TestNode::new(Role::Node, "acme", "");
+    let dir = directory(&[&n1, &n2]);
+    let admin = tenant_admin("acme");
+    let mut a = tenant_doc("acme");
+    let mut b = tenant_doc("acme");
+    // The snapshots map is derived identically on every replica: same heads, same version.
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(a.version(), 1);
+
+    let x = write(&mut a, &n1, &admin, |m| {
+        m.routes.insert("x".into(), route("x", "acme"));
+    });
+    b.apply_remote(&x, &dir).unwrap();
+    let heads: Vec<String> = a.heads().iter().map(|h| h.to_string()).collect();
+    let snapshot = |name: &str| Snapshot {
+        name: name.into(),
+        heads: heads.clone(),
+        version: 2,
+        created_by: "api-key:k1".into(),
+        created_at: 1,
+    };
+    // Two replicas take snapshots concurrently: both survive the merge (separate map keys).
+    let s1 = write(&mut a, &n1, &admin, |m| {
+        m.snapshots.insert("s1".into(), snapshot("one"));
+    });
+    let s2 = write(&mut b, &n2, &admin, |m| {
+        m.snapshots.insert("s2".into(), snapshot("two"));
+        m.routes.insert("y".into(), route("y", "acme"));
+    });
+    a.apply_remote(&s2, &dir).unwrap();
+    b.apply_remote(&s1, &dir).unwrap();
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    let now = a.hydrate::<TenantDoc>().unwrap().model;
+    assert_eq!(now.snapshots.len(), 2);
+    assert_eq!(now.routes.len(), 2);
+
+    // The state at the snapshot's heads holds only what was there then.
+    let at: Vec<ChangeHash> = heads.iter().map(|h| h.parse().unwrap()).collect();
+    let past = b.hydrate_at::<TenantDoc>(&at).unwrap().model;
+    assert_eq!(past.routes.keys().collect::<Vec<_>>(), ["x"]);
+    assert!(past.snapshots.is_empty());
+    // Heads a replica lacks are a clear error, not an empty state.
+    let fresh = tenant_doc("acme");
+    assert!(matches!(
+        fresh.hydrate_at::<TenantDoc>(&at),
+        Err(DocError::UnknownHeads { .. })
+    ));
+
+    // Sync never sends the derived change, and versions agree after a round trip.
+    let loaded = ConfigDoc::load(a.id().clone(), &a.save()).unwrap();
+    assert_eq!(loaded.version(), a.version());
+    assert_eq!(loaded.heads_digest(), a.heads_digest());
+}

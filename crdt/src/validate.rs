@@ -125,10 +125,7 @@ pub fn effective_fleet(fleet: &FleetDoc) -> Effective<FleetDoc> {
 }
 
 /// As [`effective_fleet`], also quarantining objects that failed to hydrate.
-pub(crate) fn effective_fleet_with(
-    fleet: &FleetDoc,
-    mut problems: Vec<Problem>,
-) -> Effective<FleetDoc> {
+pub fn effective_fleet_with(fleet: &FleetDoc, mut problems: Vec<Problem>) -> Effective<FleetDoc> {
     problems.extend(check_fleet(fleet));
     let bad = group(&problems);
     let mut config = fleet.clone();
@@ -157,7 +154,7 @@ pub fn effective_tenant(
 }
 
 /// As [`effective_tenant`], also quarantining objects that failed to hydrate.
-pub(crate) fn effective_tenant_with(
+pub fn effective_tenant_with(
     fleet: &FleetDoc,
     tenant: &TenantDoc,
     known_nodes: &KnownNodes,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
+use nexus_api::config::{ConfigKind, ConfigObject, ConfigPage};
 use nexus_api::wire::{
     Addresses, Anchor, Caller, CreateToken, CreatedToken, CsrRequest, Health, IssuedMic, Mic, Node,
     Revoked, Token,
@@ -283,6 +284,37 @@ fn anchor_to_wire(node_id: &str, state: &str, member: Option<&Member>) -> Anchor
     }
 }
 
+/// The node's name for an API collection.
+fn node_kind(kind: &ConfigKind) -> crate::replication::Kind {
+    use crate::replication::Kind;
+    match kind {
+        ConfigKind::Routes => Kind::Route,
+        ConfigKind::SiteRoutes(site) => Kind::SiteRoute(site.clone()),
+        ConfigKind::FirmwareTargets => Kind::FirmwareTarget,
+        ConfigKind::Tenants => Kind::Tenant,
+        ConfigKind::FleetPolicies => Kind::FleetPolicy,
+    }
+}
+
+/// The role a change records for an API caller. Only fleet admins write today (every API key
+/// is one); tenant and site roles arrive with RBAC.
+fn crdt_caller(caller: &Caller) -> Result<nexus_crdt::Caller, ApiError> {
+    let role = match caller.role.as_str() {
+        "fleet-admin" => nexus_crdt::CallerRole::FleetAdmin,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("a {other} caller may not change configuration"),
+            ));
+        }
+    };
+    Ok(nexus_crdt::Caller {
+        identity: caller.identity.clone(),
+        role,
+    })
+}
+
 /// How a refused configuration write reads in the API.
 fn write_error(err: crate::replication::WriteError) -> ApiError {
     use crate::replication::WriteError;
@@ -293,8 +325,10 @@ fn write_error(err: crate::replication::WriteError) -> ApiError {
             problems.join("; "),
         ),
         WriteError::NotHere(message) => {
-            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "other_tenant", message)
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_here", message)
         }
+        WriteError::NotFound(message) => ApiError::not_found(message),
+        WriteError::Malformed(message) => ApiError::bad_request(message),
         WriteError::Internal(message) => ApiError::internal(message),
     }
 }
@@ -652,42 +686,132 @@ impl Backend for NodeBackend {
         Ok(mirrors.status())
     }
 
-    async fn routes(&self) -> Result<(Vec<serde_json::Value>, u64), ApiError> {
-        let replication = self.replication()?;
-        let (routes, version) = tokio::task::spawn_blocking(move || replication.routes())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let routes = routes
-            .iter()
-            .map(|r| serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        Ok((routes, version))
-    }
-
-    async fn put_route(
+    async fn config_list(
         &self,
-        caller: &str,
-        route: serde_json::Value,
-    ) -> Result<(serde_json::Value, u64), ApiError> {
-        let route: nexus_crdt::RoutePolicy = serde_json::from_value(route)
-            .map_err(|e| ApiError::bad_request(format!("invalid route policy: {e}")))?;
+        kind: ConfigKind,
+        tenant: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<ConfigPage, ApiError> {
         let replication = self.replication()?;
-        match replication.put_route(caller, route).await {
-            Ok((route, version)) => Ok((
-                serde_json::to_value(&route).map_err(|e| ApiError::internal(e.to_string()))?,
-                version,
-            )),
-            Err(err) => Err(write_error(err)),
-        }
+        let kind = node_kind(&kind);
+        let page = tokio::task::spawn_blocking(move || {
+            replication.list(&kind, tenant.as_deref(), after.as_deref(), limit)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(write_error)?;
+        Ok(ConfigPage {
+            items: page.items,
+            more: page.more,
+            version: page.version,
+        })
     }
 
-    async fn delete_route(&self, caller: &str, id: &str) -> Result<Option<u64>, ApiError> {
+    async fn config_get(
+        &self,
+        kind: ConfigKind,
+        tenant: Option<String>,
+        id: String,
+    ) -> Result<ConfigObject, ApiError> {
         let replication = self.replication()?;
-        match replication.delete_route(caller, id).await {
-            Ok(version) => Ok(version),
-            Err(err) => Err(write_error(err)),
-        }
+        let node_kind = node_kind(&kind);
+        let (value, version, quarantined) = tokio::task::spawn_blocking(move || {
+            replication.get(&node_kind, tenant.as_deref(), &id)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(write_error)?;
+        Ok(ConfigObject {
+            value,
+            version,
+            quarantined,
+        })
+    }
+
+    async fn config_put(
+        &self,
+        caller: &Caller,
+        kind: ConfigKind,
+        tenant: Option<String>,
+        id: String,
+        body: serde_json::Value,
+    ) -> Result<(ConfigObject, bool), ApiError> {
+        let replication = self.replication()?;
+        let who = crdt_caller(caller)?;
+        let result = match &kind {
+            ConfigKind::Tenants => {
+                crate::check_name("tenant", &id)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                replication
+                    .put_fleet_object(&who, &node_kind(&kind), &id, body)
+                    .await
+            }
+            ConfigKind::FleetPolicies => {
+                replication
+                    .put_fleet_object(&who, &node_kind(&kind), &id, body)
+                    .await
+            }
+            other => {
+                replication
+                    .put_tenant_object(&who, &node_kind(other), tenant.as_deref(), &id, body)
+                    .await
+            }
+        };
+        let (value, version, created) = result.map_err(write_error)?;
+        Ok((
+            ConfigObject {
+                value,
+                version,
+                quarantined: None,
+            },
+            created,
+        ))
+    }
+
+    async fn config_delete(
+        &self,
+        caller: &Caller,
+        kind: ConfigKind,
+        tenant: Option<String>,
+        id: String,
+    ) -> Result<Option<u64>, ApiError> {
+        let replication = self.replication()?;
+        let who = crdt_caller(caller)?;
+        replication
+            .delete(&who, &node_kind(&kind), tenant.as_deref(), &id)
+            .await
+            .map_err(write_error)
+    }
+
+    async fn snapshot_create(
+        &self,
+        caller: &Caller,
+        document: Option<String>,
+        name: String,
+    ) -> Result<serde_json::Value, ApiError> {
+        let replication = self.replication()?;
+        let who = crdt_caller(caller)?;
+        replication
+            .create_snapshot(&who, document.as_deref(), &name)
+            .await
+            .map_err(write_error)
+    }
+
+    async fn snapshots(
+        &self,
+        document: Option<String>,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let replication = self.replication()?;
+        replication
+            .snapshots(document.as_deref())
+            .map_err(write_error)
+    }
+
+    async fn rollback(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let replication = self.replication()?;
+        let who = crdt_caller(caller)?;
+        replication.rollback(&who, id).await.map_err(write_error)
     }
 
     async fn config_status(&self) -> Result<serde_json::Value, ApiError> {
@@ -727,7 +851,15 @@ impl Backend for NodeBackend {
                 serde_json::json!({ "document": doc, "converged": states.len() == 1, "states": states })
             })
             .collect();
-        Ok(serde_json::json!({ "documents": documents }))
+        let local = match &self.replication {
+            Some(replication) => serde_json::Value::from(replication.local_status()),
+            None => serde_json::Value::Array(Vec::new()),
+        };
+        Ok(serde_json::json!({
+            "documents": documents,
+            "node_id": self.node_id.to_string(),
+            "local": local,
+        }))
     }
 
     fn crls(&self) -> Vec<(String, Vec<u8>)> {

@@ -82,16 +82,23 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, for the new CA key (proves the caller holds it).
         ca_csr_pem: String,
     },
-    /// Configuration changes (signed envelopes with their authors' MICs) for the receiver.
+    /// Configuration changes (signed envelopes with their authors' MICs) for the receiver,
+    /// and the members it relays them to (its subtree of the broadcast).
     ConfigChanges {
         /// The changes.
         changes: Vec<crate::replication::WireChange>,
+        /// Node ids (hex) the receiver forwards new changes to.
+        #[serde(default)]
+        relay: Vec<String>,
     },
-    /// Every configuration change the answering node holds for a document (bounded), for a
-    /// peer whose copy differs.
-    ConfigAll {
+    /// One round of an automerge sync session for a document, started by the caller.
+    ConfigSync {
         /// `fleet` or `tenant/<id>`.
         doc_id: String,
+        /// The first round of a session (the answering side starts from its saved state).
+        start: bool,
+        /// The caller's message.
+        message: crate::replication::WireSync,
     },
     /// Proof that the MIC with this serial is in the answering anchor's transparency log.
     ProveLogged {
@@ -161,10 +168,10 @@ pub enum PeerResponse {
     TlogPage(Box<crate::mirror::TlogPage>),
     /// A log inclusion proof.
     LogProof(Box<crate::mirror::LogProof>),
-    /// Configuration changes.
-    ConfigChanges {
-        /// The changes.
-        changes: Vec<crate::replication::WireChange>,
+    /// The answering side's message in a sync session.
+    ConfigSync {
+        /// Its message (no packet when it has nothing more to say).
+        message: crate::replication::WireSync,
     },
     /// A re-certified intermediate.
     Intermediate {
@@ -398,30 +405,28 @@ impl PeerService {
             }
             PeerRequest::Renew { csr_pem } => self.renew_for(caller, &csr_pem).await,
             PeerRequest::Promote { ca_csr_pem } => self.promote_for(caller, &ca_csr_pem).await,
-            PeerRequest::ConfigChanges { changes } => {
+            PeerRequest::ConfigChanges { changes, relay } => {
                 let Some(replication) = self.replication.get().cloned() else {
                     return refused("not_ready", "configuration is not loaded yet");
                 };
-                let new = tokio::task::spawn_blocking(move || replication.receive(&changes))
-                    .await
-                    .unwrap_or(0);
-                if new > 0
-                    && let Some(replication) = self.replication.get()
-                {
-                    replication.publish_versions().await;
+                let relay = relay
+                    .into_iter()
+                    .take(crate::replication::MAX_RELAY)
+                    .collect();
+                PeerResponse::Installed {
+                    new: replication.receive_push(changes, relay).await,
                 }
-                PeerResponse::Installed { new }
             }
-            PeerRequest::ConfigAll { doc_id } => {
+            PeerRequest::ConfigSync {
+                doc_id,
+                start,
+                message,
+            } => {
                 let Some(replication) = self.replication.get().cloned() else {
                     return refused("not_ready", "configuration is not loaded yet");
                 };
-                let id = match doc_id.as_str() {
-                    "fleet" => nexus_crdt::DocId::Fleet,
-                    other => match other.strip_prefix("tenant/").map(nexus_crdt::DocId::tenant) {
-                        Some(Ok(id)) => id,
-                        _ => return refused("malformed", format!("no document {doc_id:?}")),
-                    },
+                let Some(id) = crate::replication::parse_doc_id(&doc_id) else {
+                    return refused("malformed", format!("no document {doc_id:?}"));
                 };
                 // Replication follows tenancy: another tenant's document never leaves here.
                 let facts = nexus_crdt::AuthorFacts {
@@ -436,9 +441,14 @@ impl PeerService {
                         format!("node {} may not hold document {id}", caller.node_id),
                     );
                 }
-                match tokio::task::spawn_blocking(move || replication.all_changes(&id)).await {
-                    Ok(Ok(changes)) => PeerResponse::ConfigChanges { changes },
-                    Ok(Err(err)) => refused("internal", format!("{err:#}")),
+                let peer = caller.node_id;
+                match tokio::task::spawn_blocking(move || {
+                    replication.respond(&peer, &id, start, message)
+                })
+                .await
+                {
+                    Ok(Ok(message)) => PeerResponse::ConfigSync { message },
+                    Ok(Err(err)) => refused("sync_refused", format!("{err:#}")),
                     Err(err) => refused("internal", err.to_string()),
                 }
             }

@@ -5,28 +5,35 @@
 //!
 //! - **Write**: the API validates, the document takes the change (signed by this node for the
 //!   caller), the new incremental chunk and the signed envelope are stored in one transaction,
-//!   and only then is the write acknowledged. Then the change is pushed to every live member
-//!   that may hold the document.
+//!   and only then is the write acknowledged. Then the change is pushed down a broadcast tree
+//!   (see [`Replication::push`]) to every live member that may hold the document.
 //! - **Receive**: every envelope travels with its author's MIC; the MIC is checked against the
 //!   fleet trust as of the change's time (so changes made under a since-renewed MIC still
 //!   verify) and must not be revoked; `ConfigDoc::apply_remote` checks the signature and who
-//!   may write what. Refused changes are counted and dropped.
+//!   may write what. Refused changes are counted, dropped and never relayed.
 //! - **Anti-entropy**: each node publishes `cfg/<doc>` = `<version>:<heads digest>` in gossip;
-//!   when a peer's digest differs, the node asks it for its envelopes (`ConfigAll`, bounded)
-//!   and applies what it lacks. Both sides do so, so they converge.
+//!   when a peer's digest differs, the node runs an automerge sync session with it over
+//!   `nexus-peer/1` (one round trip per stream on the kept connection), carrying signed
+//!   envelopes instead of raw changes, bounded in rounds, packet size and time, and resuming
+//!   from the sync state saved for that peer after the last session that ended well.
+//! - **Reads** come from a materialized copy of each document's typed model, refreshed per
+//!   object from the changes that touched it, so a read never hydrates a whole document.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use autosurgeon::Hydrate;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use nexus_ca::{FleetTrust, NodeId, Role};
 use nexus_crdt::{
-    Applied, AuthorDirectory, AuthorFacts, Caller, CallerRole, ConfigDoc, DocId, FleetDoc,
-    KnownAuthor, KnownNode, KnownNodes, LocalAuthor, RoutePolicy, SignedChange, TenantDoc,
+    Applied, AuthorDirectory, AuthorFacts, Caller, CallerRole, ChangeHash, Collection, ConfigDoc,
+    DocId, Effective, EnvelopeSource, FleetDoc, KnownAuthor, KnownNode, KnownNodes, LocalAuthor,
+    ObjectRef, PeerSync, Problem, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
 };
 use nexus_mesh::{Mesh, NodeStatus};
 use serde::{Deserialize, Serialize};
@@ -36,8 +43,21 @@ use crate::store::Store;
 
 /// Gossip key prefix: `cfg/<doc id>` = `<version>:<heads digest hex>`.
 pub const GOSSIP_PREFIX_CONFIG: &str = "cfg/";
-/// Most envelopes one anti-entropy answer carries.
-pub const MAX_PULL: usize = 10_000;
+/// Peers a node pushes a change to directly; each relays to its share of the rest.
+pub const DEFAULT_PUSH_FANOUT: usize = 6;
+/// Most relay targets one pushed message may name (a tree over the largest site pool).
+pub const MAX_RELAY: usize = 4096;
+/// Round trips one sync session may take before it is cut (the next session resumes).
+const MAX_SYNC_ROUNDS: usize = 64;
+/// Wall time one sync session may take.
+const SYNC_SESSION_LIMIT: Duration = Duration::from_secs(20);
+/// Changes (and bytes) per sync packet: a backlog larger than this is streamed over rounds.
+const SYNC_PACKET_CHANGES: usize = 500;
+const SYNC_PACKET_BYTES: usize = 1024 * 1024;
+/// Compact a document's stored chunks into one once there are this many.
+const COMPACT_AFTER_CHUNKS: u64 = 512;
+/// How long to leave a peer alone after a session with it for a document.
+const RESYNC_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A signed change as it travels: the envelope and its author's MIC (both base64).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,15 +68,35 @@ pub struct WireChange {
     pub author_mic: String,
 }
 
+/// One message of a sync session on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireSync {
+    /// `SyncPacket::encode()`, base64; absent when this side has nothing to say.
+    #[serde(default)]
+    pub packet: Option<String>,
+    /// The MICs (DER, base64) of the authors of the packet's changes.
+    #[serde(default)]
+    pub mics: Vec<String>,
+}
+
 /// Why a write was refused.
 #[derive(Debug)]
 pub enum WriteError {
+    /// The body does not parse as the object (a missing or mistyped field).
+    Malformed(String),
     /// The caller's input is invalid: every problem with its field path.
     Invalid(Vec<String>),
-    /// This node does not hold the document (another tenant's).
+    /// This node does not hold the document (another tenant's), or cannot write it (the fleet
+    /// document on a node that is not an anchor).
     NotHere(String),
+    /// The object does not exist.
+    NotFound(String),
     /// Storage or internal failure.
     Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> WriteError {
+    WriteError::Internal(e.to_string())
 }
 
 /// Resolves an author from the MIC that came with its change, as of the change's time.
@@ -68,25 +108,351 @@ struct MicDirectory<'a> {
 
 impl AuthorDirectory for MicDirectory<'_> {
     fn resolve(&self, node: &NodeId, mic_serial: &str) -> Option<KnownAuthor> {
-        let mic = self
-            .fleet
-            .verify_peer_unlogged(self.mic, &[], self.at_unix)
-            .ok()?;
-        (mic.node_id == *node && mic.serial_hex == mic_serial).then_some(KnownAuthor {
-            facts: AuthorFacts {
-                node_id: mic.node_id,
-                role: mic.role,
-                tenant: mic.tenant,
-                site: mic.site,
-            },
-            public_key: mic.public_key,
+        resolve_mic(self.fleet, self.mic, self.at_unix, node, mic_serial)
+    }
+}
+
+fn resolve_mic(
+    fleet: &FleetTrust,
+    mic: &[u8],
+    at_unix: i64,
+    node: &NodeId,
+    mic_serial: &str,
+) -> Option<KnownAuthor> {
+    let mic = fleet.verify_peer_unlogged(mic, &[], at_unix).ok()?;
+    (mic.node_id == *node && mic.serial_hex == mic_serial).then_some(KnownAuthor {
+        facts: AuthorFacts {
+            node_id: mic.node_id,
+            role: mic.role,
+            tenant: mic.tenant,
+            site: mic.site,
+        },
+        public_key: mic.public_key,
+    })
+}
+
+/// An author resolved from one of a packet's MICs (its index), or refused.
+type Resolved = Option<(KnownAuthor, usize)>;
+
+/// Resolves the authors of a sync packet from the MICs sent with it, each checked as of the
+/// earliest change it signed in the packet; verdicts are cached for the packet.
+struct PacketDirectory<'a> {
+    fleet: &'a FleetTrust,
+    mics: Vec<Vec<u8>>,
+    at_unix: HashMap<String, i64>,
+    cache: RefCell<HashMap<(NodeId, String), Resolved>>,
+}
+
+/// What a write checks before committing: the problems of the new object, given the model.
+type Validator<'a, V> = &'a (dyn Fn(&mut View, Option<V>) -> Vec<String> + Sync);
+
+impl PacketDirectory<'_> {
+    /// The MIC that certified `serial`, once [`AuthorDirectory::resolve`] accepted it.
+    fn mic_for(&self, node: &NodeId, serial: &str) -> Option<&[u8]> {
+        let cache = self.cache.borrow();
+        let (_, index) = cache.get(&(*node, serial.to_string()))?.as_ref()?;
+        self.mics.get(*index).map(Vec::as_slice)
+    }
+}
+
+impl AuthorDirectory for PacketDirectory<'_> {
+    fn resolve(&self, node: &NodeId, mic_serial: &str) -> Option<KnownAuthor> {
+        let key = (*node, mic_serial.to_string());
+        if let Some(known) = self.cache.borrow().get(&key) {
+            return known.as_ref().map(|(k, _)| k.clone());
+        }
+        let at = self
+            .at_unix
+            .get(mic_serial)
+            .copied()
+            .unwrap_or_else(|| (crate::now_ms() / 1000) as i64);
+        let known = self.mics.iter().enumerate().find_map(|(i, mic)| {
+            resolve_mic(self.fleet, mic, at, node, mic_serial).map(|k| (k, i))
+        });
+        self.cache.borrow_mut().insert(key, known.clone());
+        known.map(|(k, _)| k)
+    }
+}
+
+/// Envelopes for a sync packet, from the change table; remembers each author's MIC.
+struct StoredEnvelopes<'a> {
+    store: &'a Store,
+    mics: RefCell<BTreeMap<String, Vec<u8>>>,
+}
+
+impl EnvelopeSource for StoredEnvelopes<'_> {
+    fn envelope(&self, hash: &ChangeHash) -> Option<SignedChange> {
+        let (envelope, mic) = self.store.config_change(&hex::encode(hash.0)).ok()??;
+        let change = SignedChange::decode(&envelope).ok()?;
+        self.mics
+            .borrow_mut()
+            .entry(change.mic_serial.clone())
+            .or_insert(mic);
+        Some(change)
+    }
+}
+
+/// A document's typed model as this node serves it, kept in step with the document.
+#[derive(Debug, Clone, Default)]
+struct Materialized<M> {
+    model: M,
+    /// Objects whose stored form does not match the schema, by object (`routes.r1`).
+    malformed: BTreeMap<String, Problem>,
+}
+
+impl<M> Materialized<M> {
+    fn malformed(&self) -> Vec<Problem> {
+        self.malformed.values().cloned().collect()
+    }
+}
+
+/// One document this node holds and its materialized model.
+struct Held {
+    doc: ConfigDoc,
+    view: View,
+}
+
+enum View {
+    Fleet(Materialized<FleetDoc>),
+    Tenant(Materialized<TenantDoc>),
+}
+
+/// Re-reads one object of a collection into the materialized map.
+fn refresh_entry<V: Hydrate>(
+    doc: &ConfigDoc,
+    collection: Collection<V>,
+    key: &str,
+    map: &mut BTreeMap<String, V>,
+    malformed: &mut BTreeMap<String, Problem>,
+) {
+    let object = format!("{}.{key}", collection.name());
+    malformed.remove(&object);
+    match doc.entry(collection, key) {
+        Ok(Some(v)) => {
+            map.insert(key.to_string(), v);
+        }
+        Ok(None) => {
+            map.remove(key);
+        }
+        Err(problem) => {
+            map.remove(key);
+            malformed.insert(object, problem);
+        }
+    }
+}
+
+impl Held {
+    fn load(store: &Store, id: &DocId) -> anyhow::Result<Held> {
+        let mut doc = ConfigDoc::new(id.clone());
+        for chunk in store.config_chunks(&id.to_string())? {
+            doc.load_incremental(&chunk)
+                .with_context(|| format!("loading configuration document {id}"))?;
+        }
+        let view = Held::hydrate_view(&doc)?;
+        Ok(Held { doc, view })
+    }
+
+    fn hydrate_view(doc: &ConfigDoc) -> anyhow::Result<View> {
+        fn keyed(problems: Vec<Problem>) -> BTreeMap<String, Problem> {
+            problems
+                .into_iter()
+                .map(|p| (p.object.clone(), p))
+                .collect()
+        }
+        Ok(match doc.id() {
+            DocId::Fleet => {
+                let h = doc.hydrate::<FleetDoc>()?;
+                View::Fleet(Materialized {
+                    model: h.model,
+                    malformed: keyed(h.malformed),
+                })
+            }
+            DocId::Tenant(_) => {
+                let h = doc.hydrate::<TenantDoc>()?;
+                View::Tenant(Materialized {
+                    model: h.model,
+                    malformed: keyed(h.malformed),
+                })
+            }
         })
     }
+
+    /// Brings the materialized model up to date with objects that changes touched.
+    fn refresh(&mut self, touched: &BTreeSet<ObjectRef>) {
+        let doc = &self.doc;
+        let mut whole = false;
+        match &mut self.view {
+            View::Fleet(m) => {
+                for o in touched {
+                    let (model, bad, key) = (&mut m.model, &mut m.malformed, o.key.as_str());
+                    match (o.collection.as_str(), key.is_empty()) {
+                        ("tenants", false) => {
+                            refresh_entry(doc, nexus_crdt::TENANTS, key, &mut model.tenants, bad)
+                        }
+                        ("anchors", false) => {
+                            refresh_entry(doc, nexus_crdt::ANCHORS, key, &mut model.anchors, bad)
+                        }
+                        ("revocations", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::REVOCATIONS,
+                            key,
+                            &mut model.revocations,
+                            bad,
+                        ),
+                        ("policies", false) => {
+                            refresh_entry(doc, nexus_crdt::POLICIES, key, &mut model.policies, bad)
+                        }
+                        ("snapshots", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::FLEET_SNAPSHOTS,
+                            key,
+                            &mut model.snapshots,
+                            bad,
+                        ),
+                        _ => whole = true,
+                    }
+                }
+            }
+            View::Tenant(m) => {
+                for o in touched {
+                    let (model, bad, key) = (&mut m.model, &mut m.malformed, o.key.as_str());
+                    match (o.collection.as_str(), key.is_empty()) {
+                        ("routes", false) => {
+                            refresh_entry(doc, nexus_crdt::ROUTES, key, &mut model.routes, bad)
+                        }
+                        ("firmware_targets", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::FIRMWARE_TARGETS,
+                            key,
+                            &mut model.firmware_targets,
+                            bad,
+                        ),
+                        ("node_overrides", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::NODE_OVERRIDES,
+                            key,
+                            &mut model.node_overrides,
+                            bad,
+                        ),
+                        ("site_routes", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::SITE_ROUTES,
+                            key,
+                            &mut model.site_routes,
+                            bad,
+                        ),
+                        ("site_node_overrides", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::SITE_NODE_OVERRIDES,
+                            key,
+                            &mut model.site_node_overrides,
+                            bad,
+                        ),
+                        ("snapshots", false) => refresh_entry(
+                            doc,
+                            nexus_crdt::TENANT_SNAPSHOTS,
+                            key,
+                            &mut model.snapshots,
+                            bad,
+                        ),
+                        _ => whole = true,
+                    }
+                }
+            }
+        }
+        if whole {
+            // A whole collection (or a top-level field) changed: read the model again.
+            match Held::hydrate_view(&self.doc) {
+                Ok(view) => self.view = view,
+                Err(err) => {
+                    tracing::error!(doc = %self.doc.id(), error = %err, "cannot read configuration document")
+                }
+            }
+        }
+    }
+
+    fn fleet(&self) -> Option<&Materialized<FleetDoc>> {
+        match &self.view {
+            View::Fleet(m) => Some(m),
+            View::Tenant(_) => None,
+        }
+    }
+
+    fn tenant(&self) -> Option<&Materialized<TenantDoc>> {
+        match &self.view {
+            View::Tenant(m) => Some(m),
+            View::Fleet(_) => None,
+        }
+    }
+}
+
+/// The kinds of object the API writes, and where each lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Route policies of a tenant (`routes`).
+    Route,
+    /// Route policies scoped to one site of a tenant (`site_routes`, keyed `<site>/<id>`).
+    SiteRoute(String),
+    /// Firmware targets of a tenant.
+    FirmwareTarget,
+    /// Tenants (fleet document).
+    Tenant,
+    /// Fleet-wide route policies (fleet document).
+    FleetPolicy,
+}
+
+impl Kind {
+    /// The word for one object in messages.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Kind::Route | Kind::SiteRoute(_) => "route policy",
+            Kind::FirmwareTarget => "firmware target",
+            Kind::Tenant => "tenant",
+            Kind::FleetPolicy => "fleet policy",
+        }
+    }
+
+    fn in_fleet_doc(&self) -> bool {
+        matches!(self, Kind::Tenant | Kind::FleetPolicy)
+    }
+
+    fn map_key(&self, id: &str) -> String {
+        match self {
+            Kind::SiteRoute(site) => nexus_crdt::site_key(site, id),
+            _ => id.to_string(),
+        }
+    }
+
+    fn collection_name(&self) -> &'static str {
+        match self {
+            Kind::Route => "routes",
+            Kind::SiteRoute(_) => "site_routes",
+            Kind::FirmwareTarget => "firmware_targets",
+            Kind::Tenant => "tenants",
+            Kind::FleetPolicy => "policies",
+        }
+    }
+}
+
+/// A page of a configuration list.
+pub struct ObjectPage {
+    /// `(id, object)` in id order.
+    pub items: Vec<(String, serde_json::Value)>,
+    /// Whether more follow the last item.
+    pub more: bool,
+    /// The document's config version.
+    pub version: u64,
+}
+
+/// Cached quarantine verdicts for a tenant document: valid while the inputs are the same.
+struct QuarantineCache {
+    inputs: (u64, [u8; 32], [u8; 32], u64),
+    quarantined: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// The node's replicated configuration.
 pub struct Replication {
-    docs: Mutex<BTreeMap<String, ConfigDoc>>,
+    docs: Mutex<BTreeMap<String, Held>>,
     tenant: String,
     role: Role,
     author: LocalAuthor,
@@ -94,20 +460,24 @@ pub struct Replication {
     fleet: Arc<FleetTrust>,
     mesh: Arc<Mesh>,
     peer: Arc<PeerService>,
-    pulled: Mutex<HashMap<(NodeId, String), Instant>>,
+    synced: Mutex<HashMap<(NodeId, String), Instant>>,
+    /// Responder-side sync states of sessions in progress, by (peer, document).
+    responding: Mutex<HashMap<(NodeId, String), (PeerSync, Instant)>>,
+    quarantine: Mutex<HashMap<String, QuarantineCache>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn load_doc(store: &Store, id: &DocId) -> anyhow::Result<ConfigDoc> {
-    let mut doc = ConfigDoc::new(id.clone());
-    for chunk in store.config_chunks(&id.to_string())? {
-        doc.load_incremental(&chunk)
-            .with_context(|| format!("loading configuration document {id}"))?;
+/// Parses `fleet` / `tenant/<id>`.
+pub fn parse_doc_id(raw: &str) -> Option<DocId> {
+    match raw {
+        "fleet" => Some(DocId::Fleet),
+        other => other
+            .strip_prefix("tenant/")
+            .and_then(|t| DocId::tenant(t).ok()),
     }
-    Ok(doc)
 }
 
 impl Replication {
@@ -132,7 +502,7 @@ impl Replication {
             .context("the node key does not match its MIC")?;
         let mut docs = BTreeMap::new();
         for id in [DocId::Fleet, DocId::tenant(&own.tenant)?] {
-            docs.insert(id.to_string(), load_doc(&store, &id)?);
+            docs.insert(id.to_string(), Held::load(&store, &id)?);
         }
         Ok(Replication {
             docs: Mutex::new(docs),
@@ -143,7 +513,9 @@ impl Replication {
             fleet,
             mesh,
             peer,
-            pulled: Mutex::new(HashMap::new()),
+            synced: Mutex::new(HashMap::new()),
+            responding: Mutex::new(HashMap::new()),
+            quarantine: Mutex::new(HashMap::new()),
         })
     }
 
@@ -155,13 +527,17 @@ impl Replication {
         }
     }
 
-    fn with_doc<T>(&self, id: &DocId, f: impl FnOnce(&mut ConfigDoc) -> T) -> anyhow::Result<T> {
+    fn with_held<T>(&self, id: &DocId, f: impl FnOnce(&mut Held) -> T) -> anyhow::Result<T> {
         let mut docs = lock(&self.docs);
         let key = id.to_string();
         if !docs.contains_key(&key) {
-            docs.insert(key.clone(), load_doc(&self.store, id)?);
+            docs.insert(key.clone(), Held::load(&self.store, id)?);
         }
         Ok(f(docs.get_mut(&key).expect("just inserted")))
+    }
+
+    fn with_doc<T>(&self, id: &DocId, f: impl FnOnce(&mut ConfigDoc) -> T) -> anyhow::Result<T> {
+        self.with_held(id, |h| f(&mut h.doc))
     }
 
     /// The nodes configuration may refer to, from the membership view.
@@ -183,11 +559,226 @@ impl Replication {
             .collect()
     }
 
-    fn caller(identity: &str) -> Caller {
+    fn fingerprint(known: &KnownNodes) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (id, n) in known {
+            id.as_bytes().hash(&mut h);
+            n.tenant.hash(&mut h);
+            n.site.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn system_caller() -> Caller {
         Caller {
-            identity: identity.to_string(),
+            identity: "system:anchor".into(),
             role: CallerRole::FleetAdmin,
         }
+    }
+
+    /// The document a kind of object lives in, for `tenant` (or this node's).
+    fn doc_for(&self, kind: &Kind, tenant: Option<&str>) -> Result<DocId, WriteError> {
+        if kind.in_fleet_doc() {
+            return Ok(DocId::Fleet);
+        }
+        let tenant = tenant.filter(|t| !t.is_empty()).unwrap_or(&self.tenant);
+        let id = DocId::tenant(tenant).map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+        if !self.holds(&id) {
+            return Err(WriteError::NotHere(format!(
+                "this node holds tenant {:?}'s configuration only; send requests for tenant \
+                 {tenant:?} to one of its nodes or to an anchor",
+                self.tenant
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Quarantined objects of a tenant document (`routes.r1` → reasons), cached while the
+    /// documents and the known nodes are unchanged.
+    fn tenant_quarantine(
+        &self,
+        docs: &BTreeMap<String, Held>,
+        id: &DocId,
+        known: &KnownNodes,
+    ) -> Arc<BTreeMap<String, Vec<String>>> {
+        let (Some(fleet), Some(held)) = (docs.get("fleet"), docs.get(&id.to_string())) else {
+            return Arc::default();
+        };
+        let inputs = (
+            held.doc.version(),
+            held.doc.heads_digest(),
+            fleet.doc.heads_digest(),
+            Self::fingerprint(known),
+        );
+        let key = id.to_string();
+        if let Some(c) = lock(&self.quarantine).get(&key)
+            && c.inputs == inputs
+        {
+            return c.quarantined.clone();
+        }
+        let (Some(f), Some(t)) = (fleet.fleet(), held.tenant()) else {
+            return Arc::default();
+        };
+        let effective: Effective<TenantDoc> =
+            nexus_crdt::effective_tenant_with(&f.model, &t.model, known, t.malformed());
+        let quarantined: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
+            effective
+                .quarantined
+                .into_iter()
+                .map(|q| (q.id, q.reasons))
+                .collect(),
+        );
+        metrics::gauge!("nexus_config_quarantined_objects", "document" => key.clone())
+            .set(quarantined.len() as f64);
+        lock(&self.quarantine).insert(
+            key,
+            QuarantineCache {
+                inputs,
+                quarantined: quarantined.clone(),
+            },
+        );
+        quarantined
+    }
+
+    fn fleet_quarantine(docs: &BTreeMap<String, Held>) -> BTreeMap<String, Vec<String>> {
+        let Some(f) = docs.get("fleet").and_then(Held::fleet) else {
+            return BTreeMap::new();
+        };
+        let effective = nexus_crdt::effective_fleet_with(&f.model, f.malformed());
+        metrics::gauge!("nexus_config_quarantined_objects", "document" => "fleet")
+            .set(effective.quarantined.len() as f64);
+        effective
+            .quarantined
+            .into_iter()
+            .map(|q| (q.id, q.reasons))
+            .collect()
+    }
+
+    /// One page of the *effective* objects of a kind (quarantined ones left out), in id order,
+    /// after `after`.
+    pub fn list(
+        &self,
+        kind: &Kind,
+        tenant: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ObjectPage, WriteError> {
+        let id = self.doc_for(kind, tenant)?;
+        let known = self.known_nodes();
+        let mut docs = lock(&self.docs);
+        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
+            slot.insert(Held::load(&self.store, &id).map_err(internal)?);
+        }
+        let quarantined = match &id {
+            DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
+            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id, &known),
+        };
+        let held = &docs[&id.to_string()];
+        let version = held.doc.version();
+        let prefix = kind.collection_name();
+        let mut items = Vec::new();
+        let mut more = false;
+        // Site routes are keyed `<site>/<id>`: walk that site's key range only.
+        let site_prefix = match kind {
+            Kind::SiteRoute(site) => Some(format!("{site}/")),
+            _ => None,
+        };
+        let lower = match (after, &site_prefix) {
+            (Some(a), _) => std::ops::Bound::Excluded(kind.map_key(a)),
+            (None, Some(prefix)) => std::ops::Bound::Included(prefix.clone()),
+            (None, None) => std::ops::Bound::Unbounded,
+        };
+        macro_rules! page {
+            ($map:expr) => {{
+                for (key, value) in $map.range::<String, _>((lower, std::ops::Bound::Unbounded)) {
+                    let id = match &site_prefix {
+                        Some(prefix) => match key.strip_prefix(prefix.as_str()) {
+                            Some(id) => id.to_string(),
+                            None => break,
+                        },
+                        None => key.clone(),
+                    };
+                    if quarantined.contains_key(&format!("{prefix}.{key}")) {
+                        continue;
+                    }
+                    if items.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let mut json = serde_json::to_value(value).map_err(internal)?;
+                    if *kind == Kind::Tenant
+                        && let Some(map) = json.as_object_mut()
+                    {
+                        map.insert("id".into(), serde_json::Value::String(id.clone()));
+                    }
+                    items.push((id, json));
+                }
+            }};
+        }
+        match (&held.view, kind) {
+            (View::Tenant(m), Kind::Route) => page!(m.model.routes),
+            (View::Tenant(m), Kind::SiteRoute(_)) => page!(m.model.site_routes),
+            (View::Tenant(m), Kind::FirmwareTarget) => page!(m.model.firmware_targets),
+            (View::Fleet(m), Kind::Tenant) => page!(m.model.tenants),
+            (View::Fleet(m), Kind::FleetPolicy) => page!(m.model.policies),
+            _ => return Err(WriteError::Internal("document and kind disagree".into())),
+        }
+        Ok(ObjectPage {
+            items,
+            more,
+            version,
+        })
+    }
+
+    /// One object as stored (quarantined or not) with the quarantine reasons, if any.
+    pub fn get(
+        &self,
+        kind: &Kind,
+        tenant: Option<&str>,
+        object_id: &str,
+    ) -> Result<(serde_json::Value, u64, Option<Vec<String>>), WriteError> {
+        let id = self.doc_for(kind, tenant)?;
+        let known = self.known_nodes();
+        let mut docs = lock(&self.docs);
+        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
+            slot.insert(Held::load(&self.store, &id).map_err(internal)?);
+        }
+        let quarantined = match &id {
+            DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
+            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id, &known),
+        };
+        let held = &docs[&id.to_string()];
+        let key = kind.map_key(object_id);
+        let value = match (&held.view, kind) {
+            (View::Tenant(m), Kind::Route) => m.model.routes.get(&key).map(serde_json::to_value),
+            (View::Tenant(m), Kind::SiteRoute(_)) => {
+                m.model.site_routes.get(&key).map(serde_json::to_value)
+            }
+            (View::Tenant(m), Kind::FirmwareTarget) => {
+                m.model.firmware_targets.get(&key).map(serde_json::to_value)
+            }
+            (View::Fleet(m), Kind::Tenant) => m.model.tenants.get(&key).map(serde_json::to_value),
+            (View::Fleet(m), Kind::FleetPolicy) => {
+                m.model.policies.get(&key).map(serde_json::to_value)
+            }
+            _ => None,
+        };
+        let mut value = value
+            .ok_or_else(|| WriteError::NotFound(format!("no {} {object_id:?} here", kind.noun())))?
+            .map_err(internal)?;
+        if *kind == Kind::Tenant
+            && let Some(map) = value.as_object_mut()
+        {
+            map.insert(
+                "id".into(),
+                serde_json::Value::String(object_id.to_string()),
+            );
+        }
+        let reasons = quarantined
+            .get(&format!("{}.{key}", kind.collection_name()))
+            .cloned();
+        Ok((value, held.doc.version(), reasons))
     }
 
     /// Anchors: makes sure `tenant` exists in the fleet document (a tenant's routes need it).
@@ -195,193 +786,667 @@ impl Replication {
         if self.role != Role::Anchor {
             return Ok(());
         }
-        let present = self.with_doc(&DocId::Fleet, |doc| {
-            doc.entry(nexus_crdt::TENANTS, tenant)
-                .ok()
-                .flatten()
-                .is_some()
+        let present = self.with_held(&DocId::Fleet, |h| {
+            h.fleet()
+                .is_some_and(|f| f.model.tenants.contains_key(tenant))
         })?;
         if present {
             return Ok(());
         }
-        let tenant_record = nexus_crdt::Tenant {
+        let record = nexus_crdt::Tenant {
             name: tenant.to_string(),
             created_at: crate::now_ms() as i64,
             quotas: Default::default(),
         };
-        let change = self.with_doc(&DocId::Fleet, |doc| {
-            doc.apply_local_entry(
-                &self.author,
-                &Self::caller("system:anchor"),
-                crate::now_ms() as i64,
-                nexus_crdt::TENANTS,
-                tenant,
-                |v| {
-                    *v = Some(tenant_record);
-                    Ok::<_, std::convert::Infallible>(())
-                },
-            )
-        })?;
-        if let Some(change) = change.map_err(|e| anyhow::anyhow!("{e}"))? {
-            self.commit(&DocId::Fleet, &change)?;
-            self.publish_versions().await;
-            let me = self.clone();
-            tokio::spawn(async move { me.push(vec![change]).await });
-        }
+        self.write(
+            &DocId::Fleet,
+            &Self::system_caller(),
+            nexus_crdt::TENANTS,
+            tenant,
+            Some(record),
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(())
     }
 
-    /// Stores a change this node made: the document's new chunk and the envelope, one
-    /// transaction.
-    fn commit(&self, id: &DocId, change: &SignedChange) -> anyhow::Result<()> {
-        let chunk = self.with_doc(id, |doc| doc.save_incremental())?;
-        let mic = self.peer.credentials.mic_der();
-        self.store.save_config_change(
-            &id.to_string(),
-            &chunk,
-            &hex::encode(change.change_hash.0),
-            &change.encode(),
-            &mic,
-        )?;
-        Ok(())
-    }
-
-    /// The effective routes of this node's tenant (quarantined ones left out), and the
-    /// document's version.
-    pub fn routes(&self) -> anyhow::Result<(Vec<RoutePolicy>, u64)> {
-        let fleet = self.with_doc(&DocId::Fleet, |d| d.hydrate::<FleetDoc>())??;
-        let id = DocId::tenant(&self.tenant)?;
-        let (tenant, version) = self.with_doc(&id, |d| (d.hydrate::<TenantDoc>(), d.version()))?;
-        let effective =
-            nexus_crdt::effective_tenant(&fleet.model, &tenant?.model, &self.known_nodes());
-        Ok((effective.config.routes.into_values().collect(), version))
-    }
-
-    /// Creates or replaces a route of this node's tenant for `caller`; durable before it
-    /// returns.
-    pub async fn put_route(
+    /// Creates, replaces or (with `value: None`) deletes one object for `caller`: validated
+    /// against the merged state (only problems of this object refuse it), committed as a
+    /// change this node signs, stored with its envelope in one transaction, and only then
+    /// acknowledged; then pushed. Returns the document's version, or `None` when there was
+    /// nothing to delete.
+    async fn write<V>(
         self: &Arc<Self>,
-        caller: &str,
-        mut route: RoutePolicy,
-    ) -> Result<(RoutePolicy, u64), WriteError> {
-        if route.tenant_id.is_empty() {
-            route.tenant_id = self.tenant.clone();
+        id: &DocId,
+        caller: &Caller,
+        collection: Collection<V>,
+        key: &str,
+        value: Option<V>,
+        validate: Option<Validator<'_, V>>,
+    ) -> Result<Option<u64>, WriteError>
+    where
+        V: Hydrate + autosurgeon::Reconcile + Clone + PartialEq + Send,
+    {
+        if *id == DocId::Fleet && self.role != Role::Anchor {
+            return Err(WriteError::NotHere(
+                "fleet-wide configuration is written through an anchor: send this request to \
+                 one (GET /v1/anchors lists them)"
+                    .into(),
+            ));
         }
-        if route.tenant_id != self.tenant {
-            return Err(WriteError::NotHere(format!(
-                "this node holds tenant {:?}; write tenant {:?}'s routes on one of its nodes",
-                self.tenant, route.tenant_id
-            )));
-        }
-        if route.created_at == 0 {
-            route.created_at = crate::now_ms() as i64;
-        }
-        let id =
-            DocId::tenant(&self.tenant).map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
-        let internal = |e: anyhow::Error| WriteError::Internal(format!("{e:#}"));
-        let fleet = self
-            .with_doc(&DocId::Fleet, |d| d.hydrate::<FleetDoc>())
-            .map_err(internal)?
-            .map_err(|e| WriteError::Internal(e.to_string()))?;
-        let mut tenant = self
-            .with_doc(&id, |d| d.hydrate::<TenantDoc>())
-            .map_err(internal)?
-            .map_err(|e| WriteError::Internal(e.to_string()))?
-            .model;
-        tenant.routes.insert(route.id.clone(), route.clone());
-        if let Err(invalid) =
-            nexus_crdt::validate_tenant(&fleet.model, &tenant, &self.known_nodes())
-        {
-            let object = format!("routes.{}", route.id);
-            let mine: Vec<String> = invalid
-                .0
-                .iter()
-                .filter(|p| p.object == object || p.object.is_empty())
-                .map(|p| format!("{}: {}", p.path, p.message))
-                .collect();
-            if !mine.is_empty() {
-                return Err(WriteError::Invalid(mine));
+        let change = {
+            let mut docs = lock(&self.docs);
+            let held = match docs.entry(id.to_string()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(Held::load(&self.store, id).map_err(internal)?)
+                }
+            };
+            if let (Some(check), Some(new)) = (validate, value.clone()) {
+                let problems = check(&mut held.view, Some(new));
+                if !problems.is_empty() {
+                    return Err(WriteError::Invalid(problems));
+                }
             }
-        }
-        let written = route.clone();
-        let change = self
-            .with_doc(&id, |doc| {
-                doc.apply_local_entry(
+            let present = held.doc.entry(collection, key).ok().flatten().is_some();
+            if value.is_none() && !present {
+                return Ok(None);
+            }
+            let written = value.clone();
+            let change = held
+                .doc
+                .apply_local_entry(
                     &self.author,
-                    &Self::caller(caller),
+                    caller,
                     crate::now_ms() as i64,
-                    nexus_crdt::ROUTES,
-                    &written.id,
+                    collection,
+                    key,
                     |v| {
-                        *v = Some(written.clone());
+                        *v = written;
                         Ok::<_, std::convert::Infallible>(())
                     },
                 )
-            })
-            .map_err(internal)?
-            .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+                .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+            if let Some(change) = &change {
+                let chunk = held.doc.save_incremental();
+                self.store
+                    .save_config_change(
+                        &id.to_string(),
+                        &chunk,
+                        &hex::encode(change.change_hash.0),
+                        &change.encode(),
+                        &self.peer.credentials.mic_der(),
+                    )
+                    .map_err(internal)?;
+                let touched = BTreeSet::from([ObjectRef {
+                    collection: collection.name().to_string(),
+                    key: key.to_string(),
+                }]);
+                held.refresh(&touched);
+            }
+            change
+        };
         if let Some(change) = change {
-            self.commit(&id, &change).map_err(internal)?;
             metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
-            self.publish_versions().await;
-            let me = self.clone();
-            tokio::spawn(async move { me.push(vec![change]).await });
+            self.after_commit(vec![change]).await;
         }
-        let version = self.with_doc(&id, |d| d.version()).map_err(internal)?;
-        Ok((route, version))
-    }
-
-    /// Deletes a route of this node's tenant for `caller`; `Ok(None)` when there is none.
-    /// Durable before it returns.
-    pub async fn delete_route(
-        self: &Arc<Self>,
-        caller: &str,
-        route_id: &str,
-    ) -> Result<Option<u64>, WriteError> {
-        let id =
-            DocId::tenant(&self.tenant).map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
-        let internal = |e: anyhow::Error| WriteError::Internal(format!("{e:#}"));
-        let exists = self
-            .with_doc(&id, |doc| {
-                doc.entry(nexus_crdt::ROUTES, route_id)
-                    .ok()
-                    .flatten()
-                    .is_some()
-            })
-            .map_err(internal)?;
-        if !exists {
-            return Ok(None);
-        }
-        let change = self
-            .with_doc(&id, |doc| {
-                doc.apply_local_entry(
-                    &self.author,
-                    &Self::caller(caller),
-                    crate::now_ms() as i64,
-                    nexus_crdt::ROUTES,
-                    route_id,
-                    |v: &mut Option<RoutePolicy>| {
-                        *v = None;
-                        Ok::<_, std::convert::Infallible>(())
-                    },
-                )
-            })
-            .map_err(internal)?
-            .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
-        if let Some(change) = change {
-            self.commit(&id, &change).map_err(internal)?;
-            metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
-            self.publish_versions().await;
-            let me = self.clone();
-            tokio::spawn(async move { me.push(vec![change]).await });
-        }
-        let version = self.with_doc(&id, |d| d.version()).map_err(internal)?;
+        let version = self.with_doc(id, |d| d.version()).map_err(internal)?;
         Ok(Some(version))
     }
 
-    /// Applies changes pushed or pulled from peers; returns how many were new.
-    pub fn receive(&self, changes: &[WireChange]) -> usize {
-        let mut new = 0;
+    async fn after_commit(self: &Arc<Self>, changes: Vec<SignedChange>) {
+        self.publish_versions().await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mic = STANDARD.encode(me.peer.credentials.mic_der());
+            for change in changes {
+                let wire = WireChange {
+                    envelope: STANDARD.encode(change.encode()),
+                    author_mic: mic.clone(),
+                };
+                let peers = me.peers_for(&change.doc_id);
+                me.clone().push(wire, peers).await;
+            }
+            me.compact_if_needed();
+        });
+    }
+
+    /// Problems of the object `object` (`routes.r1`) when `insert` puts the candidate into the
+    /// model, validated whole (references need the rest of the document).
+    fn tenant_problems(
+        fleet: &FleetDoc,
+        tenant: &mut TenantDoc,
+        known: &KnownNodes,
+        object: &str,
+        insert: impl FnOnce(&mut TenantDoc) -> Box<dyn FnOnce(&mut TenantDoc)>,
+    ) -> Vec<String> {
+        let restore = insert(tenant);
+        let result = nexus_crdt::validate_tenant(fleet, tenant, known);
+        restore(tenant);
+        match result {
+            Ok(()) => Vec::new(),
+            Err(invalid) => invalid
+                .0
+                .iter()
+                .filter(|p| p.object == object || p.object.is_empty())
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
+
+    /// Creates or replaces a tenant-document object (route, site route, firmware target).
+    pub async fn put_tenant_object(
+        self: &Arc<Self>,
+        caller: &Caller,
+        kind: &Kind,
+        tenant: Option<&str>,
+        object_id: &str,
+        value: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64, bool), WriteError> {
+        let id = self.doc_for(kind, tenant)?;
+        let tenant_id = id.tenant_id().unwrap_or_default().to_string();
+        let known = self.known_nodes();
+        let fleet = self
+            .with_held(&DocId::Fleet, |h| {
+                h.fleet().map(|f| f.model.clone()).unwrap_or_default()
+            })
+            .map_err(internal)?;
+        let key = kind.map_key(object_id);
+        let object = format!("{}.{key}", kind.collection_name());
+        let (existed, _) = match self.get(kind, tenant, object_id) {
+            Ok(v) => (true, Some(v)),
+            Err(WriteError::NotFound(_)) => (false, None),
+            Err(e) => return Err(e),
+        };
+        let bad = |e: serde_json::Error| {
+            WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
+        };
+        let version = match kind {
+            Kind::Route | Kind::SiteRoute(_) => {
+                let mut route: nexus_crdt::RoutePolicy =
+                    serde_json::from_value(value).map_err(bad)?;
+                route.id = object_id.to_string();
+                if route.tenant_id.is_empty() {
+                    route.tenant_id = tenant_id.clone();
+                }
+                if route.created_at == 0 {
+                    route.created_at = crate::now_ms() as i64;
+                }
+                let site_scoped = matches!(kind, Kind::SiteRoute(_));
+                let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
+                    let View::Tenant(m) = view else {
+                        return vec!["not a tenant document".into()];
+                    };
+                    let Some(new) = new else { return Vec::new() };
+                    let k = key.clone();
+                    Self::tenant_problems(&fleet, &mut m.model, &known, &object, move |t| {
+                        let map = if site_scoped {
+                            &mut t.site_routes
+                        } else {
+                            &mut t.routes
+                        };
+                        let old = map.insert(k.clone(), new);
+                        Box::new(move |t: &mut TenantDoc| {
+                            let map = if site_scoped {
+                                &mut t.site_routes
+                            } else {
+                                &mut t.routes
+                            };
+                            match old {
+                                Some(o) => map.insert(k, o),
+                                None => map.remove(&k),
+                            };
+                        })
+                    })
+                };
+                let collection = if site_scoped {
+                    nexus_crdt::SITE_ROUTES
+                } else {
+                    nexus_crdt::ROUTES
+                };
+                self.write(
+                    &id,
+                    caller,
+                    collection,
+                    &kind.map_key(object_id),
+                    Some(route),
+                    Some(&check),
+                )
+                .await?
+            }
+            Kind::FirmwareTarget => {
+                let mut target: nexus_crdt::FirmwareTarget =
+                    serde_json::from_value(value).map_err(bad)?;
+                target.id = object_id.to_string();
+                if target.created_at == 0 {
+                    target.created_at = crate::now_ms() as i64;
+                }
+                let check = move |view: &mut View, new: Option<nexus_crdt::FirmwareTarget>| {
+                    let View::Tenant(m) = view else {
+                        return vec!["not a tenant document".into()];
+                    };
+                    let Some(new) = new else { return Vec::new() };
+                    let k = key.clone();
+                    Self::tenant_problems(&fleet, &mut m.model, &known, &object, move |t| {
+                        let old = t.firmware_targets.insert(k.clone(), new);
+                        Box::new(move |t: &mut TenantDoc| {
+                            match old {
+                                Some(o) => t.firmware_targets.insert(k, o),
+                                None => t.firmware_targets.remove(&k),
+                            };
+                        })
+                    })
+                };
+                self.write(
+                    &id,
+                    caller,
+                    nexus_crdt::FIRMWARE_TARGETS,
+                    object_id,
+                    Some(target),
+                    Some(&check),
+                )
+                .await?
+            }
+            Kind::Tenant | Kind::FleetPolicy => {
+                return Err(WriteError::Internal("not a tenant-document object".into()));
+            }
+        }
+        .unwrap_or_default();
+        let (value, _, _) = self.get(kind, Some(&tenant_id), object_id)?;
+        Ok((value, version, !existed))
+    }
+
+    /// Creates or replaces a fleet-document object (a tenant record or a fleet-wide policy;
+    /// anchors only).
+    pub async fn put_fleet_object(
+        self: &Arc<Self>,
+        caller: &Caller,
+        kind: &Kind,
+        object_id: &str,
+        value: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64, bool), WriteError> {
+        let existed = self.get(kind, None, object_id).is_ok();
+        let object = format!("{}.{object_id}", kind.collection_name());
+        let key = object_id.to_string();
+        let bad = |e: serde_json::Error| {
+            WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
+        };
+        /// Problems of `object` once `put` placed the candidate (undone by `undo`).
+        fn fleet_problems<T>(
+            m: &mut FleetDoc,
+            object: &str,
+            put: impl FnOnce(&mut FleetDoc) -> T,
+            undo: impl FnOnce(&mut FleetDoc, T),
+        ) -> Vec<String> {
+            let old = put(m);
+            let result = nexus_crdt::validate(m);
+            undo(m, old);
+            match result {
+                Ok(()) => Vec::new(),
+                Err(invalid) => invalid
+                    .0
+                    .iter()
+                    .filter(|p| p.object == object || p.object.is_empty())
+                    .map(|p| p.to_string())
+                    .collect(),
+            }
+        }
+        let version = match kind {
+            Kind::Tenant => {
+                let mut record: nexus_crdt::Tenant = serde_json::from_value(value).map_err(bad)?;
+                if record.created_at == 0 {
+                    record.created_at = crate::now_ms() as i64;
+                }
+                let check = move |view: &mut View, new: Option<nexus_crdt::Tenant>| {
+                    let (View::Fleet(m), Some(new)) = (view, new) else {
+                        return Vec::new();
+                    };
+                    fleet_problems(
+                        &mut m.model,
+                        &object,
+                        |f| f.tenants.insert(key.clone(), new),
+                        |f, old| {
+                            match old {
+                                Some(o) => f.tenants.insert(key.clone(), o),
+                                None => f.tenants.remove(&key),
+                            };
+                        },
+                    )
+                };
+                self.write(
+                    &DocId::Fleet,
+                    caller,
+                    nexus_crdt::TENANTS,
+                    object_id,
+                    Some(record),
+                    Some(&check),
+                )
+                .await?
+            }
+            Kind::FleetPolicy => {
+                let mut policy: nexus_crdt::RoutePolicy =
+                    serde_json::from_value(value).map_err(bad)?;
+                policy.id = object_id.to_string();
+                if policy.created_at == 0 {
+                    policy.created_at = crate::now_ms() as i64;
+                }
+                let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
+                    let (View::Fleet(m), Some(new)) = (view, new) else {
+                        return Vec::new();
+                    };
+                    fleet_problems(
+                        &mut m.model,
+                        &object,
+                        |f| f.policies.insert(key.clone(), new),
+                        |f, old| {
+                            match old {
+                                Some(o) => f.policies.insert(key.clone(), o),
+                                None => f.policies.remove(&key),
+                            };
+                        },
+                    )
+                };
+                self.write(
+                    &DocId::Fleet,
+                    caller,
+                    nexus_crdt::POLICIES,
+                    object_id,
+                    Some(policy),
+                    Some(&check),
+                )
+                .await?
+            }
+            _ => return Err(WriteError::Internal("not a fleet-document object".into())),
+        }
+        .unwrap_or_default();
+        let (value, _, _) = self.get(kind, None, object_id)?;
+        Ok((value, version, !existed))
+    }
+
+    /// Deletes one object; `Ok(None)` when there is none.
+    pub async fn delete(
+        self: &Arc<Self>,
+        caller: &Caller,
+        kind: &Kind,
+        tenant: Option<&str>,
+        object_id: &str,
+    ) -> Result<Option<u64>, WriteError> {
+        let id = self.doc_for(kind, tenant)?;
+        let key = kind.map_key(object_id);
+        match kind {
+            Kind::Route => {
+                self.write::<nexus_crdt::RoutePolicy>(
+                    &id,
+                    caller,
+                    nexus_crdt::ROUTES,
+                    &key,
+                    None,
+                    None,
+                )
+                .await
+            }
+            Kind::SiteRoute(_) => {
+                self.write::<nexus_crdt::RoutePolicy>(
+                    &id,
+                    caller,
+                    nexus_crdt::SITE_ROUTES,
+                    &key,
+                    None,
+                    None,
+                )
+                .await
+            }
+            Kind::FirmwareTarget => {
+                self.write::<nexus_crdt::FirmwareTarget>(
+                    &id,
+                    caller,
+                    nexus_crdt::FIRMWARE_TARGETS,
+                    &key,
+                    None,
+                    None,
+                )
+                .await
+            }
+            Kind::Tenant => {
+                if tenant_has_objects(self, object_id)? {
+                    return Err(WriteError::Invalid(vec![format!(
+                        "tenant {object_id:?} still has configuration (routes, firmware \
+                         targets, overrides): delete those first"
+                    )]));
+                }
+                self.write::<nexus_crdt::Tenant>(&id, caller, nexus_crdt::TENANTS, &key, None, None)
+                    .await
+            }
+            Kind::FleetPolicy => {
+                self.write::<nexus_crdt::RoutePolicy>(
+                    &id,
+                    caller,
+                    nexus_crdt::POLICIES,
+                    &key,
+                    None,
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    // --- snapshots and rollback -----------------------------------------------------------
+
+    /// Names the current state of a document (default: this node's tenant document).
+    pub async fn create_snapshot(
+        self: &Arc<Self>,
+        caller: &Caller,
+        doc: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, WriteError> {
+        let id = self.snapshot_doc(doc)?;
+        let n = name.chars().count();
+        if n == 0 || n > nexus_crdt::NAME_MAX || name.chars().any(char::is_control) {
+            return Err(WriteError::Invalid(vec![format!(
+                "name: must be 1..={} characters without control characters",
+                nexus_crdt::NAME_MAX
+            )]));
+        }
+        let (heads, version) = self
+            .with_doc(&id, |d| {
+                let mut heads: Vec<String> = d.heads().iter().map(|h| h.to_string()).collect();
+                heads.sort();
+                (heads, d.version())
+            })
+            .map_err(internal)?;
+        let now = crate::now_ms();
+        let snapshot_id = format!("{now:013x}{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let record = Snapshot {
+            name: name.to_string(),
+            heads,
+            version,
+            created_by: caller.identity.clone(),
+            created_at: now as i64,
+        };
+        let collection = match id {
+            DocId::Fleet => nexus_crdt::FLEET_SNAPSHOTS,
+            DocId::Tenant(_) => nexus_crdt::TENANT_SNAPSHOTS,
+        };
+        self.write(
+            &id,
+            caller,
+            collection,
+            &snapshot_id,
+            Some(record.clone()),
+            None,
+        )
+        .await?;
+        Ok(snapshot_json(&id, &snapshot_id, &record))
+    }
+
+    fn snapshot_doc(&self, doc: Option<&str>) -> Result<DocId, WriteError> {
+        let id = match doc {
+            None | Some("") => DocId::tenant(&self.tenant).map_err(internal)?,
+            Some(raw) => parse_doc_id(raw).ok_or_else(|| {
+                WriteError::Invalid(vec![format!(
+                    "document: {raw:?} is not a document; use \"fleet\" or \"tenant/<id>\""
+                )])
+            })?,
+        };
+        if !self.holds(&id) {
+            return Err(WriteError::NotHere(format!(
+                "this node does not hold document {id}; ask one of its tenant's nodes or an anchor"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Every snapshot of the documents this node holds (or of `doc`), oldest first.
+    pub fn snapshots(&self, doc: Option<&str>) -> Result<Vec<serde_json::Value>, WriteError> {
+        let only = match doc {
+            None | Some("") => None,
+            Some(_) => Some(self.snapshot_doc(doc)?),
+        };
+        let docs = lock(&self.docs);
+        let mut out = Vec::new();
+        for held in docs.values() {
+            if only.as_ref().is_some_and(|o| o != held.doc.id()) {
+                continue;
+            }
+            let snapshots = match &held.view {
+                View::Fleet(m) => &m.model.snapshots,
+                View::Tenant(m) => &m.model.snapshots,
+            };
+            for (sid, s) in snapshots {
+                out.push((sid.clone(), snapshot_json(held.doc.id(), sid, s)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Restores the state a snapshot names, as one new signed change (it replicates like any
+    /// other and can itself be rolled back). The fleet document's anchors and revocations are
+    /// never rolled back: they are security state, not configuration.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        caller: &Caller,
+        snapshot_id: &str,
+    ) -> Result<serde_json::Value, WriteError> {
+        let found = {
+            let docs = lock(&self.docs);
+            docs.values().find_map(|held| {
+                let s = match &held.view {
+                    View::Fleet(m) => m.model.snapshots.get(snapshot_id),
+                    View::Tenant(m) => m.model.snapshots.get(snapshot_id),
+                };
+                s.map(|s| (held.doc.id().clone(), s.clone()))
+            })
+        };
+        let (id, snapshot) = found
+            .ok_or_else(|| WriteError::NotFound(format!("no snapshot {snapshot_id:?} here")))?;
+        if id == DocId::Fleet && self.role != Role::Anchor {
+            return Err(WriteError::NotHere(
+                "the fleet document is rolled back through an anchor: send this request to one"
+                    .into(),
+            ));
+        }
+        let heads: Vec<ChangeHash> = snapshot
+            .heads
+            .iter()
+            .map(|h| h.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| WriteError::Internal(format!("snapshot {snapshot_id} has bad heads")))?;
+        let me = self.clone();
+        let caller2 = caller.clone();
+        let id2 = id.clone();
+        // Reading the past and writing the difference costs O(document): off the runtime.
+        let change = tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
+            let mut docs = lock(&me.docs);
+            let held = docs
+                .get_mut(&id2.to_string())
+                .ok_or_else(|| WriteError::Internal("document not loaded".into()))?;
+            let now = crate::now_ms() as i64;
+            let change = match &id2 {
+                DocId::Tenant(_) => {
+                    let past = held
+                        .doc
+                        .hydrate_at::<TenantDoc>(&heads)
+                        .map_err(internal)?
+                        .model;
+                    held.doc
+                        .apply_local::<TenantDoc, std::convert::Infallible>(
+                            &me.author,
+                            &caller2,
+                            now,
+                            |m| {
+                                m.routes = past.routes;
+                                m.firmware_targets = past.firmware_targets;
+                                m.node_overrides = past.node_overrides;
+                                m.site_routes = past.site_routes;
+                                m.site_node_overrides = past.site_node_overrides;
+                                Ok(())
+                            },
+                        )
+                        .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
+                }
+                DocId::Fleet => {
+                    let past = held
+                        .doc
+                        .hydrate_at::<FleetDoc>(&heads)
+                        .map_err(internal)?
+                        .model;
+                    held.doc
+                        .apply_local::<FleetDoc, std::convert::Infallible>(
+                            &me.author,
+                            &caller2,
+                            now,
+                            |m| {
+                                m.settings = past.settings;
+                                m.tenants = past.tenants;
+                                m.policies = past.policies;
+                                Ok(())
+                            },
+                        )
+                        .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
+                }
+            };
+            if let Some(change) = &change {
+                let chunk = held.doc.save_incremental();
+                me.store
+                    .save_config_change(
+                        &id2.to_string(),
+                        &chunk,
+                        &hex::encode(change.change_hash.0),
+                        &change.encode(),
+                        &me.peer.credentials.mic_der(),
+                    )
+                    .map_err(internal)?;
+                match Held::hydrate_view(&held.doc) {
+                    Ok(view) => held.view = view,
+                    Err(e) => return Err(internal(e)),
+                }
+            }
+            Ok(change)
+        })
+        .await
+        .map_err(internal)??;
+        let changed = change.is_some();
+        if let Some(change) = change {
+            metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
+            self.after_commit(vec![change]).await;
+        }
+        let version = self.with_doc(&id, |d| d.version()).map_err(internal)?;
+        Ok(serde_json::json!({
+            "snapshot": snapshot_id,
+            "document": id.to_string(),
+            "changed": changed,
+            "version": version,
+        }))
+    }
+
+    // --- receiving ------------------------------------------------------------------------
+
+    /// Applies changes pushed from peers; returns the ones that were new (to relay).
+    pub fn receive(&self, changes: &[WireChange]) -> Vec<WireChange> {
+        let mut new = Vec::new();
         for wire in changes {
             let outcome = (|| -> anyhow::Result<bool> {
                 let envelope = STANDARD.decode(&wire.envelope)?;
@@ -396,31 +1461,28 @@ impl Replication {
                     mic: &mic,
                     at_unix,
                 };
-                let applied = self.with_doc(&change.doc_id, |doc| {
-                    doc.apply_remote(&change, &directory).map(|applied| {
-                        let chunk = match applied {
-                            Applied::Duplicate => Vec::new(),
-                            _ => doc.save_incremental(),
-                        };
-                        (applied, chunk)
-                    })
-                })?;
-                let (applied, chunk) = applied?;
-                if applied == Applied::Duplicate {
-                    return Ok(false);
-                }
-                self.store.save_config_change(
-                    &change.doc_id.to_string(),
-                    &chunk,
-                    &hex::encode(change.change_hash.0),
-                    &envelope,
-                    &mic,
-                )?;
-                Ok(true)
+                let applied = self.with_held(&change.doc_id, |held| {
+                    let applied = held.doc.apply_remote(&change, &directory)?;
+                    if applied == Applied::Duplicate {
+                        return Ok::<_, anyhow::Error>(false);
+                    }
+                    let chunk = held.doc.save_incremental();
+                    self.store.save_config_change(
+                        &change.doc_id.to_string(),
+                        &chunk,
+                        &hex::encode(change.change_hash.0),
+                        &envelope,
+                        &mic,
+                    )?;
+                    let touched = held.doc.touched_objects([&change]);
+                    held.refresh(&touched);
+                    Ok(true)
+                })??;
+                Ok(applied)
             })();
             match outcome {
                 Ok(true) => {
-                    new += 1;
+                    new.push(wire.clone());
                     metrics::counter!("nexus_config_changes_total", "origin" => "remote")
                         .increment(1);
                 }
@@ -434,17 +1496,111 @@ impl Replication {
         new
     }
 
-    /// Every stored envelope of a document (for a peer catching up), bounded.
-    pub fn all_changes(&self, id: &DocId) -> anyhow::Result<Vec<WireChange>> {
-        Ok(self
-            .store
-            .config_changes(&id.to_string(), MAX_PULL)?
-            .into_iter()
-            .map(|(envelope, mic)| WireChange {
-                envelope: STANDARD.encode(envelope),
-                author_mic: STANDARD.encode(mic),
+    /// Handles a pushed batch: applies it and relays what was new down the broadcast tree.
+    pub async fn receive_push(
+        self: &Arc<Self>,
+        changes: Vec<WireChange>,
+        relay: Vec<String>,
+    ) -> usize {
+        let me = self.clone();
+        let new = tokio::task::spawn_blocking(move || me.receive(&changes))
+            .await
+            .unwrap_or_default();
+        if new.is_empty() {
+            return 0;
+        }
+        self.publish_versions().await;
+        let relay: Vec<(NodeId, SocketAddr)> = relay
+            .iter()
+            .filter_map(|id| id.parse::<NodeId>().ok())
+            .filter(|id| *id != self.author.facts().node_id)
+            .filter_map(|id| {
+                let m = self.mesh.member(&id)?;
+                let info = m.info?;
+                let facts = AuthorFacts {
+                    node_id: id,
+                    role: info.role,
+                    tenant: info.tenant.clone(),
+                    site: info.site.clone(),
+                };
+                Some((facts, info.quic_addr))
             })
-            .collect())
+            .filter_map(|(facts, addr)| {
+                // Relay only to members that may hold every relayed document.
+                new.iter()
+                    .all(|w| {
+                        STANDARD
+                            .decode(&w.envelope)
+                            .ok()
+                            .and_then(|e| SignedChange::decode(&e).ok())
+                            .is_some_and(|c| nexus_crdt::may_replicate(&c.doc_id, &facts))
+                    })
+                    .then_some((facts.node_id, addr))
+            })
+            .collect();
+        let count = new.len();
+        if !relay.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                for wire in new {
+                    me.clone().push(wire, relay.clone()).await;
+                }
+            });
+        }
+        count
+    }
+
+    /// Pushes one change to `peers` as a tree: the peers are split into up to `fanout` groups;
+    /// the first member of each group gets the change directly with the rest of its group to
+    /// relay to, and does the same. Every member is reached once, in about
+    /// log_fanout(peers) hops, and no node sends more than `fanout` messages per change. A
+    /// member that misses it (down, or its relay failed) catches up by anti-entropy; a failed
+    /// group head's group is sent to directly.
+    async fn push(self: Arc<Self>, wire: WireChange, mut peers: Vec<(NodeId, SocketAddr)>) {
+        if peers.is_empty() {
+            return;
+        }
+        // A different tree for every change, so one slow node does not slow every push.
+        use rand::seq::SliceRandom;
+        peers.shuffle(&mut rand::thread_rng());
+        let fanout = self.push_fanout();
+        let groups = split_groups(peers, fanout);
+        let mut tasks = tokio::task::JoinSet::new();
+        for group in groups {
+            let me = self.clone();
+            let wire = wire.clone();
+            tasks.spawn(async move {
+                let (head, head_addr) = group[0];
+                let rest: Vec<(NodeId, SocketAddr)> = group[1..].to_vec();
+                let request = PeerRequest::ConfigChanges {
+                    changes: vec![wire.clone()],
+                    relay: rest.iter().map(|(n, _)| n.to_string()).collect(),
+                };
+                if let Err(err) = me.peer.request(head, head_addr, &request).await {
+                    tracing::debug!(node = %head, error = %format!("{err:#}"), "config push failed; sending to its group directly");
+                    for (node, addr) in rest {
+                        let request = PeerRequest::ConfigChanges {
+                            changes: vec![wire.clone()],
+                            relay: Vec::new(),
+                        };
+                        if let Err(err) = me.peer.request(node, addr, &request).await {
+                            tracing::debug!(node = %node, error = %format!("{err:#}"), "config push failed; anti-entropy will catch up");
+                        }
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn push_fanout(&self) -> usize {
+        let configured = lock(&self.docs)
+            .get("fleet")
+            .and_then(Held::fleet)
+            .and_then(|f| f.model.settings.push_fanout);
+        configured
+            .map(|f| f.clamp(1, 64) as usize)
+            .unwrap_or(DEFAULT_PUSH_FANOUT)
     }
 
     fn peers_for(&self, id: &DocId) -> Vec<(NodeId, SocketAddr)> {
@@ -471,54 +1627,310 @@ impl Replication {
             .collect()
     }
 
-    /// Pushes changes this node made to every live member that may hold their document.
-    async fn push(self: Arc<Self>, changes: Vec<SignedChange>) {
-        let mic = STANDARD.encode(self.peer.credentials.mic_der());
-        for change in changes {
-            let request = PeerRequest::ConfigChanges {
-                changes: vec![WireChange {
-                    envelope: STANDARD.encode(change.encode()),
-                    author_mic: mic.clone(),
-                }],
-            };
-            let mut tasks = tokio::task::JoinSet::new();
-            for (node, addr) in self.peers_for(&change.doc_id) {
-                let (me, request) = (self.clone(), request.clone());
-                tasks.spawn(async move { (node, me.peer.request(node, addr, &request).await) });
+    // --- sync sessions --------------------------------------------------------------------
+
+    fn sync_limits() -> SyncLimits {
+        SyncLimits {
+            max_changes: std::num::NonZeroUsize::new(SYNC_PACKET_CHANGES).expect("non-zero"),
+            max_bytes: std::num::NonZeroUsize::new(SYNC_PACKET_BYTES).expect("non-zero"),
+        }
+    }
+
+    fn load_sync_state(&self, peer: &NodeId, doc: &DocId, side: &str) -> PeerSync {
+        self.store
+            .config_sync_state(&peer.to_string(), &doc.to_string(), side)
+            .ok()
+            .flatten()
+            .and_then(|bytes| PeerSync::decode(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_sync_state(&self, peer: &NodeId, doc: &DocId, side: &str, state: &PeerSync) {
+        if let Err(err) = self.store.save_config_sync_state(
+            &peer.to_string(),
+            &doc.to_string(),
+            side,
+            &state.encode(),
+        ) {
+            tracing::warn!(error = %err, "cannot save sync state");
+        }
+    }
+
+    /// This side's next message, with the MICs of its changes' authors.
+    fn generate(&self, id: &DocId, state: &mut PeerSync) -> anyhow::Result<WireSync> {
+        let source = StoredEnvelopes {
+            store: &self.store,
+            mics: RefCell::new(BTreeMap::new()),
+        };
+        let packet = self.with_doc(id, |d| {
+            d.generate_sync_message(state, &source, &Self::sync_limits())
+        })??;
+        let bytes: usize = packet
+            .as_ref()
+            .map(|p| p.changes.iter().map(|c| c.change.len()).sum())
+            .unwrap_or(0);
+        metrics::counter!("nexus_config_sync_bytes_sent_total").increment(bytes as u64);
+        Ok(WireSync {
+            packet: packet.map(|p| STANDARD.encode(p.encode())),
+            mics: source
+                .mics
+                .into_inner()
+                .into_values()
+                .map(|m| STANDARD.encode(m))
+                .collect(),
+        })
+    }
+
+    /// Takes the peer's message: verifies every envelope, applies, stores (one transaction)
+    /// and refreshes the materialized model. Returns how many changes were new.
+    fn absorb(&self, id: &DocId, state: &mut PeerSync, wire: &WireSync) -> anyhow::Result<usize> {
+        let Some(packet) = &wire.packet else {
+            return Ok(0);
+        };
+        let packet = SyncPacket::decode(&STANDARD.decode(packet)?, SYNC_PACKET_CHANGES)?;
+        let mics: Vec<Vec<u8>> = wire
+            .mics
+            .iter()
+            .take(SYNC_PACKET_CHANGES)
+            .map(|m| STANDARD.decode(m))
+            .collect::<Result<_, _>>()?;
+        let now = (crate::now_ms() / 1000) as i64;
+        let mut at_unix: HashMap<String, i64> = HashMap::new();
+        for c in &packet.changes {
+            let t = (c.timestamp_ms / 1000).min(now);
+            at_unix
+                .entry(c.mic_serial.clone())
+                .and_modify(|v| *v = (*v).min(t))
+                .or_insert(t);
+        }
+        let directory = PacketDirectory {
+            fleet: &self.fleet,
+            mics,
+            at_unix,
+            cache: RefCell::new(HashMap::new()),
+        };
+        self.with_held(id, |held| {
+            let accepted = held.doc.receive_sync_message(state, &packet, &directory)?;
+            if accepted.is_empty() {
+                return Ok(0);
             }
-            while let Some(done) = tasks.join_next().await {
-                if let Ok((node, Err(err))) = done {
-                    tracing::debug!(node = %node, error = %format!("{err:#}"), "config push failed; anti-entropy will catch up");
+            let chunk = held.doc.save_incremental();
+            let rows: Vec<(String, Vec<u8>, Vec<u8>)> = accepted
+                .iter()
+                .map(|c| {
+                    let mic = directory
+                        .mic_for(&c.author, &c.mic_serial)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
+                    (hex::encode(c.change_hash.0), c.encode(), mic)
+                })
+                .collect();
+            self.store
+                .save_config_changes(&id.to_string(), &chunk, &rows)?;
+            let touched = held.doc.touched_objects(accepted.iter());
+            held.refresh(&touched);
+            metrics::counter!("nexus_config_changes_total", "origin" => "sync")
+                .increment(accepted.len() as u64);
+            Ok::<_, anyhow::Error>(accepted.len())
+        })?
+    }
+
+    /// Answers one round of a session a peer runs with this node.
+    pub fn respond(
+        &self,
+        peer: &NodeId,
+        doc: &DocId,
+        start: bool,
+        wire: WireSync,
+    ) -> anyhow::Result<WireSync> {
+        anyhow::ensure!(self.holds(doc), "this node does not hold document {doc}");
+        let key = (*peer, doc.to_string());
+        let mut state = {
+            let mut responding = lock(&self.responding);
+            responding.retain(|_, (_, at)| at.elapsed() < SYNC_SESSION_LIMIT * 2);
+            match responding.remove(&key) {
+                Some((state, _)) if !start => state,
+                _ => self.load_sync_state(peer, doc, "responder"),
+            }
+        };
+        let result = (|| {
+            let new = self.absorb(doc, &mut state, &wire)?;
+            let reply = self.generate(doc, &mut state)?;
+            Ok::<_, anyhow::Error>((new, reply))
+        })();
+        match result {
+            Ok((new, reply)) => {
+                if reply.packet.is_none() {
+                    self.save_sync_state(peer, doc, "responder", &state);
+                }
+                lock(&self.responding).insert(key, (state, Instant::now()));
+                if new > 0 {
+                    tracing::info!(peer = %peer, doc = %doc, new, "configuration caught up by sync");
+                }
+                Ok(reply)
+            }
+            Err(err) => {
+                metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "refused")
+                    .increment(1);
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs one sync session with `peer` for `doc`, as the side that started it. Returns how
+    /// many changes this node received.
+    pub async fn sync_with(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addr: SocketAddr,
+        doc: &DocId,
+    ) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        let mut state = self.load_sync_state(&peer, doc, "initiator");
+        let mut received = 0;
+        for round in 0..MAX_SYNC_ROUNDS {
+            if started.elapsed() > SYNC_SESSION_LIMIT {
+                anyhow::bail!(
+                    "sync session with {peer} for {doc} took over {SYNC_SESSION_LIMIT:?}; cut (the next one resumes)"
+                );
+            }
+            let me = self.clone();
+            let (id, st) = (doc.clone(), std::mem::take(&mut state));
+            let (ours, st) = tokio::task::spawn_blocking(move || {
+                let mut st = st;
+                me.generate(&id, &mut st).map(|w| (w, st))
+            })
+            .await??;
+            state = st;
+            if ours.packet.is_none() && round > 0 {
+                break;
+            }
+            let request = PeerRequest::ConfigSync {
+                doc_id: doc.to_string(),
+                start: round == 0,
+                message: ours,
+            };
+            let theirs = match self.peer.request(peer, addr, &request).await? {
+                PeerResponse::ConfigSync { message } => message,
+                PeerResponse::Refused { code, message } => {
+                    anyhow::bail!("{peer} refused the sync session ({code}): {message}")
+                }
+                other => anyhow::bail!("unexpected answer to a sync message: {other:?}"),
+            };
+            let done = theirs.packet.is_none();
+            let me = self.clone();
+            let (id, st) = (doc.clone(), std::mem::take(&mut state));
+            let (new, st) = tokio::task::spawn_blocking(move || {
+                let mut st = st;
+                me.absorb(&id, &mut st, &theirs).map(|n| (n, st))
+            })
+            .await??;
+            state = st;
+            received += new;
+            if done && round > 0 {
+                break;
+            }
+        }
+        self.save_sync_state(&peer, doc, "initiator", &state);
+        metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "ok").increment(1);
+        Ok(received)
+    }
+
+    // --- storage upkeep -------------------------------------------------------------------
+
+    /// Compacts documents stored as many chunks into one (background; a crash leaves either
+    /// the old chunks or the new one).
+    fn compact_if_needed(&self) {
+        let ids: Vec<DocId> = lock(&self.docs)
+            .values()
+            .map(|h| h.doc.id().clone())
+            .collect();
+        for id in ids {
+            let count = self.store.config_chunk_count(&id.to_string()).unwrap_or(0);
+            if count < COMPACT_AFTER_CHUNKS {
+                continue;
+            }
+            let result = self.with_doc(&id, |doc| -> anyhow::Result<()> {
+                // Under the document lock every committed change is in a chunk up to `upto`.
+                let upto = self.store.config_last_chunk(&id.to_string())?;
+                let bytes = doc.save();
+                self.store.compact_config(&id.to_string(), upto, &bytes)?;
+                Ok(())
+            });
+            match result {
+                Ok(Ok(())) => {
+                    metrics::counter!("nexus_config_compactions_total").increment(1);
+                    tracing::info!(doc = %id, chunks = count, "compacted configuration storage");
+                }
+                Ok(Err(err)) | Err(err) => {
+                    tracing::warn!(doc = %id, error = %format!("{err:#}"), "compaction failed")
                 }
             }
         }
+    }
+
+    // --- status ---------------------------------------------------------------------------
+
+    /// What this node holds: per document its version, heads digest and quarantined objects.
+    pub fn local_status(&self) -> Vec<serde_json::Value> {
+        let known = self.known_nodes();
+        let docs = lock(&self.docs);
+        let fleet_q = Self::fleet_quarantine(&docs);
+        docs.values()
+            .map(|held| {
+                let id = held.doc.id();
+                let quarantined = match id {
+                    DocId::Fleet => fleet_q.clone(),
+                    DocId::Tenant(_) => (*self.tenant_quarantine(&docs, id, &known)).clone(),
+                };
+                serde_json::json!({
+                    "document": id.to_string(),
+                    "version": held.doc.version(),
+                    "heads_digest": hex::encode(held.doc.heads_digest()),
+                    "quarantined": quarantined
+                        .into_iter()
+                        .map(|(object, reasons)| serde_json::json!({"object": object, "reasons": reasons}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    /// The version of a document this node holds.
+    pub fn version_of(&self, id: &DocId) -> Option<u64> {
+        lock(&self.docs)
+            .get(&id.to_string())
+            .map(|h| h.doc.version())
     }
 
     /// Publishes this node's document versions and digests in gossip.
     pub async fn publish_versions(&self) {
         let versions: Vec<(String, String)> = lock(&self.docs)
             .iter()
-            .map(|(id, doc)| {
+            .map(|(id, held)| {
                 (
                     format!("{GOSSIP_PREFIX_CONFIG}{id}"),
-                    format!("{}:{}", doc.version(), hex::encode(doc.heads_digest())),
+                    format!(
+                        "{}:{}",
+                        held.doc.version(),
+                        hex::encode(held.doc.heads_digest())
+                    ),
                 )
             })
             .collect();
         for (key, value) in versions {
             self.mesh.publish(&key, &value).await;
         }
-        let applied = DocId::tenant(&self.tenant).ok().and_then(|id| {
-            lock(&self.docs)
-                .get(&id.to_string())
-                .map(ConfigDoc::version)
-        });
+        let applied = DocId::tenant(&self.tenant)
+            .ok()
+            .and_then(|id| self.version_of(&id));
         if let Some(version) = applied {
             self.peer.set_config_version(version).await;
         }
     }
 
-    /// Anti-entropy: pulls from peers whose published digest of a document differs from ours.
+    /// Anti-entropy: runs a sync session with peers whose published digest of a document
+    /// differs from ours.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -530,7 +1942,7 @@ impl Replication {
             self.publish_versions().await;
             let ours: HashMap<String, String> = lock(&self.docs)
                 .iter()
-                .map(|(id, doc)| (id.clone(), hex::encode(doc.heads_digest())))
+                .map(|(id, held)| (id.clone(), hex::encode(held.doc.heads_digest())))
                 .collect();
             let me = self.author.facts().node_id;
             for (node, key, value) in self.mesh.published_prefix(GOSSIP_PREFIX_CONFIG).await {
@@ -546,40 +1958,119 @@ impl Replication {
                 if ours.get(doc).is_none_or(|d| d == digest) {
                     continue;
                 }
-                let recently = lock(&self.pulled)
+                let Some(id) = parse_doc_id(doc) else {
+                    continue;
+                };
+                let recently = lock(&self.synced)
                     .get(&(node, doc.to_string()))
-                    .is_some_and(|at| at.elapsed() < Duration::from_secs(3));
+                    .is_some_and(|at| at.elapsed() < RESYNC_BACKOFF);
                 if recently {
                     continue;
                 }
-                lock(&self.pulled).insert((node, doc.to_string()), Instant::now());
-                let Some(addr) = self
-                    .mesh
-                    .member(&node)
-                    .and_then(|m| m.info.map(|i| i.quic_addr))
-                else {
+                let Some(member) = self.mesh.member(&node) else {
                     continue;
                 };
-                let request = PeerRequest::ConfigAll {
-                    doc_id: doc.to_string(),
+                let Some(info) = member.info else { continue };
+                let facts = AuthorFacts {
+                    node_id: node,
+                    role: info.role,
+                    tenant: info.tenant.clone(),
+                    site: info.site.clone(),
                 };
-                match self.peer.request(node, addr, &request).await {
-                    Ok(PeerResponse::ConfigChanges { changes }) => {
-                        let me = self.clone();
-                        let new = tokio::task::spawn_blocking(move || me.receive(&changes))
-                            .await
-                            .unwrap_or(0);
-                        if new > 0 {
-                            tracing::info!(peer = %node, doc, new, "caught up configuration");
-                            self.publish_versions().await;
-                        }
+                if !nexus_crdt::may_replicate(&id, &facts) {
+                    continue;
+                }
+                lock(&self.synced).insert((node, doc.to_string()), Instant::now());
+                match self.sync_with(node, info.quic_addr, &id).await {
+                    Ok(new) if new > 0 => {
+                        tracing::info!(peer = %node, doc, new, "caught up configuration");
+                        self.publish_versions().await;
                     }
-                    Ok(other) => tracing::debug!(answer = ?other, "no configuration answer"),
+                    Ok(_) => {}
                     Err(err) => {
-                        tracing::debug!(peer = %node, error = %format!("{err:#}"), "cannot pull configuration")
+                        metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "failed")
+                            .increment(1);
+                        tracing::debug!(peer = %node, error = %format!("{err:#}"), "sync session failed")
                     }
                 }
             }
         }
+    }
+}
+
+fn tenant_has_objects(r: &Replication, tenant: &str) -> Result<bool, WriteError> {
+    let Ok(id) = DocId::tenant(tenant) else {
+        return Ok(false);
+    };
+    if !r.holds(&id) {
+        return Ok(false);
+    }
+    r.with_held(&id, |h| {
+        h.tenant().is_some_and(|t| {
+            !(t.model.routes.is_empty()
+                && t.model.firmware_targets.is_empty()
+                && t.model.node_overrides.is_empty()
+                && t.model.site_routes.is_empty()
+                && t.model.site_node_overrides.is_empty())
+        })
+    })
+    .map_err(internal)
+}
+
+fn snapshot_json(doc: &DocId, id: &str, s: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "document": doc.to_string(),
+        "name": s.name,
+        "heads": s.heads,
+        "version": s.version,
+        "created_by": s.created_by,
+        "created_at": s.created_at,
+    })
+}
+
+/// Splits `peers` into at most `fanout` groups of nearly equal size, none empty.
+fn split_groups<T: Clone>(peers: Vec<T>, fanout: usize) -> Vec<Vec<T>> {
+    let groups = fanout.max(1).min(peers.len());
+    let mut out: Vec<Vec<T>> = vec![Vec::new(); groups];
+    for (i, p) in peers.into_iter().enumerate() {
+        out[i % groups].push(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_peer_once() {
+        for n in 0..40 {
+            for fanout in 1..8 {
+                let groups = split_groups((0..n).collect(), fanout);
+                assert!(groups.len() <= fanout);
+                assert!(groups.iter().all(|g| !g.is_empty()));
+                let mut all: Vec<i32> = groups.into_iter().flatten().collect();
+                all.sort();
+                assert_eq!(all, (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn tree_depth_is_logarithmic() {
+        // Hops until every one of 49 peers is reached with fanout 6.
+        fn depth(peers: usize, fanout: usize) -> usize {
+            if peers == 0 {
+                return 0;
+            }
+            split_groups((0..peers).collect::<Vec<_>>(), fanout)
+                .iter()
+                .map(|g| 1 + depth(g.len() - 1, fanout))
+                .max()
+                .unwrap_or(0)
+        }
+        assert_eq!(depth(49, 6), 3);
+        assert_eq!(depth(999, 6), 4);
     }
 }

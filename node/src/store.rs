@@ -182,6 +182,16 @@ const MIGRATIONS: &[&str] = &[
         stored_at_ms INTEGER NOT NULL
     );
     CREATE INDEX config_changes_doc ON config_changes(doc_id);",
+    // 9: automerge sync state per peer, document and side of the session (what both sides
+    // were known to share when a session last ended well), so reconnects resume.
+    "CREATE TABLE config_sync (
+        peer TEXT NOT NULL,
+        doc_id TEXT NOT NULL,
+        side TEXT NOT NULL,
+        state BLOB NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (peer, doc_id, side)
+    ) WITHOUT ROWID;",
 ];
 
 /// Who this node is, as stored.
@@ -608,18 +618,128 @@ impl Store {
         })
     }
 
-    /// Every stored envelope of a document with its author's MIC, oldest first (at most `limit`).
-    pub fn config_changes(
+    /// Stores changes of one document received together (a sync packet): the document's new
+    /// chunk and every envelope `(hash, envelope, author MIC)`, in one transaction.
+    pub fn save_config_changes(
         &self,
         doc_id: &str,
-        limit: usize,
-    ) -> Result<Vec<StoredChange>, StoreError> {
+        chunk: &[u8],
+        changes: &[(String, Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT envelope, author_mic FROM config_changes WHERE doc_id = ?1 ORDER BY stored_at_ms, hash LIMIT ?2",
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !chunk.is_empty() {
+                tx.execute(
+                    "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
+                    params![doc_id, chunk],
+                )?;
+            }
+            {
+                let mut insert = tx.prepare(
+                    "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let now = crate::now_ms() as i64;
+                for (hash, envelope, mic) in changes {
+                    insert.execute(params![hash, doc_id, envelope, mic, now])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The stored envelope of one change and its author's MIC.
+    pub fn config_change(&self, hash: &str) -> Result<Option<StoredChange>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT envelope, author_mic FROM config_changes WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+
+    /// How many chunks a document is stored as.
+    pub fn config_chunk_count(&self, doc_id: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM config_chunks WHERE doc_id = ?1",
+                [doc_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+    }
+
+    /// Compaction: replaces the chunks up to and including `upto_seq` with `compacted` (a
+    /// whole saved document holding at least their changes), in one transaction, so a crash
+    /// leaves either the old chunks or the new one. Chunks written after `upto_seq` stay.
+    pub fn compact_config(
+        &self,
+        doc_id: &str,
+        upto_seq: i64,
+        compacted: &[u8],
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM config_chunks WHERE doc_id = ?1 AND seq <= ?2",
+                params![doc_id, upto_seq],
             )?;
-            let rows = stmt.query_map(params![doc_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
+            // Take the place of the chunks it replaces, before any later chunk.
+            tx.execute(
+                "INSERT INTO config_chunks (seq, doc_id, bytes) VALUES (?1, ?2, ?3)",
+                params![upto_seq, doc_id, compacted],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// The highest chunk sequence number of a document (0 when none).
+    pub fn config_last_chunk(&self, doc_id: &str) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM config_chunks WHERE doc_id = ?1",
+                [doc_id],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The sync state saved for (peer, document, side).
+    pub fn config_sync_state(
+        &self,
+        peer: &str,
+        doc_id: &str,
+        side: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT state FROM config_sync WHERE peer = ?1 AND doc_id = ?2 AND side = ?3",
+                params![peer, doc_id, side],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Saves the sync state for (peer, document, side).
+    pub fn save_config_sync_state(
+        &self,
+        peer: &str,
+        doc_id: &str,
+        side: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO config_sync (peer, doc_id, side, state, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (peer, doc_id, side) DO UPDATE SET state = ?4, updated_at_ms = ?5",
+                params![peer, doc_id, side, state, crate::now_ms() as i64],
+            )
+            .map(|_| ())
         })
     }
 

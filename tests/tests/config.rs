@@ -290,21 +290,48 @@ async fn a_tenants_configuration_never_reaches_another_tenants_nodes() {
     assert!(!route_ids(&fleet, &blue).await.contains(&"d1".to_string()));
     assert_eq!(stored_chunks(&fleet.nodes[2].dir, "tenant/default"), 0);
 
-    // A blue node's certificate reads no default-tenant route through the default node's API.
+    // A blue node's certificate reads no default-tenant route through the default node's API:
+    // that node does not hold blue's configuration and says where to ask (421), and asking for
+    // the default tenant's objects reads as absent.
     let blue_client = nexus_tests::node_mic_client(&fleet.nodes[2].dir).unwrap();
-    let seen: Value = blue_client
+    let seen = blue_client
         .get(format!("{default_node}/v1/routes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status().as_u16(), 421);
+    let seen: Value = seen.json().await.unwrap();
+    assert!(seen.get("items").is_none(), "{seen}");
+    for path in [
+        "/v1/routes/d1",
+        "/v1/routes/d1?tenant=default",
+        "/v1/routes?tenant=default",
+    ] {
+        let one = blue_client
+            .get(format!("{default_node}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(one.status().as_u16(), 404 | 421),
+            "{path}: {}",
+            one.status()
+        );
+    }
+    // Through its own node, blue reads its own route and nothing of the default tenant's.
+    let own: Value = blue_client
+        .get(format!("{blue}/v1/routes"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(seen["items"].as_array().map(Vec::len), Some(0), "{seen}");
-    let one = blue_client
-        .get(format!("{default_node}/v1/routes/d1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(one.status().as_u16(), 404);
+    let ids: Vec<&str> = own["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["b1"], "{own}");
 }

@@ -1,0 +1,815 @@
+//! Replicated configuration under `/v1`: route policies, site-scoped route policies, firmware
+//! targets, tenants, snapshots and rollback.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET/POST /v1/routes`, `GET/PUT/PATCH/DELETE /v1/routes/{id}` | a tenant's route policies (`?tenant=`, default the node's) |
+//! | `GET/POST /v1/sites/{site}/routes`, `GET/PUT/PATCH/DELETE …/{id}` | route policies scoped to one site |
+//! | `GET/POST /v1/firmware/targets`, `GET/PUT/PATCH/DELETE …/{id}` | firmware targets |
+//! | `GET/POST /v1/tenants`, `GET/PUT/PATCH/DELETE /v1/tenants/{id}` | tenants (writes on anchors) |
+//! | `GET/POST /v1/fleet/policies`, `GET/PUT/PATCH/DELETE …/{id}` | fleet-wide route policies (writes on anchors) |
+//! | `GET/POST /v1/config/snapshots`, `GET …/{id}`, `POST …/{id}/rollback` | snapshots |
+//!
+//! Every answer carries the document's version in `x-config-version`. Lists serve the
+//! *effective* objects (quarantined ones are left out and listed at `GET /v1/config/status`);
+//! a single `GET` serves the object as stored, with `quarantined` reasons when it is held back.
+//! `PATCH` takes a JSON merge patch (RFC 7396). Writes are acknowledged only once the change is
+//! on this node's disk.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::wire::Caller;
+use crate::{ApiError, Shared, cursor, json_body, require_fleet_admin};
+
+/// Which collection a request is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// Route policies of a tenant.
+    Routes,
+    /// Route policies scoped to the named site.
+    SiteRoutes(String),
+    /// Firmware targets of a tenant.
+    FirmwareTargets,
+    /// Tenants (the fleet document).
+    Tenants,
+    /// Fleet-wide route policies (the fleet document).
+    FleetPolicies,
+}
+
+impl ConfigKind {
+    fn cursor_kind(&self) -> &'static str {
+        match self {
+            ConfigKind::Routes => "routes",
+            ConfigKind::SiteRoutes(_) => "site-routes",
+            ConfigKind::FirmwareTargets => "firmware-targets",
+            ConfigKind::Tenants => "tenants",
+            ConfigKind::FleetPolicies => "fleet-policies",
+        }
+    }
+
+    fn location(&self, id: &str) -> String {
+        match self {
+            ConfigKind::Routes => format!("/v1/routes/{id}"),
+            ConfigKind::SiteRoutes(site) => format!("/v1/sites/{site}/routes/{id}"),
+            ConfigKind::FirmwareTargets => format!("/v1/firmware/targets/{id}"),
+            ConfigKind::Tenants => format!("/v1/tenants/{id}"),
+            ConfigKind::FleetPolicies => format!("/v1/fleet/policies/{id}"),
+        }
+    }
+
+    /// The word for one object in messages.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            ConfigKind::Routes | ConfigKind::SiteRoutes(_) => "route policy",
+            ConfigKind::FirmwareTargets => "firmware target",
+            ConfigKind::Tenants => "tenant",
+            ConfigKind::FleetPolicies => "fleet policy",
+        }
+    }
+}
+
+/// A page of configuration objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigPage {
+    /// `(id, object)` in id order.
+    pub items: Vec<(String, Value)>,
+    /// Whether more objects follow the last one.
+    pub more: bool,
+    /// The document's config version.
+    pub version: u64,
+}
+
+/// One configuration object as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigObject {
+    /// The object.
+    pub value: Value,
+    /// The document's config version.
+    pub version: u64,
+    /// Why it is not applied, when it is quarantined.
+    pub quarantined: Option<Vec<String>>,
+}
+
+/// `?limit=&cursor=&tenant=` of configuration lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    tenant: Option<String>,
+}
+
+/// `?tenant=` of single-object routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    tenant: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|err| {
+        ApiError::bad_request(format!(
+            "bad query string: {}; this route accepts {accepted}",
+            err.body_text()
+        ))
+    })
+}
+
+fn caller_of(caller: Option<axum::Extension<Caller>>) -> Caller {
+    caller.map(|c| c.0).unwrap_or(Caller {
+        identity: String::new(),
+        role: String::new(),
+        tenant: None,
+    })
+}
+
+/// The tenant a request is about, given who asks: a caller confined to a tenant sees only its
+/// own, and another tenant's objects read as absent (404), so existence does not leak.
+fn scope(caller: &Caller, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&caller.tenant, asked) {
+        (Some(own), Some(asked)) if *own != asked => Err(ApiError::not_found(format!(
+            "no tenant {asked:?} visible to {}",
+            caller.identity
+        ))),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, asked) => Ok(asked.filter(|t| !t.is_empty())),
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} {id:?} is not a valid id: use 1..=64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn versioned(status: StatusCode, version: u64, body: Value, location: Option<String>) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::HeaderName::from_static("x-config-version"),
+        header::HeaderValue::from(version),
+    );
+    if let Some(location) = location
+        && let Ok(value) = header::HeaderValue::from_str(&location)
+    {
+        headers.insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn with_quarantine(object: ConfigObject) -> Value {
+    let mut value = object.value;
+    if let (Some(reasons), Some(map)) = (object.quarantined, value.as_object_mut()) {
+        map.insert("quarantined".into(), Value::from(reasons));
+    }
+    value
+}
+
+async fn list(
+    backend: Shared,
+    kind: ConfigKind,
+    caller: Caller,
+    q: ListQuery,
+) -> Result<Response, ApiError> {
+    let limit = crate::PageQuery {
+        limit: q.limit.clone(),
+        cursor: None,
+    }
+    .limit()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| cursor::decode(kind.cursor_kind(), c).map_err(ApiError::bad_request))
+        .transpose()?;
+    let tenant = scope(&caller, q.tenant)?;
+    let page = backend
+        .config_list(kind.clone(), tenant, after, limit)
+        .await?;
+    let mut items: Vec<(String, Value)> = page.items;
+    if kind == ConfigKind::Tenants
+        && let Some(own) = &caller.tenant
+    {
+        items.retain(|(id, _)| id == own);
+    }
+    let next_cursor = if page.more {
+        items
+            .last()
+            .map(|(id, _)| cursor::encode(kind.cursor_kind(), id))
+    } else {
+        None
+    };
+    let body = serde_json::json!({
+        "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+        "config_version": page.version,
+    });
+    Ok(versioned(StatusCode::OK, page.version, body, None))
+}
+
+async fn get_one(
+    backend: Shared,
+    kind: ConfigKind,
+    caller: Caller,
+    tenant: Option<String>,
+    id: String,
+) -> Result<Response, ApiError> {
+    check_id(kind.noun(), &id)?;
+    if kind == ConfigKind::Tenants
+        && let Some(own) = &caller.tenant
+        && *own != id
+    {
+        return Err(ApiError::not_found(format!("no tenant {id:?}")));
+    }
+    let tenant = scope(&caller, tenant)?;
+    let object = backend.config_get(kind, tenant, id).await?;
+    let version = object.version;
+    Ok(versioned(
+        StatusCode::OK,
+        version,
+        with_quarantine(object),
+        None,
+    ))
+}
+
+async fn put_one(
+    backend: Shared,
+    kind: ConfigKind,
+    caller: Caller,
+    tenant: Option<String>,
+    id: String,
+    mut body: Value,
+) -> Result<Response, ApiError> {
+    check_id(kind.noun(), &id)?;
+    let Some(map) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a JSON object (a {})",
+            kind.noun()
+        )));
+    };
+    match map.get("id") {
+        Some(Value::String(body_id)) if *body_id != id => {
+            return Err(ApiError::bad_request(format!(
+                "id: the body names {body_id:?} but the path names {id:?}"
+            )));
+        }
+        Some(Value::String(_)) | None => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "id: must be a string, got {other}"
+            )));
+        }
+    }
+    if kind == ConfigKind::Tenants {
+        // A tenant's id is its key in the fleet document, not a field of the record.
+        map.remove("id");
+    } else {
+        map.insert("id".into(), Value::String(id.clone()));
+    }
+    map.remove("quarantined");
+    let tenant = scope(&caller, tenant)?;
+    let (object, created) = backend
+        .config_put(&caller, kind.clone(), tenant, id.clone(), body)
+        .await?;
+    let version = object.version;
+    let (status, location) = if created {
+        (StatusCode::CREATED, Some(kind.location(&id)))
+    } else {
+        (StatusCode::OK, None)
+    };
+    Ok(versioned(
+        status,
+        version,
+        with_quarantine(object),
+        location,
+    ))
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(changes) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let map = target.as_object_mut().expect("made an object above");
+            for (key, change) in changes {
+                if change.is_null() {
+                    map.remove(key);
+                } else {
+                    merge_patch(map.entry(key.clone()).or_insert(Value::Null), change);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+async fn patch_one(
+    backend: Shared,
+    kind: ConfigKind,
+    caller: Caller,
+    tenant: Option<String>,
+    id: String,
+    patch: Value,
+) -> Result<Response, ApiError> {
+    check_id(kind.noun(), &id)?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a PATCH body is a JSON merge patch (RFC 7396): a JSON object of the fields to change, null to remove one",
+        ));
+    }
+    if let Some(new_id) = patch.get("id")
+        && *new_id != Value::String(id.clone())
+    {
+        return Err(ApiError::bad_request(
+            "id: an object's id cannot change; create a new one and delete this one",
+        ));
+    }
+    let scoped = scope(&caller, tenant)?;
+    let current = backend
+        .config_get(kind.clone(), scoped.clone(), id.clone())
+        .await?;
+    let mut value = current.value;
+    merge_patch(&mut value, &patch);
+    put_one(backend, kind, caller, scoped, id, value).await
+}
+
+async fn delete_one(
+    backend: Shared,
+    kind: ConfigKind,
+    caller: Caller,
+    tenant: Option<String>,
+    id: String,
+) -> Result<Response, ApiError> {
+    check_id(kind.noun(), &id)?;
+    let tenant = scope(&caller, tenant)?;
+    let version = backend
+        .config_delete(&caller, kind.clone(), tenant, id.clone())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", kind.noun())))?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::HeaderName::from_static("x-config-version"),
+        header::HeaderValue::from(version),
+    );
+    Ok(response)
+}
+
+type Ext = Option<axum::Extension<Caller>>;
+type Body = Result<Json<Value>, JsonRejection>;
+type ListQ = Result<Query<ListQuery>, QueryRejection>;
+type TenantQ = Result<Query<TenantQuery>, QueryRejection>;
+
+const LIST_PARAMS: &str = "limit, cursor and tenant";
+const ONE_PARAMS: &str = "tenant";
+
+macro_rules! collection_handlers {
+    ($list:ident, $create:ident, $get:ident, $put:ident, $patch:ident, $delete:ident, $kind:expr, $id_field:literal) => {
+        pub(crate) async fn $list(
+            State(backend): State<Shared>,
+            caller: Ext,
+            q: ListQ,
+        ) -> Result<Response, ApiError> {
+            list(backend, $kind, caller_of(caller), query(q, LIST_PARAMS)?).await
+        }
+
+        pub(crate) async fn $create(
+            State(backend): State<Shared>,
+            caller: Ext,
+            q: TenantQ,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            require_fleet_admin(&caller)?;
+            let tenant = query(q, ONE_PARAMS)?.tenant;
+            let kind = $kind;
+            let body = json_body(body, kind.noun())?;
+            let id = body
+                .get($id_field)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{}: required (the new {}'s id)",
+                        $id_field,
+                        kind.noun()
+                    ))
+                })?;
+            let mut body = body;
+            if $id_field != "id"
+                && let Some(map) = body.as_object_mut()
+            {
+                map.remove($id_field);
+            }
+            put_one(backend, kind, caller_of(caller), tenant, id, body).await
+        }
+
+        pub(crate) async fn $get(
+            State(backend): State<Shared>,
+            caller: Ext,
+            Path(id): Path<String>,
+            q: TenantQ,
+        ) -> Result<Response, ApiError> {
+            get_one(
+                backend,
+                $kind,
+                caller_of(caller),
+                query(q, ONE_PARAMS)?.tenant,
+                id,
+            )
+            .await
+        }
+
+        pub(crate) async fn $put(
+            State(backend): State<Shared>,
+            caller: Ext,
+            Path(id): Path<String>,
+            q: TenantQ,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            require_fleet_admin(&caller)?;
+            let kind = $kind;
+            let body = json_body(body, kind.noun())?;
+            put_one(
+                backend,
+                kind,
+                caller_of(caller),
+                query(q, ONE_PARAMS)?.tenant,
+                id,
+                body,
+            )
+            .await
+        }
+
+        pub(crate) async fn $patch(
+            State(backend): State<Shared>,
+            caller: Ext,
+            Path(id): Path<String>,
+            q: TenantQ,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            require_fleet_admin(&caller)?;
+            let kind = $kind;
+            let body = json_body(body, "merge patch")?;
+            patch_one(
+                backend,
+                kind,
+                caller_of(caller),
+                query(q, ONE_PARAMS)?.tenant,
+                id,
+                body,
+            )
+            .await
+        }
+
+        pub(crate) async fn $delete(
+            State(backend): State<Shared>,
+            caller: Ext,
+            Path(id): Path<String>,
+            q: TenantQ,
+        ) -> Result<Response, ApiError> {
+            require_fleet_admin(&caller)?;
+            delete_one(
+                backend,
+                $kind,
+                caller_of(caller),
+                query(q, ONE_PARAMS)?.tenant,
+                id,
+            )
+            .await
+        }
+    };
+}
+
+collection_handlers!(
+    list_routes,
+    create_route,
+    get_route,
+    put_route,
+    patch_route,
+    delete_route,
+    ConfigKind::Routes,
+    "id"
+);
+collection_handlers!(
+    list_firmware,
+    create_firmware,
+    get_firmware,
+    put_firmware,
+    patch_firmware,
+    delete_firmware,
+    ConfigKind::FirmwareTargets,
+    "id"
+);
+collection_handlers!(
+    list_tenants,
+    create_tenant,
+    get_tenant,
+    put_tenant,
+    patch_tenant,
+    delete_tenant,
+    ConfigKind::Tenants,
+    "id"
+);
+
+collection_handlers!(
+    list_fleet_policies,
+    create_fleet_policy,
+    get_fleet_policy,
+    put_fleet_policy,
+    patch_fleet_policy,
+    delete_fleet_policy,
+    ConfigKind::FleetPolicies,
+    "id"
+);
+
+/// Site routes carry the site in the path: `/v1/sites/{site}/routes[/{id}]`.
+fn site_kind(site: &str) -> Result<ConfigKind, ApiError> {
+    check_id("site", site)?;
+    Ok(ConfigKind::SiteRoutes(site.to_string()))
+}
+
+pub(crate) async fn list_site_routes(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path(site): Path<String>,
+    q: ListQ,
+) -> Result<Response, ApiError> {
+    list(
+        backend,
+        site_kind(&site)?,
+        caller_of(caller),
+        query(q, LIST_PARAMS)?,
+    )
+    .await
+}
+
+pub(crate) async fn create_site_route(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path(site): Path<String>,
+    q: TenantQ,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let kind = site_kind(&site)?;
+    let body = json_body(body, kind.noun())?;
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request("id: required (the new route policy's id)"))?;
+    put_one(
+        backend,
+        kind,
+        caller_of(caller),
+        query(q, ONE_PARAMS)?.tenant,
+        id,
+        body,
+    )
+    .await
+}
+
+pub(crate) async fn get_site_route(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path((site, id)): Path<(String, String)>,
+    q: TenantQ,
+) -> Result<Response, ApiError> {
+    get_one(
+        backend,
+        site_kind(&site)?,
+        caller_of(caller),
+        query(q, ONE_PARAMS)?.tenant,
+        id,
+    )
+    .await
+}
+
+pub(crate) async fn put_site_route(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path((site, id)): Path<(String, String)>,
+    q: TenantQ,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let kind = site_kind(&site)?;
+    let body = json_body(body, kind.noun())?;
+    put_one(
+        backend,
+        kind,
+        caller_of(caller),
+        query(q, ONE_PARAMS)?.tenant,
+        id,
+        body,
+    )
+    .await
+}
+
+pub(crate) async fn patch_site_route(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path((site, id)): Path<(String, String)>,
+    q: TenantQ,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let kind = site_kind(&site)?;
+    let body = json_body(body, "merge patch")?;
+    patch_one(
+        backend,
+        kind,
+        caller_of(caller),
+        query(q, ONE_PARAMS)?.tenant,
+        id,
+        body,
+    )
+    .await
+}
+
+pub(crate) async fn delete_site_route(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path((site, id)): Path<(String, String)>,
+    q: TenantQ,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    delete_one(
+        backend,
+        site_kind(&site)?,
+        caller_of(caller),
+        query(q, ONE_PARAMS)?.tenant,
+        id,
+    )
+    .await
+}
+
+// --- snapshots --------------------------------------------------------------------------------
+
+/// `POST /v1/config/snapshots` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Display name.
+    name: String,
+    /// `fleet` or `tenant/<id>`; default: the node's tenant document.
+    #[serde(default)]
+    document: Option<String>,
+}
+
+/// `?document=` of the snapshot list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    document: Option<String>,
+}
+
+fn visible_document(caller: &Caller, doc: &str) -> bool {
+    match &caller.tenant {
+        None => true,
+        Some(t) => doc == "fleet" || doc == format!("tenant/{t}"),
+    }
+}
+
+pub(crate) async fn create_snapshot(
+    State(backend): State<Shared>,
+    caller: Ext,
+    body: Result<Json<CreateSnapshot>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let body = json_body(body, "snapshot")?;
+    let caller = caller_of(caller);
+    let snapshot = backend
+        .snapshot_create(&caller, body.document, body.name)
+        .await?;
+    let id = snapshot["id"].as_str().unwrap_or_default().to_string();
+    let version = snapshot["version"].as_u64().unwrap_or(0);
+    Ok(versioned(
+        StatusCode::CREATED,
+        version,
+        snapshot,
+        Some(format!("/v1/config/snapshots/{id}")),
+    ))
+}
+
+pub(crate) async fn list_snapshots(
+    State(backend): State<Shared>,
+    caller: Ext,
+    q: Result<Query<SnapshotQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q, "document")?;
+    let caller = caller_of(caller);
+    let items: Vec<Value> = backend
+        .snapshots(q.document)
+        .await?
+        .into_iter()
+        .filter(|s| visible_document(&caller, s["document"].as_str().unwrap_or_default()))
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+pub(crate) async fn get_snapshot(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("snapshot", &id)?;
+    let caller = caller_of(caller);
+    backend
+        .snapshots(None)
+        .await?
+        .into_iter()
+        .find(|s| {
+            s["id"] == id.as_str()
+                && visible_document(&caller, s["document"].as_str().unwrap_or_default())
+        })
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no snapshot {id:?}")))
+}
+
+pub(crate) async fn rollback(
+    State(backend): State<Shared>,
+    caller: Ext,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    check_id("snapshot", &id)?;
+    let caller = caller_of(caller);
+    let result = backend.rollback(&caller, &id).await?;
+    let version = result["version"].as_u64().unwrap_or(0);
+    Ok(versioned(StatusCode::OK, version, result, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // RFC 7396 appendix A, a few of its cases.
+        let cases = [
+            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
+            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (
+                r#"{"a":{"b":"c"}}"#,
+                r#"{"a":{"b":"d","c":null}}"#,
+                r#"{"a":{"b":"d"}}"#,
+            ),
+            (r#"[1,2]"#, r#"{"a":"b","c":null}"#, r#"{"a":"b"}"#),
+        ];
+        for (target, patch, want) in cases {
+            let mut t: Value = serde_json::from_str(target).unwrap();
+            merge_patch(&mut t, &serde_json::from_str(patch).unwrap());
+            assert_eq!(
+                t,
+                serde_json::from_str::<Value>(want).unwrap(),
+                "{target} + {patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn confined_callers_see_only_their_tenant() {
+        let confined = Caller {
+            identity: "node:ab".into(),
+            role: "node".into(),
+            tenant: Some("acme".into()),
+        };
+        assert_eq!(scope(&confined, None).unwrap(), Some("acme".into()));
+        assert_eq!(
+            scope(&confined, Some("acme".into())).unwrap(),
+            Some("acme".into())
+        );
+        assert_eq!(
+            scope(&confined, Some("other".into())).unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        let admin = Caller {
+            identity: "api-key:1234".into(),
+            role: "fleet-admin".into(),
+            tenant: None,
+        };
+        assert_eq!(
+            scope(&admin, Some("other".into())).unwrap(),
+            Some("other".into())
+        );
+        assert_eq!(scope(&admin, Some(String::new())).unwrap(), None);
+    }
+}
