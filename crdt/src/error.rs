@@ -244,7 +244,7 @@ pub enum SyncError {
     UnsignedChanges(usize),
     /// A change in the packet failed verification; **no** change of the packet was applied.
     #[error("sync packet rejected, nothing applied: {0}")]
-    Rejected(#[from] RemoteError),
+    Rejected(RemoteError),
     /// This node lacks the envelope of a change it would send (its envelope store is
     /// incomplete); nothing was sent.
     #[error("no signed envelope stored for change {0}; cannot send it")]
@@ -252,4 +252,12 @@ pub enum SyncError {
     /// automerge's sync bookkeeping failed.
     #[error("automerge sync failed: {0}")]
     Automerge(Box<automerge::AutomergeError>),
+}
+
+// Not `#[from]`: that would make the inner error the source too, and `{:#}` chains would print
+// the reason twice.
+impl From<RemoteError> for SyncError {
+    fn from(e: RemoteError) -> SyncError {
+        SyncError::Rejected(e)
+    }
 }

@@ -14,6 +14,9 @@
 //! The serde names and the automerge keys are the same, so a document, its JSON view and the
 //! API wire types line up. Field names follow the `RoutePolicy` data model of REQUIREMENTS.md.
 //!
+//! API bodies parse into these types with `deny_unknown_fields`, so a misspelt field is a 400,
+//! not silently dropped; hydration from automerge is unaffected and ignores unknown keys.
+//!
 //! **Schema evolution.** Optional fields carry `missing = "Default::default"`, so a document
 //! written by an older node (without the field) still hydrates; unknown keys written by a newer
 //! node are ignored on hydration and left alone on reconciliation.
@@ -82,10 +85,12 @@ pub struct FleetSettings {
 
 /// A tenant as the fleet document records it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Display name, 1..=128 characters.
     pub name: String,
-    /// Creation time, Unix milliseconds.
+    /// Creation time, Unix milliseconds (0 in a request: now).
+    #[serde(default)]
     pub created_at: i64,
     /// Quotas (NCC-TN-002); enforcement comes later.
     #[autosurgeon(missing = "Default::default")]
@@ -95,6 +100,7 @@ pub struct Tenant {
 
 /// Per-tenant quotas. `None` means unlimited; a set value must be positive.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct TenantQuotas {
     /// Maximum number of nodes.
     #[autosurgeon(missing = "Default::default")]
@@ -161,6 +167,10 @@ pub struct TenantDoc {
     pub snapshots: BTreeMap<String, Snapshot>,
 }
 
+fn enabled_by_default() -> bool {
+    true
+}
+
 /// The map key of a site-scoped object: `<site>/<id>`. Site names and object ids never contain
 /// `/`, so the key splits back unambiguously ([`split_site_key`]).
 pub fn site_key(site: &str, id: &str) -> String {
@@ -186,29 +196,34 @@ impl TenantDoc {
 
 /// A route policy (REQUIREMENTS.md data model `RoutePolicy`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct RoutePolicy {
     /// Policy id; equals its map key.
     pub id: String,
     /// Display name, 1..=128 characters.
     pub name: String,
     /// Owning tenant; the document's tenant, or empty for a fleet-wide policy.
+    #[serde(default)]
     pub tenant_id: String,
     /// Lower wins; 0..=[`PRIORITY_MAX`](crate::PRIORITY_MAX).
     pub priority: u32,
-    /// What traffic the policy applies to.
-    #[serde(rename = "match")]
+    /// What traffic the policy applies to (absent: everything).
+    #[serde(rename = "match", default)]
     #[autosurgeon(rename = "match")]
     pub matches: RouteMatch,
     /// What happens to matching traffic.
     pub action: RouteAction,
     /// Disabled policies are kept but not compiled into the data plane.
+    #[serde(default = "enabled_by_default")]
     pub enabled: bool,
-    /// Creation time, Unix milliseconds.
+    /// Creation time, Unix milliseconds (0 in a request: now).
+    #[serde(default)]
     pub created_at: i64,
 }
 
-/// Which traffic a route policy matches. An empty list matches anything.
+/// Which traffic a route policy matches. An empty (or absent) list matches anything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     /// Source nodes (same tenant).
     #[autosurgeon(with = "node_id_list")]
@@ -254,6 +269,7 @@ pub enum StreamMode {
 /// combinations that make no sense after a merge (a `redirect` without a target) are caught by
 /// validation and quarantined instead of being silently dropped by the merge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct RouteAction {
     /// The action type.
     #[serde(rename = "type")]
@@ -305,6 +321,7 @@ pub enum ActionType {
 
 /// A firmware rollout target (NCC-FC-004; the rollout itself comes later).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct FirmwareTarget {
     /// Target id; equals its map key.
     pub id: String,
@@ -320,7 +337,8 @@ pub struct FirmwareTarget {
     pub max_unavailable_percent: u8,
     /// How long a node has to report healthy after flashing, seconds, 1..=3,600.
     pub health_timeout_s: u32,
-    /// Creation time, Unix milliseconds.
+    /// Creation time, Unix milliseconds (0 in a request: now).
+    #[serde(default)]
     pub created_at: i64,
 }
 

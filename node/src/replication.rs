@@ -1770,8 +1770,11 @@ impl Replication {
                 Ok(reply)
             }
             Err(err) => {
+                // A peer whose packet fails verification may be compromised: say who.
                 metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "refused")
                     .increment(1);
+                metrics::counter!("nexus_config_changes_refused_total").increment(1);
+                tracing::warn!(peer = %peer, doc = %doc, error = %format!("{err:#}"), "refused a sync packet");
                 Err(err)
             }
         }
