@@ -8,6 +8,7 @@
 //! | `GET/POST /v1/firmware/targets`, `GET/PUT/PATCH/DELETE …/{id}` | firmware targets |
 //! | `GET/POST /v1/tenants`, `GET/PUT/PATCH/DELETE /v1/tenants/{id}` | tenants (writes on anchors) |
 //! | `GET/POST /v1/fleet/policies`, `GET/PUT/PATCH/DELETE …/{id}` | fleet-wide route policies (writes on anchors) |
+//! | `GET/PUT/PATCH /v1/fleet/settings` | fleet settings (writes on anchors) |
 //! | `GET/POST /v1/config/snapshots`, `GET …/{id}`, `POST …/{id}/rollback` | snapshots |
 //!
 //! Every answer carries the document's version in `x-config-version`. Lists serve the
@@ -657,6 +658,44 @@ pub(crate) async fn delete_site_route(
         id,
     )
     .await
+}
+
+// --- fleet settings ---------------------------------------------------------------------------
+
+pub(crate) async fn get_settings(State(backend): State<Shared>) -> Result<Response, ApiError> {
+    let (settings, version) = backend.fleet_settings().await?;
+    Ok(versioned(StatusCode::OK, version, settings, None))
+}
+
+pub(crate) async fn put_settings(
+    State(backend): State<Shared>,
+    caller: Ext,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let body = json_body(body, "fleet settings")?;
+    let (settings, version) = backend.put_fleet_settings(&caller_of(caller), body).await?;
+    Ok(versioned(StatusCode::OK, version, settings, None))
+}
+
+pub(crate) async fn patch_settings(
+    State(backend): State<Shared>,
+    caller: Ext,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_fleet_admin(&caller)?;
+    let patch = json_body(body, "merge patch")?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a PATCH body is a JSON merge patch (RFC 7396): a JSON object of the fields to change, null to remove one",
+        ));
+    }
+    let (mut settings, _) = backend.fleet_settings().await?;
+    merge_patch(&mut settings, &patch);
+    let (settings, version) = backend
+        .put_fleet_settings(&caller_of(caller), settings)
+        .await?;
+    Ok(versioned(StatusCode::OK, version, settings, None))
 }
 
 // --- snapshots --------------------------------------------------------------------------------

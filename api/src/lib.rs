@@ -221,6 +221,18 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Option<u64>, ApiError> {
         Err(no_config())
     }
+    /// The fleet settings and the fleet document's version.
+    async fn fleet_settings(&self) -> Result<(serde_json::Value, u64), ApiError> {
+        Err(no_config())
+    }
+    /// Replaces the fleet settings (anchors); durable before it returns.
+    async fn put_fleet_settings(
+        &self,
+        _caller: &Caller,
+        _body: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64), ApiError> {
+        Err(no_config())
+    }
     /// Names the current state of a document (`None`: the node's tenant document).
     async fn snapshot_create(
         &self,
@@ -354,6 +366,12 @@ pub fn router(backend: Shared) -> Router {
                 .put(config::put_fleet_policy)
                 .patch(config::patch_fleet_policy)
                 .delete(config::delete_fleet_policy),
+        )
+        .route(
+            "/v1/fleet/settings",
+            get(config::get_settings)
+                .put(config::put_settings)
+                .patch(config::patch_settings),
         )
         .route(
             "/v1/config/snapshots",

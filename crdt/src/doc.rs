@@ -267,7 +267,7 @@ impl ConfigDoc {
         self.doc
             .stats()
             .num_changes
-            .saturating_sub(DERIVED_COLLECTIONS.len() as u64)
+            .saturating_sub(derived_collections(&self.id).len() as u64)
     }
 
     /// Whether the change `hash` is part of this document.
@@ -552,12 +552,17 @@ fn genesis(id: &DocId) -> Automerge {
 /// at time 0, so it is byte-identical on every node like genesis. Every replica adds it itself
 /// ([`ConfigDoc::new`], [`ConfigDoc::load`]); it is never sent and never signed, and no other
 /// change creates these maps, so they never conflict.
-const DERIVED_COLLECTIONS: &[&str] = &["snapshots"];
+fn derived_collections(id: &DocId) -> &'static [&'static str] {
+    match id {
+        DocId::Fleet => &["snapshots", "members"],
+        DocId::Tenant(_) => &["snapshots"],
+    }
+}
 
 /// The derived changes of `id`, in order (each depends on genesis only).
 fn derived_changes(id: &DocId) -> Vec<Change> {
     let base = genesis(id);
-    DERIVED_COLLECTIONS
+    derived_collections(id)
         .iter()
         .map(|name| {
             let mut h = Sha256::new();
@@ -698,6 +703,7 @@ impl Model for FleetDoc {
             revocations: lenient_map(doc, "revocations", &mut malformed),
             policies: lenient_map(doc, "policies", &mut malformed),
             snapshots: lenient_map(doc, "snapshots", &mut malformed),
+            members: lenient_map(doc, "members", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -711,7 +717,8 @@ impl Model for FleetDoc {
         reconcile_map_diff(tx, "anchors", &old.anchors, &new.anchors)?;
         reconcile_map_diff(tx, "revocations", &old.revocations, &new.revocations)?;
         reconcile_map_diff(tx, "policies", &old.policies, &new.policies)?;
-        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)
+        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)?;
+        reconcile_map_diff(tx, "members", &old.members, &new.members)
     }
 
     fn outside_site(_old: &Self, _new: &Self, _site: &str) -> Option<String> {

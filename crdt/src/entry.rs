@@ -17,7 +17,8 @@ use autosurgeon::{Hydrate, Reconcile, hydrate_prop, reconcile_prop};
 use crate::doc::{Batch, ConfigDoc, LocalAuthor};
 use crate::error::{LocalError, Unauthorized};
 use crate::model::{
-    Anchor, FirmwareTarget, NodeOverride, Revocation, RoutePolicy, Snapshot, Tenant, split_site_key,
+    Anchor, FirmwareTarget, Member, NodeOverride, Revocation, RoutePolicy, Snapshot, Tenant,
+    split_site_key,
 };
 use crate::signed::{Caller, CallerRole, DocId, SignedChange, authorize};
 use crate::validate::Problem;
@@ -85,8 +86,12 @@ pub const FLEET_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", f
 /// Tenant document: snapshots of the tenant document by id.
 pub const TENANT_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", true, false);
 
+/// Fleet document: the fleet's members by node id.
+pub const MEMBERS: Collection<Member> = Collection::new("members", false, false);
+
 /// Every collection's name.
 const COLLECTION_NAMES: &[&str] = &[
+    MEMBERS.name,
     FLEET_SNAPSHOTS.name,
     TENANTS.name,
     ANCHORS.name,

@@ -130,12 +130,12 @@ mod tests;
 pub use automerge::ChangeHash;
 pub use doc::{Applied, ConfigDoc, Hydrated, LocalAuthor, Model};
 pub use entry::{
-    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_SNAPSHOTS, NODE_OVERRIDES, ObjectRef, POLICIES,
-    REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES, SITE_ROUTES, TENANT_SNAPSHOTS, TENANTS,
+    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_SNAPSHOTS, MEMBERS, NODE_OVERRIDES, ObjectRef,
+    POLICIES, REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES, SITE_ROUTES, TENANT_SNAPSHOTS, TENANTS,
 };
 pub use error::{ChangeError, DocError, LocalError, RemoteError, SyncError, Unauthorized};
 pub use model::{
-    ActionType, Anchor, FirmwareTarget, FleetDoc, FleetSettings, NodeOverride, Revocation,
+    ActionType, Anchor, FirmwareTarget, FleetDoc, FleetSettings, Member, NodeOverride, Revocation,
     RouteAction, RouteMatch, RoutePolicy, Snapshot, StreamMode, Tenant, TenantDoc, TenantQuotas,
     site_key, split_site_key,
 };

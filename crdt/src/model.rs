@@ -47,6 +47,47 @@ pub struct FleetDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Every node admitted to the fleet, by node id, as the anchors that admitted them record
+    /// it: what configuration may refer to ([`KnownNodes`](crate::KnownNodes) comes from
+    /// here, so every replica validates against the same node set).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub members: BTreeMap<String, Member>,
+}
+
+/// A node of the fleet as its admission recorded it (keyed by node id).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct Member {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its site (may be empty).
+    pub site: String,
+    /// When it was admitted, Unix milliseconds.
+    pub enrolled_at: i64,
+    /// When an operator decommissioned it, Unix milliseconds; configuration may no longer
+    /// refer to it.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub decommissioned_at: Option<i64>,
+}
+
+impl FleetDoc {
+    /// The nodes configuration may refer to: every member not decommissioned.
+    pub fn known_nodes(&self) -> crate::KnownNodes {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.decommissioned_at.is_none())
+            .filter_map(|(id, m)| {
+                Some((
+                    id.parse().ok()?,
+                    crate::KnownNode {
+                        tenant: m.tenant.clone(),
+                        site: m.site.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// A named state of one document: its heads when the snapshot was taken. Rolling back writes
@@ -68,6 +109,7 @@ pub struct Snapshot {
 
 /// Fleet-wide settings. Every field is optional: `None` means the node's built-in default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
 pub struct FleetSettings {
     /// Heartbeat interval in milliseconds (NCC-AG-005), 100..=600,000.
     #[autosurgeon(missing = "Default::default")]

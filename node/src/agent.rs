@@ -26,8 +26,10 @@ pub fn init_logging(default_filter: &str) {
         .unwrap_or_else(|_| default_filter.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a node's stderr is usually a log file or journald.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -77,6 +79,13 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("nexus_api_request_duration_seconds".to_string()),
             &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )
+        .context("configuring metrics")?
+        .set_buckets_for_metric(
+            Matcher::Full("nexus_config_change_apply_lag_seconds".to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
         )
         .context("configuring metrics")?

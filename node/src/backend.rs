@@ -784,6 +784,23 @@ impl Backend for NodeBackend {
             .map_err(write_error)
     }
 
+    async fn fleet_settings(&self) -> Result<(serde_json::Value, u64), ApiError> {
+        Ok(self.replication()?.settings())
+    }
+
+    async fn put_fleet_settings(
+        &self,
+        caller: &Caller,
+        body: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64), ApiError> {
+        let replication = self.replication()?;
+        let who = crdt_caller(caller)?;
+        replication
+            .put_settings(&who, body)
+            .await
+            .map_err(write_error)
+    }
+
     async fn snapshot_create(
         &self,
         caller: &Caller,

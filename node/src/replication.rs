@@ -20,7 +20,7 @@
 //!   object from the changes that touched it, so a read never hydrates a whole document.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,8 +32,8 @@ use base64::engine::general_purpose::STANDARD;
 use nexus_ca::{FleetTrust, NodeId, Role};
 use nexus_crdt::{
     Applied, AuthorDirectory, AuthorFacts, Caller, CallerRole, ChangeHash, Collection, ConfigDoc,
-    DocId, Effective, EnvelopeSource, FleetDoc, KnownAuthor, KnownNode, KnownNodes, LocalAuthor,
-    ObjectRef, PeerSync, Problem, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
+    DocId, Effective, EnvelopeSource, FleetDoc, KnownAuthor, KnownNodes, LocalAuthor, ObjectRef,
+    PeerSync, Problem, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
 };
 use nexus_mesh::{Mesh, NodeStatus};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,8 @@ const SYNC_PACKET_CHANGES: usize = 500;
 const SYNC_PACKET_BYTES: usize = 1024 * 1024;
 /// Compact a document's stored chunks into one once there are this many.
 const COMPACT_AFTER_CHUNKS: u64 = 512;
+/// How long a peer must advertise another digest before a session is started with it.
+const SYNC_SETTLE: Duration = Duration::from_millis(1500);
 /// How long to leave a peer alone after a session with it for a document.
 const RESYNC_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -309,6 +311,9 @@ impl Held {
                             &mut model.snapshots,
                             bad,
                         ),
+                        ("members", false) => {
+                            refresh_entry(doc, nexus_crdt::MEMBERS, key, &mut model.members, bad)
+                        }
                         _ => whole = true,
                     }
                 }
@@ -464,6 +469,10 @@ pub struct Replication {
     /// Responder-side sync states of sessions in progress, by (peer, document).
     responding: Mutex<HashMap<(NodeId, String), (PeerSync, Instant)>>,
     quarantine: Mutex<HashMap<String, QuarantineCache>>,
+    /// Peers whose advertised digest differs from ours: (peer, document) → (digest, since).
+    diverged: Mutex<HashMap<(NodeId, String), (String, Instant)>>,
+    /// What `record_members` last reconciled: (certificate rows, decommissioned nodes).
+    members_seen: Mutex<Option<(usize, usize)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -516,6 +525,8 @@ impl Replication {
             synced: Mutex::new(HashMap::new()),
             responding: Mutex::new(HashMap::new()),
             quarantine: Mutex::new(HashMap::new()),
+            members_seen: Mutex::new(None),
+            diverged: Mutex::new(HashMap::new()),
         })
     }
 
@@ -540,23 +551,108 @@ impl Replication {
         self.with_held(id, |h| f(&mut h.doc))
     }
 
-    /// The nodes configuration may refer to, from the membership view.
+    /// The nodes configuration may refer to: the fleet document's members that are not
+    /// decommissioned, the same set on every replica holding the same changes.
     fn known_nodes(&self) -> KnownNodes {
-        self.mesh
+        lock(&self.docs)
+            .get("fleet")
+            .and_then(Held::fleet)
+            .map(|f| f.model.known_nodes())
+            .unwrap_or_default()
+    }
+
+    /// Anchors: records in the fleet document every node this anchor issued a MIC to, and
+    /// marks the ones an operator decommissioned. Idempotent (only differences are written), so
+    /// several anchors doing it at once converge on the same records.
+    async fn record_members(self: &Arc<Self>) {
+        if self.role != Role::Anchor {
+            return;
+        }
+        let decommissioned: BTreeSet<NodeId> = self
+            .mesh
             .members()
             .into_iter()
-            .filter(|m| m.status != NodeStatus::Decommissioned)
-            .filter_map(|m| {
-                let info = m.info?;
-                Some((
-                    m.node_id,
-                    KnownNode {
-                        tenant: info.tenant,
-                        site: info.site,
-                    },
-                ))
-            })
-            .collect()
+            .filter(|m| m.status == NodeStatus::Decommissioned)
+            .map(|m| m.node_id)
+            .collect();
+        let store = self.store.clone();
+        let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.certificates(None)).await
+        else {
+            return;
+        };
+        let fingerprint = (rows.len(), decommissioned.len());
+        if *lock(&self.members_seen) == Some(fingerprint) {
+            return;
+        }
+        // The earliest certificate of each node says who it is; renewals keep tenant and site.
+        let mut issued: BTreeMap<String, nexus_crdt::Member> = BTreeMap::new();
+        for row in rows.iter() {
+            if issued.contains_key(&row.node_id) {
+                continue;
+            }
+            let Some(mic) = nexus_ca::pem_to_der(&row.cert_pem)
+                .ok()
+                .and_then(|der| der.first().and_then(|d| nexus_ca::read_mic(d).ok()))
+            else {
+                continue;
+            };
+            issued.insert(
+                row.node_id.clone(),
+                nexus_crdt::Member {
+                    tenant: mic.tenant,
+                    site: mic.site,
+                    enrolled_at: row.issued_at_ms as i64,
+                    decommissioned_at: None,
+                },
+            );
+        }
+        let current: BTreeMap<String, nexus_crdt::Member> = lock(&self.docs)
+            .get("fleet")
+            .and_then(Held::fleet)
+            .map(|f| f.model.members.clone())
+            .unwrap_or_default();
+        let now = crate::now_ms() as i64;
+        let mut all_done = true;
+        for (node, mut record) in issued {
+            let gone = node
+                .parse::<NodeId>()
+                .is_ok_and(|id| decommissioned.contains(&id));
+            let write = match current.get(&node) {
+                None => true,
+                Some(have) => {
+                    have.tenant != record.tenant
+                        || have.site != record.site
+                        || have.decommissioned_at.is_some() != gone
+                }
+            };
+            if !write {
+                continue;
+            }
+            if let Some(have) = current.get(&node) {
+                record.enrolled_at = have.enrolled_at;
+                record.decommissioned_at = have.decommissioned_at;
+            }
+            if gone && record.decommissioned_at.is_none() {
+                record.decommissioned_at = Some(now);
+            }
+            let result = self
+                .write(
+                    &DocId::Fleet,
+                    &Self::system_caller(),
+                    nexus_crdt::MEMBERS,
+                    &node,
+                    Some(record),
+                    None,
+                )
+                .await;
+            if let Err(err) = result {
+                all_done = false;
+                tracing::warn!(node, error = ?err, "cannot record a fleet member");
+            }
+        }
+        if all_done {
+            *lock(&self.members_seen) = Some(fingerprint);
+        }
     }
 
     fn fingerprint(known: &KnownNodes) -> u64 {
@@ -1232,6 +1328,96 @@ impl Replication {
         }
     }
 
+    // --- fleet settings -------------------------------------------------------------------
+
+    /// The fleet settings as stored, and the fleet document's version.
+    pub fn settings(&self) -> (serde_json::Value, u64) {
+        let docs = lock(&self.docs);
+        let held = docs.get("fleet");
+        let settings = held
+            .and_then(Held::fleet)
+            .map(|f| f.model.settings.clone())
+            .unwrap_or_default();
+        (
+            serde_json::to_value(settings).unwrap_or_default(),
+            held.map(|h| h.doc.version()).unwrap_or_default(),
+        )
+    }
+
+    /// Replaces the fleet settings (anchors; validated; durable before it returns).
+    pub async fn put_settings(
+        self: &Arc<Self>,
+        caller: &Caller,
+        value: serde_json::Value,
+    ) -> Result<(serde_json::Value, u64), WriteError> {
+        if self.role != Role::Anchor {
+            return Err(WriteError::NotHere(
+                "fleet settings are written through an anchor: send this request to one (GET \
+                 /v1/anchors lists them)"
+                    .into(),
+            ));
+        }
+        let settings: nexus_crdt::FleetSettings = serde_json::from_value(value).map_err(|e| {
+            WriteError::Malformed(format!("the body is not valid fleet settings: {e}"))
+        })?;
+        let change = {
+            let mut docs = lock(&self.docs);
+            let held = docs
+                .get_mut("fleet")
+                .ok_or_else(|| WriteError::Internal("the fleet document is not loaded".into()))?;
+            let Some(fleet) = held.fleet() else {
+                return Err(WriteError::Internal("not the fleet document".into()));
+            };
+            let mut candidate = fleet.model.clone();
+            candidate.settings = settings.clone();
+            if let Err(invalid) = nexus_crdt::validate(&candidate) {
+                let mine: Vec<String> = invalid
+                    .0
+                    .iter()
+                    .filter(|p| p.object == "settings" || p.object.is_empty())
+                    .map(|p| p.to_string())
+                    .collect();
+                if !mine.is_empty() {
+                    return Err(WriteError::Invalid(mine));
+                }
+            }
+            let change = held
+                .doc
+                .apply_local::<FleetDoc, std::convert::Infallible>(
+                    &self.author,
+                    caller,
+                    crate::now_ms() as i64,
+                    |m| {
+                        m.settings = settings;
+                        Ok(())
+                    },
+                )
+                .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+            if let Some(change) = &change {
+                let chunk = held.doc.save_incremental();
+                self.store
+                    .save_config_change(
+                        "fleet",
+                        &chunk,
+                        &hex::encode(change.change_hash.0),
+                        &change.encode(),
+                        &self.peer.credentials.mic_der(),
+                    )
+                    .map_err(internal)?;
+                held.refresh(&BTreeSet::from([ObjectRef {
+                    collection: "settings".into(),
+                    key: String::new(),
+                }]));
+            }
+            change
+        };
+        if let Some(change) = change {
+            metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
+            self.after_commit(vec![change]).await;
+        }
+        Ok(self.settings())
+    }
+
     // --- snapshots and rollback -----------------------------------------------------------
 
     /// Names the current state of a document (default: this node's tenant document).
@@ -1444,8 +1630,14 @@ impl Replication {
 
     // --- receiving ------------------------------------------------------------------------
 
-    /// Applies changes pushed from peers; returns the ones that were new (to relay).
-    pub fn receive(&self, changes: &[WireChange]) -> Vec<WireChange> {
+    /// Applies changes pushed from peers; returns the ones that were new. `verified` is told
+    /// of each new change as soon as it is verified and applied, before it is written to disk,
+    /// so relaying does not wait for this node's fsync (the author stored it before pushing).
+    pub fn receive(
+        &self,
+        changes: &[WireChange],
+        verified: &(dyn Fn(&WireChange) + Sync),
+    ) -> Vec<WireChange> {
         let mut new = Vec::new();
         for wire in changes {
             let outcome = (|| -> anyhow::Result<bool> {
@@ -1466,6 +1658,7 @@ impl Replication {
                     if applied == Applied::Duplicate {
                         return Ok::<_, anyhow::Error>(false);
                     }
+                    verified(wire);
                     let chunk = held.doc.save_incremental();
                     self.store.save_config_change(
                         &change.doc_id.to_string(),
@@ -1476,6 +1669,7 @@ impl Replication {
                     )?;
                     let touched = held.doc.touched_objects([&change]);
                     held.refresh(&touched);
+                    record_lag("push", &change, &touched);
                     Ok(true)
                 })??;
                 Ok(applied)
@@ -1502,21 +1696,53 @@ impl Replication {
         changes: Vec<WireChange>,
         relay: Vec<String>,
     ) -> usize {
+        let relay = self.relay_targets(&relay);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WireChange>();
+        let relayer = (!relay.is_empty()).then(|| {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(wire) = rx.recv().await {
+                    // Members of the subtree that may not hold this document are skipped.
+                    let doc = STANDARD
+                        .decode(&wire.envelope)
+                        .ok()
+                        .and_then(|e| SignedChange::decode(&e).ok())
+                        .map(|c| c.doc_id);
+                    let Some(doc) = doc else { continue };
+                    let targets: Vec<(NodeId, SocketAddr)> = relay
+                        .iter()
+                        .filter(|(facts, _)| nexus_crdt::may_replicate(&doc, facts))
+                        .map(|(facts, addr)| (facts.node_id, *addr))
+                        .collect();
+                    me.clone().push(wire, targets).await;
+                }
+            })
+        });
         let me = self.clone();
-        let new = tokio::task::spawn_blocking(move || me.receive(&changes))
-            .await
-            .unwrap_or_default();
-        if new.is_empty() {
-            return 0;
+        let new = tokio::task::spawn_blocking(move || {
+            me.receive(&changes, &|wire| {
+                let _ = tx.send(wire.clone());
+            })
+        })
+        .await
+        .unwrap_or_default();
+        if !new.is_empty() {
+            self.publish_versions().await;
         }
-        self.publish_versions().await;
-        let relay: Vec<(NodeId, SocketAddr)> = relay
+        // The relayer finishes on its own; the pusher need not wait for this node's subtree.
+        drop(relayer);
+        new.len()
+    }
+
+    /// The members named in a push's relay list, with what gossip says of them.
+    fn relay_targets(&self, relay: &[String]) -> Vec<(AuthorFacts, SocketAddr)> {
+        let me = self.author.facts().node_id;
+        relay
             .iter()
             .filter_map(|id| id.parse::<NodeId>().ok())
-            .filter(|id| *id != self.author.facts().node_id)
+            .filter(|id| *id != me)
             .filter_map(|id| {
-                let m = self.mesh.member(&id)?;
-                let info = m.info?;
+                let info = self.mesh.member(&id)?.info?;
                 let facts = AuthorFacts {
                     node_id: id,
                     role: info.role,
@@ -1525,29 +1751,7 @@ impl Replication {
                 };
                 Some((facts, info.quic_addr))
             })
-            .filter_map(|(facts, addr)| {
-                // Relay only to members that may hold every relayed document.
-                new.iter()
-                    .all(|w| {
-                        STANDARD
-                            .decode(&w.envelope)
-                            .ok()
-                            .and_then(|e| SignedChange::decode(&e).ok())
-                            .is_some_and(|c| nexus_crdt::may_replicate(&c.doc_id, &facts))
-                    })
-                    .then_some((facts.node_id, addr))
-            })
-            .collect();
-        let count = new.len();
-        if !relay.is_empty() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                for wire in new {
-                    me.clone().push(wire, relay.clone()).await;
-                }
-            });
-        }
-        count
+            .collect()
     }
 
     /// Pushes one change to `peers` as a tree: the peers are split into up to `fanout` groups;
@@ -1576,6 +1780,7 @@ impl Replication {
                     changes: vec![wire.clone()],
                     relay: rest.iter().map(|(n, _)| n.to_string()).collect(),
                 };
+                count_push_bytes(&request);
                 if let Err(err) = me.peer.request(head, head_addr, &request).await {
                     tracing::debug!(node = %head, error = %format!("{err:#}"), "config push failed; sending to its group directly");
                     for (node, addr) in rest {
@@ -1583,6 +1788,7 @@ impl Replication {
                             changes: vec![wire.clone()],
                             relay: Vec::new(),
                         };
+                        count_push_bytes(&request);
                         if let Err(err) = me.peer.request(node, addr, &request).await {
                             tracing::debug!(node = %node, error = %format!("{err:#}"), "config push failed; anti-entropy will catch up");
                         }
@@ -1729,6 +1935,9 @@ impl Replication {
                 .save_config_changes(&id.to_string(), &chunk, &rows)?;
             let touched = held.doc.touched_objects(accepted.iter());
             held.refresh(&touched);
+            for c in &accepted {
+                record_lag("sync", c, &touched);
+            }
             metrics::counter!("nexus_config_changes_total", "origin" => "sync")
                 .increment(accepted.len() as u64);
             Ok::<_, anyhow::Error>(accepted.len())
@@ -1942,62 +2151,141 @@ impl Replication {
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
+            self.record_members().await;
             self.publish_versions().await;
-            let ours: HashMap<String, String> = lock(&self.docs)
-                .iter()
-                .map(|(id, held)| (id.clone(), hex::encode(held.doc.heads_digest())))
-                .collect();
-            let me = self.author.facts().node_id;
-            for (node, key, value) in self.mesh.published_prefix(GOSSIP_PREFIX_CONFIG).await {
-                if node == me {
-                    continue;
-                }
-                let Some(doc) = key.strip_prefix(GOSSIP_PREFIX_CONFIG) else {
-                    continue;
-                };
-                let Some(digest) = value.split(':').nth(1) else {
-                    continue;
-                };
-                if ours.get(doc).is_none_or(|d| d == digest) {
-                    continue;
-                }
-                let Some(id) = parse_doc_id(doc) else {
-                    continue;
-                };
-                let recently = lock(&self.synced)
-                    .get(&(node, doc.to_string()))
-                    .is_some_and(|at| at.elapsed() < RESYNC_BACKOFF);
-                if recently {
-                    continue;
-                }
-                let Some(member) = self.mesh.member(&node) else {
-                    continue;
-                };
-                let Some(info) = member.info else { continue };
-                let facts = AuthorFacts {
-                    node_id: node,
-                    role: info.role,
-                    tenant: info.tenant.clone(),
-                    site: info.site.clone(),
-                };
-                if !nexus_crdt::may_replicate(&id, &facts) {
-                    continue;
-                }
-                lock(&self.synced).insert((node, doc.to_string()), Instant::now());
-                match self.sync_with(node, info.quic_addr, &id).await {
+            for (peer, addr, id) in self.sync_candidates().await {
+                let doc = id.to_string();
+                lock(&self.synced).insert((peer, doc.clone()), Instant::now());
+                match self.sync_with(peer, addr, &id).await {
                     Ok(new) if new > 0 => {
-                        tracing::info!(peer = %node, doc, new, "caught up configuration");
+                        tracing::info!(peer = %peer, doc, new, "caught up configuration");
                         self.publish_versions().await;
                     }
                     Ok(_) => {}
                     Err(err) => {
                         metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "failed")
                             .increment(1);
-                        tracing::debug!(peer = %node, error = %format!("{err:#}"), "sync session failed")
+                        tracing::debug!(peer = %peer, error = %format!("{err:#}"), "sync session failed")
                     }
                 }
             }
         }
+    }
+
+    /// At most one peer per document to run a sync session with now. A peer qualifies when it
+    /// has advertised, for at least [`SYNC_SETTLE`], a digest other than ours with at least as
+    /// many changes as ours (so it may hold changes this node lacks; a peer behind this one
+    /// starts the session itself). The settle time lets pushes land first, so a change does
+    /// not set off a session between every pair of nodes while it spreads.
+    async fn sync_candidates(&self) -> Vec<(NodeId, SocketAddr, DocId)> {
+        let ours: HashMap<String, (u64, String)> = lock(&self.docs)
+            .iter()
+            .map(|(id, held)| {
+                (
+                    id.clone(),
+                    (held.doc.version(), hex::encode(held.doc.heads_digest())),
+                )
+            })
+            .collect();
+        let me = self.author.facts().node_id;
+        let mut by_doc: BTreeMap<String, Vec<(NodeId, SocketAddr, DocId)>> = BTreeMap::new();
+        let published = self.mesh.published_prefix(GOSSIP_PREFIX_CONFIG).await;
+        let mut diverged = lock(&self.diverged);
+        let mut seen = HashSet::new();
+        for (node, key, value) in published {
+            let Some(doc) = key.strip_prefix(GOSSIP_PREFIX_CONFIG) else {
+                continue;
+            };
+            let Some((version, digest)) = value.split_once(':') else {
+                continue;
+            };
+            let Some((our_version, our_digest)) = ours.get(doc) else {
+                continue;
+            };
+            if node == me || digest == our_digest {
+                continue;
+            }
+            let key = (node, doc.to_string());
+            seen.insert(key.clone());
+            let since = match diverged.get(&key) {
+                Some((d, since)) if d == digest => *since,
+                _ => {
+                    diverged.insert(key.clone(), (digest.to_string(), Instant::now()));
+                    continue;
+                }
+            };
+            if since.elapsed() < SYNC_SETTLE {
+                continue;
+            }
+            if version.parse::<u64>().unwrap_or(0) < *our_version {
+                continue;
+            }
+            let recently = lock(&self.synced)
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < RESYNC_BACKOFF);
+            if recently {
+                continue;
+            }
+            let (Some(id), Some(info)) = (
+                parse_doc_id(doc),
+                self.mesh.member(&node).and_then(|m| m.info),
+            ) else {
+                continue;
+            };
+            let facts = AuthorFacts {
+                node_id: node,
+                role: info.role,
+                tenant: info.tenant.clone(),
+                site: info.site.clone(),
+            };
+            if nexus_crdt::may_replicate(&id, &facts) {
+                by_doc
+                    .entry(doc.to_string())
+                    .or_default()
+                    .push((node, info.quic_addr, id));
+            }
+        }
+        diverged.retain(|k, _| seen.contains(k));
+        use rand::seq::SliceRandom;
+        let mut rng = rand::thread_rng();
+        by_doc
+            .into_values()
+            .filter_map(|candidates| candidates.choose(&mut rng).cloned())
+            .collect()
+    }
+}
+
+/// Payload bytes of configuration pushes sent (the request body; QUIC and TLS framing add
+/// a few dozen bytes a message).
+fn count_push_bytes(request: &PeerRequest) {
+    let bytes = serde_json::to_vec(request).map(|b| b.len()).unwrap_or(0);
+    metrics::counter!("nexus_config_push_bytes_total").increment(bytes as u64);
+    metrics::counter!("nexus_config_push_messages_total").increment(1);
+}
+
+/// Time from a change's creation (its author's clock) to its being applied and stored here.
+/// Clocks of different machines differ, so across machines this is only as good as their
+/// synchronisation; negative lags (the author's clock ahead) are counted as zero.
+/// Each applied change is also logged at debug level under the target `nexus_config_applied`
+/// (`NEXUS_LOG=info,nexus_config_applied=debug`), which is how `nexus-config-bench` reads
+/// per-node figures without loading the nodes with polls.
+fn record_lag(path: &'static str, change: &SignedChange, touched: &BTreeSet<ObjectRef>) {
+    let lag_ms = (crate::now_ms() as i64 - change.timestamp_ms).max(0);
+    metrics::histogram!("nexus_config_change_apply_lag_seconds", "path" => path)
+        .record(lag_ms as f64 / 1000.0);
+    if tracing::enabled!(target: "nexus_config_applied", tracing::Level::DEBUG) {
+        let objects: Vec<String> = touched
+            .iter()
+            .map(|o| format!("{}.{}", o.collection, o.key))
+            .collect();
+        tracing::debug!(
+            target: "nexus_config_applied",
+            doc = %change.doc_id,
+            path,
+            lag_ms,
+            objects = %objects.join(","),
+            "applied"
+        );
     }
 }
 

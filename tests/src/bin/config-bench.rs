@@ -1,9 +1,17 @@
 //! Change-to-applied latency of replicated configuration on a loopback fleet of real
-//! processes: from the moment a route write is sent to one node until each other node serves
-//! it from `GET /v1/routes/{id}`.
+//! processes, and the bytes pushed per change.
 //!
 //! `cargo build --release -p nexus-node -p nexus-tests && \
-//!  target/release/nexus-config-bench --nodes 10,50 --rounds 10 --write docs/benchmarks.md`
+//!  target/release/nexus-config-bench --nodes 10,50 --fanouts 6,64 --rounds 10 --write docs/benchmarks.md`
+//!
+//! Each round writes one route policy (`POST /v1/routes`) on a plain node. Every node logs,
+//! under the target `nexus_config_applied`, each change it applies with the time since the
+//! author committed it (same machine, same clock); the figures come from those lines, so the
+//! measurement puts no load on the nodes. The bench also polls every node's
+//! `GET /v1/routes/{id}` every 25 ms to know when a round is done, and reports what a client
+//! saw from sending the write (resolution 25 ms, includes the write's own fsync). Fan-outs
+//! are set through `PATCH /v1/fleet/settings` (`push_fanout`): 64 means the writer pushes to
+//! every peer itself, smaller values push down a tree.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,7 +26,10 @@ struct Args {
     /// Fleet sizes (anchor included), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10")]
     nodes: Vec<usize>,
-    /// Writes to time per fleet size.
+    /// Push fan-outs to compare in the same fleet, comma-separated (1..=64).
+    #[arg(long, value_delimiter = ',', default_value = "6,64")]
+    fanouts: Vec<u64>,
+    /// Writes to time per fleet size and fan-out.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Replace the section between the config-bench markers in this file.
@@ -34,8 +45,47 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-async fn measure(n: usize, rounds: usize) -> anyhow::Result<(Vec<f64>, Duration)> {
+struct Figures {
+    fanout: u64,
+    /// Node-recorded commit-to-applied, ms, one per (node, write).
+    applied: Vec<f64>,
+    /// Client-observed send-to-served, ms.
+    observed: Vec<f64>,
+    /// Push payload bytes per change per receiving node.
+    bytes_per_node: f64,
+    /// How many (node, write) pairs anti-entropy delivered before the push did.
+    by_sync: usize,
+}
+
+/// `(lag_ms, by sync)` of every `nexus_config_applied` line naming `object` in `log`.
+fn applied_lags(log: &str, object: &str) -> Vec<(f64, bool)> {
+    log.lines()
+        .filter(|l| l.contains("nexus_config_applied") && l.ends_with(object))
+        .filter_map(|l| {
+            let rest = &l[l.find("lag_ms=")? + "lag_ms=".len()..];
+            let lag = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+            Some((lag, l.contains("path=\"sync\"")))
+        })
+        .collect()
+}
+
+async fn push_bytes(fleet: &Fleet) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for node in &fleet.nodes {
+        total += fleet
+            .metric(&node.api, "nexus_config_push_bytes_total", "")
+            .await?;
+    }
+    Ok(total)
+}
+
+async fn measure(
+    n: usize,
+    fanouts: &[u64],
+    rounds: usize,
+) -> anyhow::Result<(Vec<Figures>, Duration)> {
     let started = Instant::now();
+    nexus_tests::set_nexus_env("NEXUS_LOG", "warn,nexus_config_applied=debug");
     let mut fleet = Fleet::init().await?;
     let token = fleet.token(json!({"uses": n, "ttl_seconds": 3600})).await?["token"]
         .as_str()
@@ -46,58 +96,99 @@ async fn measure(n: usize, rounds: usize) -> anyhow::Result<(Vec<f64>, Duration)
     }
     fleet.converge(n, "online", &[]).await?;
     let boot = started.elapsed();
-    // Untimed: every node holds the fleet document (it registers the tenant, so writes
-    // validate) before the first write.
-    nexus_tests::wait_until(
-        Duration::from_secs(60),
-        "the fleet document everywhere",
-        || async { fleet.config_converged("fleet", n).await },
-    )
-    .await?;
     let apis: Vec<String> = fleet.nodes.iter().map(|node| node.api.clone()).collect();
-    let mut samples = Vec::new();
-    for round in 0..rounds {
-        let writer = 1 + round % (n - 1);
-        let id = format!("bench-{round}");
-        let body = json!({
-            "id": id, "name": id, "tenant_id": "", "priority": 1,
-            "match": {"source_node_ids": [], "dest_capabilities": [], "stream_modes": [], "message_types": []},
-            "action": {"type": "allow"}, "enabled": true, "created_at": 0
-        });
-        let sent = Instant::now();
-        let deadline = sent + Duration::from_secs(30);
-        let (status, answer) = fleet.post_json(&apis[writer], "/v1/routes", &body).await?;
-        anyhow::ensure!(status == 201, "write refused: {status} {answer}");
-        let mut pending: Vec<usize> = (0..n).filter(|i| *i != writer).collect();
-        while !pending.is_empty() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "not applied within 30 s on {pending:?}"
-            );
-            // Poll every pending node at once, so the sweep itself adds little.
-            let polls = pending.iter().map(|&i| {
-                let (fleet, api, id) = (&fleet, apis[i].clone(), id.clone());
-                async move {
-                    let seen = fleet
-                        .get(&api, &format!("/v1/routes/{id}"))
-                        .await
-                        .is_ok_and(|(s, _)| s == 200);
-                    (i, seen, sent.elapsed())
-                }
+    let http = nexus_tests::api_client(&fleet.anchor().dir)?;
+    let mut out = Vec::new();
+    for &fanout in fanouts {
+        let response = http
+            .patch(format!("{}/v1/fleet/settings", apis[0]))
+            .bearer_auth(&fleet.admin_key)
+            .json(&json!({"push_fanout": fanout}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "setting push_fanout: {}",
+            response.text().await?
+        );
+        // Untimed: every node holds the fleet document with the setting before the first write.
+        nexus_tests::wait_until(
+            Duration::from_secs(60),
+            "the fleet document everywhere",
+            || async { fleet.config_converged("fleet", n).await },
+        )
+        .await?;
+        let bytes_before = push_bytes(&fleet).await?;
+        let mut observed = Vec::new();
+        for round in 0..rounds {
+            let writer = 1 + round % (n - 1);
+            let id = format!("bench-f{fanout}-{round}");
+            let body = json!({
+                "id": id, "name": id, "priority": 1,
+                "match": {"stream_modes": [], "message_types": []},
+                "action": {"type": "allow"}
             });
-            let mut still = Vec::new();
-            for (i, seen, at) in futures::future::join_all(polls).await {
-                if seen {
-                    samples.push(at.as_secs_f64() * 1e3);
-                } else {
-                    still.push(i);
+            let sent = Instant::now();
+            let deadline = sent + Duration::from_secs(30);
+            let (status, answer) = fleet.post_json(&apis[writer], "/v1/routes", &body).await?;
+            anyhow::ensure!(status == 201, "write refused: {status} {answer}");
+            let mut pending: Vec<usize> = (0..n).filter(|i| *i != writer).collect();
+            while !pending.is_empty() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "not applied within 30 s on {pending:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let polls = pending.iter().map(|&i| {
+                    let (fleet, api, id) = (&fleet, apis[i].clone(), id.clone());
+                    async move {
+                        let seen = fleet
+                            .get(&api, &format!("/v1/routes/{id}"))
+                            .await
+                            .is_ok_and(|(s, _)| s == 200);
+                        (i, seen, sent.elapsed())
+                    }
+                });
+                let mut still = Vec::new();
+                for (i, seen, at) in futures::future::join_all(polls).await {
+                    if seen {
+                        observed.push(at.as_secs_f64() * 1e3);
+                    } else {
+                        still.push(i);
+                    }
+                }
+                pending = still;
+            }
+        }
+        let bytes = push_bytes(&fleet).await? - bytes_before;
+        let mut applied = Vec::new();
+        let mut by_sync = 0;
+        for node in &fleet.nodes {
+            let log = node.log();
+            for round in 0..rounds {
+                for (lag, sync) in applied_lags(&log, &format!("routes.bench-f{fanout}-{round}")) {
+                    applied.push(lag);
+                    by_sync += usize::from(sync);
                 }
             }
-            pending = still;
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        anyhow::ensure!(
+            applied.len() >= rounds * (n - 1),
+            "only {} applied lines for {} (node, write) pairs: is the nexus binary current?",
+            applied.len(),
+            rounds * (n - 1),
+        );
+        applied.sort_by(f64::total_cmp);
+        observed.sort_by(f64::total_cmp);
+        out.push(Figures {
+            fanout,
+            applied,
+            observed,
+            bytes_per_node: bytes / (rounds * (n - 1)) as f64,
+            by_sync,
+        });
     }
-    Ok((samples, boot))
+    Ok((out, boot))
 }
 
 #[tokio::main]
@@ -115,28 +206,49 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = String::new();
     for &n in &args.nodes {
         anyhow::ensure!(n >= 3, "at least 3 nodes");
-        let (mut samples, boot) = measure(n, args.rounds).await?;
-        samples.sort_by(f64::total_cmp);
-        let row = format!(
-            "| {n} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} s |\n",
-            samples.len(),
-            percentile(&samples, 50.0),
-            percentile(&samples, 99.0),
-            samples.last().copied().unwrap_or(f64::NAN),
-            boot.as_secs_f64()
-        );
-        print!("{row}");
-        rows.push_str(&row);
+        let (figures, boot) = measure(n, &args.fanouts, args.rounds).await?;
+        for f in figures {
+            let row = format!(
+                "| {n} | {} | {} ({} by sync) | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.0} ms | {:.0} B | {:.1} s |\n",
+                if f.fanout >= n as u64 - 1 {
+                    format!("{} (direct)", f.fanout)
+                } else {
+                    format!("{} (tree)", f.fanout)
+                },
+                f.applied.len(),
+                f.by_sync,
+                percentile(&f.applied, 50.0),
+                percentile(&f.applied, 99.0),
+                f.applied.last().copied().unwrap_or(f64::NAN),
+                percentile(&f.observed, 50.0),
+                percentile(&f.observed, 99.0),
+                f.bytes_per_node,
+                boot.as_secs_f64()
+            );
+            print!("{row}");
+            rows.push_str(&row);
+        }
     }
     let section = format!(
         "<!-- config-bench:start -->\n## Configuration change to applied\n\n\
-         Command: `cargo build --release -p nexus-node -p nexus-tests && target/release/nexus-config-bench --nodes {} --rounds {} --write docs/benchmarks.md`. \
+         Command: `cargo build --release -p nexus-node -p nexus-tests && target/release/nexus-config-bench --nodes {} --fanouts {} --rounds {} --write docs/benchmarks.md`. \
          Machine: {} cores, {cpu}.\n\n\
-         Each round writes one route policy (`POST /v1/routes`) on a plain node and polls every other node's `GET /v1/routes/{{id}}` \
-         (HTTPS, all pending nodes polled concurrently every few ms) until it serves it. \
-         The time counts from sending the write: it includes the write's own validation and fsync. Timing starts once every node holds the fleet document. Goal: p99 < 250 ms at 50 nodes.\n\n\
-         | nodes | samples (node × write) | p50 | p99 | max | fleet boot |\n|---|---|---|---|---|---|\n{rows}<!-- config-bench:end -->\n",
+         Each round writes one route policy (`POST /v1/routes`) on a plain node. **applied** is what every other node \
+         recorded: from the author committing the change to this node having verified, applied and fsynced it \
+         (logged under `nexus_config_applied`, same clock, no polling load). **seen** is what a client saw polling every \
+         node's `GET /v1/routes/{{id}}` every 25 ms from sending the write (so it includes the writer's validation and \
+         fsync, and has 25 ms resolution). **bytes** is the push payload (JSON request bodies, before QUIC/TLS \
+         framing) per change per receiving node, relays included. Fan-out is `push_fanout` in the fleet settings: \
+         direct = the writer sends to every peer itself; tree = each receiver relays to its share of the rest. \
+         Goal: p99 < 250 ms at 50 nodes.\n\n\
+         | nodes | fan-out | samples (node × write) | applied p50 | applied p99 | applied max | seen p50 | seen p99 | bytes | fleet boot |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{rows}<!-- config-bench:end -->\n",
         args.nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        args.fanouts
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
