@@ -371,6 +371,40 @@ async fn delete_one(
     Ok(response)
 }
 
+/// `POST` creates: an object that already exists here is a 409 (replace it with `PUT`, change
+/// it with `PATCH`). Another node may create the same id concurrently; the merge keeps one.
+async fn refuse_existing(
+    backend: &Shared,
+    kind: &ConfigKind,
+    caller: &Ext,
+    tenant: &Option<String>,
+    id: &str,
+) -> Result<(), ApiError> {
+    check_id(kind.noun(), id)?;
+    let who = caller.as_ref().map(|c| c.0.clone()).unwrap_or(Caller {
+        identity: String::new(),
+        role: String::new(),
+        tenant: None,
+    });
+    let scoped = scope(&who, tenant.clone())?;
+    match backend
+        .config_get(kind.clone(), scoped, id.to_string())
+        .await
+    {
+        Ok(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "{} {id:?} already exists: replace it with PUT {} or change it with PATCH",
+                kind.noun(),
+                kind.location(id)
+            ),
+        )),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 type Ext = Option<axum::Extension<Caller>>;
 type Body = Result<Json<Value>, JsonRejection>;
 type ListQ = Result<Query<ListQuery>, QueryRejection>;
@@ -416,6 +450,7 @@ macro_rules! collection_handlers {
             {
                 map.remove($id_field);
             }
+            refuse_existing(&backend, &kind, &caller, &tenant, &id).await?;
             put_one(backend, kind, caller_of(caller), tenant, id, body).await
         }
 
@@ -574,15 +609,9 @@ pub(crate) async fn create_site_route(
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| ApiError::bad_request("id: required (the new route policy's id)"))?;
-    put_one(
-        backend,
-        kind,
-        caller_of(caller),
-        query(q, ONE_PARAMS)?.tenant,
-        id,
-        body,
-    )
-    .await
+    let tenant = query(q, ONE_PARAMS)?.tenant;
+    refuse_existing(&backend, &kind, &caller, &tenant, &id).await?;
+    put_one(backend, kind, caller_of(caller), tenant, id, body).await
 }
 
 pub(crate) async fn get_site_route(

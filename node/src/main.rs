@@ -12,6 +12,7 @@ mod cakeys;
 mod cli;
 mod client;
 mod config;
+mod config_view;
 mod datadir;
 mod dev;
 mod enroll;

@@ -33,11 +33,12 @@ use nexus_ca::{FleetTrust, NodeId, Role};
 use nexus_crdt::{
     Applied, AuthorDirectory, AuthorFacts, Caller, CallerRole, ChangeHash, Collection, ConfigDoc,
     DocId, Effective, EnvelopeSource, FleetDoc, KnownAuthor, KnownNodes, LocalAuthor, ObjectRef,
-    PeerSync, Problem, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
+    PeerSync, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
 };
 use nexus_mesh::{Mesh, NodeStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::config_view::{Held, View};
 use crate::peer::{PeerRequest, PeerResponse, PeerService};
 use crate::store::Store;
 
@@ -194,203 +195,6 @@ impl EnvelopeSource for StoredEnvelopes<'_> {
     }
 }
 
-/// A document's typed model as this node serves it, kept in step with the document.
-#[derive(Debug, Clone, Default)]
-struct Materialized<M> {
-    model: M,
-    /// Objects whose stored form does not match the schema, by object (`routes.r1`).
-    malformed: BTreeMap<String, Problem>,
-}
-
-impl<M> Materialized<M> {
-    fn malformed(&self) -> Vec<Problem> {
-        self.malformed.values().cloned().collect()
-    }
-}
-
-/// One document this node holds and its materialized model.
-struct Held {
-    doc: ConfigDoc,
-    view: View,
-}
-
-enum View {
-    Fleet(Materialized<FleetDoc>),
-    Tenant(Materialized<TenantDoc>),
-}
-
-/// Re-reads one object of a collection into the materialized map.
-fn refresh_entry<V: Hydrate>(
-    doc: &ConfigDoc,
-    collection: Collection<V>,
-    key: &str,
-    map: &mut BTreeMap<String, V>,
-    malformed: &mut BTreeMap<String, Problem>,
-) {
-    let object = format!("{}.{key}", collection.name());
-    malformed.remove(&object);
-    match doc.entry(collection, key) {
-        Ok(Some(v)) => {
-            map.insert(key.to_string(), v);
-        }
-        Ok(None) => {
-            map.remove(key);
-        }
-        Err(problem) => {
-            map.remove(key);
-            malformed.insert(object, problem);
-        }
-    }
-}
-
-impl Held {
-    fn load(store: &Store, id: &DocId) -> anyhow::Result<Held> {
-        let mut doc = ConfigDoc::new(id.clone());
-        for chunk in store.config_chunks(&id.to_string())? {
-            doc.load_incremental(&chunk)
-                .with_context(|| format!("loading configuration document {id}"))?;
-        }
-        let view = Held::hydrate_view(&doc)?;
-        Ok(Held { doc, view })
-    }
-
-    fn hydrate_view(doc: &ConfigDoc) -> anyhow::Result<View> {
-        fn keyed(problems: Vec<Problem>) -> BTreeMap<String, Problem> {
-            problems
-                .into_iter()
-                .map(|p| (p.object.clone(), p))
-                .collect()
-        }
-        Ok(match doc.id() {
-            DocId::Fleet => {
-                let h = doc.hydrate::<FleetDoc>()?;
-                View::Fleet(Materialized {
-                    model: h.model,
-                    malformed: keyed(h.malformed),
-                })
-            }
-            DocId::Tenant(_) => {
-                let h = doc.hydrate::<TenantDoc>()?;
-                View::Tenant(Materialized {
-                    model: h.model,
-                    malformed: keyed(h.malformed),
-                })
-            }
-        })
-    }
-
-    /// Brings the materialized model up to date with objects that changes touched.
-    fn refresh(&mut self, touched: &BTreeSet<ObjectRef>) {
-        let doc = &self.doc;
-        let mut whole = false;
-        match &mut self.view {
-            View::Fleet(m) => {
-                for o in touched {
-                    let (model, bad, key) = (&mut m.model, &mut m.malformed, o.key.as_str());
-                    match (o.collection.as_str(), key.is_empty()) {
-                        ("tenants", false) => {
-                            refresh_entry(doc, nexus_crdt::TENANTS, key, &mut model.tenants, bad)
-                        }
-                        ("anchors", false) => {
-                            refresh_entry(doc, nexus_crdt::ANCHORS, key, &mut model.anchors, bad)
-                        }
-                        ("revocations", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::REVOCATIONS,
-                            key,
-                            &mut model.revocations,
-                            bad,
-                        ),
-                        ("policies", false) => {
-                            refresh_entry(doc, nexus_crdt::POLICIES, key, &mut model.policies, bad)
-                        }
-                        ("snapshots", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::FLEET_SNAPSHOTS,
-                            key,
-                            &mut model.snapshots,
-                            bad,
-                        ),
-                        ("members", false) => {
-                            refresh_entry(doc, nexus_crdt::MEMBERS, key, &mut model.members, bad)
-                        }
-                        _ => whole = true,
-                    }
-                }
-            }
-            View::Tenant(m) => {
-                for o in touched {
-                    let (model, bad, key) = (&mut m.model, &mut m.malformed, o.key.as_str());
-                    match (o.collection.as_str(), key.is_empty()) {
-                        ("routes", false) => {
-                            refresh_entry(doc, nexus_crdt::ROUTES, key, &mut model.routes, bad)
-                        }
-                        ("firmware_targets", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::FIRMWARE_TARGETS,
-                            key,
-                            &mut model.firmware_targets,
-                            bad,
-                        ),
-                        ("node_overrides", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::NODE_OVERRIDES,
-                            key,
-                            &mut model.node_overrides,
-                            bad,
-                        ),
-                        ("site_routes", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::SITE_ROUTES,
-                            key,
-                            &mut model.site_routes,
-                            bad,
-                        ),
-                        ("site_node_overrides", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::SITE_NODE_OVERRIDES,
-                            key,
-                            &mut model.site_node_overrides,
-                            bad,
-                        ),
-                        ("snapshots", false) => refresh_entry(
-                            doc,
-                            nexus_crdt::TENANT_SNAPSHOTS,
-                            key,
-                            &mut model.snapshots,
-                            bad,
-                        ),
-                        _ => whole = true,
-                    }
-                }
-            }
-        }
-        if whole {
-            // A whole collection (or a top-level field) changed: read the model again.
-            match Held::hydrate_view(&self.doc) {
-                Ok(view) => self.view = view,
-                Err(err) => {
-                    tracing::error!(doc = %self.doc.id(), error = %err, "cannot read configuration document")
-                }
-            }
-        }
-    }
-
-    fn fleet(&self) -> Option<&Materialized<FleetDoc>> {
-        match &self.view {
-            View::Fleet(m) => Some(m),
-            View::Tenant(_) => None,
-        }
-    }
-
-    fn tenant(&self) -> Option<&Materialized<TenantDoc>> {
-        match &self.view {
-            View::Tenant(m) => Some(m),
-            View::Fleet(_) => None,
-        }
-    }
-}
-
 /// The kinds of object the API writes, and where each lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -511,7 +315,7 @@ impl Replication {
             .context("the node key does not match its MIC")?;
         let mut docs = BTreeMap::new();
         for id in [DocId::Fleet, DocId::tenant(&own.tenant)?] {
-            docs.insert(id.to_string(), Held::load(&store, &id)?);
+            docs.insert(id.to_string(), Held::open(&store, &id)?);
         }
         Ok(Replication {
             docs: Mutex::new(docs),
@@ -542,13 +346,43 @@ impl Replication {
         let mut docs = lock(&self.docs);
         let key = id.to_string();
         if !docs.contains_key(&key) {
-            docs.insert(key.clone(), Held::load(&self.store, id)?);
+            docs.insert(key.clone(), Held::open(&self.store, id)?);
         }
         Ok(f(docs.get_mut(&key).expect("just inserted")))
     }
 
     fn with_doc<T>(&self, id: &DocId, f: impl FnOnce(&mut ConfigDoc) -> T) -> anyhow::Result<T> {
-        self.with_held(id, |h| f(&mut h.doc))
+        self.with_held(id, |h| h.doc(&self.store).map(f))?
+    }
+
+    /// Loads the automerge documents whose view was read from storage, off the lock, so a
+    /// start serves reads at once and the first write or sync finds its document ready.
+    fn preload(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pending: Vec<DocId> = lock(&me.docs)
+                .values()
+                .filter(|h| !h.is_loaded())
+                .map(|h| h.id.clone())
+                .collect();
+            for id in pending {
+                let started = Instant::now();
+                match Held::load_doc(&me.store, &id) {
+                    Ok(doc) => {
+                        let mut docs = lock(&me.docs);
+                        if let Some(held) = docs.get_mut(&id.to_string())
+                            && let Err(err) = held.install(&me.store, doc)
+                        {
+                            tracing::error!(doc = %id, error = %format!("{err:#}"), "cannot install configuration document");
+                        }
+                        tracing::info!(doc = %id, took = ?started.elapsed(), "configuration document loaded");
+                    }
+                    Err(err) => {
+                        tracing::error!(doc = %id, error = %format!("{err:#}"), "cannot load configuration document")
+                    }
+                }
+            }
+        });
     }
 
     /// The nodes configuration may refer to: the fleet document's members that are not
@@ -702,9 +536,9 @@ impl Replication {
             return Arc::default();
         };
         let inputs = (
-            held.doc.version(),
-            held.doc.heads_digest(),
-            fleet.doc.heads_digest(),
+            held.version(),
+            held.digest(),
+            fleet.digest(),
             Self::fingerprint(known),
         );
         let key = id.to_string();
@@ -764,14 +598,14 @@ impl Replication {
         let known = self.known_nodes();
         let mut docs = lock(&self.docs);
         if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
-            slot.insert(Held::load(&self.store, &id).map_err(internal)?);
+            slot.insert(Held::open(&self.store, &id).map_err(internal)?);
         }
         let quarantined = match &id {
             DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
             DocId::Tenant(_) => self.tenant_quarantine(&docs, &id, &known),
         };
         let held = &docs[&id.to_string()];
-        let version = held.doc.version();
+        let version = held.version();
         let prefix = kind.collection_name();
         let mut items = Vec::new();
         let mut more = false;
@@ -838,7 +672,7 @@ impl Replication {
         let known = self.known_nodes();
         let mut docs = lock(&self.docs);
         if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
-            slot.insert(Held::load(&self.store, &id).map_err(internal)?);
+            slot.insert(Held::open(&self.store, &id).map_err(internal)?);
         }
         let quarantined = match &id {
             DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
@@ -874,7 +708,7 @@ impl Replication {
         let reasons = quarantined
             .get(&format!("{}.{key}", kind.collection_name()))
             .cloned();
-        Ok((value, held.doc.version(), reasons))
+        Ok((value, held.version(), reasons))
     }
 
     /// Anchors: makes sure `tenant` exists in the fleet document (a tenant's routes need it).
@@ -936,7 +770,7 @@ impl Replication {
             let held = match docs.entry(id.to_string()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(Held::load(&self.store, id).map_err(internal)?)
+                    v.insert(Held::open(&self.store, id).map_err(internal)?)
                 }
             };
             if let (Some(check), Some(new)) = (validate, value.clone()) {
@@ -945,13 +779,13 @@ impl Replication {
                     return Err(WriteError::Invalid(problems));
                 }
             }
-            let present = held.doc.entry(collection, key).ok().flatten().is_some();
+            let doc = held.doc(&self.store).map_err(internal)?;
+            let present = doc.entry(collection, key).ok().flatten().is_some();
             if value.is_none() && !present {
                 return Ok(None);
             }
             let written = value.clone();
-            let change = held
-                .doc
+            let change = doc
                 .apply_local_entry(
                     &self.author,
                     caller,
@@ -965,21 +799,12 @@ impl Replication {
                 )
                 .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
             if let Some(change) = &change {
-                let chunk = held.doc.save_incremental();
-                self.store
-                    .save_config_change(
-                        &id.to_string(),
-                        &chunk,
-                        &hex::encode(change.change_hash.0),
-                        &change.encode(),
-                        &self.peer.credentials.mic_der(),
-                    )
-                    .map_err(internal)?;
                 let touched = BTreeSet::from([ObjectRef {
                     collection: collection.name().to_string(),
                     key: key.to_string(),
                 }]);
-                held.refresh(&touched);
+                held.commit(&self.store, &[self.own_row(change)], &touched)
+                    .map_err(internal)?;
             }
             change
         };
@@ -989,6 +814,15 @@ impl Replication {
         }
         let version = self.with_doc(id, |d| d.version()).map_err(internal)?;
         Ok(Some(version))
+    }
+
+    /// The stored form of a change this node made: hash, envelope, its own MIC.
+    fn own_row(&self, change: &SignedChange) -> (String, Vec<u8>, Vec<u8>) {
+        (
+            hex::encode(change.change_hash.0),
+            change.encode(),
+            self.peer.credentials.mic_der(),
+        )
     }
 
     async fn after_commit(self: &Arc<Self>, changes: Vec<SignedChange>) {
@@ -1050,11 +884,16 @@ impl Replication {
             .map_err(internal)?;
         let key = kind.map_key(object_id);
         let object = format!("{}.{key}", kind.collection_name());
-        let (existed, _) = match self.get(kind, tenant, object_id) {
-            Ok(v) => (true, Some(v)),
+        let (existed, previous) = match self.get(kind, tenant, object_id) {
+            Ok((v, _, _)) => (true, Some(v)),
             Err(WriteError::NotFound(_)) => (false, None),
             Err(e) => return Err(e),
         };
+        // A replacement keeps the creation time unless the body sets one.
+        let kept_created_at = previous
+            .as_ref()
+            .and_then(|v| v["created_at"].as_i64())
+            .unwrap_or_else(|| crate::now_ms() as i64);
         let bad = |e: serde_json::Error| {
             WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
         };
@@ -1067,7 +906,7 @@ impl Replication {
                     route.tenant_id = tenant_id.clone();
                 }
                 if route.created_at == 0 {
-                    route.created_at = crate::now_ms() as i64;
+                    route.created_at = kept_created_at;
                 }
                 let site_scoped = matches!(kind, Kind::SiteRoute(_));
                 let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
@@ -1116,7 +955,7 @@ impl Replication {
                     serde_json::from_value(value).map_err(bad)?;
                 target.id = object_id.to_string();
                 if target.created_at == 0 {
-                    target.created_at = crate::now_ms() as i64;
+                    target.created_at = kept_created_at;
                 }
                 let check = move |view: &mut View, new: Option<nexus_crdt::FirmwareTarget>| {
                     let View::Tenant(m) = view else {
@@ -1162,7 +1001,12 @@ impl Replication {
         object_id: &str,
         value: serde_json::Value,
     ) -> Result<(serde_json::Value, u64, bool), WriteError> {
-        let existed = self.get(kind, None, object_id).is_ok();
+        let previous = self.get(kind, None, object_id).ok().map(|(v, _, _)| v);
+        let existed = previous.is_some();
+        let kept_created_at = previous
+            .as_ref()
+            .and_then(|v| v["created_at"].as_i64())
+            .unwrap_or_else(|| crate::now_ms() as i64);
         let object = format!("{}.{object_id}", kind.collection_name());
         let key = object_id.to_string();
         let bad = |e: serde_json::Error| {
@@ -1192,7 +1036,7 @@ impl Replication {
             Kind::Tenant => {
                 let mut record: nexus_crdt::Tenant = serde_json::from_value(value).map_err(bad)?;
                 if record.created_at == 0 {
-                    record.created_at = crate::now_ms() as i64;
+                    record.created_at = kept_created_at;
                 }
                 let check = move |view: &mut View, new: Option<nexus_crdt::Tenant>| {
                     let (View::Fleet(m), Some(new)) = (view, new) else {
@@ -1225,7 +1069,7 @@ impl Replication {
                     serde_json::from_value(value).map_err(bad)?;
                 policy.id = object_id.to_string();
                 if policy.created_at == 0 {
-                    policy.created_at = crate::now_ms() as i64;
+                    policy.created_at = kept_created_at;
                 }
                 let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
                     let (View::Fleet(m), Some(new)) = (view, new) else {
@@ -1340,7 +1184,7 @@ impl Replication {
             .unwrap_or_default();
         (
             serde_json::to_value(settings).unwrap_or_default(),
-            held.map(|h| h.doc.version()).unwrap_or_default(),
+            held.map(|h| h.version()).unwrap_or_default(),
         )
     }
 
@@ -1382,7 +1226,8 @@ impl Replication {
                 }
             }
             let change = held
-                .doc
+                .doc(&self.store)
+                .map_err(internal)?
                 .apply_local::<FleetDoc, std::convert::Infallible>(
                     &self.author,
                     caller,
@@ -1394,20 +1239,12 @@ impl Replication {
                 )
                 .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
             if let Some(change) = &change {
-                let chunk = held.doc.save_incremental();
-                self.store
-                    .save_config_change(
-                        "fleet",
-                        &chunk,
-                        &hex::encode(change.change_hash.0),
-                        &change.encode(),
-                        &self.peer.credentials.mic_der(),
-                    )
-                    .map_err(internal)?;
-                held.refresh(&BTreeSet::from([ObjectRef {
+                let touched = BTreeSet::from([ObjectRef {
                     collection: "settings".into(),
                     key: String::new(),
-                }]));
+                }]);
+                held.commit(&self.store, &[self.own_row(change)], &touched)
+                    .map_err(internal)?;
             }
             change
         };
@@ -1493,7 +1330,7 @@ impl Replication {
         let docs = lock(&self.docs);
         let mut out = Vec::new();
         for held in docs.values() {
-            if only.as_ref().is_some_and(|o| o != held.doc.id()) {
+            if only.as_ref().is_some_and(|o| o != &held.id) {
                 continue;
             }
             let snapshots = match &held.view {
@@ -1501,7 +1338,7 @@ impl Replication {
                 View::Tenant(m) => &m.model.snapshots,
             };
             for (sid, s) in snapshots {
-                out.push((sid.clone(), snapshot_json(held.doc.id(), sid, s)));
+                out.push((sid.clone(), snapshot_json(&held.id, sid, s)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1523,7 +1360,7 @@ impl Replication {
                     View::Fleet(m) => m.model.snapshots.get(snapshot_id),
                     View::Tenant(m) => m.model.snapshots.get(snapshot_id),
                 };
-                s.map(|s| (held.doc.id().clone(), s.clone()))
+                s.map(|s| (held.id.clone(), s.clone()))
             })
         };
         let (id, snapshot) = found
@@ -1550,65 +1387,49 @@ impl Replication {
                 .get_mut(&id2.to_string())
                 .ok_or_else(|| WriteError::Internal("document not loaded".into()))?;
             let now = crate::now_ms() as i64;
+            let doc = held.doc(&me.store).map_err(internal)?;
             let change = match &id2 {
                 DocId::Tenant(_) => {
-                    let past = held
-                        .doc
-                        .hydrate_at::<TenantDoc>(&heads)
-                        .map_err(internal)?
-                        .model;
-                    held.doc
-                        .apply_local::<TenantDoc, std::convert::Infallible>(
-                            &me.author,
-                            &caller2,
-                            now,
-                            |m| {
-                                m.routes = past.routes;
-                                m.firmware_targets = past.firmware_targets;
-                                m.node_overrides = past.node_overrides;
-                                m.site_routes = past.site_routes;
-                                m.site_node_overrides = past.site_node_overrides;
-                                Ok(())
-                            },
-                        )
-                        .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
+                    let past = doc.hydrate_at::<TenantDoc>(&heads).map_err(internal)?.model;
+                    doc.apply_local::<TenantDoc, std::convert::Infallible>(
+                        &me.author,
+                        &caller2,
+                        now,
+                        |m| {
+                            m.routes = past.routes;
+                            m.firmware_targets = past.firmware_targets;
+                            m.node_overrides = past.node_overrides;
+                            m.site_routes = past.site_routes;
+                            m.site_node_overrides = past.site_node_overrides;
+                            Ok(())
+                        },
+                    )
+                    .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
                 }
                 DocId::Fleet => {
-                    let past = held
-                        .doc
-                        .hydrate_at::<FleetDoc>(&heads)
-                        .map_err(internal)?
-                        .model;
-                    held.doc
-                        .apply_local::<FleetDoc, std::convert::Infallible>(
-                            &me.author,
-                            &caller2,
-                            now,
-                            |m| {
-                                m.settings = past.settings;
-                                m.tenants = past.tenants;
-                                m.policies = past.policies;
-                                Ok(())
-                            },
-                        )
-                        .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
+                    let past = doc.hydrate_at::<FleetDoc>(&heads).map_err(internal)?.model;
+                    doc.apply_local::<FleetDoc, std::convert::Infallible>(
+                        &me.author,
+                        &caller2,
+                        now,
+                        |m| {
+                            m.settings = past.settings;
+                            m.tenants = past.tenants;
+                            m.policies = past.policies;
+                            Ok(())
+                        },
+                    )
+                    .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
                 }
             };
             if let Some(change) = &change {
-                let chunk = held.doc.save_incremental();
-                me.store
-                    .save_config_change(
-                        &id2.to_string(),
-                        &chunk,
-                        &hex::encode(change.change_hash.0),
-                        &change.encode(),
-                        &me.peer.credentials.mic_der(),
-                    )
+                // Every collection may have changed: the view is rebuilt and stored whole.
+                let touched = BTreeSet::from([ObjectRef {
+                    collection: String::new(),
+                    key: String::new(),
+                }]);
+                held.commit(&me.store, &[me.own_row(change)], &touched)
                     .map_err(internal)?;
-                match Held::hydrate_view(&held.doc) {
-                    Ok(view) => held.view = view,
-                    Err(e) => return Err(internal(e)),
-                }
             }
             Ok(change)
         })
@@ -1654,21 +1475,19 @@ impl Replication {
                     at_unix,
                 };
                 let applied = self.with_held(&change.doc_id, |held| {
-                    let applied = held.doc.apply_remote(&change, &directory)?;
+                    let doc = held.doc(&self.store)?;
+                    let applied = doc.apply_remote(&change, &directory)?;
                     if applied == Applied::Duplicate {
                         return Ok::<_, anyhow::Error>(false);
                     }
                     verified(wire);
-                    let chunk = held.doc.save_incremental();
-                    self.store.save_config_change(
-                        &change.doc_id.to_string(),
-                        &chunk,
-                        &hex::encode(change.change_hash.0),
-                        &envelope,
-                        &mic,
-                    )?;
-                    let touched = held.doc.touched_objects([&change]);
-                    held.refresh(&touched);
+                    let touched = doc.touched_objects([&change]);
+                    let row = (
+                        hex::encode(change.change_hash.0),
+                        envelope.clone(),
+                        mic.clone(),
+                    );
+                    held.commit(&self.store, &[row], &touched)?;
                     record_lag("push", &change, &touched);
                     Ok(true)
                 })??;
@@ -1916,11 +1735,12 @@ impl Replication {
             cache: RefCell::new(HashMap::new()),
         };
         self.with_held(id, |held| {
-            let accepted = held.doc.receive_sync_message(state, &packet, &directory)?;
+            let doc = held.doc(&self.store)?;
+            let accepted = doc.receive_sync_message(state, &packet, &directory)?;
             if accepted.is_empty() {
                 return Ok(0);
             }
-            let chunk = held.doc.save_incremental();
+            let touched = doc.touched_objects(accepted.iter());
             let rows: Vec<(String, Vec<u8>, Vec<u8>)> = accepted
                 .iter()
                 .map(|c| {
@@ -1931,10 +1751,7 @@ impl Replication {
                     (hex::encode(c.change_hash.0), c.encode(), mic)
                 })
                 .collect();
-            self.store
-                .save_config_changes(&id.to_string(), &chunk, &rows)?;
-            let touched = held.doc.touched_objects(accepted.iter());
-            held.refresh(&touched);
+            held.commit(&self.store, &rows, &touched)?;
             for c in &accepted {
                 record_lag("sync", c, &touched);
             }
@@ -2053,10 +1870,7 @@ impl Replication {
     /// Compacts documents stored as many chunks into one (background; a crash leaves either
     /// the old chunks or the new one).
     fn compact_if_needed(&self) {
-        let ids: Vec<DocId> = lock(&self.docs)
-            .values()
-            .map(|h| h.doc.id().clone())
-            .collect();
+        let ids: Vec<DocId> = lock(&self.docs).values().map(|h| h.id.clone()).collect();
         for id in ids {
             let count = self.store.config_chunk_count(&id.to_string()).unwrap_or(0);
             if count < COMPACT_AFTER_CHUNKS {
@@ -2090,15 +1904,15 @@ impl Replication {
         let fleet_q = Self::fleet_quarantine(&docs);
         docs.values()
             .map(|held| {
-                let id = held.doc.id();
+                let id = &held.id;
                 let quarantined = match id {
                     DocId::Fleet => fleet_q.clone(),
                     DocId::Tenant(_) => (*self.tenant_quarantine(&docs, id, &known)).clone(),
                 };
                 serde_json::json!({
                     "document": id.to_string(),
-                    "version": held.doc.version(),
-                    "heads_digest": hex::encode(held.doc.heads_digest()),
+                    "version": held.version(),
+                    "heads_digest": hex::encode(held.digest()),
                     "quarantined": quarantined
                         .into_iter()
                         .map(|(object, reasons)| serde_json::json!({"object": object, "reasons": reasons}))
@@ -2110,9 +1924,7 @@ impl Replication {
 
     /// The version of a document this node holds.
     pub fn version_of(&self, id: &DocId) -> Option<u64> {
-        lock(&self.docs)
-            .get(&id.to_string())
-            .map(|h| h.doc.version())
+        lock(&self.docs).get(&id.to_string()).map(|h| h.version())
     }
 
     /// Publishes this node's document versions and digests in gossip.
@@ -2122,11 +1934,7 @@ impl Replication {
             .map(|(id, held)| {
                 (
                     format!("{GOSSIP_PREFIX_CONFIG}{id}"),
-                    format!(
-                        "{}:{}",
-                        held.doc.version(),
-                        hex::encode(held.doc.heads_digest())
-                    ),
+                    format!("{}:{}", held.version(), hex::encode(held.digest())),
                 )
             })
             .collect();
@@ -2144,6 +1952,7 @@ impl Replication {
     /// Anti-entropy: runs a sync session with peers whose published digest of a document
     /// differs from ours.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.preload();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -2180,12 +1989,7 @@ impl Replication {
     async fn sync_candidates(&self) -> Vec<(NodeId, SocketAddr, DocId)> {
         let ours: HashMap<String, (u64, String)> = lock(&self.docs)
             .iter()
-            .map(|(id, held)| {
-                (
-                    id.clone(),
-                    (held.doc.version(), hex::encode(held.doc.heads_digest())),
-                )
-            })
+            .map(|(id, held)| (id.clone(), (held.version(), hex::encode(held.digest()))))
             .collect();
         let me = self.author.facts().node_id;
         let mut by_doc: BTreeMap<String, Vec<(NodeId, SocketAddr, DocId)>> = BTreeMap::new();

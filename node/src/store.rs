@@ -192,7 +192,65 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ms INTEGER NOT NULL,
         PRIMARY KEY (peer, doc_id, side)
     ) WITHOUT ROWID;",
+    // 10: the materialized configuration a node serves reads from (see `crate::config_view`):
+    // one row per object, and the heads digest and version the rows correspond to, written in
+    // the transaction of the change that produced them; authors' MICs stored once each.
+    "CREATE TABLE config_objects (
+        doc_id TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT,
+        malformed TEXT,
+        PRIMARY KEY (doc_id, collection, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE config_views (
+        doc_id TEXT PRIMARY KEY,
+        heads_digest BLOB NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE config_mics (fingerprint TEXT PRIMARY KEY, der BLOB NOT NULL);
+    ALTER TABLE config_changes ADD COLUMN mic_fingerprint TEXT;",
 ];
+
+/// One stored object of a configuration view (`config_objects`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRow {
+    /// The collection (`routes`), or `settings`.
+    pub collection: String,
+    /// The object's key; empty for `settings`.
+    pub key: String,
+    /// The object, JSON; absent for an object that does not match the schema.
+    pub value: Option<String>,
+    /// Why the object is left out (`path: message`), if it does not match the schema.
+    pub malformed: Option<String>,
+}
+
+fn insert_object_row(
+    tx: &rusqlite::Transaction<'_>,
+    doc_id: &str,
+    row: &ObjectRow,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO config_objects (doc_id, collection, key, value, malformed) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (doc_id, collection, key) DO UPDATE SET value = ?4, malformed = ?5",
+        params![doc_id, row.collection, row.key, row.value, row.malformed],
+    )
+    .map(|_| ())
+}
+
+fn set_view(
+    tx: &rusqlite::Transaction<'_>,
+    doc_id: &str,
+    digest: &[u8; 32],
+    version: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO config_views (doc_id, heads_digest, version) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id) DO UPDATE SET heads_digest = ?2, version = ?3",
+        params![doc_id, digest.as_slice(), version as i64],
+    )
+    .map(|_| ())
+}
 
 /// Who this node is, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -590,41 +648,21 @@ impl Store {
         })
     }
 
-    /// Stores a change of a configuration document: the document's new incremental chunk and
-    /// the signed envelope with its author's MIC, in one transaction (durable before a write is
-    /// acknowledged or a received change counted).
-    pub fn save_config_change(
-        &self,
-        doc_id: &str,
-        chunk: &[u8],
-        hash: &str,
-        envelope: &[u8],
-        author_mic: &[u8],
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !chunk.is_empty() {
-                tx.execute(
-                    "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
-                    params![doc_id, chunk],
-                )?;
-            }
-            tx.execute(
-                "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, doc_id, envelope, author_mic, crate::now_ms() as i64],
-            )?;
-            tx.commit()
-        })
-    }
-
-    /// Stores changes of one document received together (a sync packet): the document's new
-    /// chunk and every envelope `(hash, envelope, author MIC)`, in one transaction.
-    pub fn save_config_changes(
+    /// Stores what one commit of a configuration document produced, in one transaction
+    /// (durable before a write is acknowledged or a received change counted): the document's
+    /// new incremental chunk, the signed envelopes `(hash, envelope, author MIC)` (each MIC
+    /// stored once), the view's changed rows (`None` in the triple deletes it) or, with `all`,
+    /// every row of the view, and the view's digest and version.
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_config(
         &self,
         doc_id: &str,
         chunk: &[u8],
         changes: &[(String, Vec<u8>, Vec<u8>)],
+        rows: Option<&[(String, String, Option<ObjectRow>)]>,
+        all: Option<&[ObjectRow]>,
+        digest: &[u8; 32],
+        version: u64,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -635,16 +673,96 @@ impl Store {
                 )?;
             }
             {
-                let mut insert = tx.prepare(
-                    "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                let mut mic = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO config_mics (fingerprint, der) VALUES (?1, ?2)",
+                )?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms, mic_fingerprint)
+                     VALUES (?1, ?2, ?3, x'', ?4, ?5)",
                 )?;
                 let now = crate::now_ms() as i64;
-                for (hash, envelope, mic) in changes {
-                    insert.execute(params![hash, doc_id, envelope, mic, now])?;
+                for (hash, envelope, der) in changes {
+                    let fingerprint = hex::encode(nexus_ca::sha256_fingerprint(der));
+                    mic.execute(params![fingerprint, der])?;
+                    insert.execute(params![hash, doc_id, envelope, now, fingerprint])?;
                 }
             }
+            if let Some(all) = all {
+                tx.execute("DELETE FROM config_objects WHERE doc_id = ?1", [doc_id])?;
+                for row in all {
+                    insert_object_row(&tx, doc_id, row)?;
+                }
+            }
+            for (collection, key, row) in rows.unwrap_or_default() {
+                match row {
+                    Some(row) => insert_object_row(&tx, doc_id, row)?,
+                    None => {
+                        tx.execute(
+                            "DELETE FROM config_objects WHERE doc_id = ?1 AND collection = ?2 AND key = ?3",
+                            params![doc_id, collection, key],
+                        )?;
+                    }
+                }
+            }
+            set_view(&tx, doc_id, digest, version)?;
             tx.commit()
+        })
+    }
+
+    /// Replaces a document's whole stored view.
+    pub fn save_config_view(
+        &self,
+        doc_id: &str,
+        rows: &[ObjectRow],
+        digest: &[u8; 32],
+        version: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM config_objects WHERE doc_id = ?1", [doc_id])?;
+            for row in rows {
+                insert_object_row(&tx, doc_id, row)?;
+            }
+            set_view(&tx, doc_id, digest, version)?;
+            tx.commit()
+        })
+    }
+
+    /// The digest and version a document's stored view corresponds to, if it has one.
+    pub fn config_view(&self, doc_id: &str) -> Result<Option<([u8; 32], u64)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT heads_digest, version FROM config_views WHERE doc_id = ?1",
+                [doc_id],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+        })
+        .map(|row| {
+            row.and_then(|(digest, version)| {
+                Some((
+                    <[u8; 32]>::try_from(digest.as_slice()).ok()?,
+                    version as u64,
+                ))
+            })
+        })
+    }
+
+    /// Every stored row of a document's view.
+    pub fn config_objects(&self, doc_id: &str) -> Result<Vec<ObjectRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT collection, key, value, malformed FROM config_objects WHERE doc_id = ?1",
+            )?;
+            let rows = stmt.query_map([doc_id], |r| {
+                Ok(ObjectRow {
+                    collection: r.get(0)?,
+                    key: r.get(1)?,
+                    value: r.get(2)?,
+                    malformed: r.get(3)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
@@ -652,9 +770,16 @@ impl Store {
     pub fn config_change(&self, hash: &str) -> Result<Option<StoredChange>, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT envelope, author_mic FROM config_changes WHERE hash = ?1",
+                "SELECT envelope, CASE WHEN length(author_mic) > 0 THEN author_mic
+                     ELSE (SELECT der FROM config_mics WHERE fingerprint = mic_fingerprint) END
+                 FROM config_changes WHERE hash = ?1",
                 [hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    ))
+                },
             )
             .optional()
         })

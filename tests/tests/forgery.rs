@@ -218,7 +218,12 @@ impl Replica {
             .collect::<Result<_, _>>()
             .unwrap();
         let envelopes = db
-            .prepare("SELECT envelope, author_mic FROM config_changes WHERE doc_id = 'fleet'")
+            // Each author's MIC is stored once (`config_mics`); older rows carry it inline.
+            .prepare(
+                "SELECT envelope, CASE WHEN length(author_mic) > 0 THEN author_mic ELSE \
+                 (SELECT der FROM config_mics WHERE fingerprint = mic_fingerprint) END \
+                 FROM config_changes WHERE doc_id = 'fleet'",
+            )
             .unwrap()
             .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?)))
             .unwrap()

@@ -23,7 +23,7 @@ use clap::Parser;
 use nexus_ca::{NodeKey, Role};
 use nexus_crdt::{
     ActionType, AuthorFacts, Caller, CallerRole, ConfigDoc, DocId, LocalAuthor, ROUTES,
-    RouteAction, RouteMatch, RoutePolicy, SignedChange, StreamMode,
+    RouteAction, RouteMatch, RoutePolicy, SignedChange, StreamMode, TenantDoc,
 };
 use nexus_tests::NodeProc;
 use serde_json::Value;
@@ -69,6 +69,17 @@ fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
             .with_context(|| format!("no {name} in {path}"))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`: next to
+/// the wall time it shows how much of the machine a start got when other work shares it.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz: f64 = command_output("getconf", &["CLK_TCK"])?.parse().ok()?;
+    Some(Duration::from_secs_f64(ticks / hz))
 }
 
 fn mib(kib: u64) -> String {
@@ -200,6 +211,12 @@ struct Generated {
     existing_chunks: usize,
     generate: Duration,
     save: Duration,
+    /// Offline, what the node does at start: `ConfigDoc::new` + `load_incremental` of the
+    /// saved bytes, then `hydrate::<TenantDoc>()`.
+    load: Duration,
+    hydrate: Duration,
+    /// `ConfigDoc::load` of the same bytes, for comparison.
+    load_whole: Duration,
 }
 
 /// Makes `n` route changes on the anchor's tenant document, one per route, as the API does.
@@ -252,6 +269,35 @@ fn generate(dir: &Path, anchor: &Anchor, n: usize) -> anyhow::Result<Generated> 
     let started = Instant::now();
     let saved = doc.save();
     let save = started.elapsed();
+    // Attribution: the node's load path, timed offline on the same bytes.
+    let started = Instant::now();
+    let mut loaded = ConfigDoc::new(doc_id.clone());
+    loaded.load_incremental(&saved)?;
+    let load = started.elapsed();
+    let started = Instant::now();
+    let whole = ConfigDoc::load(doc_id.clone(), &saved)?;
+    let load_whole = started.elapsed();
+    ensure!(
+        whole.version() == doc.version(),
+        "ConfigDoc::load gives version {}",
+        whole.version()
+    );
+    drop(whole);
+    let started = Instant::now();
+    let hydrated = loaded.hydrate::<TenantDoc>()?;
+    let hydrate = started.elapsed();
+    ensure!(
+        hydrated.model.routes.len() >= n && hydrated.malformed.is_empty(),
+        "the saved document hydrates to {} routes ({} malformed)",
+        hydrated.model.routes.len(),
+        hydrated.malformed.len()
+    );
+    ensure!(
+        loaded.version() == doc.version(),
+        "the saved document loads at version {}, not {}",
+        loaded.version(),
+        doc.version()
+    );
     Ok(Generated {
         version: doc.version(),
         doc_id,
@@ -260,6 +306,9 @@ fn generate(dir: &Path, anchor: &Anchor, n: usize) -> anyhow::Result<Generated> 
         existing_chunks: existing.len(),
         generate,
         save,
+        load,
+        hydrate,
+        load_whole,
     })
 }
 
@@ -314,6 +363,10 @@ struct Start {
     ready: Duration,
     /// The node's own `startup_ms` from its "node serving" log line.
     node_startup: Option<Duration>,
+    /// CPU time the node had used when ready.
+    cpu_ready: Option<Duration>,
+    /// The machine's 1-minute load average just before the spawn.
+    load_at_spawn: String,
     /// Requests made until ready (answered or not).
     polls: usize,
     version: u64,
@@ -381,6 +434,7 @@ async fn measure(
 ) -> anyhow::Result<Start> {
     let timeout = Duration::from_secs(args.timeout);
     let dir_s = dir.to_str().context("utf-8 path")?;
+    let load_at_spawn = load_average();
     let started = Instant::now();
     let mut node = NodeProc::start(dir, &["run", "--data-dir", dir_s])?;
     let pid = node.pid().context("no pid")?;
@@ -437,6 +491,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let cpu_ready = cpu_time(pid);
     let (rss_ready_kib, _) = memory_kib(pid)?;
     let base = base.expect("set before ready");
     let first = routes.min(1);
@@ -472,6 +527,8 @@ async fn measure(
         serving,
         ready,
         node_startup,
+        cpu_ready,
+        load_at_spawn,
         polls,
         version: answered["config_version"].as_u64().unwrap_or_default(),
         rss_ready_kib,
@@ -616,6 +673,12 @@ async fn main() -> anyhow::Result<()> {
         "node's own `startup_ms` (\"node serving\" log line)",
         &|s| s.node_startup.map_or_else(|| "?".into(), ms),
     );
+    row("node CPU time (user + system) when served", &|s| {
+        s.cpu_ready.map_or_else(|| "?".into(), ms)
+    });
+    row("machine's 1-minute load average at spawn", &|s| {
+        s.load_at_spawn.clone()
+    });
     row("routes requests until served (10 ms apart)", &|s| {
         s.polls.to_string()
     });
@@ -652,6 +715,13 @@ async fn main() -> anyhow::Result<()> {
         "- Generation (offline, `nexus-crdt`, one `apply_local_entry` per route, signed): {} for {n} changes ({per_change:.0} µs a change); `ConfigDoc::save` {}.",
         ms(generated.generate),
         ms(generated.save),
+    );
+    let _ = writeln!(
+        facts,
+        "- The node's load path timed offline in the bench process on the same bytes: `ConfigDoc::new` + `load_incremental` {}, `hydrate::<TenantDoc>()` {} (for comparison, `ConfigDoc::load` of the same bytes: {}).",
+        ms(generated.load),
+        ms(generated.hydrate),
+        ms(generated.load_whole),
     );
     let _ = writeln!(
         facts,
