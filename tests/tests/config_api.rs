@@ -177,7 +177,7 @@ async fn tenants_patch_sites_firmware_snapshots_and_quarantine() {
     assert_eq!(status, 204);
     everywhere(&fleet, "/v1/tenants", &["default"]).await;
 
-    // --- routes: PATCH is a JSON merge patch -----------------------------------------------
+    // --- routes: POST creates once, PUT replaces, PATCH is a JSON merge patch ---------------
     let (status, body, _) = send(
         &fleet,
         Method::POST,
@@ -186,6 +186,32 @@ async fn tenants_patch_sites_firmware_snapshots_and_quarantine() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    let created_at = body["created_at"].as_i64().unwrap();
+    assert!(created_at > 0);
+    let (status, body, _) = send(
+        &fleet,
+        Method::POST,
+        format!("{plain}/v1/routes"),
+        Some(route("r1", 11)),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("PUT"),
+        "{body}"
+    );
+    let (status, body, _) = send(
+        &fleet,
+        Method::PUT,
+        format!("{plain}/v1/routes/r1"),
+        Some(route("r1", 10)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["created_at"], created_at,
+        "a replacement keeps the creation time"
+    );
     let (status, body, _) = send(
         &fleet,
         Method::PATCH,
