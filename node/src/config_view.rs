@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 use nexus_crdt::{ConfigDoc, DocId, FleetDoc, ObjectRef, Problem, TenantDoc};
 
-use crate::store::{ObjectRow, Store};
+use crate::store::{ConfigJob, ObjectRow, Store};
 
 /// A document's typed model, with the objects whose stored form does not match the schema.
 #[derive(Debug, Clone, Default)]
@@ -398,15 +398,16 @@ impl Held {
         Ok(self.doc.as_mut().expect("installed above"))
     }
 
-    /// After changes were applied to the document: refreshes the touched objects and stores,
-    /// in one transaction, the document's new chunk, the envelopes `(hash, envelope, author
-    /// MIC)`, the touched rows and the view's new digest and version. Durable when it returns.
+    /// After changes were applied to the document: refreshes the touched objects (reads see
+    /// them from now on) and returns what must be stored, in one transaction: the document's
+    /// new chunk, the envelopes `(hash, envelope, author MIC)`, the touched rows and the view's
+    /// new digest and version. Hand it to the [`Persister`] before releasing the lock that
+    /// serialises commits, so jobs are stored in commit order.
     pub(crate) fn commit(
         &mut self,
-        store: &Store,
-        changes: &[(String, Vec<u8>, Vec<u8>)],
+        changes: Vec<(String, Vec<u8>, Vec<u8>)>,
         touched: &BTreeSet<ObjectRef>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<ConfigJob> {
         let doc = self.doc.as_mut().context("document not loaded")?;
         let chunk = doc.save_incremental();
         let (version, digest) = (doc.version(), doc.heads_digest());
@@ -416,41 +417,34 @@ impl Held {
                 whole = true;
             }
         }
-        let rows = if whole {
+        let (rows, all) = if whole {
             // A whole collection (or a top-level field such as settings) changed.
             self.view = View::hydrate(doc)?;
-            None
+            (Vec::new(), Some(self.view.all_rows()))
         } else {
-            Some(
-                touched
-                    .iter()
-                    .map(|o| {
-                        (
-                            o.collection.clone(),
-                            o.key.clone(),
-                            self.view.row(&o.collection, &o.key),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            let rows = touched
+                .iter()
+                .map(|o| {
+                    (
+                        o.collection.clone(),
+                        o.key.clone(),
+                        self.view.row(&o.collection, &o.key),
+                    )
+                })
+                .collect();
+            (rows, None)
         };
-        let all = if rows.is_none() {
-            Some(self.view.all_rows())
-        } else {
-            None
-        };
-        store.save_config(
-            &self.id.to_string(),
-            &chunk,
-            changes,
-            rows.as_deref(),
-            all.as_deref(),
-            &digest,
-            version,
-        )?;
         self.version = version;
         self.digest = digest;
-        Ok(())
+        Ok(ConfigJob {
+            doc_id: self.id.to_string(),
+            chunk,
+            changes,
+            rows,
+            all,
+            digest,
+            version,
+        })
     }
 
     pub(crate) fn fleet(&self) -> Option<&Materialized<FleetDoc>> {
@@ -465,5 +459,74 @@ impl Held {
             View::Tenant(m) => Some(m),
             View::Fleet(_) => None,
         }
+    }
+}
+
+/// Stores configuration commits in order, on one thread, several per transaction when they
+/// queue up (group commit: under load, one fsync covers many changes).
+///
+/// Local writes wait for their job ([`Persister::submit`] with a receiver) before they are
+/// acknowledged. Changes received from peers do not: the author already stored them, so a
+/// receiver applies and serves them at once and stores them a moment later; if it crashes in
+/// between, anti-entropy brings them back.
+pub(crate) struct Persister {
+    jobs: std::sync::mpsc::Sender<(
+        ConfigJob,
+        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    )>,
+}
+
+/// Most jobs stored in one transaction.
+const GROUP_COMMIT: usize = 256;
+
+impl Persister {
+    pub(crate) fn start(store: std::sync::Arc<Store>) -> Persister {
+        let (jobs, queue) = std::sync::mpsc::channel::<(
+            ConfigJob,
+            Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        )>();
+        std::thread::Builder::new()
+            .name("nexus-config-store".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < GROUP_COMMIT {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let (jobs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let result = store.save_config_jobs(&jobs).map_err(|e| e.to_string());
+                    metrics::counter!("nexus_config_store_transactions_total").increment(1);
+                    if let Err(err) = &result {
+                        metrics::counter!("nexus_config_store_errors_total").increment(1);
+                        tracing::error!(error = %err, jobs = jobs.len(), "cannot store configuration changes");
+                    }
+                    for waiter in waiters.into_iter().flatten() {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })
+            .expect("spawning the configuration store thread");
+        Persister { jobs }
+    }
+
+    /// Queues a job; with `wait`, the receiver says when it is durable (or why not).
+    pub(crate) fn submit(
+        &self,
+        job: ConfigJob,
+        wait: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        let (tx, rx) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if self.jobs.send((job, tx)).is_err() {
+            tracing::error!("the configuration store thread is gone");
+        }
+        rx
     }
 }

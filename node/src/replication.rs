@@ -38,7 +38,7 @@ use nexus_crdt::{
 use nexus_mesh::{Mesh, NodeStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::config_view::{Held, View};
+use crate::config_view::{Held, Persister, View};
 use crate::peer::{PeerRequest, PeerResponse, PeerService};
 use crate::store::Store;
 
@@ -273,6 +273,8 @@ pub struct Replication {
     /// Responder-side sync states of sessions in progress, by (peer, document).
     responding: Mutex<HashMap<(NodeId, String), (PeerSync, Instant)>>,
     quarantine: Mutex<HashMap<String, QuarantineCache>>,
+    /// Stores commits in order, group-committed.
+    persister: Persister,
     /// Peers whose advertised digest differs from ours: (peer, document) → (digest, since).
     diverged: Mutex<HashMap<(NodeId, String), (String, Instant)>>,
     /// What `record_members` last reconciled: (certificate rows, decommissioned nodes).
@@ -318,6 +320,7 @@ impl Replication {
             docs.insert(id.to_string(), Held::open(&store, &id)?);
         }
         Ok(Replication {
+            persister: Persister::start(store.clone()),
             docs: Mutex::new(docs),
             tenant: own.tenant.clone(),
             role: own.role,
@@ -409,15 +412,18 @@ impl Replication {
             .filter(|m| m.status == NodeStatus::Decommissioned)
             .map(|m| m.node_id)
             .collect();
+        let Ok(count) = self.store.certificate_count() else {
+            return;
+        };
+        let fingerprint = (count as usize, decommissioned.len());
+        if *lock(&self.members_seen) == Some(fingerprint) {
+            return;
+        }
         let store = self.store.clone();
         let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || store.certificates(None)).await
         else {
             return;
         };
-        let fingerprint = (rows.len(), decommissioned.len());
-        if *lock(&self.members_seen) == Some(fingerprint) {
-            return;
-        }
         // The earliest certificate of each node says who it is; renewals keep tenant and site.
         let mut issued: BTreeMap<String, nexus_crdt::Member> = BTreeMap::new();
         for row in rows.iter() {
@@ -798,21 +804,25 @@ impl Replication {
                     },
                 )
                 .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+            let mut durable = None;
             if let Some(change) = &change {
                 let touched = BTreeSet::from([ObjectRef {
                     collection: collection.name().to_string(),
                     key: key.to_string(),
                 }]);
-                held.commit(&self.store, &[self.own_row(change)], &touched)
+                let job = held
+                    .commit(vec![self.own_row(change)], &touched)
                     .map_err(internal)?;
+                durable = self.persister.submit(job, true);
             }
-            change
+            (change, durable, held.version())
         };
+        let (change, durable, version) = change;
+        wait_durable(durable).await?;
         if let Some(change) = change {
             metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
             self.after_commit(vec![change]).await;
         }
-        let version = self.with_doc(id, |d| d.version()).map_err(internal)?;
         Ok(Some(version))
     }
 
@@ -1238,16 +1248,21 @@ impl Replication {
                     },
                 )
                 .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+            let mut durable = None;
             if let Some(change) = &change {
                 let touched = BTreeSet::from([ObjectRef {
                     collection: "settings".into(),
                     key: String::new(),
                 }]);
-                held.commit(&self.store, &[self.own_row(change)], &touched)
+                let job = held
+                    .commit(vec![self.own_row(change)], &touched)
                     .map_err(internal)?;
+                durable = self.persister.submit(job, true);
             }
-            change
+            (change, durable)
         };
+        let (change, durable) = change;
+        wait_durable(durable).await?;
         if let Some(change) = change {
             metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
             self.after_commit(vec![change]).await;
@@ -1422,19 +1437,24 @@ impl Replication {
                     .map_err(|e| WriteError::Invalid(vec![e.to_string()]))?
                 }
             };
+            let mut durable = None;
             if let Some(change) = &change {
                 // Every collection may have changed: the view is rebuilt and stored whole.
                 let touched = BTreeSet::from([ObjectRef {
                     collection: String::new(),
                     key: String::new(),
                 }]);
-                held.commit(&me.store, &[me.own_row(change)], &touched)
+                let job = held
+                    .commit(vec![me.own_row(change)], &touched)
                     .map_err(internal)?;
+                durable = me.persister.submit(job, true);
             }
-            Ok(change)
+            Ok((change, durable))
         })
         .await
         .map_err(internal)??;
+        let (change, durable) = change;
+        wait_durable(durable).await?;
         let changed = change.is_some();
         if let Some(change) = change {
             metrics::counter!("nexus_config_changes_total", "origin" => "local").increment(1);
@@ -1487,7 +1507,8 @@ impl Replication {
                         envelope.clone(),
                         mic.clone(),
                     );
-                    held.commit(&self.store, &[row], &touched)?;
+                    let job = held.commit(vec![row], &touched)?;
+                    self.persister.submit(job, false);
                     record_lag("push", &change, &touched);
                     Ok(true)
                 })??;
@@ -1751,7 +1772,8 @@ impl Replication {
                     (hex::encode(c.change_hash.0), c.encode(), mic)
                 })
                 .collect();
-            held.commit(&self.store, &rows, &touched)?;
+            let job = held.commit(rows, &touched)?;
+            self.persister.submit(job, false);
             for c in &accepted {
                 record_lag("sync", c, &touched);
             }
@@ -2056,6 +2078,24 @@ impl Replication {
             .into_values()
             .filter_map(|candidates| candidates.choose(&mut rng).cloned())
             .collect()
+    }
+}
+
+/// Waits until a local commit is on disk: a write is acknowledged only then.
+async fn wait_durable(
+    durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+) -> Result<(), WriteError> {
+    let Some(durable) = durable else {
+        return Ok(());
+    };
+    match durable.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(WriteError::Internal(format!(
+            "the change could not be stored on this node's disk, so it is not acknowledged: {err}"
+        ))),
+        Err(_) => Err(WriteError::Internal(
+            "the configuration store stopped before the change was stored".into(),
+        )),
     }
 }
 

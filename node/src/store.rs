@@ -225,6 +225,68 @@ pub struct ObjectRow {
     pub malformed: Option<String>,
 }
 
+/// What one commit of a configuration document stores (see [`Store::save_config_jobs`]).
+#[derive(Debug, Clone)]
+pub struct ConfigJob {
+    /// `fleet` or `tenant/<id>`.
+    pub doc_id: String,
+    /// The document's new incremental chunk (may be empty).
+    pub chunk: Vec<u8>,
+    /// `(hash, envelope, author MIC)` of the changes.
+    pub changes: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Changed view rows: `(collection, key, row)`, `None` deletes.
+    pub rows: Vec<(String, String, Option<ObjectRow>)>,
+    /// Every row of the view, replacing the stored ones, when the whole view changed.
+    pub all: Option<Vec<ObjectRow>>,
+    /// The view's new heads digest.
+    pub digest: [u8; 32],
+    /// The view's new version.
+    pub version: u64,
+}
+
+fn save_config_job(tx: &rusqlite::Transaction<'_>, job: &ConfigJob) -> rusqlite::Result<()> {
+    let doc_id = job.doc_id.as_str();
+    if !job.chunk.is_empty() {
+        tx.execute(
+            "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
+            params![doc_id, job.chunk],
+        )?;
+    }
+    {
+        let mut mic = tx.prepare_cached(
+            "INSERT OR IGNORE INTO config_mics (fingerprint, der) VALUES (?1, ?2)",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms, mic_fingerprint)
+             VALUES (?1, ?2, ?3, x'', ?4, ?5)",
+        )?;
+        let now = crate::now_ms() as i64;
+        for (hash, envelope, der) in &job.changes {
+            let fingerprint = hex::encode(nexus_ca::sha256_fingerprint(der));
+            mic.execute(params![fingerprint, der])?;
+            insert.execute(params![hash, doc_id, envelope, now, fingerprint])?;
+        }
+    }
+    if let Some(all) = &job.all {
+        tx.execute("DELETE FROM config_objects WHERE doc_id = ?1", [doc_id])?;
+        for row in all {
+            insert_object_row(tx, doc_id, row)?;
+        }
+    }
+    for (collection, key, row) in &job.rows {
+        match row {
+            Some(row) => insert_object_row(tx, doc_id, row)?,
+            None => {
+                tx.execute(
+                    "DELETE FROM config_objects WHERE doc_id = ?1 AND collection = ?2 AND key = ?3",
+                    params![doc_id, collection, key],
+                )?;
+            }
+        }
+    }
+    set_view(tx, doc_id, &job.digest, job.version)
+}
+
 fn insert_object_row(
     tx: &rusqlite::Transaction<'_>,
     doc_id: &str,
@@ -556,6 +618,16 @@ impl Store {
         })
     }
 
+    /// How many certificates this anchor has issued (cheap; to notice new ones).
+    pub fn certificate_count(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM certificates", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+        })
+    }
+
     /// Certificates this anchor issued, optionally only those of one node, by serial.
     pub fn certificates(&self, node_id: Option<&str>) -> Result<Vec<CertificateRow>, StoreError> {
         self.with(|c| {
@@ -648,63 +720,17 @@ impl Store {
         })
     }
 
-    /// Stores what one commit of a configuration document produced, in one transaction
-    /// (durable before a write is acknowledged or a received change counted): the document's
-    /// new incremental chunk, the signed envelopes `(hash, envelope, author MIC)` (each MIC
-    /// stored once), the view's changed rows (`None` in the triple deletes it) or, with `all`,
-    /// every row of the view, and the view's digest and version.
-    #[allow(clippy::too_many_arguments)]
-    pub fn save_config(
-        &self,
-        doc_id: &str,
-        chunk: &[u8],
-        changes: &[(String, Vec<u8>, Vec<u8>)],
-        rows: Option<&[(String, String, Option<ObjectRow>)]>,
-        all: Option<&[ObjectRow]>,
-        digest: &[u8; 32],
-        version: u64,
-    ) -> Result<(), StoreError> {
+    /// Stores what commits of configuration documents produced, in order, in one transaction
+    /// (group commit: one fsync for the batch). Each job is a document's new incremental chunk,
+    /// its signed envelopes `(hash, envelope, author MIC)` (each MIC stored once), the view's
+    /// changed rows (`None` in the triple deletes one) or, with `all`, every row of the view,
+    /// and the view's digest and version.
+    pub fn save_config_jobs(&self, jobs: &[ConfigJob]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !chunk.is_empty() {
-                tx.execute(
-                    "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
-                    params![doc_id, chunk],
-                )?;
+            for job in jobs {
+                save_config_job(&tx, job)?;
             }
-            {
-                let mut mic = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO config_mics (fingerprint, der) VALUES (?1, ?2)",
-                )?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO config_changes (hash, doc_id, envelope, author_mic, stored_at_ms, mic_fingerprint)
-                     VALUES (?1, ?2, ?3, x'', ?4, ?5)",
-                )?;
-                let now = crate::now_ms() as i64;
-                for (hash, envelope, der) in changes {
-                    let fingerprint = hex::encode(nexus_ca::sha256_fingerprint(der));
-                    mic.execute(params![fingerprint, der])?;
-                    insert.execute(params![hash, doc_id, envelope, now, fingerprint])?;
-                }
-            }
-            if let Some(all) = all {
-                tx.execute("DELETE FROM config_objects WHERE doc_id = ?1", [doc_id])?;
-                for row in all {
-                    insert_object_row(&tx, doc_id, row)?;
-                }
-            }
-            for (collection, key, row) in rows.unwrap_or_default() {
-                match row {
-                    Some(row) => insert_object_row(&tx, doc_id, row)?,
-                    None => {
-                        tx.execute(
-                            "DELETE FROM config_objects WHERE doc_id = ?1 AND collection = ?2 AND key = ?3",
-                            params![doc_id, collection, key],
-                        )?;
-                    }
-                }
-            }
-            set_view(&tx, doc_id, digest, version)?;
             tx.commit()
         })
     }
