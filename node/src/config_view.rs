@@ -470,21 +470,18 @@ impl Held {
 /// receiver applies and serves them at once and stores them a moment later; if it crashes in
 /// between, anti-entropy brings them back.
 pub(crate) struct Persister {
-    jobs: std::sync::mpsc::Sender<(
-        ConfigJob,
-        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    )>,
+    jobs: std::sync::mpsc::Sender<(ConfigJob, Option<Durable>)>,
 }
+
+/// Told whether a job reached the disk.
+type Durable = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Most jobs stored in one transaction.
 const GROUP_COMMIT: usize = 256;
 
 impl Persister {
     pub(crate) fn start(store: std::sync::Arc<Store>) -> Persister {
-        let (jobs, queue) = std::sync::mpsc::channel::<(
-            ConfigJob,
-            Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-        )>();
+        let (jobs, queue) = std::sync::mpsc::channel::<(ConfigJob, Option<Durable>)>();
         std::thread::Builder::new()
             .name("nexus-config-store".into())
             .spawn(move || {
