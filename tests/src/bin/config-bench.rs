@@ -187,6 +187,125 @@ async fn measure(
     Ok((out, boot))
 }
 
+/// A free loopback port (bound, then released: etcd needs its ports named up front).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The baseline an operator would pick instead: one etcd member (Debian's `etcd-server`,
+/// default durability) and `watchers` watch streams on one key over its JSON gateway. Each
+/// round puts a value and times until every watcher has received it. `None` when there is no
+/// `etcd` binary.
+async fn etcd_baseline(watchers: usize, rounds: usize) -> anyhow::Result<Option<Vec<f64>>> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let Some(etcd) = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("no etcd binary: `apt-get install etcd-server` to measure the etcd baseline");
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir()?;
+    let (client, peer) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = std::process::Command::new(etcd)
+        .args([
+            "--name",
+            "bench",
+            "--data-dir",
+            dir.path().to_str().context("utf-8 path")?,
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("bench={peer_url}"),
+            "--log-level",
+            "error",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting etcd")?;
+    let http = reqwest::Client::new();
+    let result = async {
+        nexus_tests::wait_until(Duration::from_secs(20), "etcd serves", || async {
+            http.get(format!("{url}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await?;
+        let key = b64("bench/key");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
+        let mut streams = Vec::new();
+        for w in 0..watchers {
+            let mut response = http
+                .post(format!("{url}/v3/watch"))
+                .json(&json!({"create_request": {"key": key}}))
+                .send()
+                .await?;
+            let tx = tx.clone();
+            streams.push(tokio::spawn(async move {
+                let mut buffer = String::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    let at = Instant::now();
+                    buffer.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buffer.find('\n') {
+                        let line: String = buffer.drain(..=end).collect();
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                            continue;
+                        };
+                        for event in v["result"]["events"].as_array().into_iter().flatten() {
+                            if let Some(value) = event["kv"]["value"].as_str() {
+                                let _ = tx.send((w, value.to_string(), at));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Let every watch be registered before the first put.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut samples = Vec::new();
+        for round in 0..rounds {
+            let value = b64(&format!("round-{round}"));
+            let sent = Instant::now();
+            let put = http
+                .post(format!("{url}/v3/kv/put"))
+                .json(&json!({"key": key, "value": value}))
+                .send()
+                .await?;
+            anyhow::ensure!(put.status().is_success(), "etcd put: {}", put.status());
+            let mut seen = std::collections::HashSet::new();
+            while seen.len() < watchers {
+                let (w, v, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .context("etcd watchers did not all hear the put within 10 s")?
+                    .context("watch streams ended")?;
+                if v == value && seen.insert(w) {
+                    samples.push((at - sent).as_secs_f64() * 1e3);
+                }
+            }
+        }
+        for s in streams {
+            s.abort();
+        }
+        samples.sort_by(f64::total_cmp);
+        anyhow::Ok(samples)
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map(Some)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -224,6 +343,18 @@ async fn main() -> anyhow::Result<()> {
             print!("{row}");
             rows.push_str(&row);
         }
+        if let Some(etcd) = etcd_baseline(n - 1, args.rounds).await? {
+            let row = format!(
+                "| {n} | etcd 3.4, 1 member, {} watchers | {} | {:.1} ms | {:.1} ms | {:.1} ms | | | | |\n",
+                n - 1,
+                etcd.len(),
+                percentile(&etcd, 50.0),
+                percentile(&etcd, 99.0),
+                etcd.last().copied().unwrap_or(f64::NAN),
+            );
+            print!("{row}");
+            rows.push_str(&row);
+        }
     }
     let section = format!(
         "<!-- config-bench:start -->\n## Configuration change to applied\n\n\
@@ -235,7 +366,10 @@ async fn main() -> anyhow::Result<()> {
          **write** is the `POST` as its client saw it (validation, commit, fsync, answer) on the writing node. **bytes** is the push payload (JSON request bodies, before QUIC/TLS \
          framing) per change per receiving node, relays included. Fan-out is `push_fanout` in the fleet settings: \
          direct = the writer sends to every peer itself; tree = each receiver relays to its share of the rest. \
-         Goal: p99 < 250 ms at 50 nodes.\n\n\
+         Goal: p99 < 250 ms at 50 nodes. **etcd** is the baseline measured in the same run: one `etcd` 3.4 member (Debian \
+         `etcd-server`, default fsync) on loopback with N-1 watch streams on one key over its JSON gateway; applied = from \
+         sending the put to each watcher receiving the event. It is a central store notifying watchers; Nexus is N full \
+         replicas each verifying the author's signature and MIC and storing the change, all N processes on these 2 cores.\n\n\
          | nodes | fan-out | samples (node × write) | applied p50 | applied p99 | applied max | write p50 | write p99 | bytes | fleet boot |\n\
          |---|---|---|---|---|---|---|---|---|---|\n{rows}<!-- config-bench:end -->\n",
         args.nodes
