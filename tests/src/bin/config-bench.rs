@@ -189,7 +189,9 @@ async fn measure(
 
 /// A free loopback port (bound, then released: etcd needs its ports named up front).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The baseline an operator would pick instead: one etcd member (Debian's `etcd-server`,
@@ -361,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
          Command: `cargo build --release -p nexus-node -p nexus-tests && target/release/nexus-config-bench --nodes {} --fanouts {} --rounds {} --write docs/benchmarks.md`. \
          Machine: {} cores, {cpu}.\n\n\
          Each round writes one route policy (`POST /v1/routes`) on a plain node. **applied** is what every other node \
-         recorded: from the author committing the change to this node having verified, applied and fsynced it \
+         recorded: from the author committing the change to this node having verified and applied it and serving it (its store thread writes it to disk a moment later) \
          (logged under `nexus_config_applied`, same clock; the bench reads the logs, so it puts no load on the nodes). \
          **write** is the `POST` as its client saw it (validation, commit, fsync, answer) on the writing node. **bytes** is the push payload (JSON request bodies, before QUIC/TLS \
          framing) per change per receiving node, relays included. Fan-out is `push_fanout` in the fleet settings: \
