@@ -852,29 +852,6 @@ impl Replication {
         });
     }
 
-    /// Problems of the object `object` (`routes.r1`) when `insert` puts the candidate into the
-    /// model, validated whole (references need the rest of the document).
-    fn tenant_problems(
-        fleet: &FleetDoc,
-        tenant: &mut TenantDoc,
-        known: &KnownNodes,
-        object: &str,
-        insert: impl FnOnce(&mut TenantDoc) -> Box<dyn FnOnce(&mut TenantDoc)>,
-    ) -> Vec<String> {
-        let restore = insert(tenant);
-        let result = nexus_crdt::validate_tenant(fleet, tenant, known);
-        restore(tenant);
-        match result {
-            Ok(()) => Vec::new(),
-            Err(invalid) => invalid
-                .0
-                .iter()
-                .filter(|p| p.object == object || p.object.is_empty())
-                .map(|p| p.to_string())
-                .collect(),
-        }
-    }
-
     /// Creates or replaces a tenant-document object (route, site route, firmware target).
     pub async fn put_tenant_object(
         self: &Arc<Self>,
@@ -919,32 +896,15 @@ impl Replication {
                     route.created_at = kept_created_at;
                 }
                 let site_scoped = matches!(kind, Kind::SiteRoute(_));
-                let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
-                    let View::Tenant(m) = view else {
-                        return vec!["not a tenant document".into()];
+                let field: fn(&mut TenantDoc) -> &mut BTreeMap<String, nexus_crdt::RoutePolicy> =
+                    if site_scoped {
+                        |t| &mut t.site_routes
+                    } else {
+                        |t| &mut t.routes
                     };
-                    let Some(new) = new else { return Vec::new() };
-                    let k = key.clone();
-                    Self::tenant_problems(&fleet, &mut m.model, &known, &object, move |t| {
-                        let map = if site_scoped {
-                            &mut t.site_routes
-                        } else {
-                            &mut t.routes
-                        };
-                        let old = map.insert(k.clone(), new);
-                        Box::new(move |t: &mut TenantDoc| {
-                            let map = if site_scoped {
-                                &mut t.site_routes
-                            } else {
-                                &mut t.routes
-                            };
-                            match old {
-                                Some(o) => map.insert(k, o),
-                                None => map.remove(&k),
-                            };
-                        })
-                    })
-                };
+                let check = candidate_check(object, key, tenant_model, field, move |t| {
+                    nexus_crdt::validate_tenant(&fleet, t, &known)
+                });
                 let collection = if site_scoped {
                     nexus_crdt::SITE_ROUTES
                 } else {
@@ -967,22 +927,13 @@ impl Replication {
                 if target.created_at == 0 {
                     target.created_at = kept_created_at;
                 }
-                let check = move |view: &mut View, new: Option<nexus_crdt::FirmwareTarget>| {
-                    let View::Tenant(m) = view else {
-                        return vec!["not a tenant document".into()];
-                    };
-                    let Some(new) = new else { return Vec::new() };
-                    let k = key.clone();
-                    Self::tenant_problems(&fleet, &mut m.model, &known, &object, move |t| {
-                        let old = t.firmware_targets.insert(k.clone(), new);
-                        Box::new(move |t: &mut TenantDoc| {
-                            match old {
-                                Some(o) => t.firmware_targets.insert(k, o),
-                                None => t.firmware_targets.remove(&k),
-                            };
-                        })
-                    })
-                };
+                let check = candidate_check(
+                    object,
+                    key,
+                    tenant_model,
+                    |t| &mut t.firmware_targets,
+                    move |t| nexus_crdt::validate_tenant(&fleet, t, &known),
+                );
                 self.write(
                     &id,
                     caller,
@@ -1022,48 +973,19 @@ impl Replication {
         let bad = |e: serde_json::Error| {
             WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
         };
-        /// Problems of `object` once `put` placed the candidate (undone by `undo`).
-        fn fleet_problems<T>(
-            m: &mut FleetDoc,
-            object: &str,
-            put: impl FnOnce(&mut FleetDoc) -> T,
-            undo: impl FnOnce(&mut FleetDoc, T),
-        ) -> Vec<String> {
-            let old = put(m);
-            let result = nexus_crdt::validate(m);
-            undo(m, old);
-            match result {
-                Ok(()) => Vec::new(),
-                Err(invalid) => invalid
-                    .0
-                    .iter()
-                    .filter(|p| p.object == object || p.object.is_empty())
-                    .map(|p| p.to_string())
-                    .collect(),
-            }
-        }
         let version = match kind {
             Kind::Tenant => {
                 let mut record: nexus_crdt::Tenant = serde_json::from_value(value).map_err(bad)?;
                 if record.created_at == 0 {
                     record.created_at = kept_created_at;
                 }
-                let check = move |view: &mut View, new: Option<nexus_crdt::Tenant>| {
-                    let (View::Fleet(m), Some(new)) = (view, new) else {
-                        return Vec::new();
-                    };
-                    fleet_problems(
-                        &mut m.model,
-                        &object,
-                        |f| f.tenants.insert(key.clone(), new),
-                        |f, old| {
-                            match old {
-                                Some(o) => f.tenants.insert(key.clone(), o),
-                                None => f.tenants.remove(&key),
-                            };
-                        },
-                    )
-                };
+                let check = candidate_check(
+                    object,
+                    key,
+                    fleet_model,
+                    |f| &mut f.tenants,
+                    nexus_crdt::validate,
+                );
                 self.write(
                     &DocId::Fleet,
                     caller,
@@ -1081,22 +1003,13 @@ impl Replication {
                 if policy.created_at == 0 {
                     policy.created_at = kept_created_at;
                 }
-                let check = move |view: &mut View, new: Option<nexus_crdt::RoutePolicy>| {
-                    let (View::Fleet(m), Some(new)) = (view, new) else {
-                        return Vec::new();
-                    };
-                    fleet_problems(
-                        &mut m.model,
-                        &object,
-                        |f| f.policies.insert(key.clone(), new),
-                        |f, old| {
-                            match old {
-                                Some(o) => f.policies.insert(key.clone(), o),
-                                None => f.policies.remove(&key),
-                            };
-                        },
-                    )
-                };
+                let check = candidate_check(
+                    object,
+                    key,
+                    fleet_model,
+                    |f| &mut f.policies,
+                    nexus_crdt::validate,
+                );
                 self.write(
                     &DocId::Fleet,
                     caller,
@@ -2078,6 +1991,54 @@ impl Replication {
             .into_values()
             .filter_map(|candidates| candidates.choose(&mut rng).cloned())
             .collect()
+    }
+}
+
+/// The tenant model of a view, if it is one.
+fn tenant_model(view: &mut View) -> Option<&mut TenantDoc> {
+    match view {
+        View::Tenant(m) => Some(&mut m.model),
+        View::Fleet(_) => None,
+    }
+}
+
+/// The fleet model of a view, if it is one.
+fn fleet_model(view: &mut View) -> Option<&mut FleetDoc> {
+    match view {
+        View::Fleet(m) => Some(&mut m.model),
+        View::Tenant(_) => None,
+    }
+}
+
+/// A write's check: the problems of `object` (`routes.r1`) once the candidate is under `key`
+/// in the model's `field`, validated whole (references need the rest of the document; a
+/// problem with the document as a whole counts too); the model is put back afterwards.
+fn candidate_check<M, V>(
+    object: String,
+    key: String,
+    model: fn(&mut View) -> Option<&mut M>,
+    field: fn(&mut M) -> &mut BTreeMap<String, V>,
+    validate: impl Fn(&M) -> Result<(), nexus_crdt::Invalid> + Sync,
+) -> impl Fn(&mut View, Option<V>) -> Vec<String> + Sync {
+    move |view, new| {
+        let (Some(m), Some(new)) = (model(view), new) else {
+            return Vec::new();
+        };
+        let old = field(m).insert(key.clone(), new);
+        let result = validate(m);
+        match old {
+            Some(o) => field(m).insert(key.clone(), o),
+            None => field(m).remove(&key),
+        };
+        match result {
+            Ok(()) => Vec::new(),
+            Err(invalid) => invalid
+                .0
+                .iter()
+                .filter(|p| p.object == object || p.object.is_empty())
+                .map(|p| p.to_string())
+                .collect(),
+        }
     }
 }
 
