@@ -255,7 +255,7 @@ pub struct ObjectPage {
 
 /// Cached quarantine verdicts for a tenant document: valid while the inputs are the same.
 struct QuarantineCache {
-    inputs: (u64, [u8; 32], [u8; 32], u64),
+    inputs: (u64, [u8; 32], [u8; 32]),
     quarantined: Arc<BTreeMap<String, Vec<String>>>,
 }
 
@@ -495,17 +495,6 @@ impl Replication {
         }
     }
 
-    fn fingerprint(known: &KnownNodes) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (id, n) in known {
-            id.as_bytes().hash(&mut h);
-            n.tenant.hash(&mut h);
-            n.site.hash(&mut h);
-        }
-        h.finish()
-    }
-
     fn system_caller() -> Caller {
         Caller {
             identity: "system:anchor".into(),
@@ -531,22 +520,16 @@ impl Replication {
     }
 
     /// Quarantined objects of a tenant document (`routes.r1` → reasons), cached while the
-    /// documents and the known nodes are unchanged.
+    /// tenant and fleet documents are unchanged (the known nodes come from the fleet document).
     fn tenant_quarantine(
         &self,
         docs: &BTreeMap<String, Held>,
         id: &DocId,
-        known: &KnownNodes,
     ) -> Arc<BTreeMap<String, Vec<String>>> {
         let (Some(fleet), Some(held)) = (docs.get("fleet"), docs.get(&id.to_string())) else {
             return Arc::default();
         };
-        let inputs = (
-            held.version(),
-            held.digest(),
-            fleet.digest(),
-            Self::fingerprint(known),
-        );
+        let inputs = (held.version(), held.digest(), fleet.digest());
         let key = id.to_string();
         if let Some(c) = lock(&self.quarantine).get(&key)
             && c.inputs == inputs
@@ -556,8 +539,9 @@ impl Replication {
         let (Some(f), Some(t)) = (fleet.fleet(), held.tenant()) else {
             return Arc::default();
         };
+        let known = f.model.known_nodes();
         let effective: Effective<TenantDoc> =
-            nexus_crdt::effective_tenant_with(&f.model, &t.model, known, t.malformed());
+            nexus_crdt::effective_tenant_with(&f.model, &t.model, &known, t.malformed());
         let quarantined: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
             effective
                 .quarantined
@@ -601,14 +585,13 @@ impl Replication {
         limit: usize,
     ) -> Result<ObjectPage, WriteError> {
         let id = self.doc_for(kind, tenant)?;
-        let known = self.known_nodes();
         let mut docs = lock(&self.docs);
         if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
             slot.insert(Held::open(&self.store, &id).map_err(internal)?);
         }
         let quarantined = match &id {
             DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
-            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id, &known),
+            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id),
         };
         let held = &docs[&id.to_string()];
         let version = held.version();
@@ -675,14 +658,13 @@ impl Replication {
         object_id: &str,
     ) -> Result<(serde_json::Value, u64, Option<Vec<String>>), WriteError> {
         let id = self.doc_for(kind, tenant)?;
-        let known = self.known_nodes();
         let mut docs = lock(&self.docs);
         if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
             slot.insert(Held::open(&self.store, &id).map_err(internal)?);
         }
         let quarantined = match &id {
             DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
-            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id, &known),
+            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id),
         };
         let held = &docs[&id.to_string()];
         let key = kind.map_key(object_id);
@@ -1834,7 +1816,6 @@ impl Replication {
 
     /// What this node holds: per document its version, heads digest and quarantined objects.
     pub fn local_status(&self) -> Vec<serde_json::Value> {
-        let known = self.known_nodes();
         let docs = lock(&self.docs);
         let fleet_q = Self::fleet_quarantine(&docs);
         docs.values()
@@ -1842,7 +1823,7 @@ impl Replication {
                 let id = &held.id;
                 let quarantined = match id {
                     DocId::Fleet => fleet_q.clone(),
-                    DocId::Tenant(_) => (*self.tenant_quarantine(&docs, id, &known)).clone(),
+                    DocId::Tenant(_) => (*self.tenant_quarantine(&docs, id)).clone(),
                 };
                 serde_json::json!({
                     "document": id.to_string(),
