@@ -198,15 +198,32 @@ async fn list(
         .map(|c| cursor::decode(kind.cursor_kind(), c).map_err(ApiError::bad_request))
         .transpose()?;
     let tenant = scope(&caller, q.tenant)?;
-    let page = backend
-        .config_list(kind.clone(), tenant, after, limit)
-        .await?;
-    let mut items: Vec<(String, Value)> = page.items;
+    // A caller confined to a tenant lists only its own tenant record.
     if kind == ConfigKind::Tenants
         && let Some(own) = &caller.tenant
     {
-        items.retain(|(id, _)| id == own);
+        let mine = after.as_deref().is_none_or(|a| a < own.as_str());
+        let object = if mine {
+            match backend.config_get(kind.clone(), None, own.clone()).await {
+                Ok(object) => Some(object),
+                Err(e) if e.status == StatusCode::NOT_FOUND => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let version = object.as_ref().map_or(0, |o| o.version);
+        let body = serde_json::json!({
+            "items": object.map(|o| vec![o.value]).unwrap_or_default(),
+            "next_cursor": null,
+            "config_version": version,
+        });
+        return Ok(versioned(StatusCode::OK, version, body, None));
     }
+    let page = backend
+        .config_list(kind.clone(), tenant, after, limit)
+        .await?;
+    let items: Vec<(String, Value)> = page.items;
     let next_cursor = if page.more {
         items
             .last()

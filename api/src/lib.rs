@@ -1044,6 +1044,19 @@ async fn transparency_mirrors(
     backend.transparency_mirrors().await.map(Json)
 }
 
-async fn config_status(State(backend): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    backend.config_status().await.map(Json)
+async fn config_status(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut status = backend.config_status().await?;
+    // A caller confined to a tenant sees the fleet document and its own tenant's only.
+    if let Some(tenant) = caller.and_then(|c| c.0.tenant) {
+        let own = format!("tenant/{tenant}");
+        for list in ["documents", "local"] {
+            if let Some(items) = status.get_mut(list).and_then(|v| v.as_array_mut()) {
+                items.retain(|d| d["document"] == "fleet" || d["document"] == own.as_str());
+            }
+        }
+    }
+    Ok(Json(status))
 }

@@ -215,10 +215,16 @@ impl ConfigDoc {
             if !self.has_change(&c.change_hash) {
                 continue;
             }
-            let Ok(decoded) = crate::signed::decode_change(&c.change) else {
-                continue;
-            };
-            let Ok(targets) = batch.op_targets(&decoded) else {
+            // A change whose targets cannot be resolved touched something: report the whole
+            // document (an empty collection), so a materialized copy is re-read whole.
+            let targets = crate::signed::decode_change(&c.change)
+                .ok()
+                .and_then(|decoded| batch.op_targets(&decoded).ok());
+            let Some(targets) = targets else {
+                touched.insert(ObjectRef {
+                    collection: String::new(),
+                    key: String::new(),
+                });
                 continue;
             };
             for path in targets {

@@ -58,6 +58,10 @@ pub struct FleetDoc {
 /// A node of the fleet as its admission recorded it (keyed by node id).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct Member {
+    /// `anchor` or `node`, from its newest MIC (a promotion changes it).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub role: String,
     /// Its tenant.
     pub tenant: String,
     /// Its site (may be empty).
@@ -72,6 +76,22 @@ pub struct Member {
 }
 
 impl FleetDoc {
+    /// What the fleet's anchors certified about `node` (role, tenant, site), if it is a member
+    /// that is not decommissioned. This, not what a node says of itself in gossip, decides which
+    /// documents may be sent to it.
+    pub fn member_facts(&self, node: &NodeId) -> Option<crate::AuthorFacts> {
+        let m = self.members.get(&node.to_hex())?;
+        if m.decommissioned_at.is_some() {
+            return None;
+        }
+        Some(crate::AuthorFacts {
+            node_id: *node,
+            role: m.role.parse().unwrap_or(nexus_ca::Role::Node),
+            tenant: m.tenant.clone(),
+            site: m.site.clone(),
+        })
+    }
+
     /// The nodes configuration may refer to: every member not decommissioned.
     pub fn known_nodes(&self) -> crate::KnownNodes {
         self.members

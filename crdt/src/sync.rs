@@ -214,6 +214,9 @@ impl ConfigDoc {
         let mut changes = Vec::new();
         let mut bytes = 0usize;
         let mut deferred = Vec::new();
+        // Chunks come in dependency order: once one is cut, every later one is cut too, so a
+        // packet never carries a change whose dependency it left out.
+        let mut cut = false;
         for chunk in chunks.iter() {
             let hash = decode_change(chunk)
                 .map_err(|e| SyncError::Decode(format!("automerge produced a bad chunk: {e}")))?
@@ -222,9 +225,10 @@ impl ConfigDoc {
                 // Every replica derives genesis (and the derived changes) itself; never sent.
                 continue;
             }
-            let full = changes.len() >= limits.max_changes.get()
+            cut = cut
+                || changes.len() >= limits.max_changes.get()
                 || (!changes.is_empty() && bytes + chunk.len() > limits.max_bytes.get());
-            if full {
+            if cut {
                 deferred.push(hash);
                 continue;
             }
@@ -249,6 +253,12 @@ impl ConfigDoc {
 
     /// Takes a packet from the peer. Returns the envelopes newly added to the document (persist
     /// them and the document's new changes; relay them to peers that lack them).
+    ///
+    /// A change whose dependencies have not arrived (automerge's bloom filter can make the
+    /// sender skip one) is verified and returned too, but automerge holds it until they come;
+    /// its `need` list then asks the sender for them. Callers refreshing a materialized copy must
+    /// keep such changes and look at them again after the next packet
+    /// ([`ConfigDoc::has_change`]).
     ///
     /// On error nothing of the packet was applied; end the session and drop `peer` (do not
     /// persist it).

@@ -315,6 +315,8 @@ pub(crate) struct Held {
     pub(crate) view: View,
     version: u64,
     digest: [u8; 32],
+    /// Changes received by sync that automerge holds back until their dependencies arrive.
+    pub(crate) queued: Vec<nexus_crdt::SignedChange>,
 }
 
 impl Held {
@@ -330,6 +332,7 @@ impl Held {
                 view,
                 version,
                 digest,
+                queued: Vec::new(),
             });
         }
         let doc = Held::load_doc(store, id)?;
@@ -339,6 +342,7 @@ impl Held {
             version: doc.version(),
             digest: doc.heads_digest(),
             doc: Some(doc),
+            queued: Vec::new(),
         };
         let rows = held.view.all_rows();
         store.save_config_view(&key, &rows, &held.digest, held.version)?;
@@ -471,6 +475,10 @@ impl Held {
 /// between, anti-entropy brings them back.
 pub(crate) struct Persister {
     jobs: std::sync::mpsc::Sender<(ConfigJob, Option<Durable>)>,
+    /// Envelopes `(envelope, author MIC)` by change hash, from submission until stored: a
+    /// sync session may have to send a change that is applied but not on disk yet.
+    pending:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>>>,
 }
 
 /// Told whether a job reached the disk.
@@ -482,6 +490,10 @@ const GROUP_COMMIT: usize = 256;
 impl Persister {
     pub(crate) fn start(store: std::sync::Arc<Store>) -> Persister {
         let (jobs, queue) = std::sync::mpsc::channel::<(ConfigJob, Option<Durable>)>();
+        let pending: std::sync::Arc<
+            std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>>,
+        > = Default::default();
+        let stored = pending.clone();
         std::thread::Builder::new()
             .name("nexus-config-store".into())
             .spawn(move || {
@@ -493,20 +505,37 @@ impl Persister {
                             Err(_) => break,
                         }
                     }
-                    let (jobs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let result = store.save_config_jobs(&jobs).map_err(|e| e.to_string());
-                    metrics::counter!("nexus_config_store_transactions_total").increment(1);
-                    if let Err(err) = &result {
-                        metrics::counter!("nexus_config_store_errors_total").increment(1);
-                        tracing::error!(error = %err, jobs = jobs.len(), "cannot store configuration changes");
+                    let (jobs, mut waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    // A batch that cannot be stored is retried, never dropped: later chunks
+                    // build on it. Its writers are told at once (their writes are not
+                    // acknowledged); everything queued behind it waits.
+                    let mut delay = std::time::Duration::from_millis(100);
+                    loop {
+                        let result = store.save_config_jobs(&jobs).map_err(|e| e.to_string());
+                        metrics::counter!("nexus_config_store_transactions_total").increment(1);
+                        for waiter in waiters.drain(..).flatten() {
+                            let _ = waiter.send(result.clone());
+                        }
+                        match result {
+                            Ok(()) => break,
+                            Err(err) => {
+                                metrics::counter!("nexus_config_store_errors_total").increment(1);
+                                tracing::error!(error = %err, jobs = jobs.len(), retry_in = ?delay, "cannot store configuration changes; retrying");
+                                std::thread::sleep(delay);
+                                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                            }
+                        }
                     }
-                    for waiter in waiters.into_iter().flatten() {
-                        let _ = waiter.send(result.clone());
+                    let mut pending = stored.lock().unwrap_or_else(|p| p.into_inner());
+                    for job in &jobs {
+                        for (hash, _, _) in &job.changes {
+                            pending.remove(hash);
+                        }
                     }
                 }
             })
             .expect("spawning the configuration store thread");
-        Persister { jobs }
+        Persister { jobs, pending }
     }
 
     /// Queues a job; with `wait`, the receiver says when it is durable (or why not).
@@ -515,6 +544,12 @@ impl Persister {
         job: ConfigJob,
         wait: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (hash, envelope, mic) in &job.changes {
+                pending.insert(hash.clone(), (envelope.clone(), mic.clone()));
+            }
+        }
         let (tx, rx) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -525,5 +560,19 @@ impl Persister {
             tracing::error!("the configuration store thread is gone");
         }
         rx
+    }
+
+    /// Resolves once everything submitted before is on disk.
+    pub(crate) fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        self.submit(ConfigJob::barrier(), true)
+    }
+
+    /// The envelope and author MIC of a change submitted but not stored yet.
+    pub(crate) fn pending(&self, hash: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned()
     }
 }

@@ -180,12 +180,17 @@ impl AuthorDirectory for PacketDirectory<'_> {
 /// Envelopes for a sync packet, from the change table; remembers each author's MIC.
 struct StoredEnvelopes<'a> {
     store: &'a Store,
+    persister: &'a Persister,
     mics: RefCell<BTreeMap<String, Vec<u8>>>,
 }
 
 impl EnvelopeSource for StoredEnvelopes<'_> {
     fn envelope(&self, hash: &ChangeHash) -> Option<SignedChange> {
-        let (envelope, mic) = self.store.config_change(&hex::encode(hash.0)).ok()??;
+        let hash = hex::encode(hash.0);
+        let (envelope, mic) = match self.persister.pending(&hash) {
+            Some(found) => found,
+            None => self.store.config_change(&hash).ok()??,
+        };
         let change = SignedChange::decode(&envelope).ok()?;
         self.mics
             .borrow_mut()
@@ -275,6 +280,8 @@ pub struct Replication {
     quarantine: Mutex<HashMap<String, QuarantineCache>>,
     /// Stores commits in order, group-committed.
     persister: Persister,
+    /// Commits made here (compaction is considered every 64).
+    commits: std::sync::atomic::AtomicU64,
     /// Peers whose advertised digest differs from ours: (peer, document) → (digest, since).
     diverged: Mutex<HashMap<(NodeId, String), (String, Instant)>>,
     /// What `record_members` last reconciled: (certificate rows, decommissioned nodes).
@@ -321,6 +328,7 @@ impl Replication {
         }
         Ok(Replication {
             persister: Persister::start(store.clone()),
+            commits: std::sync::atomic::AtomicU64::new(0),
             docs: Mutex::new(docs),
             tenant: own.tenant.clone(),
             role: own.role,
@@ -398,6 +406,28 @@ impl Replication {
             .unwrap_or_default()
     }
 
+    /// What may be sent to each of `nodes`, from what the anchors certified (the fleet
+    /// document's members), never from what a node says of itself in gossip. A fleet member
+    /// not recorded yet (it just joined) is given the fleet document only.
+    fn trusted_facts(&self, nodes: &[NodeId]) -> HashMap<NodeId, AuthorFacts> {
+        let docs = lock(&self.docs);
+        let fleet = docs.get("fleet").and_then(Held::fleet);
+        nodes
+            .iter()
+            .map(|node| {
+                let facts = fleet
+                    .and_then(|f| f.model.member_facts(node))
+                    .unwrap_or(AuthorFacts {
+                        node_id: *node,
+                        role: Role::Node,
+                        tenant: String::new(),
+                        site: String::new(),
+                    });
+                (*node, facts)
+            })
+            .collect()
+    }
+
     /// Anchors: records in the fleet document every node this anchor issued a MIC to, and
     /// marks the ones an operator decommissioned. Idempotent (only differences are written), so
     /// several anchors doing it at once converge on the same records.
@@ -424,28 +454,35 @@ impl Replication {
         else {
             return;
         };
-        // The earliest certificate of each node says who it is; renewals keep tenant and site.
-        let mut issued: BTreeMap<String, nexus_crdt::Member> = BTreeMap::new();
+        // The newest certificate of each node says what it is now (a promotion makes a node an
+        // anchor); the earliest says when it joined.
+        let mut issued: BTreeMap<String, (nexus_crdt::Member, u64)> = BTreeMap::new();
         for row in rows.iter() {
-            if issued.contains_key(&row.node_id) {
-                continue;
-            }
             let Some(mic) = nexus_ca::pem_to_der(&row.cert_pem)
                 .ok()
                 .and_then(|der| der.first().and_then(|d| nexus_ca::read_mic(d).ok()))
             else {
                 continue;
             };
-            issued.insert(
-                row.node_id.clone(),
-                nexus_crdt::Member {
-                    tenant: mic.tenant,
-                    site: mic.site,
-                    enrolled_at: row.issued_at_ms as i64,
-                    decommissioned_at: None,
-                },
-            );
+            let record = issued.entry(row.node_id.clone()).or_insert_with(|| {
+                (
+                    nexus_crdt::Member {
+                        enrolled_at: row.issued_at_ms as i64,
+                        ..Default::default()
+                    },
+                    0,
+                )
+            });
+            record.0.enrolled_at = record.0.enrolled_at.min(row.issued_at_ms as i64);
+            if row.issued_at_ms >= record.1 {
+                record.1 = row.issued_at_ms;
+                record.0.role = mic.role.as_str().to_string();
+                record.0.tenant = mic.tenant;
+                record.0.site = mic.site;
+            }
         }
+        let issued: BTreeMap<String, nexus_crdt::Member> =
+            issued.into_iter().map(|(k, (m, _))| (k, m)).collect();
         let current: BTreeMap<String, nexus_crdt::Member> = lock(&self.docs)
             .get("fleet")
             .and_then(Held::fleet)
@@ -460,7 +497,8 @@ impl Replication {
             let write = match current.get(&node) {
                 None => true,
                 Some(have) => {
-                    have.tenant != record.tenant
+                    have.role != record.role
+                        || have.tenant != record.tenant
                         || have.site != record.site
                         || have.decommissioned_at.is_some() != gone
                 }
@@ -768,7 +806,8 @@ impl Replication {
                 }
             }
             let doc = held.doc(&self.store).map_err(internal)?;
-            let present = doc.entry(collection, key).ok().flatten().is_some();
+            // A malformed object is present too (and may be deleted).
+            let present = !matches!(doc.entry(collection, key), Ok(None));
             if value.is_none() && !present {
                 return Ok(None);
             }
@@ -830,7 +869,15 @@ impl Replication {
                 let peers = me.peers_for(&change.doc_id);
                 me.clone().push(wire, peers).await;
             }
-            me.compact_if_needed();
+            // Compaction saves a whole document: off the runtime, and only now and then.
+            if me
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % 64
+                == 63
+            {
+                let _ = tokio::task::spawn_blocking(move || me.compact_if_needed()).await;
+            }
         });
     }
 
@@ -1472,19 +1519,17 @@ impl Replication {
     /// The members named in a push's relay list, with what gossip says of them.
     fn relay_targets(&self, relay: &[String]) -> Vec<(AuthorFacts, SocketAddr)> {
         let me = self.author.facts().node_id;
-        relay
+        let nodes: Vec<NodeId> = relay
             .iter()
             .filter_map(|id| id.parse::<NodeId>().ok())
             .filter(|id| *id != me)
+            .collect();
+        let mut facts = self.trusted_facts(&nodes);
+        nodes
+            .into_iter()
             .filter_map(|id| {
-                let info = self.mesh.member(&id)?.info?;
-                let facts = AuthorFacts {
-                    node_id: id,
-                    role: info.role,
-                    tenant: info.tenant.clone(),
-                    site: info.site.clone(),
-                };
-                Some((facts, info.quic_addr))
+                let addr = self.mesh.member(&id)?.info?.quic_addr;
+                Some((facts.remove(&id)?, addr))
             })
             .collect()
     }
@@ -1545,7 +1590,8 @@ impl Replication {
     }
 
     fn peers_for(&self, id: &DocId) -> Vec<(NodeId, SocketAddr)> {
-        self.mesh
+        let live: Vec<(NodeId, SocketAddr)> = self
+            .mesh
             .members()
             .into_iter()
             .filter(|m| m.node_id != self.author.facts().node_id)
@@ -1555,15 +1601,15 @@ impl Replication {
                     NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
                 )
             })
-            .filter_map(|m| {
-                let info = m.info?;
-                let facts = AuthorFacts {
-                    node_id: m.node_id,
-                    role: info.role,
-                    tenant: info.tenant.clone(),
-                    site: info.site.clone(),
-                };
-                nexus_crdt::may_replicate(id, &facts).then_some((m.node_id, info.quic_addr))
+            .filter_map(|m| Some((m.node_id, m.info?.quic_addr)))
+            .collect();
+        let nodes: Vec<NodeId> = live.iter().map(|(n, _)| *n).collect();
+        let facts = self.trusted_facts(&nodes);
+        live.into_iter()
+            .filter(|(n, _)| {
+                facts
+                    .get(n)
+                    .is_some_and(|f| nexus_crdt::may_replicate(id, f))
             })
             .collect()
     }
@@ -1601,6 +1647,7 @@ impl Replication {
     fn generate(&self, id: &DocId, state: &mut PeerSync) -> anyhow::Result<WireSync> {
         let source = StoredEnvelopes {
             store: &self.store,
+            persister: &self.persister,
             mics: RefCell::new(BTreeMap::new()),
         };
         let packet = self.with_doc(id, |d| {
@@ -1656,7 +1703,17 @@ impl Replication {
             if accepted.is_empty() {
                 return Ok(0);
             }
-            let touched = doc.touched_objects(accepted.iter());
+            // Changes automerge held back for missing dependencies apply when those arrive,
+            // maybe in this packet: look at every held-back change again, and keep the ones
+            // still waiting, so the view is refreshed for whatever applied.
+            let mut candidates = std::mem::take(&mut held.queued);
+            candidates.extend(accepted.iter().cloned());
+            let doc = held.doc(&self.store)?;
+            let (applied, waiting): (Vec<SignedChange>, Vec<SignedChange>) = candidates
+                .into_iter()
+                .partition(|c| doc.has_change(&c.change_hash));
+            let touched = doc.touched_objects(applied.iter());
+            held.queued = waiting;
             let rows: Vec<(String, Vec<u8>, Vec<u8>)> = accepted
                 .iter()
                 .map(|c| {
@@ -1669,7 +1726,7 @@ impl Replication {
                 .collect();
             let job = held.commit(rows, &touched)?;
             self.persister.submit(job, false);
-            for c in &accepted {
+            for c in &applied {
                 record_lag("sync", c, &touched);
             }
             metrics::counter!("nexus_config_changes_total", "origin" => "sync")
@@ -1704,6 +1761,10 @@ impl Replication {
         match result {
             Ok((new, reply)) => {
                 if reply.packet.is_none() {
+                    // The shared heads must not claim changes that are not on disk yet.
+                    if let Some(done) = self.persister.flush() {
+                        let _ = done.blocking_recv();
+                    }
                     self.save_sync_state(peer, doc, "responder", &state);
                 }
                 lock(&self.responding).insert(key, (state, Instant::now()));
@@ -1777,6 +1838,10 @@ impl Replication {
                 break;
             }
         }
+        // The shared heads must not claim changes that are not on disk yet.
+        if let Some(done) = self.persister.flush() {
+            let _ = done.await;
+        }
         self.save_sync_state(&peer, doc, "initiator", &state);
         metrics::counter!("nexus_config_sync_sessions_total", "outcome" => "ok").increment(1);
         Ok(received)
@@ -1794,7 +1859,14 @@ impl Replication {
                 continue;
             }
             let result = self.with_doc(&id, |doc| -> anyhow::Result<()> {
-                // Under the document lock every committed change is in a chunk up to `upto`.
+                // Commits are submitted under the document lock, which this holds: once the
+                // store thread has written what is queued, every change of `doc` is in a
+                // chunk up to `upto`, and nothing new can be queued until this is done.
+                if let Some(done) = self.persister.flush() {
+                    done.blocking_recv()
+                        .map_err(|_| anyhow::anyhow!("the store thread stopped"))?
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                }
                 let upto = self.store.config_last_chunk(&id.to_string())?;
                 let bytes = doc.save();
                 self.store.compact_config(&id.to_string(), upto, &bytes)?;
@@ -1910,6 +1982,8 @@ impl Replication {
         let me = self.author.facts().node_id;
         let mut by_doc: BTreeMap<String, Vec<(NodeId, SocketAddr, DocId)>> = BTreeMap::new();
         let published = self.mesh.published_prefix(GOSSIP_PREFIX_CONFIG).await;
+        let nodes: Vec<NodeId> = published.iter().map(|(n, _, _)| *n).collect();
+        let facts_of = self.trusted_facts(&nodes);
         let mut diverged = lock(&self.diverged);
         let mut seen = HashSet::new();
         for (node, key, value) in published {
@@ -1952,12 +2026,12 @@ impl Replication {
             ) else {
                 continue;
             };
-            let facts = AuthorFacts {
+            let facts = facts_of.get(&node).cloned().unwrap_or(AuthorFacts {
                 node_id: node,
-                role: info.role,
-                tenant: info.tenant.clone(),
-                site: info.site.clone(),
-            };
+                role: Role::Node,
+                tenant: String::new(),
+                site: String::new(),
+            });
             if nexus_crdt::may_replicate(&id, &facts) {
                 by_doc
                     .entry(doc.to_string())
@@ -2030,7 +2104,10 @@ async fn wait_durable(
     let Some(durable) = durable else {
         return Ok(());
     };
-    match durable.await {
+    match tokio::time::timeout(Duration::from_secs(10), durable)
+        .await
+        .unwrap_or(Ok(Err("the disk did not take it within 10 s".into())))
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(WriteError::Internal(format!(
             "the change could not be stored on this node's disk, so it is not acknowledged: {err}"

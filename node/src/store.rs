@@ -244,8 +244,26 @@ pub struct ConfigJob {
     pub version: u64,
 }
 
+impl ConfigJob {
+    /// A job that stores nothing: done once everything queued before it is.
+    pub fn barrier() -> ConfigJob {
+        ConfigJob {
+            doc_id: String::new(),
+            chunk: Vec::new(),
+            changes: Vec::new(),
+            rows: Vec::new(),
+            all: None,
+            digest: [0; 32],
+            version: 0,
+        }
+    }
+}
+
 fn save_config_job(tx: &rusqlite::Transaction<'_>, job: &ConfigJob) -> rusqlite::Result<()> {
     let doc_id = job.doc_id.as_str();
+    if doc_id.is_empty() {
+        return Ok(());
+    }
     if !job.chunk.is_empty() {
         tx.execute(
             "INSERT INTO config_chunks (doc_id, bytes) VALUES (?1, ?2)",
