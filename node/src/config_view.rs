@@ -477,9 +477,12 @@ pub(crate) struct Persister {
     jobs: std::sync::mpsc::Sender<(ConfigJob, Option<Durable>)>,
     /// Envelopes `(envelope, author MIC)` by change hash, from submission until stored: a
     /// sync session may have to send a change that is applied but not on disk yet.
-    pending:
-        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>>>,
+    pending: Pending,
 }
+
+/// Envelopes `(envelope, author MIC)` by change hash, submitted but not stored yet.
+type Pending =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>>>;
 
 /// Told whether a job reached the disk.
 type Durable = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -490,9 +493,7 @@ const GROUP_COMMIT: usize = 256;
 impl Persister {
     pub(crate) fn start(store: std::sync::Arc<Store>) -> Persister {
         let (jobs, queue) = std::sync::mpsc::channel::<(ConfigJob, Option<Durable>)>();
-        let pending: std::sync::Arc<
-            std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>>,
-        > = Default::default();
+        let pending: Pending = Default::default();
         let stored = pending.clone();
         std::thread::Builder::new()
             .name("nexus-config-store".into())
