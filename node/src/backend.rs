@@ -739,25 +739,12 @@ impl Backend for NodeBackend {
     ) -> Result<(ConfigObject, bool), ApiError> {
         let replication = self.replication()?;
         let who = crdt_caller(caller)?;
-        let result = match &kind {
-            ConfigKind::Tenants => {
-                crate::check_name("tenant", &id)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                replication
-                    .put_fleet_object(&who, &node_kind(&kind), &id, body)
-                    .await
-            }
-            ConfigKind::FleetPolicies => {
-                replication
-                    .put_fleet_object(&who, &node_kind(&kind), &id, body)
-                    .await
-            }
-            other => {
-                replication
-                    .put_tenant_object(&who, &node_kind(other), tenant.as_deref(), &id, body)
-                    .await
-            }
-        };
+        if kind == ConfigKind::Tenants {
+            crate::check_name("tenant", &id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let result = replication
+            .put_object(&who, &node_kind(&kind), tenant.as_deref(), &id, body)
+            .await;
         let (value, version, created) = result.map_err(write_error)?;
         Ok((
             ConfigObject {

@@ -32,8 +32,8 @@ use base64::engine::general_purpose::STANDARD;
 use nexus_ca::{FleetTrust, NodeId, Role};
 use nexus_crdt::{
     Applied, AuthorDirectory, AuthorFacts, Caller, CallerRole, ChangeHash, Collection, ConfigDoc,
-    DocId, Effective, EnvelopeSource, FleetDoc, KnownAuthor, KnownNodes, LocalAuthor, ObjectRef,
-    PeerSync, SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
+    DocId, EnvelopeSource, FleetDoc, KnownAuthor, KnownNodes, LocalAuthor, ObjectRef, PeerSync,
+    SignedChange, Snapshot, SyncLimits, SyncPacket, TenantDoc,
 };
 use nexus_mesh::{Mesh, NodeStatus};
 use serde::{Deserialize, Serialize};
@@ -258,7 +258,12 @@ pub struct ObjectPage {
     pub version: u64,
 }
 
-/// Cached quarantine verdicts for a tenant document: valid while the inputs are the same.
+/// The locked documents of a node.
+type Docs<'a> = std::sync::MutexGuard<'a, BTreeMap<String, Held>>;
+/// Quarantined objects of a document: object (`routes.r1`) → reasons.
+type Verdicts = Arc<BTreeMap<String, Vec<String>>>;
+
+/// Cached quarantine verdicts for a document: valid while the inputs are the same.
 struct QuarantineCache {
     inputs: (u64, [u8; 32], [u8; 32]),
     quarantined: Arc<BTreeMap<String, Vec<String>>>,
@@ -394,16 +399,6 @@ impl Replication {
                 }
             }
         });
-    }
-
-    /// The nodes configuration may refer to: the fleet document's members that are not
-    /// decommissioned, the same set on every replica holding the same changes.
-    fn known_nodes(&self) -> KnownNodes {
-        lock(&self.docs)
-            .get("fleet")
-            .and_then(Held::fleet)
-            .map(|f| f.model.known_nodes())
-            .unwrap_or_default()
     }
 
     /// What may be sent to each of `nodes`, from what the anchors certified (the fleet
@@ -557,9 +552,9 @@ impl Replication {
         Ok(id)
     }
 
-    /// Quarantined objects of a tenant document (`routes.r1` → reasons), cached while the
-    /// tenant and fleet documents are unchanged (the known nodes come from the fleet document).
-    fn tenant_quarantine(
+    /// Quarantined objects of a document (`routes.r1` → reasons), cached while it and the
+    /// fleet document are unchanged (a tenant's known nodes come from the fleet document).
+    fn quarantine(
         &self,
         docs: &BTreeMap<String, Held>,
         id: &DocId,
@@ -574,19 +569,19 @@ impl Replication {
         {
             return c.quarantined.clone();
         }
-        let (Some(f), Some(t)) = (fleet.fleet(), held.tenant()) else {
+        let Some(f) = fleet.fleet() else {
             return Arc::default();
         };
-        let known = f.model.known_nodes();
-        let effective: Effective<TenantDoc> =
-            nexus_crdt::effective_tenant_with(&f.model, &t.model, &known, t.malformed());
-        let quarantined: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
-            effective
-                .quarantined
-                .into_iter()
-                .map(|q| (q.id, q.reasons))
-                .collect(),
-        );
+        let list = match held.tenant() {
+            None => nexus_crdt::effective_fleet_with(&f.model, f.malformed()).quarantined,
+            Some(t) => {
+                let known = f.model.known_nodes();
+                nexus_crdt::effective_tenant_with(&f.model, &t.model, &known, t.malformed())
+                    .quarantined
+            }
+        };
+        let quarantined: Arc<BTreeMap<String, Vec<String>>> =
+            Arc::new(list.into_iter().map(|q| (q.id, q.reasons)).collect());
         metrics::gauge!("nexus_config_quarantined_objects", "document" => key.clone())
             .set(quarantined.len() as f64);
         lock(&self.quarantine).insert(
@@ -599,18 +594,14 @@ impl Replication {
         quarantined
     }
 
-    fn fleet_quarantine(docs: &BTreeMap<String, Held>) -> BTreeMap<String, Vec<String>> {
-        let Some(f) = docs.get("fleet").and_then(Held::fleet) else {
-            return BTreeMap::new();
-        };
-        let effective = nexus_crdt::effective_fleet_with(&f.model, f.malformed());
-        metrics::gauge!("nexus_config_quarantined_objects", "document" => "fleet")
-            .set(effective.quarantined.len() as f64);
-        effective
-            .quarantined
-            .into_iter()
-            .map(|q| (q.id, q.reasons))
-            .collect()
+    /// The documents, with `id` opened if it was not yet, and its quarantine verdicts.
+    fn open_judged(&self, id: &DocId) -> Result<(Docs<'_>, Verdicts), WriteError> {
+        let mut docs = lock(&self.docs);
+        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
+            slot.insert(Held::open(&self.store, id).map_err(internal)?);
+        }
+        let quarantined = self.quarantine(&docs, id);
+        Ok((docs, quarantined))
     }
 
     /// One page of the *effective* objects of a kind (quarantined ones left out), in id order,
@@ -623,14 +614,7 @@ impl Replication {
         limit: usize,
     ) -> Result<ObjectPage, WriteError> {
         let id = self.doc_for(kind, tenant)?;
-        let mut docs = lock(&self.docs);
-        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
-            slot.insert(Held::open(&self.store, &id).map_err(internal)?);
-        }
-        let quarantined = match &id {
-            DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
-            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id),
-        };
+        let (docs, quarantined) = self.open_judged(&id)?;
         let held = &docs[&id.to_string()];
         let version = held.version();
         let prefix = kind.collection_name();
@@ -696,14 +680,7 @@ impl Replication {
         object_id: &str,
     ) -> Result<(serde_json::Value, u64, Option<Vec<String>>), WriteError> {
         let id = self.doc_for(kind, tenant)?;
-        let mut docs = lock(&self.docs);
-        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
-            slot.insert(Held::open(&self.store, &id).map_err(internal)?);
-        }
-        let quarantined = match &id {
-            DocId::Fleet => Arc::new(Self::fleet_quarantine(&docs)),
-            DocId::Tenant(_) => self.tenant_quarantine(&docs, &id),
-        };
+        let (docs, quarantined) = self.open_judged(&id)?;
         let held = &docs[&id.to_string()];
         let key = kind.map_key(object_id);
         let value = match (&held.view, kind) {
@@ -881,8 +858,11 @@ impl Replication {
         });
     }
 
-    /// Creates or replaces a tenant-document object (route, site route, firmware target).
-    pub async fn put_tenant_object(
+    /// Creates or replaces one object — a route, site route or firmware target of a tenant, or
+    /// (anchors) a tenant record or fleet-wide policy: parsed from `value`, checked as a
+    /// candidate in the merged state, written (see [`Replication::write`]). Returns the object as
+    /// stored, the document's version, and whether it was created.
+    pub async fn put_object(
         self: &Arc<Self>,
         caller: &Caller,
         kind: &Kind,
@@ -891,27 +871,34 @@ impl Replication {
         value: serde_json::Value,
     ) -> Result<(serde_json::Value, u64, bool), WriteError> {
         let id = self.doc_for(kind, tenant)?;
-        let tenant_id = id.tenant_id().unwrap_or_default().to_string();
-        let known = self.known_nodes();
-        let fleet = self
-            .with_held(&DocId::Fleet, |h| {
-                h.fleet().map(|f| f.model.clone()).unwrap_or_default()
-            })
-            .map_err(internal)?;
         let key = kind.map_key(object_id);
         let object = format!("{}.{key}", kind.collection_name());
-        let (existed, previous) = match self.get(kind, tenant, object_id) {
-            Ok((v, _, _)) => (true, Some(v)),
-            Err(WriteError::NotFound(_)) => (false, None),
+        let previous = match self.get(kind, tenant, object_id) {
+            Ok((v, _, _)) => Some(v),
+            Err(WriteError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
         // A replacement keeps the creation time unless the body sets one.
-        let kept_created_at = previous
-            .as_ref()
-            .and_then(|v| v["created_at"].as_i64())
-            .unwrap_or_else(|| crate::now_ms() as i64);
+        let stamp = |created_at: &mut i64| {
+            if *created_at == 0 {
+                *created_at = previous
+                    .as_ref()
+                    .and_then(|v| v["created_at"].as_i64())
+                    .unwrap_or_else(|| crate::now_ms() as i64);
+            }
+        };
         let bad = |e: serde_json::Error| {
             WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
+        };
+        // What a tenant-document candidate is checked against.
+        let tenant_inputs = || -> Result<(FleetDoc, KnownNodes), WriteError> {
+            let fleet = self
+                .with_held(&DocId::Fleet, |h| {
+                    h.fleet().map(|f| f.model.clone()).unwrap_or_default()
+                })
+                .map_err(internal)?;
+            let known = fleet.known_nodes();
+            Ok((fleet, known))
         };
         let version = match kind {
             Kind::Route | Kind::SiteRoute(_) => {
@@ -919,141 +906,74 @@ impl Replication {
                     serde_json::from_value(value).map_err(bad)?;
                 route.id = object_id.to_string();
                 if route.tenant_id.is_empty() {
-                    route.tenant_id = tenant_id.clone();
+                    route.tenant_id = id.tenant_id().unwrap_or_default().to_string();
                 }
-                if route.created_at == 0 {
-                    route.created_at = kept_created_at;
-                }
-                let site_scoped = matches!(kind, Kind::SiteRoute(_));
-                let field: fn(&mut TenantDoc) -> &mut BTreeMap<String, nexus_crdt::RoutePolicy> =
-                    if site_scoped {
-                        |t| &mut t.site_routes
+                stamp(&mut route.created_at);
+                type Routes = BTreeMap<String, nexus_crdt::RoutePolicy>;
+                let (collection, field): (_, fn(&mut TenantDoc) -> &mut Routes) =
+                    if matches!(kind, Kind::SiteRoute(_)) {
+                        (nexus_crdt::SITE_ROUTES, |t| &mut t.site_routes)
                     } else {
-                        |t| &mut t.routes
+                        (nexus_crdt::ROUTES, |t| &mut t.routes)
                     };
-                let check = candidate_check(object, key, tenant_model, field, move |t| {
+                let (fleet, known) = tenant_inputs()?;
+                let check = candidate_check(object, key.clone(), tenant_model, field, move |t| {
                     nexus_crdt::validate_tenant(&fleet, t, &known)
                 });
-                let collection = if site_scoped {
-                    nexus_crdt::SITE_ROUTES
-                } else {
-                    nexus_crdt::ROUTES
-                };
-                self.write(
-                    &id,
-                    caller,
-                    collection,
-                    &kind.map_key(object_id),
-                    Some(route),
-                    Some(&check),
-                )
-                .await?
+                self.write(&id, caller, collection, &key, Some(route), Some(&check))
+                    .await?
             }
             Kind::FirmwareTarget => {
                 let mut target: nexus_crdt::FirmwareTarget =
                     serde_json::from_value(value).map_err(bad)?;
                 target.id = object_id.to_string();
-                if target.created_at == 0 {
-                    target.created_at = kept_created_at;
-                }
+                stamp(&mut target.created_at);
+                let (fleet, known) = tenant_inputs()?;
                 let check = candidate_check(
                     object,
-                    key,
+                    key.clone(),
                     tenant_model,
                     |t| &mut t.firmware_targets,
                     move |t| nexus_crdt::validate_tenant(&fleet, t, &known),
                 );
-                self.write(
-                    &id,
-                    caller,
-                    nexus_crdt::FIRMWARE_TARGETS,
-                    object_id,
-                    Some(target),
-                    Some(&check),
-                )
-                .await?
+                let collection = nexus_crdt::FIRMWARE_TARGETS;
+                self.write(&id, caller, collection, &key, Some(target), Some(&check))
+                    .await?
             }
-            Kind::Tenant | Kind::FleetPolicy => {
-                return Err(WriteError::Internal("not a tenant-document object".into()));
-            }
-        }
-        .unwrap_or_default();
-        let (value, _, _) = self.get(kind, Some(&tenant_id), object_id)?;
-        Ok((value, version, !existed))
-    }
-
-    /// Creates or replaces a fleet-document object (a tenant record or a fleet-wide policy;
-    /// anchors only).
-    pub async fn put_fleet_object(
-        self: &Arc<Self>,
-        caller: &Caller,
-        kind: &Kind,
-        object_id: &str,
-        value: serde_json::Value,
-    ) -> Result<(serde_json::Value, u64, bool), WriteError> {
-        let previous = self.get(kind, None, object_id).ok().map(|(v, _, _)| v);
-        let existed = previous.is_some();
-        let kept_created_at = previous
-            .as_ref()
-            .and_then(|v| v["created_at"].as_i64())
-            .unwrap_or_else(|| crate::now_ms() as i64);
-        let object = format!("{}.{object_id}", kind.collection_name());
-        let key = object_id.to_string();
-        let bad = |e: serde_json::Error| {
-            WriteError::Malformed(format!("the body is not a valid {}: {e}", kind.noun()))
-        };
-        let version = match kind {
             Kind::Tenant => {
                 let mut record: nexus_crdt::Tenant = serde_json::from_value(value).map_err(bad)?;
-                if record.created_at == 0 {
-                    record.created_at = kept_created_at;
-                }
+                stamp(&mut record.created_at);
                 let check = candidate_check(
                     object,
-                    key,
+                    key.clone(),
                     fleet_model,
                     |f| &mut f.tenants,
                     nexus_crdt::validate,
                 );
-                self.write(
-                    &DocId::Fleet,
-                    caller,
-                    nexus_crdt::TENANTS,
-                    object_id,
-                    Some(record),
-                    Some(&check),
-                )
-                .await?
+                let collection = nexus_crdt::TENANTS;
+                self.write(&id, caller, collection, &key, Some(record), Some(&check))
+                    .await?
             }
             Kind::FleetPolicy => {
                 let mut policy: nexus_crdt::RoutePolicy =
                     serde_json::from_value(value).map_err(bad)?;
                 policy.id = object_id.to_string();
-                if policy.created_at == 0 {
-                    policy.created_at = kept_created_at;
-                }
+                stamp(&mut policy.created_at);
                 let check = candidate_check(
                     object,
-                    key,
+                    key.clone(),
                     fleet_model,
                     |f| &mut f.policies,
                     nexus_crdt::validate,
                 );
-                self.write(
-                    &DocId::Fleet,
-                    caller,
-                    nexus_crdt::POLICIES,
-                    object_id,
-                    Some(policy),
-                    Some(&check),
-                )
-                .await?
+                let collection = nexus_crdt::POLICIES;
+                self.write(&id, caller, collection, &key, Some(policy), Some(&check))
+                    .await?
             }
-            _ => return Err(WriteError::Internal("not a fleet-document object".into())),
         }
         .unwrap_or_default();
-        let (value, _, _) = self.get(kind, None, object_id)?;
-        Ok((value, version, !existed))
+        let (value, _, _) = self.get(kind, tenant, object_id)?;
+        Ok((value, version, previous.is_none()))
     }
 
     /// Deletes one object; `Ok(None)` when there is none.
@@ -1889,14 +1809,10 @@ impl Replication {
     /// What this node holds: per document its version, heads digest and quarantined objects.
     pub fn local_status(&self) -> Vec<serde_json::Value> {
         let docs = lock(&self.docs);
-        let fleet_q = Self::fleet_quarantine(&docs);
         docs.values()
             .map(|held| {
                 let id = &held.id;
-                let quarantined = match id {
-                    DocId::Fleet => fleet_q.clone(),
-                    DocId::Tenant(_) => (*self.tenant_quarantine(&docs, id)).clone(),
-                };
+                let quarantined = (*self.quarantine(&docs, id)).clone();
                 serde_json::json!({
                     "document": id.to_string(),
                     "version": held.version(),
