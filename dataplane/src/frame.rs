@@ -397,7 +397,14 @@ pub struct FrameSpec {
 impl FrameSpec {
     /// A best-effort frame from `src` to `dst` with message type `msg_type`.
     pub fn new(src: [u8; 16], dst: [u8; 16], msg_type: u16) -> FrameSpec {
-        FrameSpec { mode: Mode::Be, msg_type, hops: DEFAULT_HOPS, src, dst, stream_id: 0 }
+        FrameSpec {
+            mode: Mode::Be,
+            msg_type,
+            hops: DEFAULT_HOPS,
+            src,
+            dst,
+            stream_id: 0,
+        }
     }
 
     fn header(&self, payload_len: usize) -> [u8; HEADER_LEN] {
@@ -416,7 +423,13 @@ impl FrameSpec {
 
     /// An Ethernet frame (EtherType 0x88B5) of exactly `frame_len` bytes (at least 62): the
     /// payload fills the rest and is a repeating pattern of `fill`.
-    pub fn ethernet(&self, dst_mac: [u8; 6], src_mac: [u8; 6], frame_len: usize, fill: u8) -> Vec<u8> {
+    pub fn ethernet(
+        &self,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        frame_len: usize,
+        fill: u8,
+    ) -> Vec<u8> {
         let frame_len = frame_len.max(ETH_LEN + HEADER_LEN);
         let payload = frame_len - ETH_LEN - HEADER_LEN;
         let mut f = Vec::with_capacity(frame_len);
@@ -530,7 +543,10 @@ mod tests {
     #[test]
     fn every_truncation_is_refused_without_panicking() {
         let spec = FrameSpec::new(A, B, 9);
-        for full in [eth(&spec, 200), spec.udp4([10, 0, 0, 1], [10, 0, 0, 2], &[5; 100])] {
+        for full in [
+            eth(&spec, 200),
+            spec.udp4([10, 0, 0, 1], [10, 0, 0, 2], &[5; 100]),
+        ] {
             parse(&full).unwrap();
             for cut in 0..full.len() {
                 let r = parse(&full[..cut]);

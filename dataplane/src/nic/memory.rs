@@ -104,7 +104,12 @@ impl Port for MemoryPort {
     }
 
     fn info(&self) -> NicInfo {
-        NicInfo { backend: "memory", device: self.name.clone(), model: "memory".into(), mac: None }
+        NicInfo {
+            backend: "memory",
+            device: self.name.clone(),
+            model: "memory".into(),
+            mac: None,
+        }
     }
 }
 

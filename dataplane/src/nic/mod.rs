@@ -90,7 +90,10 @@ pub enum NicError {
 impl NicError {
     /// An I/O error with what was being done.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> NicError {
-        NicError::Io { what: what.into(), source }
+        NicError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -153,7 +156,10 @@ impl FromStr for NicSpec {
             ("af_packet", Some(ifaces)) => {
                 let mut parts = ifaces.split(',').map(str::trim);
                 let ingress = parts.next().unwrap_or_default().to_string();
-                let egress = parts.next().map(str::to_string).unwrap_or_else(|| ingress.clone());
+                let egress = parts
+                    .next()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| ingress.clone());
                 if parts.next().is_some() {
                     return Err(format!("`{s}`: at most two interfaces (ingress,egress)"));
                 }
@@ -162,9 +168,7 @@ impl FromStr for NicSpec {
                 }
                 Ok(NicSpec::AfPacket { ingress, egress })
             }
-            ("af_packet", None) => {
-                Err(format!("`{s}`: name the interface, e.g. `af_packet:eth1`"))
-            }
+            ("af_packet", None) => Err(format!("`{s}`: name the interface, e.g. `af_packet:eth1`")),
             ("dpdk", Some(args)) => {
                 let mut eal_args = Vec::new();
                 let (mut rx_port, mut tx_port) = (0u16, None);
@@ -191,7 +195,11 @@ impl FromStr for NicSpec {
                          --no-pci --vdev=net_null0`"
                     ));
                 }
-                Ok(NicSpec::Dpdk { eal_args, rx_port, tx_port: tx_port.unwrap_or(rx_port) })
+                Ok(NicSpec::Dpdk {
+                    eal_args,
+                    rx_port,
+                    tx_port: tx_port.unwrap_or(rx_port),
+                })
             }
             ("dpdk", None) => Err(format!("`{s}`: give the EAL arguments after `dpdk:`")),
             _ => Err(format!("`{s}`: unknown NIC backend; {SPEC_HELP}")),
@@ -207,7 +215,11 @@ impl fmt::Display for NicSpec {
                 write!(f, "af_packet:{ingress}")
             }
             NicSpec::AfPacket { ingress, egress } => write!(f, "af_packet:{ingress},{egress}"),
-            NicSpec::Dpdk { eal_args, rx_port, tx_port } => {
+            NicSpec::Dpdk {
+                eal_args,
+                rx_port,
+                tx_port,
+            } => {
                 write!(f, "dpdk:{} ports={rx_port},{tx_port}", eal_args.join(" "))
             }
         }
@@ -222,8 +234,13 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.len() > 15 {
         return Err(format!("interface name `{name}` is longer than 15 bytes"));
     }
-    if name.chars().any(|c| c == '/' || c.is_whitespace() || c == ':' || c.is_control()) {
-        return Err(format!("interface name `{name}` contains `/`, `:` or whitespace"));
+    if name
+        .chars()
+        .any(|c| c == '/' || c.is_whitespace() || c == ':' || c.is_control())
+    {
+        return Err(format!(
+            "interface name `{name}` contains `/`, `:` or whitespace"
+        ));
     }
     Ok(())
 }
@@ -237,11 +254,17 @@ mod tests {
         assert_eq!("memory".parse::<NicSpec>(), Ok(NicSpec::Memory));
         assert_eq!(
             "af_packet:veth0".parse::<NicSpec>(),
-            Ok(NicSpec::AfPacket { ingress: "veth0".into(), egress: "veth0".into() })
+            Ok(NicSpec::AfPacket {
+                ingress: "veth0".into(),
+                egress: "veth0".into()
+            })
         );
         assert_eq!(
             "af_packet:in0,out0".parse::<NicSpec>(),
-            Ok(NicSpec::AfPacket { ingress: "in0".into(), egress: "out0".into() })
+            Ok(NicSpec::AfPacket {
+                ingress: "in0".into(),
+                egress: "out0".into()
+            })
         );
         let dpdk: NicSpec = "dpdk:-l 0 --no-huge --vdev=net_ring0 --vdev=net_ring1 ports=0,1"
             .parse()
@@ -249,14 +272,28 @@ mod tests {
         assert_eq!(
             dpdk,
             NicSpec::Dpdk {
-                eal_args: vec!["-l".into(), "0".into(), "--no-huge".into(), "--vdev=net_ring0".into(), "--vdev=net_ring1".into()],
+                eal_args: vec![
+                    "-l".into(),
+                    "0".into(),
+                    "--no-huge".into(),
+                    "--vdev=net_ring0".into(),
+                    "--vdev=net_ring1".into()
+                ],
                 rx_port: 0,
                 tx_port: 1
             }
         );
-        for bad in ["", "eth0", "af_packet:", "af_packet:a,b,c", "dpdk:", "dpdk", "memory:x",
-            "af_packet:averyveryverylongname", "dpdk:-l 0 ports=x"]
-        {
+        for bad in [
+            "",
+            "eth0",
+            "af_packet:",
+            "af_packet:a,b,c",
+            "dpdk:",
+            "dpdk",
+            "memory:x",
+            "af_packet:averyveryverylongname",
+            "dpdk:-l 0 ports=x",
+        ] {
             let err = bad.parse::<NicSpec>().unwrap_err();
             assert!(err.contains('`'), "{bad}: {err}");
         }

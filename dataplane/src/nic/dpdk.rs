@@ -1,0 +1,1 @@
+//! The DPDK backend. Written in a separate change.
