@@ -341,7 +341,7 @@ fn csum_update(csum: u16, old: u16, new: u16) -> u16 {
 ///
 /// `rel` is the offset inside the Nexus header and must be even.
 fn rewrite(frame: &mut [u8], h: &Header, rel: usize, new: &[u8]) {
-    debug_assert!(rel % 2 == 0 && new.len() % 2 == 0);
+    debug_assert!(rel.is_multiple_of(2) && new.len().is_multiple_of(2));
     let at = h.offset + rel;
     let csum_at = match h.encap {
         Encap::Ethernet => None,

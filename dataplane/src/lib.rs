@@ -10,5 +10,7 @@
 //! [`policy::Classifier`] and publishes it through a [`policy::PolicyHandle`]; the engine picks
 //! the new classifier up at its next burst.
 
+pub mod engine;
 pub mod frame;
 pub mod nic;
+pub mod policy;

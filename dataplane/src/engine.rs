@@ -1,0 +1,743 @@
+//! The forwarding loop: receive a burst, decide every frame, rewrite, transmit.
+//!
+//! One engine owns an ingress port and (optionally) a separate egress port and runs to
+//! completion on one thread: no locks and no atomics per frame. Per frame it
+//!
+//! 1. parses the Nexus header ([`crate::frame::parse`]); malformed frames are dropped and counted
+//!    by kind, frames of other protocols are ignored;
+//! 2. drops a frame whose hop limit is spent;
+//! 3. asks the classifier which policy decides it and applies the action (allow, deny, rate
+//!    limit per policy and source node, redirect, weight override);
+//! 4. delivers frames addressed to this node locally, drops frames to destinations outside the
+//!    forwarding table (`no_route`), and transmits the rest on the egress port with the hop limit
+//!    decremented (and the destination rewritten for a redirect). Ethernet addresses are left as
+//!    received.
+//!
+//! Counters are kept in the engine and added to the shared [`Stats`] every 64 bursts and
+//! whenever the ingress is idle, so readers see them within milliseconds under load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use foldhash::fast::RandomState;
+
+use crate::frame::{self, ParseError};
+use crate::nic::{BURST, NicError, Packet, Port};
+use crate::policy::{Action, Classifier, PolicyHandle};
+
+/// Why the data plane dropped a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Malformed Nexus frame.
+    Parse,
+    /// A `deny` policy.
+    Deny,
+    /// Over a `ratelimit` policy's rate.
+    Ratelimit,
+    /// The destination is not in the forwarding table.
+    NoRoute,
+    /// The hop limit was spent.
+    HopLimit,
+    /// The egress NIC did not take the frame (ring full).
+    TxFull,
+}
+
+impl DropReason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Parse,
+        DropReason::Deny,
+        DropReason::Ratelimit,
+        DropReason::NoRoute,
+        DropReason::HopLimit,
+        DropReason::TxFull,
+    ];
+
+    /// Stable label (`reason` in metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Parse => "parse",
+            DropReason::Deny => "deny",
+            DropReason::Ratelimit => "ratelimit",
+            DropReason::NoRoute => "no_route",
+            DropReason::HopLimit => "hop_limit",
+            DropReason::TxFull => "tx_full",
+        }
+    }
+}
+
+const DROPS: usize = DropReason::ALL.len();
+const PARSE_KINDS: usize = ParseError::ALL.len();
+
+/// Counters shared between an engine and its readers (metrics, gossip health, the API).
+#[derive(Default)]
+pub struct Stats {
+    /// Frames received.
+    pub rx_packets: AtomicU64,
+    /// Bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Frames transmitted.
+    pub tx_packets: AtomicU64,
+    /// Bytes transmitted.
+    pub tx_bytes: AtomicU64,
+    /// Frames delivered to this node.
+    pub local_packets: AtomicU64,
+    /// Frames of other protocols, ignored.
+    pub ignored_packets: AtomicU64,
+    /// Drops by [`DropReason`] (index = position in [`DropReason::ALL`]).
+    pub drops: [AtomicU64; DROPS],
+    /// Malformed frames by [`ParseError`] kind.
+    pub parse_errors: [AtomicU64; PARSE_KINDS],
+    /// Frames that matched a redirect policy.
+    pub redirected: AtomicU64,
+    /// Frames passed with a weight override.
+    pub weighted: AtomicU64,
+    /// NIC errors (failed bursts).
+    pub nic_errors: AtomicU64,
+    /// Flows (source, destination, stream) seen in the last 30 s; approximate.
+    pub active_flows: AtomicU64,
+    /// Generation of the classifier the engine decides with.
+    pub generation: AtomicU64,
+    /// When (Unix ms) the first frame was decided by that generation; 0 until one is.
+    pub generation_first_packet_ms: AtomicU64,
+    /// Hits per policy id, added up across swaps.
+    pub policy_hits: Mutex<HashMap<String, u64>>,
+    /// Rate-limit buckets in use.
+    pub buckets: AtomicU64,
+}
+
+impl Stats {
+    /// Drops for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Total drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Hits of policy `id`.
+    pub fn hits(&self, id: &str) -> u64 {
+        self.policy_hits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's id: frames addressed to it are delivered locally.
+    pub local: [u8; 16],
+    /// Where local frames go (a copy of each); `None` counts them only.
+    pub local_sink: Option<SyncSender<Vec<u8>>>,
+    /// Record the forwarding latency of every n-th burst in the
+    /// `nexus_dataplane_forward_latency_seconds` histogram (0: never).
+    pub latency_sample_every: u32,
+}
+
+impl EngineConfig {
+    /// Settings for node `local`.
+    pub fn new(local: [u8; 16]) -> EngineConfig {
+        EngineConfig {
+            local,
+            local_sink: None,
+            latency_sample_every: 64,
+        }
+    }
+}
+
+/// Rate-limit buckets kept at most; beyond, sources share one bucket per policy.
+pub const MAX_BUCKETS: usize = 65_536;
+const FLOW_SLOTS: usize = 1 << 16;
+const FLOW_WINDOW_S: u32 = 30;
+const OVERFLOW_SOURCE: [u8; 16] = [0xff; 16];
+
+/// Per-engine counters, added to [`Stats`] in batches.
+#[derive(Default)]
+struct Local {
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    local_packets: u64,
+    ignored: u64,
+    drops: [u64; DROPS],
+    parse: [u64; PARSE_KINDS],
+    redirected: u64,
+    weighted: u64,
+    nic_errors: u64,
+    hits: Vec<u64>,
+}
+
+/// The forwarding loop over a port type.
+pub struct Engine<P: Port> {
+    rx: P,
+    tx: Option<P>,
+    policy: Arc<PolicyHandle>,
+    stats: Arc<Stats>,
+    config: EngineConfig,
+    classifier: Arc<Classifier>,
+    local: Local,
+    /// Rate-limit state: (rule uid, source) → theoretical arrival time, ns since `epoch`.
+    buckets: HashMap<(u64, [u8; 16]), u64, RandomState>,
+    flows: Box<[u32]>,
+    epoch: Instant,
+    in_burst: Vec<P::Packet>,
+    out_burst: Vec<P::Packet>,
+    bursts: u64,
+    last_flow_count: Instant,
+    first_packet_pending: bool,
+}
+
+impl<P: Port> Engine<P> {
+    /// An engine receiving on `rx` and transmitting on `tx` (or on `rx` when `None`).
+    pub fn new(
+        rx: P,
+        tx: Option<P>,
+        policy: Arc<PolicyHandle>,
+        stats: Arc<Stats>,
+        config: EngineConfig,
+    ) -> Engine<P> {
+        let classifier = policy.load();
+        stats
+            .generation
+            .store(classifier.generation(), Ordering::Relaxed);
+        Engine {
+            rx,
+            tx,
+            local: Local {
+                hits: vec![0; classifier.rules().len()],
+                ..Default::default()
+            },
+            classifier,
+            policy,
+            stats,
+            config,
+            buckets: HashMap::with_hasher(RandomState::default()),
+            flows: vec![0; FLOW_SLOTS].into_boxed_slice(),
+            epoch: Instant::now(),
+            in_burst: Vec::with_capacity(BURST),
+            out_burst: Vec::with_capacity(BURST),
+            bursts: 0,
+            last_flow_count: Instant::now(),
+            first_packet_pending: true,
+        }
+    }
+
+    /// The shared counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The ingress port.
+    pub fn rx_port(&mut self) -> &mut P {
+        &mut self.rx
+    }
+
+    /// The egress port.
+    pub fn tx_port(&mut self) -> &mut P {
+        self.tx.as_mut().unwrap_or(&mut self.rx)
+    }
+
+    /// Runs until `stop` is set. A NIC error is counted and logged (once a second at most) and
+    /// the loop goes on, unless the port is gone for good ([`NicError::Closed`]).
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), NicError> {
+        let mut last_error_log: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            match self.poll() {
+                Ok(_) => {}
+                Err(NicError::Closed) => {
+                    self.flush();
+                    return Err(NicError::Closed);
+                }
+                Err(e) => {
+                    self.local.nic_errors += 1;
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "data plane NIC error");
+                        last_error_log = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// Receives and forwards one burst; returns the number of frames received.
+    pub fn poll(&mut self) -> Result<usize, NicError> {
+        let mut burst = std::mem::take(&mut self.in_burst);
+        let n = self.rx.rx_burst(&mut burst, BURST);
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                self.in_burst = burst;
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            self.in_burst = burst;
+            self.flush();
+            return Ok(0);
+        }
+        let started = Instant::now();
+        self.refresh_classifier();
+        let now_ns = started.duration_since(self.epoch).as_nanos() as u64;
+        let now_s = (now_ns / 1_000_000_000) as u32 + 1;
+        let mut out = std::mem::take(&mut self.out_burst);
+        for mut pkt in burst.drain(..) {
+            if self.forward(&mut pkt, now_ns, now_s) {
+                out.push(pkt);
+            }
+        }
+        self.in_burst = burst;
+        if !out.is_empty() {
+            let want = out.len();
+            let bytes: u64 = out.iter().map(|p| p.data().len() as u64).sum();
+            let port = self.tx.as_mut().unwrap_or(&mut self.rx);
+            let result = port.tx_burst(&mut out);
+            out.clear();
+            self.out_burst = out;
+            let sent = result?;
+            self.local.tx_packets += sent as u64;
+            // Bytes of the frames the NIC took; a partial burst is rare, so approximate it.
+            self.local.tx_bytes += if sent == want {
+                bytes
+            } else {
+                bytes * sent as u64 / want as u64
+            };
+            self.local.drops[DropReason::TxFull as usize] += (want - sent) as u64;
+        } else {
+            self.out_burst = out;
+        }
+        self.bursts += 1;
+        let every = u64::from(self.config.latency_sample_every);
+        if every > 0 && self.bursts.is_multiple_of(every) {
+            metrics::histogram!("nexus_dataplane_forward_latency_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        if self.bursts.is_multiple_of(64) {
+            self.flush();
+        }
+        Ok(n)
+    }
+
+    fn refresh_classifier(&mut self) {
+        let current = self.policy.load();
+        if current.generation() != self.classifier.generation() {
+            self.flush_hits();
+            self.local.hits = vec![0; current.rules().len()];
+            self.classifier = current;
+            self.stats
+                .generation
+                .store(self.classifier.generation(), Ordering::Relaxed);
+            self.first_packet_pending = true;
+        }
+        if self.first_packet_pending {
+            self.first_packet_pending = false;
+            self.stats
+                .generation_first_packet_ms
+                .store(unix_ms(), Ordering::Relaxed);
+            tracing::debug!(
+                target: "nexus_policy_enforced",
+                generation = self.classifier.generation(),
+                version = self.classifier.version(),
+                rules = self.classifier.rules().len(),
+                "first frame decided by a new route-policy classifier"
+            );
+        }
+    }
+
+    /// Decides one frame; true when it is to be transmitted.
+    #[inline]
+    fn forward(&mut self, pkt: &mut P::Packet, now_ns: u64, now_s: u32) -> bool {
+        let data = pkt.data();
+        self.local.rx_packets += 1;
+        self.local.rx_bytes += data.len() as u64;
+        let h = match frame::parse(data) {
+            Ok(h) => h,
+            Err(ParseError::NotNexus) => {
+                self.local.ignored += 1;
+                return false;
+            }
+            Err(e) => {
+                self.local.parse[e.index()] += 1;
+                self.local.drops[DropReason::Parse as usize] += 1;
+                return false;
+            }
+        };
+        if h.hops == 0 {
+            self.local.drops[DropReason::HopLimit as usize] += 1;
+            return false;
+        }
+        self.track_flow(&h.src, &h.dst, h.stream_id, now_s);
+        let mut dst = h.dst;
+        let mut redirected = false;
+        if let Some(i) = self.classifier.classify(&h) {
+            self.local.hits[i] += 1;
+            let rule = self.classifier.rule(i);
+            let (action, uid, weighted) = (rule.action, rule.uid, rule.weights.is_some());
+            match action {
+                Action::Allow => {}
+                Action::Deny => {
+                    self.local.drops[DropReason::Deny as usize] += 1;
+                    return false;
+                }
+                Action::RateLimit {
+                    interval_ns,
+                    tolerance_ns,
+                    ..
+                } => {
+                    if !self.conforms(uid, h.src, now_ns, interval_ns, tolerance_ns) {
+                        self.local.drops[DropReason::Ratelimit as usize] += 1;
+                        return false;
+                    }
+                }
+                Action::Redirect(to) => {
+                    dst = to;
+                    redirected = true;
+                    self.local.redirected += 1;
+                }
+            }
+            if weighted {
+                self.local.weighted += 1;
+            }
+        }
+        if dst == self.config.local {
+            self.local.local_packets += 1;
+            if let Some(sink) = &self.config.local_sink {
+                let _ = sink.try_send(pkt.data().to_vec());
+            }
+            return false;
+        }
+        if !self.classifier.has_route(&dst) {
+            self.local.drops[DropReason::NoRoute as usize] += 1;
+            return false;
+        }
+        let data = pkt.data_mut();
+        if redirected {
+            frame::set_dst(data, &h, &dst);
+        }
+        frame::set_hops(data, &h, h.hops - 1);
+        true
+    }
+
+    /// GCRA: a frame conforms when it arrives no earlier than the bucket's theoretical arrival
+    /// time minus the burst tolerance.
+    #[inline]
+    fn conforms(
+        &mut self,
+        uid: u64,
+        src: [u8; 16],
+        now: u64,
+        interval: u64,
+        tolerance: u64,
+    ) -> bool {
+        let key = if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&(uid, src)) {
+            self.sweep_buckets(now);
+            if self.buckets.len() >= MAX_BUCKETS {
+                (uid, OVERFLOW_SOURCE)
+            } else {
+                (uid, src)
+            }
+        } else {
+            (uid, src)
+        };
+        let tat = self.buckets.entry(key).or_insert(now);
+        if now + tolerance < *tat {
+            return false;
+        }
+        *tat = (*tat).max(now) + interval;
+        true
+    }
+
+    /// Forgets buckets that have refilled completely (they behave like new ones).
+    fn sweep_buckets(&mut self, now: u64) {
+        self.buckets.retain(|_, tat| *tat > now);
+    }
+
+    #[inline]
+    fn track_flow(&mut self, src: &[u8; 16], dst: &[u8; 16], stream: u32, now_s: u32) {
+        let word =
+            |b: &[u8; 16], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let mut h = word(src, 0)
+            ^ word(src, 8).rotate_left(17)
+            ^ word(dst, 0).rotate_left(31)
+            ^ word(dst, 8).rotate_left(47)
+            ^ u64::from(stream);
+        h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.flows[(h >> 48) as usize] = now_s;
+    }
+
+    fn flush_hits(&mut self) {
+        if self.local.hits.iter().all(|&h| h == 0) {
+            return;
+        }
+        let mut hits = self
+            .stats
+            .policy_hits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (i, n) in self.local.hits.iter_mut().enumerate() {
+            if *n > 0 {
+                *hits.entry(self.classifier.rule(i).id.clone()).or_default() += *n;
+                *n = 0;
+            }
+        }
+    }
+
+    /// Adds the engine's counters to the shared [`Stats`].
+    pub fn flush(&mut self) {
+        let s = &self.stats;
+        let l = &mut self.local;
+        let add = |a: &AtomicU64, v: &mut u64| {
+            if *v > 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        };
+        add(&s.rx_packets, &mut l.rx_packets);
+        add(&s.rx_bytes, &mut l.rx_bytes);
+        add(&s.tx_packets, &mut l.tx_packets);
+        add(&s.tx_bytes, &mut l.tx_bytes);
+        add(&s.local_packets, &mut l.local_packets);
+        add(&s.ignored_packets, &mut l.ignored);
+        add(&s.redirected, &mut l.redirected);
+        add(&s.weighted, &mut l.weighted);
+        add(&s.nic_errors, &mut l.nic_errors);
+        for (a, v) in s.drops.iter().zip(l.drops.iter_mut()) {
+            add(a, v);
+        }
+        for (a, v) in s.parse_errors.iter().zip(l.parse.iter_mut()) {
+            add(a, v);
+        }
+        self.flush_hits();
+        if self.last_flow_count.elapsed() >= Duration::from_secs(1) {
+            self.last_flow_count = Instant::now();
+            let now_s = self.epoch.elapsed().as_secs() as u32 + 1;
+            let live = self
+                .flows
+                .iter()
+                .filter(|&&t| t != 0 && t + FLOW_WINDOW_S > now_s)
+                .count();
+            self.stats
+                .active_flows
+                .store(live as u64, Ordering::Relaxed);
+            self.stats
+                .buckets
+                .store(self.buckets.len() as u64, Ordering::Relaxed);
+            if self.buckets.len() > MAX_BUCKETS / 2 {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                self.sweep_buckets(now);
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameSpec, Mode};
+    use crate::nic::memory::{self, MemPacket, MemoryPort};
+    use crate::policy::{KnownNode, PolicySet, Scope};
+    use nexus_ca::NodeId;
+    use nexus_crdt::{ActionType, RouteAction, RouteMatch, RoutePolicy};
+
+    const LOCAL: [u8; 16] = [0xaa; 16];
+    const SRC: [u8; 16] = [1; 16];
+    const DST: [u8; 16] = [2; 16];
+    const OTHER: [u8; 16] = [3; 16];
+
+    fn policy(id: &str, priority: u32, action: RouteAction, m: RouteMatch) -> (Scope, RoutePolicy) {
+        (
+            Scope::Tenant,
+            RoutePolicy {
+                id: id.into(),
+                name: id.into(),
+                tenant_id: String::new(),
+                priority,
+                matches: m,
+                action,
+                enabled: true,
+                created_at: 0,
+            },
+        )
+    }
+
+    fn types(t: &[u16]) -> RouteMatch {
+        RouteMatch {
+            message_types: t.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn set(policies: Vec<(Scope, RoutePolicy)>) -> PolicySet {
+        PolicySet {
+            policies,
+            nodes: [DST, OTHER, LOCAL]
+                .map(|id| KnownNode {
+                    id,
+                    capabilities: vec![],
+                })
+                .to_vec(),
+            ..Default::default()
+        }
+    }
+
+    struct Rig {
+        engine: Engine<MemoryPort>,
+        wire: MemoryPort,
+        handle: Arc<PolicyHandle>,
+    }
+
+    fn rig(set: &PolicySet) -> Rig {
+        let (mut wire, mut dp) = memory::pair("test");
+        wire.set_wait(Duration::from_millis(20));
+        dp.set_wait(Duration::from_millis(20));
+        let handle = Arc::new(PolicyHandle::new(Classifier::compile(set)));
+        let engine = Engine::new(
+            dp,
+            None,
+            handle.clone(),
+            Arc::new(Stats::default()),
+            EngineConfig::new(LOCAL),
+        );
+        Rig {
+            engine,
+            wire,
+            handle,
+        }
+    }
+
+    impl Rig {
+        fn send(&mut self, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            let mut burst: Vec<MemPacket> = frames.into_iter().map(MemPacket).collect();
+            let want = burst.len();
+            assert_eq!(self.wire.tx_burst(&mut burst).unwrap(), want);
+            while self.engine.poll().unwrap() > 0 {}
+            self.engine.flush();
+            let mut got = Vec::new();
+            while self.wire.rx_burst(&mut got, 1024).unwrap() > 0 {}
+            got.into_iter().map(|p| p.0).collect()
+        }
+    }
+
+    fn frame(src: [u8; 16], dst: [u8; 16], t: u16) -> Vec<u8> {
+        FrameSpec::new(src, dst, t).ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], 128, t as u8)
+    }
+
+    #[test]
+    fn allowed_frames_pass_intact_but_for_the_hop_limit_and_denied_ones_never_do() {
+        let mut r = rig(&set(vec![policy(
+            "deny-7",
+            1,
+            RouteAction::new(ActionType::Deny),
+            types(&[7]),
+        )]));
+        let sent = vec![frame(SRC, DST, 1), frame(SRC, DST, 7), frame(SRC, DST, 2)];
+        let got = r.send(sent.clone());
+        assert_eq!(got.len(), 2);
+        for (g, s) in got.iter().zip([&sent[0], &sent[2]]) {
+            let (hg, hs) = (frame::parse(g).unwrap(), frame::parse(s).unwrap());
+            assert_eq!(hg.hops, hs.hops - 1);
+            assert_eq!(g[..20], s[..20]);
+            assert_eq!(g[22..], s[22..], "only the hop limit changes");
+        }
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::Deny), 1);
+        assert_eq!(st.hits("deny-7"), 1);
+        assert_eq!(st.rx_packets.load(Ordering::Relaxed), 3);
+        assert_eq!(st.tx_packets.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn malformed_unknown_and_spent_frames_are_dropped_by_reason() {
+        let mut r = rig(&set(vec![]));
+        let mut bad_magic = frame(SRC, DST, 1);
+        bad_magic[14] = 0;
+        let mut spent = frame(SRC, DST, 1);
+        spent[14 + 6] = 0;
+        let mut arp = frame(SRC, DST, 1);
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        let got = r.send(vec![
+            bad_magic,
+            frame(SRC, [9; 16], 1),
+            spent,
+            arp,
+            frame(SRC, LOCAL, 1),
+        ]);
+        assert!(got.is_empty());
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::Parse), 1);
+        assert_eq!(
+            st.parse_errors[ParseError::BadMagic.index()].load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(st.dropped(DropReason::NoRoute), 1);
+        assert_eq!(st.dropped(DropReason::HopLimit), 1);
+        assert_eq!(st.ignored_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(st.local_packets.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn redirect_rewrites_the_destination() {
+        let mut action = RouteAction::new(ActionType::Redirect);
+        action.redirect_node_id = Some(NodeId(OTHER));
+        let mut r = rig(&set(vec![policy("to-other", 1, action, types(&[5]))]));
+        let got = r.send(vec![frame(SRC, DST, 5)]);
+        assert_eq!(frame::parse(&got[0]).unwrap().dst, OTHER);
+        assert_eq!(r.engine.stats().redirected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_rate_limit_holds_per_source() {
+        let mut action = RouteAction::new(ActionType::Ratelimit);
+        action.rate_limit = Some(10);
+        let mut r = rig(&set(vec![policy("ten", 1, action, RouteMatch::default())]));
+        // 50 frames from each of two sources at once: each source gets its burst of 10.
+        let frames: Vec<Vec<u8>> = (0..100)
+            .map(|i| frame(if i % 2 == 0 { SRC } else { OTHER }, DST, 1))
+            .collect();
+        let got = r.send(frames);
+        assert_eq!(got.len(), 20, "a burst of `rate` frames per source");
+        assert_eq!(r.engine.stats().dropped(DropReason::Ratelimit), 80);
+    }
+
+    #[test]
+    fn a_swap_applies_from_the_next_burst_and_keeps_counting() {
+        let mut r = rig(&set(vec![]));
+        assert_eq!(r.send(vec![frame(SRC, DST, 7)]).len(), 1);
+        r.handle.publish(Classifier::compile(&set(vec![policy(
+            "deny-7",
+            1,
+            RouteAction::new(ActionType::Deny),
+            types(&[7]),
+        )])));
+        assert!(r.send(vec![frame(SRC, DST, 7)]).is_empty());
+        assert_eq!(r.engine.stats().generation.load(Ordering::Relaxed), 2);
+        assert!(
+            r.engine
+                .stats()
+                .generation_first_packet_ms
+                .load(Ordering::Relaxed)
+                > 0
+        );
+        let _ = Mode::Be;
+    }
+}
