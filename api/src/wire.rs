@@ -30,8 +30,14 @@ pub struct Node {
     pub nexlink_version: String,
     /// Nexus router version.
     pub nexroute_version: String,
-    /// NIC model.
+    /// NIC model (the data plane's driver or device model).
     pub nic_model: String,
+    /// Data-plane NIC backend: `dpdk`, `af_packet` or `memory` (empty: unknown).
+    #[serde(default)]
+    pub nic_backend: String,
+    /// The node's data plane as it last published it (every few seconds over gossip).
+    #[serde(default)]
+    pub dataplane: Option<DataplaneSummary>,
     /// Firmware version.
     pub firmware_version: String,
     /// Capabilities.
@@ -57,6 +63,36 @@ pub struct Node {
     /// Whether that MIC is on a revocation list the answering node holds.
     #[serde(default)]
     pub certificate_revoked: bool,
+}
+
+/// What a node's data plane reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneSummary {
+    /// `dpdk`, `af_packet` or `memory`.
+    pub backend: String,
+    /// The device (`net_ring0 (port 0)`, an interface name).
+    pub device: String,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Frames delivered to this node.
+    pub local_packets: u64,
+    /// Frames dropped, by reason (`parse`, `deny`, `ratelimit`, `no_route`, `hop_limit`,
+    /// `tx_full`).
+    pub drops: BTreeMap<String, u64>,
+    /// Flows seen in the last 30 s (approximate).
+    pub active_flows: u64,
+    /// Route-policy rules compiled in.
+    pub rules: u64,
+    /// Destinations in the forwarding table.
+    pub routes: u64,
+    /// Generation of the classifier in force (+1 per recompile).
+    pub policy_generation: u64,
+    /// Configuration versions it was compiled from (`fleet:12,tenant/acme:40`).
+    pub policy_version: String,
+    /// Unix ms when this summary was taken.
+    pub at_ms: u64,
 }
 
 /// Node addresses.

@@ -31,6 +31,8 @@ fn node(id: String) -> Node {
         nexlink_version: "0".into(),
         nexroute_version: "0".into(),
         nic_model: String::new(),
+        nic_backend: String::new(),
+        dataplane: None,
         firmware_version: String::new(),
         capabilities: vec![],
         trust_level: 0,

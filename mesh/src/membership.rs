@@ -159,6 +159,10 @@ pub struct Member {
     pub info: Option<NodeInfo>,
     /// Health summary the node publishes: `ok` or the failing check.
     pub health: String,
+    /// The node's data-plane summary (JSON: backend, counters, policy generation), if it
+    /// publishes one.
+    #[serde(default)]
+    pub dataplane: Option<String>,
     /// Status the node declares about itself.
     pub self_status: SelfStatus,
     /// Derived status.
@@ -210,6 +214,8 @@ pub struct Observation {
     pub info: Option<NodeInfo>,
     /// Published health.
     pub health: Option<String>,
+    /// Published data-plane summary (JSON), if any.
+    pub dataplane: Option<String>,
     /// Published self status.
     pub self_status: SelfStatus,
     /// Whether chitchat's phi-accrual detector holds this incarnation live.
@@ -264,6 +270,7 @@ impl Membership {
             gossip_addr: Some(obs.gossip_addr),
             info: None,
             health: "unknown".to_string(),
+            dataplane: None,
             self_status: SelfStatus::Active,
             status: NodeStatus::Online,
             status_since_ms: now.wall_ms,
@@ -293,6 +300,9 @@ impl Membership {
         }
         if let Some(health) = obs.health {
             member.health = health;
+        }
+        if obs.dataplane.is_some() {
+            member.dataplane = obs.dataplane;
         }
         member.self_status = obs.self_status;
         member.accrual_live = obs.accrual_live;
@@ -413,6 +423,7 @@ mod tests {
             heartbeat,
             info: None,
             health: Some("ok".into()),
+            dataplane: None,
             self_status: SelfStatus::Active,
             accrual_live: true,
         }

@@ -17,8 +17,8 @@ use crate::auth::GossipAuth;
 use crate::membership::{Member, Membership, MembershipConfig, NodeStatus, Now, Observation};
 use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
 use crate::wire::{
-    KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_STATUS, NodeInfo, OperatorAction, SelfStatus,
-    operator_key,
+    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_STATUS, NodeInfo, OperatorAction,
+    SelfStatus, operator_key,
 };
 
 /// Default time between gossip rounds: fast enough that a live node's heartbeat reaches a
@@ -385,6 +385,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
                             .flatten()
                     }),
                     health: state.get(KEY_HEALTH).map(str::to_string),
+                    dataplane: state.get(KEY_DATAPLANE).map(str::to_string),
                     self_status: state
                         .get(KEY_STATUS)
                         .map_or(SelfStatus::Active, SelfStatus::parse),

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Key holding the JSON-encoded [`NodeInfo`].
 pub const KEY_INFO: &str = "node";
+/// Key holding the node's data-plane summary (JSON), published every few seconds.
+pub const KEY_DATAPLANE: &str = "dataplane";
 /// Key holding the health summary: `ok`, or the first failing check.
 pub const KEY_HEALTH: &str = "health";
 /// Key holding the [`SelfStatus`].
@@ -41,6 +43,9 @@ pub struct NodeInfo {
     /// NIC model driven by this node, if known.
     #[serde(default)]
     pub nic_model: String,
+    /// Data-plane NIC backend: `dpdk`, `af_packet` or `memory`.
+    #[serde(default)]
+    pub nic_backend: String,
     /// Firmware version, if known.
     #[serde(default)]
     pub firmware_version: String,

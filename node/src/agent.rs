@@ -224,6 +224,11 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     chain.push(loaded.trust.root_der().to_vec());
     let credentials = Credentials::new(chain, &loaded.key)?;
 
+    // The NIC opens first: a node that cannot drive it says so before it joins the fleet.
+    let dataplane = Arc::new(
+        crate::dataplane::DataPlane::start(&config.nic, node_id)
+            .context("starting the data plane (`--nic` / config key `nic`)")?,
+    );
     let api_addr = sockets.api.local_addr()?;
     let gossip_addr = sockets.gossip.local_addr()?;
     let quic_addr = sockets.quic.local_addr()?;
@@ -236,9 +241,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         api_addr,
         quic_addr,
         nexlink_version: env!("CARGO_PKG_VERSION").to_string(),
-        // No data plane runs yet: report none rather than pretend.
-        nexroute_version: String::new(),
-        nic_model: String::new(),
+        nexroute_version: env!("CARGO_PKG_VERSION").to_string(),
+        nic_model: dataplane.info().model.clone(),
+        nic_backend: dataplane.info().backend.to_string(),
         firmware_version: String::new(),
         // What the MIC grants, so the fleet view matches what peers verify.
         capabilities: own_mic.capabilities.clone(),
@@ -515,6 +520,15 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
 
     let maintenance = tokio::spawn(peer.clone().maintain(stop_rx.clone()));
     let anti_entropy = tokio::spawn(replication.clone().run(stop_rx.clone()));
+    let dataplane_sync = tokio::spawn(crate::dataplane::run(
+        dataplane.clone(),
+        replication.clone(),
+        mesh.clone(),
+        fleet.clone(),
+        node_id,
+        loaded.identity.site.clone(),
+        stop_rx.clone(),
+    ));
     let background = tokio::spawn(background(
         mesh.clone(),
         store.clone(),
@@ -558,6 +572,8 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     join_service.abort();
     maintenance.abort();
     anti_entropy.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), dataplane_sync).await;
+    dataplane.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
     persist_members(&mesh, &store);
     mesh.shutdown();

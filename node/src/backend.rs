@@ -256,6 +256,11 @@ pub fn to_wire(member: &Member) -> Node {
         nexlink_version: info.map(|i| i.nexlink_version.clone()).unwrap_or_default(),
         nexroute_version: info.map(|i| i.nexroute_version.clone()).unwrap_or_default(),
         nic_model: info.map(|i| i.nic_model.clone()).unwrap_or_default(),
+        nic_backend: info.map(|i| i.nic_backend.clone()).unwrap_or_default(),
+        dataplane: member
+            .dataplane
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok()),
         firmware_version: info.map(|i| i.firmware_version.clone()).unwrap_or_default(),
         capabilities: info.map(|i| i.capabilities.clone()).unwrap_or_default(),
         trust_level: info.map_or(0, |i| i.trust_level),

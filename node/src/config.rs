@@ -41,6 +41,9 @@ pub struct FileConfig {
     pub http: Option<HttpFile>,
     /// What this node demands of its peers' certificates.
     pub trust: Option<TrustFile>,
+    /// The data plane's NIC: `memory`, `af_packet:<iface>[,<egress iface>]` or
+    /// `dpdk:<EAL arguments>`.
+    pub nic: Option<String>,
 }
 
 /// `[trust]` table.
@@ -102,6 +105,9 @@ pub struct AddrFlags {
     /// Config file [default: <data-dir>/nexus.toml]
     #[arg(long, env = "NEXUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Data-plane NIC: memory, af_packet:IFACE[,EGRESS] or dpdk:EAL-ARGS [default: memory]
+    #[arg(long, env = "NEXUS_NIC", value_name = "NIC")]
+    pub nic: Option<String>,
 }
 
 /// The validated configuration a node runs with.
@@ -131,6 +137,8 @@ pub struct NodeConfig {
     pub api_plaintext: bool,
     /// Strict mode (`[trust] require_logged_certificates`).
     pub require_logged: bool,
+    /// The data plane's NIC.
+    pub nic: nexus_dataplane::nic::NicSpec,
 }
 
 /// Default lifetime of a node MIC.
@@ -316,6 +324,15 @@ impl NodeConfig {
                 .and_then(|t| t.require_logged_certificates)
                 .unwrap_or(false),
         };
+        let nic = match (&flags.nic, &file.nic) {
+            (Some(v), _) => v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--nic / NEXUS_NIC {e}"))?,
+            (None, Some(v)) => v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("config key `nic`: {e}"))?,
+            (None, None) => nexus_dataplane::nic::NicSpec::Memory,
+        };
         Ok(NodeConfig {
             api,
             gossip,
@@ -329,6 +346,7 @@ impl NodeConfig {
             ca_lifetime,
             api_plaintext,
             require_logged,
+            nic,
         })
     }
 }

@@ -478,6 +478,9 @@ pub(crate) struct Persister {
     /// Envelopes `(envelope, author MIC)` by change hash, from submission until stored: a
     /// sync session may have to send a change that is applied but not on disk yet.
     pending: Pending,
+    /// Bumped whenever a job with changes is submitted (the in-memory view already holds them):
+    /// what the data plane watches to recompile.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Envelopes `(envelope, author MIC)` by change hash, submitted but not stored yet.
@@ -536,7 +539,11 @@ impl Persister {
                 }
             })
             .expect("spawning the configuration store thread");
-        Persister { jobs, pending }
+        Persister {
+            jobs,
+            pending,
+            changed: tokio::sync::watch::channel(0).0,
+        }
     }
 
     /// Queues a job; with `wait`, the receiver says when it is durable (or why not).
@@ -551,6 +558,9 @@ impl Persister {
                 pending.insert(hash.clone(), (envelope.clone(), mic.clone()));
             }
         }
+        if !job.changes.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
+        }
         let (tx, rx) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -561,6 +571,11 @@ impl Persister {
             tracing::error!("the configuration store thread is gone");
         }
         rx
+    }
+
+    /// Tells when configuration changed (a counter, bumped per submitted job with changes).
+    pub(crate) fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Resolves once everything submitted before is on disk.

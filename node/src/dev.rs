@@ -31,6 +31,7 @@ fn addrs(base_port: u16, index: u16) -> AddrFlags {
         gossip: Some(format!("127.0.0.1:{}", port(1))),
         quic: Some(format!("127.0.0.1:{}", port(2))),
         config: None,
+        nic: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod config_view;
 mod datadir;
+mod dataplane;
 mod dev;
 mod enroll;
 mod mirror;

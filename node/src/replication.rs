@@ -248,6 +248,24 @@ impl Kind {
     }
 }
 
+/// The effective configuration a data plane is compiled from
+/// ([`Replication::policy_sources`]).
+#[derive(Debug, Default, Clone)]
+pub struct PolicySources {
+    /// Fleet-wide policies.
+    pub fleet_policies: Vec<nexus_crdt::RoutePolicy>,
+    /// The node's tenant's routes.
+    pub routes: Vec<nexus_crdt::RoutePolicy>,
+    /// Routes of the node's site.
+    pub site_routes: Vec<nexus_crdt::RoutePolicy>,
+    /// Route ids the node's overrides switch off.
+    pub disabled: Vec<String>,
+    /// Fleet members not decommissioned.
+    pub members: Vec<NodeId>,
+    /// Versions of the documents read, `fleet:12,tenant/acme:40`.
+    pub version: String,
+}
+
 /// A page of a configuration list.
 pub struct ObjectPage {
     /// `(id, object)` in id order.
@@ -712,6 +730,80 @@ impl Replication {
             .get(&format!("{}.{key}", kind.collection_name()))
             .cloned();
         Ok((value, held.version(), reasons))
+    }
+
+    /// Tells when the configuration this node holds changed (a local write or a received change).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.persister.changed()
+    }
+
+    /// What this node's data plane enforces, read from the effective configuration (quarantined
+    /// objects left out): fleet policies, its tenant's routes, its site's routes, the routes its
+    /// overrides switch off, and the fleet's members.
+    pub fn policy_sources(&self, node: &NodeId, site: &str) -> Result<PolicySources, WriteError> {
+        let fleet_id = DocId::Fleet;
+        let (docs, fleet_q) = self.open_judged(&fleet_id)?;
+        drop(docs);
+        let tenant_id = DocId::tenant(&self.tenant).ok();
+        let tenant_q = match &tenant_id {
+            Some(id) => Some(self.open_judged(id)?.1),
+            None => None,
+        };
+        let docs = lock(&self.docs);
+        let mut out = PolicySources::default();
+        let mut versions = Vec::new();
+        if let Some(fleet) = docs.get("fleet").and_then(|h| h.fleet()) {
+            versions.push(format!("fleet:{}", docs["fleet"].version()));
+            out.fleet_policies = fleet
+                .model
+                .policies
+                .iter()
+                .filter(|(k, _)| !fleet_q.contains_key(&format!("policies.{k}")))
+                .map(|(_, p)| p.clone())
+                .collect();
+            out.members = fleet
+                .model
+                .members
+                .iter()
+                .filter(|(_, m)| m.decommissioned_at.is_none())
+                .filter_map(|(id, _)| id.parse().ok())
+                .collect();
+        }
+        if let (Some(id), Some(q)) = (&tenant_id, &tenant_q)
+            && let Some(held) = docs.get(&id.to_string())
+            && let Some(t) = held.tenant()
+        {
+            versions.push(format!("{id}:{}", held.version()));
+            out.routes = t
+                .model
+                .routes
+                .iter()
+                .filter(|(k, _)| !q.contains_key(&format!("routes.{k}")))
+                .map(|(_, p)| p.clone())
+                .collect();
+            if !site.is_empty() {
+                let prefix = format!("{site}/");
+                out.site_routes = t
+                    .model
+                    .site_routes
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(k, _)| !q.contains_key(&format!("site_routes.{k}")))
+                    .map(|(_, p)| p.clone())
+                    .collect();
+            }
+            let hex = node.to_hex();
+            let overrides = t.model.node_overrides.get(&hex).into_iter().chain(
+                t.model
+                    .site_node_overrides
+                    .get(&nexus_crdt::site_key(site, &hex)),
+            );
+            for o in overrides {
+                out.disabled.extend(o.disabled_routes.iter().cloned());
+            }
+        }
+        out.version = versions.join(",");
+        Ok(out)
     }
 
     /// Anchors: makes sure `tenant` exists in the fleet document (a tenant's routes need it).

@@ -183,6 +183,7 @@ pub fn info() -> NodeInfo {
         nexlink_version: "0.0.0-test".to_string(),
         nexroute_version: "0.0.0-test".to_string(),
         nic_model: String::new(),
+        nic_backend: String::new(),
         firmware_version: String::new(),
         capabilities: Vec::new(),
         trust_level: 1,

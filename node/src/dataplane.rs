@@ -1,0 +1,418 @@
+//! The node's data plane: opens the NIC, runs the forwarding engine on a thread of its own, and
+//! keeps its route-policy classifier in step with the replicated configuration.
+//!
+//! - The engine thread (`nexus-dataplane`) opens the NIC itself (DPDK's EAL pins the thread
+//!   that initialises it to the first core of `-l`), reports whether that worked, then forwards
+//!   until the node stops. Packets never reach the async runtime.
+//! - [`run`] recompiles the classifier whenever the configuration or the membership changes
+//!   (off the runtime's threads) and publishes it atomically; it also exports the counters as
+//!   metrics every second and publishes a summary in gossip every five seconds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nexus_api::wire::DataplaneSummary;
+use nexus_ca::{FleetTrust, NodeId};
+use nexus_dataplane::engine::{DropReason, Engine, EngineConfig, Stats};
+use nexus_dataplane::frame::ParseError;
+use nexus_dataplane::nic::memory::{self, MemoryPort};
+use nexus_dataplane::nic::{NicInfo, NicSpec, Port};
+use nexus_dataplane::policy::{Classifier, KnownNode, PolicyHandle, PolicySet, Scope};
+use nexus_mesh::Mesh;
+use tokio::sync::watch;
+
+use crate::replication::{PolicySources, Replication};
+
+/// A running data plane.
+pub struct DataPlane {
+    info: NicInfo,
+    handle: Arc<PolicyHandle>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The far end of a memory NIC: nothing is attached to it, but it must stay open.
+    _wire: Option<Mutex<MemoryPort>>,
+    /// Inputs of the classifier in force, to skip recompiling the same thing.
+    compiled: Mutex<Option<u64>>,
+}
+
+impl DataPlane {
+    /// Opens the NIC named by `spec` and starts forwarding for node `local`. Fails, saying why,
+    /// when the NIC cannot be opened.
+    pub fn start(spec: &NicSpec, local: NodeId) -> anyhow::Result<DataPlane> {
+        let handle = Arc::new(PolicyHandle::default());
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<NicInfo, String>>();
+        let mut wire = None;
+        let mut memory_port = None;
+        if *spec == NicSpec::Memory {
+            let (a, b) = memory::pair("nexus");
+            wire = Some(Mutex::new(a));
+            memory_port = Some(b);
+        }
+        let thread = {
+            let (spec, handle, stats, stop) =
+                (spec.clone(), handle.clone(), stats.clone(), stop.clone());
+            let config = EngineConfig::new(local.0);
+            std::thread::Builder::new()
+                .name("nexus-dataplane".into())
+                .spawn(move || {
+                    let ctx = Ctx {
+                        handle,
+                        stats,
+                        stop,
+                        config,
+                        ready: ready_tx,
+                    };
+                    match spec {
+                        NicSpec::Memory => match memory_port {
+                            Some(port) => ctx.serve(port, None),
+                            None => ctx.fail("the memory NIC was not created".into()),
+                        },
+                        NicSpec::AfPacket { ingress, egress } => {
+                            use nexus_dataplane::nic::af_packet::AfPacketPort;
+                            let rx = match AfPacketPort::open(&ingress) {
+                                Ok(p) => p,
+                                Err(e) => return ctx.fail(e.to_string()),
+                            };
+                            let tx = if egress == ingress {
+                                None
+                            } else {
+                                match AfPacketPort::open(&egress) {
+                                    Ok(p) => Some(p),
+                                    Err(e) => return ctx.fail(e.to_string()),
+                                }
+                            };
+                            ctx.serve(rx, tx)
+                        }
+                        #[cfg(feature = "dpdk")]
+                        NicSpec::Dpdk {
+                            eal_args,
+                            rx_port,
+                            tx_port,
+                        } => {
+                            match nexus_dataplane::nic::dpdk::open_ports(
+                                &eal_args, rx_port, tx_port,
+                            ) {
+                                Ok((rx, tx)) => ctx.serve(rx, tx),
+                                Err(e) => ctx.fail(e.to_string()),
+                            }
+                        }
+                        #[cfg(not(feature = "dpdk"))]
+                        NicSpec::Dpdk { .. } => ctx.fail(
+                            "this nexus binary was built without DPDK: rebuild it with \
+                             `cargo build --release --features dpdk` (needs Debian's dpdk-dev \
+                             libdpdk-dev pkg-config), or run with --nic af_packet:<iface>"
+                                .into(),
+                        ),
+                    }
+                })
+                .context("starting the data-plane thread")?
+        };
+        let info = match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(info)) => info,
+            Ok(Err(why)) => {
+                let _ = thread.join();
+                anyhow::bail!("cannot open the data-plane NIC `{spec}`: {why}");
+            }
+            Err(_) => anyhow::bail!("the data-plane NIC `{spec}` did not open within 60 s"),
+        };
+        tracing::info!(
+            backend = info.backend,
+            device = %info.device,
+            model = %info.model,
+            "data plane forwarding"
+        );
+        Ok(DataPlane {
+            info,
+            handle,
+            stats,
+            stop,
+            thread: Mutex::new(Some(thread)),
+            _wire: wire,
+            compiled: Mutex::new(None),
+        })
+    }
+
+    /// What the NIC is.
+    pub fn info(&self) -> &NicInfo {
+        &self.info
+    }
+
+    /// Compiles `sources` (with the destinations' capabilities) and publishes the classifier,
+    /// unless the inputs are the ones in force. Returns the new generation.
+    pub fn update(
+        &self,
+        local: &NodeId,
+        sources: &PolicySources,
+        capabilities: &HashMap<NodeId, Vec<String>>,
+    ) -> Option<u64> {
+        let set = policy_set(local, sources, capabilities);
+        let fingerprint = fingerprint(&set);
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if *compiled == Some(fingerprint) {
+            return None;
+        }
+        let started = Instant::now();
+        let classifier = Classifier::compile(&set);
+        let rules = classifier.rules().len();
+        let skipped = classifier.skipped();
+        let generation = self.handle.publish(classifier);
+        *compiled = Some(fingerprint);
+        let took = started.elapsed();
+        metrics::histogram!("nexus_dataplane_policy_compile_seconds").record(took.as_secs_f64());
+        metrics::gauge!("nexus_dataplane_rules").set(rules as f64);
+        metrics::gauge!("nexus_dataplane_policy_generation").set(generation as f64);
+        tracing::info!(
+            generation,
+            rules,
+            skipped,
+            routes = set.nodes.len(),
+            version = %set.version,
+            compile_ms = took.as_millis() as u64,
+            "route policies compiled into the data plane"
+        );
+        Some(generation)
+    }
+
+    /// A summary for gossip and `GET /v1/nodes/{id}`.
+    pub fn summary(&self) -> DataplaneSummary {
+        let s = &self.stats;
+        let c = self.handle.load();
+        DataplaneSummary {
+            backend: self.info.backend.to_string(),
+            device: self.info.device.clone(),
+            rx_packets: s.rx_packets.load(Ordering::Relaxed),
+            tx_packets: s.tx_packets.load(Ordering::Relaxed),
+            local_packets: s.local_packets.load(Ordering::Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.label().to_string(), s.dropped(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            active_flows: s.active_flows.load(Ordering::Relaxed),
+            rules: c.rules().len() as u64,
+            routes: c.route_count() as u64,
+            policy_generation: c.generation(),
+            policy_version: c.version().to_string(),
+            at_ms: crate::now_ms(),
+        }
+    }
+
+    /// Sets the Prometheus counters from the engine's.
+    pub fn export_metrics(&self) {
+        let s = &self.stats;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for (dir, packets, bytes) in [
+            ("rx", get(&s.rx_packets), Some(get(&s.rx_bytes))),
+            ("tx", get(&s.tx_packets), Some(get(&s.tx_bytes))),
+            ("local", get(&s.local_packets), None),
+            ("ignored", get(&s.ignored_packets), None),
+        ] {
+            metrics::counter!("nexus_dataplane_packets_total", "direction" => dir)
+                .absolute(packets);
+            if let Some(bytes) = bytes {
+                metrics::counter!("nexus_dataplane_bytes_total", "direction" => dir)
+                    .absolute(bytes);
+            }
+        }
+        for r in DropReason::ALL {
+            metrics::counter!("nexus_dataplane_drops_total", "reason" => r.label())
+                .absolute(s.dropped(r));
+        }
+        for kind in ParseError::ALL {
+            if kind == ParseError::NotNexus {
+                continue;
+            }
+            metrics::counter!("nexus_dataplane_malformed_total", "kind" => kind.label())
+                .absolute(get(&s.parse_errors[kind.index()]));
+        }
+        metrics::counter!("nexus_dataplane_redirected_total").absolute(get(&s.redirected));
+        metrics::counter!("nexus_dataplane_weight_overrides_total").absolute(get(&s.weighted));
+        metrics::counter!("nexus_dataplane_nic_errors_total").absolute(get(&s.nic_errors));
+        metrics::gauge!("nexus_dataplane_active_flows").set(get(&s.active_flows) as f64);
+        metrics::gauge!("nexus_dataplane_ratelimit_buckets").set(get(&s.buckets) as f64);
+        let hits = s
+            .policy_hits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (policy, n) in hits {
+            metrics::counter!("nexus_dataplane_policy_hits_total", "policy" => policy).absolute(n);
+        }
+    }
+
+    /// Stops the engine thread and waits for it.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What the engine thread needs.
+struct Ctx {
+    handle: Arc<PolicyHandle>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    config: EngineConfig,
+    ready: std::sync::mpsc::Sender<Result<NicInfo, String>>,
+}
+
+impl Ctx {
+    fn fail(self, why: String) {
+        let _ = self.ready.send(Err(why));
+    }
+
+    fn serve<P: Port>(self, rx: P, tx: Option<P>) {
+        let info = rx.info();
+        let mut engine = Engine::new(rx, tx, self.handle, self.stats, self.config);
+        if self.ready.send(Ok(info)).is_err() {
+            return;
+        }
+        if let Err(e) = engine.run(&self.stop) {
+            tracing::error!(error = %e, "the data plane stopped: its NIC is gone");
+        }
+    }
+}
+
+/// The policy set a node's data plane enforces.
+pub fn policy_set(
+    local: &NodeId,
+    sources: &PolicySources,
+    capabilities: &HashMap<NodeId, Vec<String>>,
+) -> PolicySet {
+    let mut policies = Vec::new();
+    policies.extend(
+        sources
+            .fleet_policies
+            .iter()
+            .cloned()
+            .map(|p| (Scope::Fleet, p)),
+    );
+    policies.extend(
+        sources
+            .site_routes
+            .iter()
+            .cloned()
+            .map(|p| (Scope::Site, p)),
+    );
+    policies.extend(sources.routes.iter().cloned().map(|p| (Scope::Tenant, p)));
+    let mut nodes: Vec<KnownNode> = sources
+        .members
+        .iter()
+        .filter(|id| *id != local)
+        .map(|id| KnownNode {
+            id: id.0,
+            capabilities: capabilities.get(id).cloned().unwrap_or_default(),
+        })
+        .collect();
+    nodes.sort_by_key(|n| n.id);
+    PolicySet {
+        policies,
+        disabled: sources.disabled.iter().cloned().collect::<HashSet<_>>(),
+        nodes,
+        version: sources.version.clone(),
+    }
+}
+
+fn fingerprint(set: &PolicySet) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // The document versions cover every policy (and the quarantine verdicts, which depend on
+    // the same documents).
+    set.version.hash(&mut h);
+    let mut disabled: Vec<&String> = set.disabled.iter().collect();
+    disabled.sort();
+    disabled.hash(&mut h);
+    for n in &set.nodes {
+        n.id.hash(&mut h);
+        n.capabilities.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Keeps the classifier in step with the configuration and membership, and reports the data
+/// plane's counters, until `stop`.
+pub async fn run(
+    dp: Arc<DataPlane>,
+    replication: Arc<Replication>,
+    mesh: Arc<Mesh>,
+    fleet: Arc<FleetTrust>,
+    local: NodeId,
+    site: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut config_changes = replication.changes();
+    let mut members = mesh.changes();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    let mut dirty = true;
+    loop {
+        if dirty {
+            dirty = false;
+            let (dp, replication, site) = (dp.clone(), replication.clone(), site.clone());
+            // Destinations' capabilities as their (verified, unrevoked) certificates grant them,
+            // published with their node info.
+            let capabilities: HashMap<NodeId, Vec<String>> = mesh
+                .members()
+                .into_iter()
+                .filter_map(|m| {
+                    let info = m.info?;
+                    let revoked = fleet.revocations().is_revoked(&info.mic_serial);
+                    (!revoked).then_some((m.node_id, info.capabilities))
+                })
+                .collect();
+            let result = tokio::task::spawn_blocking(move || {
+                let sources = replication.policy_sources(&local, &site)?;
+                Ok::<_, crate::replication::WriteError>(dp.update(&local, &sources, &capabilities))
+            })
+            .await;
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = ?e, "cannot read the route policies"),
+                Err(e) => tracing::error!(error = %e, "route-policy compile failed"),
+            }
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() { break; }
+            }
+            changed = config_changes.changed() => {
+                if changed.is_err() { break; }
+                dirty = true;
+            }
+            changed = members.changed() => {
+                if changed.is_err() { break; }
+                dirty = true;
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                dp.export_metrics();
+                // Destinations' node info (capabilities) arrives without a status change.
+                if ticks.is_multiple_of(10) {
+                    dirty = true;
+                }
+                if ticks % 5 == 1 {
+                    match serde_json::to_string(&dp.summary()) {
+                        Ok(json) => mesh.publish(nexus_mesh::wire::KEY_DATAPLANE, &json).await,
+                        Err(e) => tracing::warn!(error = %e, "cannot encode the data-plane summary"),
+                    }
+                }
+            }
+        }
+    }
+    dp.export_metrics();
+}
