@@ -259,7 +259,7 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
                 FrameSpec::new([1; 16], [2; 16], 1).ethernet([0xff; 6], [2, 0, 0, 0, 0, 9], 100, 0);
             let mut bad_magic = good.clone();
             bad_magic[14] = 0;
-            let frames = vec![good[..40].to_vec(), bad_magic];
+            let frames = [good[..40].to_vec(), bad_magic];
             let mut burst: Vec<_> = frames
                 .iter()
                 .map(|f| port.alloc(f))
