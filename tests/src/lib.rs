@@ -5,6 +5,7 @@
 //! executable; `.ci/run` builds it before the tests.
 
 pub mod baseline;
+pub mod bench;
 pub mod netns;
 
 use std::ffi::OsString;
