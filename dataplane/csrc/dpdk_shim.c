@@ -8,6 +8,7 @@
  */
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,13 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+
+/* The Rust side reads a frame's address and length straight from the mbuf (no call per frame):
+ * these are the offsets it uses (src/nic/dpdk.rs, MBUF_*). A DPDK with another layout fails here,
+ * at build time. */
+_Static_assert(offsetof(struct rte_mbuf, buf_addr) == 0, "rte_mbuf.buf_addr moved");
+_Static_assert(offsetof(struct rte_mbuf, data_off) == 16, "rte_mbuf.data_off moved");
+_Static_assert(offsetof(struct rte_mbuf, data_len) == 40, "rte_mbuf.data_len moved");
 
 /* Descriptors per RX and TX queue, before the driver's limits are applied. */
 #define NEXUS_RX_DESC 1024
@@ -183,13 +191,6 @@ void nexus_dpdk_mbuf_free(struct rte_mbuf *m)
 void nexus_dpdk_mbuf_free_bulk(struct rte_mbuf **pkts, unsigned int n)
 {
 	rte_pktmbuf_free_bulk(pkts, n);
-}
-
-/* The first segment's frame bytes and their length. */
-uint8_t *nexus_dpdk_mbuf_data(struct rte_mbuf *m, uint16_t *len)
-{
-	*len = rte_pktmbuf_data_len(m);
-	return rte_pktmbuf_mtod(m, uint8_t *);
 }
 
 /* Grows the frame by `len` bytes at its end; returns where they start, or NULL if no room. */

@@ -27,7 +27,7 @@ use foldhash::fast::RandomState;
 
 use crate::frame::{self, ParseError};
 use crate::nic::{BURST, NicError, Packet, Port};
-use crate::policy::{Action, Classifier, PolicyHandle};
+use crate::policy::{Action, Classifier, Decision, PolicyHandle};
 
 /// Why the data plane dropped a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,7 +98,8 @@ pub struct Stats {
     pub weighted: AtomicU64,
     /// NIC errors (failed bursts).
     pub nic_errors: AtomicU64,
-    /// Flows (source, destination, stream) seen in the last 30 s; approximate.
+    /// Flows (source, destination, stream mode, message type) seen in the last 30 s;
+    /// approximate (counted in the flow cache, which holds at most 8,192).
     pub active_flows: AtomicU64,
     /// Generation of the classifier the engine decides with.
     pub generation: AtomicU64,
@@ -157,9 +158,110 @@ impl EngineConfig {
 
 /// Rate-limit buckets kept at most; beyond, sources share one bucket per policy.
 pub const MAX_BUCKETS: usize = 65_536;
-const FLOW_SLOTS: usize = 1 << 16;
+/// Frames ahead of the one being decided whose first bytes are prefetched.
+const PREFETCH: usize = 3;
+/// Flow-cache slots (direct-mapped; a power of two).
+const FLOW_SLOTS: usize = 1 << 13;
 const FLOW_WINDOW_S: u32 = 30;
+/// Bursts between additions of per-policy hits to [`Stats`] (also on idle and on every swap).
+const HITS_EVERY: u64 = 1024;
 const OVERFLOW_SOURCE: [u8; 16] = [0xff; 16];
+
+/// Rate-limit state: one GCRA theoretical arrival time (ns since the engine's epoch) per
+/// (rule uid, source node), in a slab the flow cache indexes into.
+struct Buckets {
+    index: HashMap<(u64, [u8; 16]), u32, RandomState>,
+    keys: Vec<(u64, [u8; 16])>,
+    tat: Vec<u64>,
+    /// Bumped whenever slab indices change (a sweep); flow-cache entries of older epochs look
+    /// their bucket up again.
+    epoch: u32,
+}
+
+impl Default for Buckets {
+    fn default() -> Buckets {
+        Buckets {
+            index: HashMap::with_hasher(RandomState::default()),
+            keys: Vec::new(),
+            tat: Vec::new(),
+            epoch: 1,
+        }
+    }
+}
+
+impl Buckets {
+    /// The slab index of (uid, src)'s bucket, made if new. At [`MAX_BUCKETS`], idle buckets are
+    /// swept first; if none are idle, new sources share one bucket per policy.
+    fn find(&mut self, uid: u64, src: [u8; 16], now: u64) -> usize {
+        if let Some(&i) = self.index.get(&(uid, src)) {
+            return i as usize;
+        }
+        let mut key = (uid, src);
+        if self.tat.len() >= MAX_BUCKETS {
+            self.sweep(now);
+            if self.tat.len() >= MAX_BUCKETS {
+                key = (uid, OVERFLOW_SOURCE);
+                if let Some(&i) = self.index.get(&key) {
+                    return i as usize;
+                }
+            }
+        }
+        let i = self.tat.len();
+        self.index.insert(key, i as u32);
+        self.keys.push(key);
+        self.tat.push(now);
+        i
+    }
+
+    /// Forgets buckets that have refilled completely (they behave like new ones) and renumbers
+    /// the rest.
+    fn sweep(&mut self, now: u64) {
+        let (keys, tat) = (
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.tat),
+        );
+        self.index.clear();
+        for (key, t) in keys.into_iter().zip(tat) {
+            if t > now {
+                self.index.insert(key, self.tat.len() as u32);
+                self.keys.push(key);
+                self.tat.push(t);
+            }
+        }
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+    }
+}
+
+/// A flow's decision under one classifier generation. One cache line each, so a lookup
+/// touches one line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct FlowEntry {
+    src: [u8; 16],
+    dst: [u8; 16],
+    msg_type: u16,
+    mode: u8,
+    dst_known: bool,
+    /// Low 32 bits of the classifier generation; 0 (never published) marks an empty slot.
+    generation: u32,
+    /// Deciding rule, `u32::MAX` for none.
+    rule: u32,
+    /// Seconds since the engine started, + 1 (0: never).
+    last_seen: u32,
+    /// Index of the flow's rate-limit bucket in [`Buckets`], valid in `bucket_epoch`.
+    bucket: u32,
+    bucket_epoch: u32,
+}
+
+impl FlowEntry {
+    #[inline(always)]
+    fn decision(&self) -> Decision {
+        Decision {
+            rule: (self.rule != u32::MAX).then_some(self.rule),
+            dst_known: self.dst_known,
+        }
+    }
+}
 
 /// Per-engine counters, added to [`Stats`] in batches.
 #[derive(Default)]
@@ -188,8 +290,11 @@ pub struct Engine<P: Port> {
     classifier: Arc<Classifier>,
     local: Local,
     /// Rate-limit state: (rule uid, source) → theoretical arrival time, ns since `epoch`.
-    buckets: HashMap<(u64, [u8; 16]), u64, RandomState>,
-    flows: Box<[u32]>,
+    buckets: Buckets,
+    /// Decisions by flow, valid for one classifier generation; also what active flows are
+    /// counted from.
+    flows: Box<[FlowEntry]>,
+    dropped: Vec<P::Packet>,
     epoch: Instant,
     in_burst: Vec<P::Packet>,
     out_burst: Vec<P::Packet>,
@@ -222,8 +327,9 @@ impl<P: Port> Engine<P> {
             policy,
             stats,
             config,
-            buckets: HashMap::with_hasher(RandomState::default()),
-            flows: vec![0; FLOW_SLOTS].into_boxed_slice(),
+            buckets: Buckets::default(),
+            flows: vec![FlowEntry::default(); FLOW_SLOTS].into_boxed_slice(),
+            dropped: Vec::with_capacity(BURST),
             epoch: Instant::now(),
             in_burst: Vec::with_capacity(BURST),
             out_burst: Vec::with_capacity(BURST),
@@ -293,12 +399,32 @@ impl<P: Port> Engine<P> {
         let now_ns = started.duration_since(self.epoch).as_nanos() as u64;
         let now_s = (now_ns / 1_000_000_000) as u32 + 1;
         let mut out = std::mem::take(&mut self.out_burst);
-        for mut pkt in burst.drain(..) {
-            if self.forward(&mut pkt, now_ns, now_s) {
+        let mut dropped = std::mem::take(&mut self.dropped);
+        // Descriptors first (their address is known), then each frame's first bytes a few
+        // frames ahead (finding them reads the descriptor).
+        for p in burst.iter() {
+            p.prefetch_descriptor();
+        }
+        for p in burst.iter().take(PREFETCH) {
+            p.prefetch();
+        }
+        let mut keep = [false; BURST];
+        for i in 0..burst.len() {
+            if let Some(ahead) = burst.get(i + PREFETCH) {
+                ahead.prefetch();
+            }
+            keep[i] = self.forward(&mut burst[i], now_ns, now_s);
+        }
+        for (pkt, keep) in burst.drain(..).zip(keep) {
+            if keep {
                 out.push(pkt);
+            } else {
+                dropped.push(pkt);
             }
         }
         self.in_burst = burst;
+        self.rx.free_burst(&mut dropped);
+        self.dropped = dropped;
         if !out.is_empty() {
             let want = out.len();
             let bytes: u64 = out.iter().map(|p| p.data().len() as u64).sum();
@@ -324,8 +450,10 @@ impl<P: Port> Engine<P> {
             metrics::histogram!("nexus_dataplane_forward_latency_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
-        if self.bursts.is_multiple_of(64) {
+        if self.bursts.is_multiple_of(HITS_EVERY) {
             self.flush();
+        } else if self.bursts.is_multiple_of(64) {
+            self.flush_counters();
         }
         Ok(n)
     }
@@ -378,14 +506,14 @@ impl<P: Port> Engine<P> {
             self.local.drops[DropReason::HopLimit as usize] += 1;
             return false;
         }
-        self.track_flow(&h.src, &h.dst, h.stream_id, now_s);
+        let (decision, slot) = self.decide(&h, now_s);
         let mut dst = h.dst;
         let mut redirected = false;
-        if let Some(i) = self.classifier.classify(&h) {
+        if let Some(i) = decision.rule {
+            let i = i as usize;
             self.local.hits[i] += 1;
-            let rule = self.classifier.rule(i);
-            let (action, uid, weighted) = (rule.action, rule.uid, rule.weights.is_some());
-            match action {
+            let v = *self.classifier.verdict(i);
+            match v.action {
                 Action::Allow => {}
                 Action::Deny => {
                     self.local.drops[DropReason::Deny as usize] += 1;
@@ -396,7 +524,7 @@ impl<P: Port> Engine<P> {
                     tolerance_ns,
                     ..
                 } => {
-                    if !self.conforms(uid, h.src, now_ns, interval_ns, tolerance_ns) {
+                    if !self.conforms(slot, v.uid, h.src, now_ns, interval_ns, tolerance_ns) {
                         self.local.drops[DropReason::Ratelimit as usize] += 1;
                         return false;
                     }
@@ -407,7 +535,7 @@ impl<P: Port> Engine<P> {
                     self.local.redirected += 1;
                 }
             }
-            if weighted {
+            if v.weighted {
                 self.local.weighted += 1;
             }
         }
@@ -418,7 +546,12 @@ impl<P: Port> Engine<P> {
             }
             return false;
         }
-        if !self.classifier.has_route(&dst) {
+        let routable = if redirected {
+            self.classifier.has_route(&dst)
+        } else {
+            decision.dst_known
+        };
+        if !routable {
             self.local.drops[DropReason::NoRoute as usize] += 1;
             return false;
         }
@@ -430,28 +563,30 @@ impl<P: Port> Engine<P> {
         true
     }
 
-    /// GCRA: a frame conforms when it arrives no earlier than the bucket's theoretical arrival
-    /// time minus the burst tolerance.
+    /// GCRA: a frame conforms when it arrives no earlier than its bucket's theoretical arrival
+    /// time minus the burst tolerance. The bucket's index is remembered in the flow cache
+    /// (`slot`), so a flow finds its bucket without a hash lookup.
     #[inline]
     fn conforms(
         &mut self,
+        slot: usize,
         uid: u64,
         src: [u8; 16],
         now: u64,
         interval: u64,
         tolerance: u64,
     ) -> bool {
-        let key = if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&(uid, src)) {
-            self.sweep_buckets(now);
-            if self.buckets.len() >= MAX_BUCKETS {
-                (uid, OVERFLOW_SOURCE)
-            } else {
-                (uid, src)
-            }
+        let e = &self.flows[slot];
+        let b = if e.bucket_epoch == self.buckets.epoch && e.bucket != u32::MAX {
+            e.bucket as usize
         } else {
-            (uid, src)
+            let b = self.buckets.find(uid, src, now);
+            let e = &mut self.flows[slot];
+            e.bucket = b as u32;
+            e.bucket_epoch = self.buckets.epoch;
+            b
         };
-        let tat = self.buckets.entry(key).or_insert(now);
+        let tat = &mut self.buckets.tat[b];
         if now + tolerance < *tat {
             return false;
         }
@@ -459,22 +594,50 @@ impl<P: Port> Engine<P> {
         true
     }
 
-    /// Forgets buckets that have refilled completely (they behave like new ones).
-    fn sweep_buckets(&mut self, now: u64) {
-        self.buckets.retain(|_, tat| *tat > now);
-    }
-
+    /// The classifier's decision for a frame, from the flow cache when this flow was decided
+    /// by the same classifier before. Marks the flow as seen.
     #[inline]
-    fn track_flow(&mut self, src: &[u8; 16], dst: &[u8; 16], stream: u32, now_s: u32) {
-        let word =
-            |b: &[u8; 16], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-        let mut h = word(src, 0)
-            ^ word(src, 8).rotate_left(17)
-            ^ word(dst, 0).rotate_left(31)
-            ^ word(dst, 8).rotate_left(47)
-            ^ u64::from(stream);
-        h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.flows[(h >> 48) as usize] = now_s;
+    fn decide(&mut self, h: &frame::Header, now_s: u32) -> (Decision, usize) {
+        let word = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let mix = word(&h.src, 0)
+            ^ word(&h.src, 8).rotate_left(17)
+            ^ word(&h.dst, 0).rotate_left(31)
+            ^ word(&h.dst, 8).rotate_left(47)
+            ^ (u64::from(h.msg_type) << 8 | h.mode as u64);
+        let slot = (mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize & (FLOW_SLOTS - 1);
+        let generation = self.classifier.generation() as u32;
+        let e = &mut self.flows[slot];
+        let same_flow =
+            e.src == h.src && e.dst == h.dst && e.msg_type == h.msg_type && e.mode == h.mode as u8;
+        if same_flow && e.generation == generation {
+            e.last_seen = now_s;
+            return (e.decision(), slot);
+        }
+        let d = self.classifier.decide(h);
+        *e = FlowEntry {
+            src: h.src,
+            dst: h.dst,
+            msg_type: h.msg_type,
+            mode: h.mode as u8,
+            dst_known: d.dst_known,
+            generation,
+            rule: d.rule.unwrap_or(u32::MAX),
+            last_seen: now_s,
+            bucket: u32::MAX,
+            bucket_epoch: 0,
+        };
+        (d, slot)
     }
 
     fn flush_hits(&mut self) {
@@ -494,8 +657,15 @@ impl<P: Port> Engine<P> {
         }
     }
 
-    /// Adds the engine's counters to the shared [`Stats`].
+    /// Adds the engine's counters, per-policy hits included, to the shared [`Stats`].
     pub fn flush(&mut self) {
+        self.flush_counters();
+        self.flush_hits();
+    }
+
+    /// Adds the engine's counters, but not the per-policy hits (their table can be long), to
+    /// the shared [`Stats`].
+    fn flush_counters(&mut self) {
         let s = &self.stats;
         let l = &mut self.local;
         let add = |a: &AtomicU64, v: &mut u64| {
@@ -519,24 +689,23 @@ impl<P: Port> Engine<P> {
         for (a, v) in s.parse_errors.iter().zip(l.parse.iter_mut()) {
             add(a, v);
         }
-        self.flush_hits();
         if self.last_flow_count.elapsed() >= Duration::from_secs(1) {
             self.last_flow_count = Instant::now();
             let now_s = self.epoch.elapsed().as_secs() as u32 + 1;
             let live = self
                 .flows
                 .iter()
-                .filter(|&&t| t != 0 && t + FLOW_WINDOW_S > now_s)
+                .filter(|e| e.last_seen != 0 && e.last_seen + FLOW_WINDOW_S > now_s)
                 .count();
             self.stats
                 .active_flows
                 .store(live as u64, Ordering::Relaxed);
             self.stats
                 .buckets
-                .store(self.buckets.len() as u64, Ordering::Relaxed);
-            if self.buckets.len() > MAX_BUCKETS / 2 {
+                .store(self.buckets.tat.len() as u64, Ordering::Relaxed);
+            if self.buckets.tat.len() > MAX_BUCKETS / 2 {
                 let now = self.epoch.elapsed().as_nanos() as u64;
-                self.sweep_buckets(now);
+                self.buckets.sweep(now);
             }
         }
     }

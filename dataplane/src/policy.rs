@@ -95,6 +95,27 @@ pub enum Action {
     Redirect([u8; 16]),
 }
 
+/// What a rule does to a frame, packed for the per-frame path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Verdict {
+    /// The action.
+    pub action: Action,
+    /// [`Rule::uid`].
+    pub uid: u64,
+    /// Whether the rule carries a weight override.
+    pub weighted: bool,
+}
+
+/// A classification: the deciding rule, if any, and whether the destination is in the
+/// forwarding table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the deciding rule; `None`: no rule matches (allowed).
+    pub rule: Option<u32>,
+    /// Whether the frame's destination is a known node.
+    pub dst_known: bool,
+}
+
 /// One compiled rule.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -116,6 +137,9 @@ pub struct Rule {
 /// A compiled, immutable route-policy classifier plus the forwarding table.
 pub struct Classifier {
     rules: Vec<Rule>,
+    /// Per rule, what the engine needs on every frame, packed apart from the rule's id and
+    /// weights so a decision touches one small entry.
+    verdicts: Vec<Verdict>,
     words: usize,
     /// All bitsets, `words` u64s each.
     arena: Vec<u64>,
@@ -123,10 +147,9 @@ pub struct Classifier {
     msg: Box<[u32]>,
     src: HashMap<[u8; 16], u32, RandomState>,
     src_other: u32,
+    /// Every known destination (the forwarding table) → its bitset.
     dst: HashMap<[u8; 16], u32, RandomState>,
     dst_other: u32,
-    /// Destinations frames may go to.
-    routes: HashSet<[u8; 16], RandomState>,
     version: String,
     generation: u64,
     built_at: SystemTime,
@@ -137,7 +160,7 @@ impl std::fmt::Debug for Classifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Classifier")
             .field("rules", &self.rules.len())
-            .field("routes", &self.routes.len())
+            .field("routes", &self.dst.len())
             .field("bitsets", &(self.arena.len() / self.words.max(1)))
             .field("version", &self.version)
             .field("generation", &self.generation)
@@ -288,9 +311,7 @@ impl Classifier {
         let dst_other = arena.intern(dst_any.clone());
         let mut dst = HashMap::with_capacity_and_hasher(set.nodes.len(), RandomState::default());
         let mut by_caps: HashMap<Vec<&str>, u32> = HashMap::new();
-        let mut routes = HashSet::with_capacity_and_hasher(set.nodes.len(), RandomState::default());
         for node in &set.nodes {
-            routes.insert(node.id);
             let mut caps: Vec<&str> = node.capabilities.iter().map(String::as_str).collect();
             caps.sort_unstable();
             caps.dedup();
@@ -311,7 +332,7 @@ impl Classifier {
             dst.insert(node.id, idx);
         }
 
-        let rules = active
+        let rules: Vec<Rule> = active
             .iter()
             .map(|(scope, p)| {
                 let per_second = p.action.rate_limit.unwrap_or(0);
@@ -342,8 +363,13 @@ impl Classifier {
             })
             .collect();
 
+        let verdicts = rules
+            .iter()
+            .map(|r| Verdict { action: r.action, uid: r.uid, weighted: r.weights.is_some() })
+            .collect();
         Classifier {
             rules,
+            verdicts,
             words,
             arena: arena.data,
             mode,
@@ -352,7 +378,6 @@ impl Classifier {
             src_other,
             dst,
             dst_other,
-            routes,
             version: set.version.clone(),
             generation: 0,
             built_at: SystemTime::now(),
@@ -371,21 +396,37 @@ impl Classifier {
         &self.arena[at..at + self.words]
     }
 
-    /// The index of the rule that decides a frame with this header, or `None` when no rule
-    /// matches (the frame is then allowed).
+    /// The rule that decides a frame with this header (`None` when no rule matches: the frame
+    /// is then allowed), and whether its destination is in the forwarding table.
     #[inline]
-    pub fn classify(&self, h: &Header) -> Option<usize> {
+    pub fn decide(&self, h: &Header) -> Decision {
+        let known = self.dst.get(&h.dst);
         let m = self.bits(self.mode[h.mode as usize]);
         let t = self.bits(self.msg[usize::from(h.msg_type)]);
         let s = self.bits(*self.src.get(&h.src).unwrap_or(&self.src_other));
-        let d = self.bits(*self.dst.get(&h.dst).unwrap_or(&self.dst_other));
+        let d = self.bits(*known.unwrap_or(&self.dst_other));
+        let mut rule = None;
         for w in 0..self.words {
             let x = m[w] & t[w] & s[w] & d[w];
             if x != 0 {
-                return Some(w * 64 + x.trailing_zeros() as usize);
+                rule = Some((w * 64) as u32 + x.trailing_zeros());
+                break;
             }
         }
-        None
+        Decision { rule, dst_known: known.is_some() }
+    }
+
+    /// The index of the rule that decides a frame with this header, or `None` when no rule
+    /// matches.
+    #[inline]
+    pub fn classify(&self, h: &Header) -> Option<usize> {
+        self.decide(h).rule.map(|r| r as usize)
+    }
+
+    /// What rule `i` does.
+    #[inline(always)]
+    pub fn verdict(&self, i: usize) -> &Verdict {
+        &self.verdicts[i]
     }
 
     /// Rule `i`.
@@ -402,12 +443,12 @@ impl Classifier {
     /// Whether frames may be forwarded to `dst`.
     #[inline(always)]
     pub fn has_route(&self, dst: &[u8; 16]) -> bool {
-        self.routes.contains(dst)
+        self.dst.contains_key(dst)
     }
 
     /// Number of destinations in the forwarding table.
     pub fn route_count(&self) -> usize {
-        self.routes.len()
+        self.dst.len()
     }
 
     /// Policies left out because their action lacked its parameter.
@@ -435,8 +476,7 @@ impl Classifier {
         self.arena.len() * 8
             + self.msg.len() * 4
             + (self.src.len() + self.dst.len()) * 24
-            + self.routes.len() * 20
-            + self.rules.len() * std::mem::size_of::<Rule>()
+            + self.rules.len() * (std::mem::size_of::<Rule>() + std::mem::size_of::<Verdict>())
     }
 }
 

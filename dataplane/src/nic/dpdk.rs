@@ -110,7 +110,6 @@ unsafe extern "C" {
     fn nexus_dpdk_mbuf_alloc(pool: *mut RteMempool) -> *mut RteMbuf;
     fn nexus_dpdk_mbuf_free(m: *mut RteMbuf);
     fn nexus_dpdk_mbuf_free_bulk(pkts: *mut *mut RteMbuf, n: c_uint);
-    fn nexus_dpdk_mbuf_data(m: *mut RteMbuf, len: *mut u16) -> *mut u8;
     fn nexus_dpdk_mbuf_append(m: *mut RteMbuf, len: u16) -> *mut u8;
 }
 
@@ -564,6 +563,20 @@ impl Port for DpdkPort {
         Ok(sent)
     }
 
+    fn free_burst(&mut self, pkts: &mut Vec<DpdkPacket>) {
+        let len = pkts.len();
+        if len == 0 {
+            return;
+        }
+        let base = pkts.as_mut_ptr().cast::<*mut RteMbuf>();
+        // SAFETY: as in tx_burst: the Vec forgets its frames, whose pointers stay in its buffer,
+        // and each is freed exactly once by the bulk free below.
+        unsafe {
+            pkts.set_len(0);
+            nexus_dpdk_mbuf_free_bulk(base, len as c_uint);
+        }
+    }
+
     fn alloc(&mut self, data: &[u8]) -> Result<DpdkPacket, NicError> {
         let room = self.claim.eal.frame_room;
         let len = match u16::try_from(data.len()) {
@@ -609,16 +622,32 @@ pub struct DpdkPacket(NonNull<RteMbuf>);
 // and this backend never clones mbufs), and freeing to the pool is thread-safe.
 unsafe impl Send for DpdkPacket {}
 
+/// Offsets in `struct rte_mbuf` (DPDK 22.11) of the fields a frame's bytes are found from; the
+/// shim's `_Static_assert`s fail the build against a DPDK with another layout.
+const MBUF_BUF_ADDR: usize = 0;
+const MBUF_DATA_OFF: usize = 16;
+const MBUF_DATA_LEN: usize = 40;
+
 impl DpdkPacket {
+    /// The first segment's address and length, read from the mbuf itself: no call into the
+    /// shim per frame.
+    #[inline(always)]
     fn bytes(&self) -> (*mut u8, usize) {
-        let mut len = 0u16;
-        // SAFETY: the mbuf is valid while self lives; len is a valid out-pointer.
-        let data = unsafe { nexus_dpdk_mbuf_data(self.0.as_ptr(), &mut len) };
-        (data, usize::from(len))
+        let m = self.0.as_ptr().cast::<u8>();
+        // SAFETY: the mbuf is valid while self lives; these offsets are pinned to the headers
+        // the shim was built against (see MBUF_*), and each field is naturally aligned in the
+        // cache-line-aligned mbuf.
+        unsafe {
+            let buf = m.add(MBUF_BUF_ADDR).cast::<*mut u8>().read();
+            let off = m.add(MBUF_DATA_OFF).cast::<u16>().read();
+            let len = m.add(MBUF_DATA_LEN).cast::<u16>().read();
+            (buf.add(usize::from(off)), usize::from(len))
+        }
     }
 }
 
 impl Packet for DpdkPacket {
+    #[inline(always)]
     fn data(&self) -> &[u8] {
         let (data, len) = self.bytes();
         // SAFETY: the first segment's len bytes at data are initialised frame bytes inside the
@@ -626,11 +655,37 @@ impl Packet for DpdkPacket {
         unsafe { std::slice::from_raw_parts(data, len) }
     }
 
+    #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
         let (data, len) = self.bytes();
         // SAFETY: as for data; the mbuf is not shared (see Send), so &mut self makes this the
         // only access to its bytes.
         unsafe { std::slice::from_raw_parts_mut(data, len) }
+    }
+
+    #[inline(always)]
+    fn prefetch_descriptor(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                self.0.as_ptr().cast::<i8>(),
+            )
+        };
+    }
+
+    #[inline(always)]
+    fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (data, _) = self.bytes();
+            // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    data as *const i8,
+                )
+            };
+        }
     }
 }
 

@@ -24,6 +24,16 @@ pub trait Packet: Send {
     fn data(&self) -> &[u8];
     /// The frame, writable in place (header rewrites).
     fn data_mut(&mut self) -> &mut [u8];
+
+    /// Hints the CPU to start loading the frame's first bytes (a no-op unless the backend's
+    /// buffers live outside the Rust heap's usual locality, as DPDK's mbufs do).
+    #[inline(always)]
+    fn prefetch(&self) {}
+
+    /// Hints the CPU to start loading the backend's descriptor of the frame (DPDK: the mbuf
+    /// header), where finding the frame's bytes starts.
+    #[inline(always)]
+    fn prefetch_descriptor(&self) {}
 }
 
 /// A NIC port (or queue) that receives and transmits bursts of Ethernet frames.
@@ -40,6 +50,12 @@ pub trait Port: Send {
     /// Transmits the frames in `pkts` (draining it); returns how many the NIC took. Frames it
     /// did not take are freed; the caller counts them as dropped.
     fn tx_burst(&mut self, pkts: &mut Vec<Self::Packet>) -> Result<usize, NicError>;
+
+    /// Frees frames that will not be sent (drops), all at once where the backend can.
+    #[inline]
+    fn free_burst(&mut self, pkts: &mut Vec<Self::Packet>) {
+        pkts.clear();
+    }
 
     /// A new frame holding a copy of `data`, to transmit (traffic generators and tests).
     fn alloc(&mut self, data: &[u8]) -> Result<Self::Packet, NicError>;
