@@ -84,9 +84,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     fleet.join_in(&site, &token, &[]).await?;
     fleet.converge(3, "online", &[]).await?;
-    wait_until(Duration::from_secs(20), "every node holds the fleet document", || {
-        fleet.config_converged("fleet", 3)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "every node holds the fleet document",
+        || fleet.config_converged("fleet", 3),
+    )
     .await?;
     let dp_api = fleet.nodes[1].api.clone();
     let writer_api = fleet.nodes[2].api.clone();
@@ -271,8 +273,10 @@ async fn main() -> anyhow::Result<()> {
          in on `dp1` every 250 µs and the node forwards it back. Each round writes a `deny` route for the probe's \
          message type (`POST /v1/routes`) and measures from sending the write to the first probe the node dropped \
          (resolution 250 µs). Rounds alternate between writing on another node (push over QUIC, verify, apply, recompile) \
-         and on the node itself. The recompile and swap happen without pausing traffic; no probe of other types was lost \
-         (see `tests/tests/dataplane.rs`).\n\n\
+         and on the node itself. The recompile and swap happen without pausing traffic (that no allowed frame is lost \
+         across a swap is tested in `tests/tests/dataplane.rs` and `dataplane/tests/swap.rs`). On the writing node \
+         enforcement can come before the write's answer: the classifier is rebuilt as soon as the change is applied in \
+         memory, while the answer waits for the fsync.\n\n\
          | path | rounds | p50 | p99 | max |\n|---|---|---|---|---|\n{rows}<!-- enforce-bench:end -->\n",
         args.rounds,
         cores(),
