@@ -365,7 +365,11 @@ impl Classifier {
 
         let verdicts = rules
             .iter()
-            .map(|r| Verdict { action: r.action, uid: r.uid, weighted: r.weights.is_some() })
+            .map(|r| Verdict {
+                action: r.action,
+                uid: r.uid,
+                weighted: r.weights.is_some(),
+            })
             .collect();
         Classifier {
             rules,
@@ -413,7 +417,10 @@ impl Classifier {
                 break;
             }
         }
-        Decision { rule, dst_known: known.is_some() }
+        Decision {
+            rule,
+            dst_known: known.is_some(),
+        }
     }
 
     /// The index of the rule that decides a frame with this header, or `None` when no rule
