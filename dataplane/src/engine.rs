@@ -109,6 +109,8 @@ pub struct Stats {
     pub policy_hits: Mutex<HashMap<String, u64>>,
     /// Rate-limit buckets in use.
     pub buckets: AtomicU64,
+    /// Whether the ingress or egress NIC reports its link down (checked every second).
+    pub link_down: AtomicBool,
 }
 
 impl Stats {
@@ -703,6 +705,8 @@ impl<P: Port> Engine<P> {
             self.stats
                 .buckets
                 .store(self.buckets.tat.len() as u64, Ordering::Relaxed);
+            let down = self.rx.link_down() || self.tx.as_ref().is_some_and(|t| t.link_down());
+            self.stats.link_down.store(down, Ordering::Relaxed);
             if self.buckets.tat.len() > MAX_BUCKETS / 2 {
                 let now = self.epoch.elapsed().as_nanos() as u64;
                 self.buckets.sweep(now);

@@ -522,11 +522,14 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     let anti_entropy = tokio::spawn(replication.clone().run(stop_rx.clone()));
     let dataplane_sync = tokio::spawn(crate::dataplane::run(
         dataplane.clone(),
-        replication.clone(),
-        mesh.clone(),
-        fleet.clone(),
-        node_id,
-        loaded.identity.site.clone(),
+        crate::dataplane::Control {
+            replication: replication.clone(),
+            mesh: mesh.clone(),
+            fleet: fleet.clone(),
+            health: health.clone(),
+            local: node_id,
+            site: loaded.identity.site.clone(),
+        },
         stop_rx.clone(),
     ));
     let background = tokio::spawn(background(
@@ -630,10 +633,16 @@ async fn background(
                     Ok(Err(err)) => format!("store: {err}"),
                     Err(err) => format!("store: {err}"),
                 };
-                health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert("store".to_string(), verdict.clone());
+                // The first failing check is what the node publishes (the data plane adds its own).
+                let verdict = {
+                    let mut checks = health.lock().unwrap_or_else(|p| p.into_inner());
+                    checks.insert("store".to_string(), verdict);
+                    checks
+                        .values()
+                        .find(|v| *v != "ok")
+                        .cloned()
+                        .unwrap_or_else(|| "ok".to_string())
+                };
                 if verdict != published {
                     tracing::warn!(health = %verdict, "health changed");
                     mesh.set_health(&verdict).await;

@@ -246,6 +246,36 @@ impl DataPlane {
         }
     }
 
+    /// `ok`, or what is wrong with the data plane: its engine stopped (the NIC is gone), its
+    /// link is down, or the NIC failed bursts since the last look (`seen` holds the error count
+    /// then).
+    pub fn health(&self, seen: &mut u64) -> String {
+        let stopped = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| t.is_finished());
+        let errors = self.stats.nic_errors.load(Ordering::Relaxed);
+        let new_errors = errors.saturating_sub(*seen);
+        *seen = errors;
+        if stopped && !self.stop.load(Ordering::Relaxed) {
+            format!(
+                "dataplane: the engine on {} stopped (NIC gone)",
+                self.info.device
+            )
+        } else if self.stats.link_down.load(Ordering::Relaxed) {
+            format!("dataplane: the link of {} is down", self.info.device)
+        } else if new_errors > 0 {
+            format!(
+                "dataplane: {new_errors} failed bursts on {} in the last second",
+                self.info.device
+            )
+        } else {
+            "ok".to_string()
+        }
+    }
+
     /// Stops the engine thread and waits for it.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -343,23 +373,41 @@ fn fingerprint(set: &PolicySet) -> u64 {
     h.finish()
 }
 
+/// What the data plane follows (configuration, membership, revocations) and reports to (the
+/// node's health checks).
+pub struct Control {
+    /// The replicated configuration.
+    pub replication: Arc<Replication>,
+    /// Membership: destinations' capabilities, and where the summary is published.
+    pub mesh: Arc<Mesh>,
+    /// Revocations.
+    pub fleet: Arc<FleetTrust>,
+    /// The node's health checks; the data plane keeps `dataplane` there.
+    pub health: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
+    /// This node.
+    pub local: NodeId,
+    /// Its site.
+    pub site: String,
+}
+
 /// Keeps the classifier in step with the configuration and membership, and reports the data
-/// plane's counters, until `stop`.
-pub async fn run(
-    dp: Arc<DataPlane>,
-    replication: Arc<Replication>,
-    mesh: Arc<Mesh>,
-    fleet: Arc<FleetTrust>,
-    local: NodeId,
-    site: String,
-    mut stop: watch::Receiver<bool>,
-) {
+/// plane's counters and health, until `stop`.
+pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver<bool>) {
+    let Control {
+        replication,
+        mesh,
+        fleet,
+        health,
+        local,
+        site,
+    } = control;
     let mut config_changes = replication.changes();
     let mut members = mesh.changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut dirty = true;
+    let mut nic_errors_seen = 0u64;
     loop {
         if dirty {
             dirty = false;
@@ -401,6 +449,11 @@ pub async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 dp.export_metrics();
+                let verdict = dp.health(&mut nic_errors_seen);
+                health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert("dataplane".to_string(), verdict);
                 // Destinations' node info (capabilities) arrives without a status change.
                 if ticks.is_multiple_of(10) {
                     dirty = true;

@@ -366,6 +366,37 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
         fleet.nodes.iter_mut().all(|n| n.exited().is_none()),
         "every node still runs"
     );
+
+    // The NIC disappears: the node keeps running and the fleet sees it degraded, saying why.
+    let status = Command::new("ip")
+        .args(["-n", &ns, "link", "del", "dp1"])
+        .status()
+        .expect("ip");
+    assert!(status.success());
+    wait_until(
+        Duration::from_secs(20),
+        "the fleet sees the node degraded by its data plane",
+        || async {
+            let view = node_view(&fleet, &anchor.api, &dp_node.node_id).await;
+            view["status"] == "degraded"
+                && view["health"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("dataplane:")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let log = fleet.nodes[1].log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!("{e}; the node's log ends:\n{}", tail.join("\n"))
+    });
+    let view = node_view(&fleet, &anchor.api, &dp_node.node_id).await;
+    eprintln!(
+        "after the NIC went away: {} — {}",
+        view["status"], view["health"]
+    );
+    assert!(fleet.nodes[1].exited().is_none(), "the node still runs");
 }
 
 #[tokio::test]

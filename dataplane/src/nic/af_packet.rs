@@ -589,6 +589,10 @@ impl Port for AfPacketPort {
         })
     }
 
+    fn link_down(&self) -> bool {
+        self.link_down
+    }
+
     fn info(&self) -> NicInfo {
         NicInfo {
             backend: "af_packet",

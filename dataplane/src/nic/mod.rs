@@ -62,6 +62,11 @@ pub trait Port: Send {
 
     /// What this port is.
     fn info(&self) -> NicInfo;
+
+    /// Whether the backend knows its link to be down (false when it cannot tell).
+    fn link_down(&self) -> bool {
+        false
+    }
 }
 
 /// What a port is, for `GET /v1/nodes/{id}` and the logs.
