@@ -3,15 +3,19 @@
 //! One engine owns an ingress port and (optionally) a separate egress port and runs to
 //! completion on one thread: no locks and no atomics per frame. Per frame it
 //!
-//! 1. parses the Nexus header ([`crate::frame::parse`]); malformed frames are dropped and counted
-//!    by kind, frames of other protocols are ignored;
+//! 1. ignores frames sent to another Ethernet address than the ingress port's (when the port
+//!    has one: a promiscuous NIC hears them, and forwarding them would copy each frame once per
+//!    node on a shared segment); parses the Nexus header ([`crate::frame::parse`]); malformed
+//!    frames are dropped and counted by kind, frames of other protocols are ignored;
 //! 2. drops a frame whose hop limit is spent;
 //! 3. asks the classifier which policy decides it and applies the action (allow, deny, rate
 //!    limit per policy and source node, redirect, weight override);
 //! 4. delivers frames addressed to this node locally, drops frames to destinations outside the
 //!    forwarding table (`no_route`), and transmits the rest on the egress port with the hop limit
 //!    decremented (and the destination rewritten for a redirect). Ethernet addresses are left as
-//!    received.
+//!    received (no next-hop resolution yet), so a forwarded frame is never taken in again by
+//!    another node of the segment. Frames for this node are counted as delivered; there is no
+//!    local consumer behind the data plane yet unless [`EngineConfig::local_sink`] is set.
 //!
 //! Counters are kept in the engine and added to the shared [`Stats`] every 64 bursts and
 //! whenever the ingress is idle, so readers see them within milliseconds under load.
@@ -88,6 +92,9 @@ pub struct Stats {
     pub local_packets: AtomicU64,
     /// Frames of other protocols, ignored.
     pub ignored_packets: AtomicU64,
+    /// Frames for another Ethernet address (the NIC hears them in promiscuous mode), ignored:
+    /// forwarding them would copy every frame once per node on a shared segment.
+    pub foreign_packets: AtomicU64,
     /// Drops by [`DropReason`] (index = position in [`DropReason::ALL`]).
     pub drops: [AtomicU64; DROPS],
     /// Malformed frames by [`ParseError`] kind.
@@ -192,22 +199,22 @@ impl Default for Buckets {
 }
 
 impl Buckets {
-    /// The slab index of (uid, src)'s bucket, made if new. At [`MAX_BUCKETS`], idle buckets are
-    /// swept first; if none are idle, new sources share one bucket per policy.
+    /// The slab index of (uid, src)'s bucket, made if new. At [`MAX_BUCKETS`], new sources
+    /// share one bucket per policy until the once-a-second sweep frees idle ones: never a sweep
+    /// here, so sources made up by the frame's sender cannot make every frame pay for one.
     fn find(&mut self, uid: u64, src: [u8; 16], now: u64) -> usize {
         if let Some(&i) = self.index.get(&(uid, src)) {
             return i as usize;
         }
-        let mut key = (uid, src);
-        if self.tat.len() >= MAX_BUCKETS {
-            self.sweep(now);
-            if self.tat.len() >= MAX_BUCKETS {
-                key = (uid, OVERFLOW_SOURCE);
-                if let Some(&i) = self.index.get(&key) {
-                    return i as usize;
-                }
+        let key = if self.tat.len() >= MAX_BUCKETS {
+            let overflow = (uid, OVERFLOW_SOURCE);
+            if let Some(&i) = self.index.get(&overflow) {
+                return i as usize;
             }
-        }
+            overflow
+        } else {
+            (uid, src)
+        };
         let i = self.tat.len();
         self.index.insert(key, i as u32);
         self.keys.push(key);
@@ -274,6 +281,7 @@ struct Local {
     tx_bytes: u64,
     local_packets: u64,
     ignored: u64,
+    foreign: u64,
     drops: [u64; DROPS],
     parse: [u64; PARSE_KINDS],
     redirected: u64,
@@ -303,6 +311,9 @@ pub struct Engine<P: Port> {
     bursts: u64,
     last_flow_count: Instant,
     first_packet_pending: bool,
+    /// The ingress port's Ethernet address, when it has one: only frames sent to it are
+    /// forwarded.
+    mac: Option<[u8; 6]>,
 }
 
 impl<P: Port> Engine<P> {
@@ -318,6 +329,7 @@ impl<P: Port> Engine<P> {
         stats
             .generation
             .store(classifier.generation(), Ordering::Relaxed);
+        let rx_mac = rx.info().mac;
         Engine {
             rx,
             tx,
@@ -338,6 +350,7 @@ impl<P: Port> Engine<P> {
             bursts: 0,
             last_flow_count: Instant::now(),
             first_packet_pending: true,
+            mac: rx_mac,
         }
     }
 
@@ -369,10 +382,14 @@ impl<P: Port> Engine<P> {
                 }
                 Err(e) => {
                     self.local.nic_errors += 1;
+                    // Readers (metrics, health) see failing NICs at once; a NIC that fails every
+                    // burst is retried every millisecond, not in a tight loop.
+                    self.flush_counters();
                     if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         tracing::warn!(error = %e, "data plane NIC error");
                         last_error_log = Some(Instant::now());
                     }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }
@@ -434,7 +451,15 @@ impl<P: Port> Engine<P> {
             let result = port.tx_burst(&mut out);
             out.clear();
             self.out_burst = out;
-            let sent = result?;
+            let sent = match result {
+                Ok(sent) => sent,
+                Err(e) => {
+                    // The burst is gone with the error: count it.
+                    self.local.drops[DropReason::TxFull as usize] += want as u64;
+                    self.bursts += 1;
+                    return Err(e);
+                }
+            };
             self.local.tx_packets += sent as u64;
             // Bytes of the frames the NIC took; a partial burst is rare, so approximate it.
             self.local.tx_bytes += if sent == want {
@@ -492,6 +517,12 @@ impl<P: Port> Engine<P> {
         let data = pkt.data();
         self.local.rx_packets += 1;
         self.local.rx_bytes += data.len() as u64;
+        if let Some(mac) = &self.mac
+            && data.get(..6).is_some_and(|dst| dst != mac)
+        {
+            self.local.foreign += 1;
+            return false;
+        }
         let h = match frame::parse(data) {
             Ok(h) => h,
             Err(ParseError::NotNexus) => {
@@ -579,7 +610,9 @@ impl<P: Port> Engine<P> {
         tolerance: u64,
     ) -> bool {
         let e = &self.flows[slot];
-        let b = if e.bucket_epoch == self.buckets.epoch && e.bucket != u32::MAX {
+        let b = if e.bucket_epoch == self.buckets.epoch
+            && (e.bucket as usize) < self.buckets.tat.len()
+        {
             e.bucket as usize
         } else {
             let b = self.buckets.find(uid, src, now);
@@ -682,6 +715,7 @@ impl<P: Port> Engine<P> {
         add(&s.tx_bytes, &mut l.tx_bytes);
         add(&s.local_packets, &mut l.local_packets);
         add(&s.ignored_packets, &mut l.ignored);
+        add(&s.foreign_packets, &mut l.foreign);
         add(&s.redirected, &mut l.redirected);
         add(&s.weighted, &mut l.weighted);
         add(&s.nic_errors, &mut l.nic_errors);

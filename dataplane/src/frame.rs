@@ -235,12 +235,22 @@ fn parse_ipv4(frame: &[u8], at: usize) -> Result<Header, ParseError> {
         return Err(ParseError::NotNexus);
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    if frag & 0x3fff != 0 {
-        // More-fragments set or a non-zero offset.
-        return Err(ParseError::Fragment);
-    }
     let udp = at + ihl;
     let end = at + total;
+    if frag & 0x1fff != 0 {
+        // A later fragment carries no UDP header: whose it is cannot be told.
+        return Err(ParseError::NotNexus);
+    }
+    if frag & 0x2000 != 0 {
+        // The first fragment of a datagram: malformed if it is Nexus (never fragmented),
+        // someone else's otherwise.
+        let dport = be16(frame, udp + 2).ok_or(ParseError::Truncated)?;
+        return Err(if dport == UDP_PORT {
+            ParseError::Fragment
+        } else {
+            ParseError::NotNexus
+        });
+    }
     let csum = parse_udp(frame, udp, end)?;
     parse_nexus_udp(frame, udp, Encap::Udp4 { udp_csum: csum })
 }

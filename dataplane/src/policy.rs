@@ -67,12 +67,20 @@ pub struct KnownNode {
 pub struct PolicySet {
     /// The policies that apply to this node, with their scope. Disabled ones are skipped.
     pub policies: Vec<(Scope, RoutePolicy)>,
-    /// Policy ids this node's overrides switch off.
+    /// Tenant and site policy ids this node's overrides switch off (an override cannot switch
+    /// off a fleet policy, whatever its id).
     pub disabled: HashSet<String>,
     /// Nodes frames may be forwarded to (the forwarding table), with their capabilities.
     pub nodes: Vec<KnownNode>,
     /// Configuration version(s) this set was built from, for logs and `/v1` status.
     pub version: String,
+}
+
+impl PolicySet {
+    /// Whether the node's overrides switch the policy `id` of `scope` off.
+    pub fn switched_off(&self, scope: Scope, id: &str) -> bool {
+        scope != Scope::Fleet && self.disabled.contains(id)
+    }
 }
 
 /// What a rule does, compiled.
@@ -218,13 +226,13 @@ impl Classifier {
         let mut active: Vec<&(Scope, RoutePolicy)> = Vec::new();
         let mut skipped = 0;
         for entry in &set.policies {
-            let (_, p) = entry;
+            let (scope, p) = entry;
             let usable = match p.action.kind {
                 ActionType::Redirect => p.action.redirect_node_id.is_some(),
                 ActionType::Ratelimit => p.action.rate_limit.is_some_and(|r| r > 0),
                 ActionType::Allow | ActionType::Deny => true,
             };
-            if !p.enabled || set.disabled.contains(&p.id) {
+            if !p.enabled || set.switched_off(*scope, &p.id) {
                 continue;
             }
             if !usable {
@@ -549,7 +557,9 @@ pub mod reference {
             .map(|n| n.capabilities.as_slice());
         set.policies
             .iter()
-            .filter(|(_, p)| p.enabled && !set.disabled.contains(&p.id))
+            .filter(|(scope, p)| {
+                p.enabled && !(*scope != Scope::Fleet && set.disabled.contains(&p.id))
+            })
             .filter(|(_, p)| match p.action.kind {
                 ActionType::Redirect => p.action.redirect_node_id.is_some(),
                 ActionType::Ratelimit => p.action.rate_limit.is_some_and(|r| r > 0),
@@ -662,6 +672,31 @@ mod tests {
         assert_eq!(c.rules().len(), 1);
         assert_eq!(c.skipped(), 1);
         assert_eq!(c.classify(&header(1, 2, Mode::Ro, 0)), Some(0));
+    }
+
+    #[test]
+    fn an_override_cannot_switch_off_a_fleet_policy_that_shares_an_id() {
+        let set = PolicySet {
+            policies: vec![
+                (
+                    Scope::Fleet,
+                    policy("block-x", 5, ActionType::Deny, RouteMatch::default()),
+                ),
+                (
+                    Scope::Tenant,
+                    policy("block-x", 1, ActionType::Allow, RouteMatch::default()),
+                ),
+            ],
+            disabled: ["block-x".to_string()].into(),
+            ..Default::default()
+        };
+        let c = Classifier::compile(&set);
+        assert_eq!(c.rules().len(), 1);
+        assert_eq!(c.rules()[0].scope, Scope::Fleet);
+        assert_eq!(
+            reference::decide(&set, &header(1, 2, Mode::Be, 0)),
+            Some("block-x")
+        );
     }
 
     #[test]

@@ -97,7 +97,8 @@ fn swaps_under_traffic_lose_no_allowed_frame_and_pass_no_denied_one() {
         let (handle, stop) = (handle.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut swaps = 0;
-            for g in 1..=400 {
+            // Bounded: stops with the traffic, or after 10,000 swaps.
+            for g in 1..=10_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -159,6 +160,8 @@ fn swaps_under_traffic_lose_no_allowed_frame_and_pass_no_denied_one() {
             }
         }
     }
+    // Generations the engine decided frames with while the traffic ran.
+    let seen_generation = stats.generation.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let swaps = publisher.join().unwrap();
     engine.join().unwrap();
@@ -169,16 +172,12 @@ fn swaps_under_traffic_lose_no_allowed_frame_and_pass_no_denied_one() {
         "allowed frames lost across {swaps} swaps: {missing:?}…"
     );
     assert!(
-        swaps >= 10,
-        "only {swaps} swaps happened during the traffic"
+        seen_generation >= 10,
+        "the engine picked up only {seen_generation} classifiers during the traffic"
     );
     assert_eq!(stats.dropped(DropReason::TxFull), 0);
-    assert!(
-        stats.generation.load(Ordering::Relaxed) > 1,
-        "the engine picked up swapped classifiers"
-    );
     eprintln!(
-        "{FRAMES} frames, {swaps} swaps, {} denied, {} forwarded",
+        "{FRAMES} frames, {swaps} swaps, generation {seen_generation} in force at the end, {} denied, {} forwarded",
         stats.dropped(DropReason::Deny),
         stats.tx_packets.load(Ordering::Relaxed)
     );

@@ -119,7 +119,17 @@ impl DataPlane {
                 let _ = thread.join();
                 anyhow::bail!("cannot open the data-plane NIC `{spec}`: {why}");
             }
-            Err(_) => anyhow::bail!("the data-plane NIC `{spec}` did not open within 60 s"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = thread.join();
+                anyhow::bail!(
+                    "the data-plane thread ended while opening the NIC `{spec}` (see the log above)"
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // The thread may still be opening it; tell it to stop once it has.
+                stop.store(true, Ordering::Relaxed);
+                anyhow::bail!("the data-plane NIC `{spec}` did not open within 60 s");
+            }
         };
         tracing::info!(
             backend = info.backend,
@@ -147,11 +157,11 @@ impl DataPlane {
     /// unless the inputs are the ones in force. Returns the new generation.
     pub fn update(
         &self,
-        local: &NodeId,
         sources: &PolicySources,
         capabilities: &HashMap<NodeId, Vec<String>>,
+        revoked: &HashSet<NodeId>,
     ) -> Option<u64> {
-        let set = policy_set(local, sources, capabilities);
+        let set = policy_set(sources, capabilities, revoked);
         let fingerprint = fingerprint(&set);
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         if *compiled == Some(fingerprint) {
@@ -212,6 +222,7 @@ impl DataPlane {
             ("tx", get(&s.tx_packets), Some(get(&s.tx_bytes))),
             ("local", get(&s.local_packets), None),
             ("ignored", get(&s.ignored_packets), None),
+            ("foreign", get(&s.foreign_packets), None),
         ] {
             metrics::counter!("nexus_dataplane_packets_total", "direction" => dir)
                 .absolute(packets);
@@ -318,10 +329,14 @@ impl Ctx {
 }
 
 /// The policy set a node's data plane enforces.
+///
+/// The forwarding table is the fleet's members less those whose certificate is revoked. This
+/// node is in the destination table too (with its capabilities), so `dest_capabilities` rules
+/// apply to frames addressed to it; the engine delivers those locally before any route lookup.
 pub fn policy_set(
-    local: &NodeId,
     sources: &PolicySources,
     capabilities: &HashMap<NodeId, Vec<String>>,
+    revoked: &HashSet<NodeId>,
 ) -> PolicySet {
     let mut policies = Vec::new();
     policies.extend(
@@ -342,7 +357,7 @@ pub fn policy_set(
     let mut nodes: Vec<KnownNode> = sources
         .members
         .iter()
-        .filter(|id| *id != local)
+        .filter(|id| !revoked.contains(id))
         .map(|id| KnownNode {
             id: id.0,
             capabilities: capabilities.get(id).cloned().unwrap_or_default(),
@@ -412,20 +427,25 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
         if dirty {
             dirty = false;
             let (dp, replication, site) = (dp.clone(), replication.clone(), site.clone());
-            // Destinations' capabilities as their (verified, unrevoked) certificates grant them,
-            // published with their node info.
-            let capabilities: HashMap<NodeId, Vec<String>> = mesh
-                .members()
-                .into_iter()
-                .filter_map(|m| {
-                    let info = m.info?;
-                    let revoked = fleet.revocations().is_revoked(&info.mic_serial);
-                    (!revoked).then_some((m.node_id, info.capabilities))
-                })
-                .collect();
+            // Destinations' capabilities as they publish them with their node info (their MIC's,
+            // as they report them), and the members whose current MIC is revoked.
+            let mut capabilities: HashMap<NodeId, Vec<String>> = HashMap::new();
+            let mut revoked: HashSet<NodeId> = HashSet::new();
+            for m in mesh.members() {
+                let Some(info) = m.info else { continue };
+                if fleet.revocations().is_revoked(&info.mic_serial) {
+                    revoked.insert(m.node_id);
+                } else {
+                    capabilities.insert(m.node_id, info.capabilities);
+                }
+            }
             let result = tokio::task::spawn_blocking(move || {
                 let sources = replication.policy_sources(&local, &site)?;
-                Ok::<_, crate::replication::WriteError>(dp.update(&local, &sources, &capabilities))
+                Ok::<_, crate::replication::WriteError>(dp.update(
+                    &sources,
+                    &capabilities,
+                    &revoked,
+                ))
             })
             .await;
             match result {

@@ -741,15 +741,17 @@ impl Replication {
     /// objects left out): fleet policies, its tenant's routes, its site's routes, the routes its
     /// overrides switch off, and the fleet's members.
     pub fn policy_sources(&self, node: &NodeId, site: &str) -> Result<PolicySources, WriteError> {
-        let fleet_id = DocId::Fleet;
-        let (docs, fleet_q) = self.open_judged(&fleet_id)?;
-        drop(docs);
         let tenant_id = DocId::tenant(&self.tenant).ok();
-        let tenant_q = match &tenant_id {
-            Some(id) => Some(self.open_judged(id)?.1),
-            None => None,
-        };
-        let docs = lock(&self.docs);
+        // One lock for the verdicts and the objects, so they are of the same versions (the
+        // version string is what the data plane uses to skip a recompile).
+        let mut docs = lock(&self.docs);
+        for id in std::iter::once(DocId::Fleet).chain(tenant_id.clone()) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
+                slot.insert(Held::open(&self.store, &id).map_err(internal)?);
+            }
+        }
+        let fleet_q = self.quarantine(&docs, &DocId::Fleet);
+        let tenant_q = tenant_id.as_ref().map(|id| self.quarantine(&docs, id));
         let mut out = PolicySources::default();
         let mut versions = Vec::new();
         if let Some(fleet) = docs.get("fleet").and_then(|h| h.fleet()) {
@@ -792,12 +794,20 @@ impl Replication {
                     .map(|(_, p)| p.clone())
                     .collect();
             }
+            // Quarantined overrides switch nothing off.
             let hex = node.to_hex();
-            let overrides = t.model.node_overrides.get(&hex).into_iter().chain(
+            let site_key = nexus_crdt::site_key(site, &hex);
+            let overrides =
                 t.model
-                    .site_node_overrides
-                    .get(&nexus_crdt::site_key(site, &hex)),
-            );
+                    .node_overrides
+                    .get(&hex)
+                    .filter(|_| !q.contains_key(&format!("node_overrides.{hex}")))
+                    .into_iter()
+                    .chain(
+                        t.model.site_node_overrides.get(&site_key).filter(|_| {
+                            !q.contains_key(&format!("site_node_overrides.{site_key}"))
+                        }),
+                    );
             for o in overrides {
                 out.disabled.extend(o.disabled_routes.iter().cloned());
             }

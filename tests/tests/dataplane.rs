@@ -23,6 +23,8 @@ use nexus_tests::{Fleet, wait_until};
 use serde_json::{Value, json};
 
 const ALLOWED_TYPE: u16 = 1;
+/// The node's data-plane interface address (set by the test; frames are sent to it).
+const DP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd0];
 const DENIED_TYPE: u16 = 7;
 
 fn id_bytes(hex_id: &str) -> [u8; 16] {
@@ -69,7 +71,7 @@ impl Traffic {
                     for t in [ALLOWED_TYPE, DENIED_TYPE] {
                         let mut spec = FrameSpec::new(src, dst, t);
                         spec.stream_id = seq;
-                        let f = spec.ethernet([0xff; 6], [0x02, 0, 0, 0, 0, 0x42], 128, 0);
+                        let f = spec.ethernet(DP0_MAC, [0x02, 0, 0, 0, 0, 0x42], 128, 0);
                         burst.push(tx.alloc(&f).expect("frame buffer"));
                         sent.push((t, seq, Instant::now()));
                     }
@@ -158,6 +160,15 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
     for args in [
         vec![
             "-n", &ns, "link", "add", "dp0", "type", "veth", "peer", "name", "dp1",
+        ],
+        vec![
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "dp0",
+            "address",
+            "02:00:00:00:00:d0",
         ],
         vec!["-n", &ns, "link", "set", "dp0", "up"],
         vec!["-n", &ns, "link", "set", "dp1", "up"],
@@ -256,7 +267,7 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
         .run_in(0, || {
             let mut port = AfPacketPort::open("dp1")?;
             let good =
-                FrameSpec::new([1; 16], [2; 16], 1).ethernet([0xff; 6], [2, 0, 0, 0, 0, 9], 100, 0);
+                FrameSpec::new([1; 16], [2; 16], 1).ethernet(DP0_MAC, [2, 0, 0, 0, 0, 9], 100, 0);
             let mut bad_magic = good.clone();
             bad_magic[14] = 0;
             let frames = [good[..40].to_vec(), bad_magic];

@@ -1157,6 +1157,9 @@ impl VethRig {
             ip(&["-n", g, "link", "set", a, "up"])?;
             ip(&["-n", e, "link", "set", b, "up"])?;
         }
+        // The traffic is addressed to this MAC (see `Workload::frames`): the engine forwards only
+        // frames sent to its port's address.
+        ip(&["-n", e, "link", "set", "g1", "address", "02:00:00:00:00:02"])?;
         Ok(rig)
     }
 }

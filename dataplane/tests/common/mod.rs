@@ -66,10 +66,11 @@ pub fn engine<P: Port>(rx: P, tx: Option<P>) -> Engine<P> {
     )
 }
 
-fn frame(msg_type: u16, seq: u32, len: usize) -> Vec<u8> {
+/// A frame to the engine's ingress MAC (the engine ignores frames for other addresses).
+fn frame(to: [u8; 6], msg_type: u16, seq: u32, len: usize) -> Vec<u8> {
     let mut spec = FrameSpec::new(SRC, DST, msg_type);
     spec.stream_id = seq;
-    spec.ethernet([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], len, seq as u8)
+    spec.ethernet(to, [0x02, 0, 0, 0, 0, 1], len, seq as u8)
 }
 
 /// What a backend provides to the checks.
@@ -104,6 +105,39 @@ fn pump<R: Rig>(rig: &mut R, want: usize, quiet: Duration) -> Vec<Vec<u8>> {
 /// Allowed frames come out intact (but for the hop limit, one less), denied ones never do, and
 /// a rate limit holds: at most its burst plus its rate over the time frames kept coming.
 pub fn allowed_pass_denied_never_and_limits_hold<R: Rig>(rig: &mut R, big: usize) {
+    let to = rig
+        .engine()
+        .rx_port()
+        .info()
+        .mac
+        .unwrap_or([0x02, 0, 0, 0, 0, 2]);
+    let frame = |t, seq, len| frame(to, t, seq, len);
+    // A frame for another Ethernet address is not taken in.
+    let mut other = frame(ALLOWED, 9999, 64);
+    other[..6].copy_from_slice(&[0x02, 0xde, 0xad, 0, 0, 1]);
+    let foreign_before = rig
+        .engine()
+        .stats()
+        .foreign_packets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if rig.engine().rx_port().info().mac.is_some() {
+        rig.send(&[other]);
+        assert!(
+            pump(rig, 1, Duration::from_millis(300)).is_empty(),
+            "a frame for another MAC was forwarded"
+        );
+        rig.engine().flush();
+        let foreign = rig
+            .engine()
+            .stats()
+            .foreign_packets
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // At least ours: the kernel's own multicast (neighbour discovery) counts too.
+        assert!(
+            foreign > foreign_before,
+            "the frame for another MAC was not counted"
+        );
+    }
     // Allowed and denied, interleaved, small and large.
     let mut sent_allowed = Vec::new();
     for round in 0..8u32 {

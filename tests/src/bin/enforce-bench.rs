@@ -39,6 +39,8 @@ struct Args {
     write: Option<PathBuf>,
 }
 
+/// The node's data-plane interface address (set by the bench; frames are sent to it).
+const DP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd0];
 const PROBE_EVERY: Duration = Duration::from_micros(250);
 
 /// Probe frames sent and received: (message type, sequence) → when.
@@ -72,6 +74,15 @@ async fn main() -> anyhow::Result<()> {
     let ns = sites.namespace(0).to_string();
     ip(&[
         "-n", &ns, "link", "add", "dp0", "type", "veth", "peer", "name", "dp1",
+    ])?;
+    ip(&[
+        "-n",
+        &ns,
+        "link",
+        "set",
+        "dp0",
+        "address",
+        "02:00:00:00:00:d0",
     ])?;
     ip(&["-n", &ns, "link", "set", "dp0", "up"])?;
     ip(&["-n", &ns, "link", "set", "dp1", "up"])?;
@@ -112,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 let t = probe_type.load(Ordering::Relaxed);
                 let mut spec = FrameSpec::new(src, dst, t);
                 spec.stream_id = seq;
-                let f = spec.ethernet([0xff; 6], [0x02, 0, 0, 0, 0, 0x42], 64, 0);
+                let f = spec.ethernet(DP0_MAC, [0x02, 0, 0, 0, 0, 0x42], 64, 0);
                 let mut burst = vec![tx.alloc(&f)?];
                 let at = Instant::now();
                 tx.tx_burst(&mut burst)?;
