@@ -373,6 +373,39 @@ mod tests {
     }
 
     #[test]
+    fn the_nic_comes_from_the_flag_over_the_file_and_is_checked() {
+        use nexus_dataplane::nic::NicSpec;
+        let file: FileConfig = toml::from_str("nic = \"af_packet:eth1,eth2\"").unwrap();
+        let config = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap();
+        assert_eq!(
+            config.nic,
+            NicSpec::AfPacket {
+                ingress: "eth1".into(),
+                egress: "eth2".into()
+            }
+        );
+        let flags = AddrFlags {
+            nic: Some("memory".into()),
+            ..AddrFlags::default()
+        };
+        assert_eq!(
+            NodeConfig::resolve(&file, &flags, &[]).unwrap().nic,
+            NicSpec::Memory
+        );
+        let config = NodeConfig::resolve(&FileConfig::default(), &AddrFlags::default(), &[]);
+        assert_eq!(config.unwrap().nic, NicSpec::Memory, "the default");
+        let file: FileConfig = toml::from_str("nic = \"eth0\"").unwrap();
+        let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("config key `nic`"), "{err:#}");
+        let flags = AddrFlags {
+            nic: Some("dpdk:".into()),
+            ..AddrFlags::default()
+        };
+        let err = NodeConfig::resolve(&FileConfig::default(), &flags, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("--nic"), "{err:#}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let file: FileConfig = toml::from_str("api = \"nowhere\"").unwrap();
         let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
