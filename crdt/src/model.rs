@@ -351,6 +351,23 @@ pub struct RouteAction {
     pub weight_override: BTreeMap<String, f64>,
 }
 
+impl RoutePolicy {
+    /// An enabled policy named after its id, with no tenant yet (a write fills it in) and no
+    /// creation time (0: now).
+    pub fn new(id: &str, priority: u32, matches: RouteMatch, action: RouteAction) -> RoutePolicy {
+        RoutePolicy {
+            id: id.to_string(),
+            name: id.to_string(),
+            tenant_id: String::new(),
+            priority,
+            matches,
+            action,
+            enabled: true,
+            created_at: 0,
+        }
+    }
+}
+
 impl RouteAction {
     /// An action of `kind` with no parameters.
     pub fn new(kind: ActionType) -> RouteAction {

@@ -771,19 +771,7 @@ mod tests {
     const OTHER: [u8; 16] = [3; 16];
 
     fn policy(id: &str, priority: u32, action: RouteAction, m: RouteMatch) -> (Scope, RoutePolicy) {
-        (
-            Scope::Tenant,
-            RoutePolicy {
-                id: id.into(),
-                name: id.into(),
-                tenant_id: String::new(),
-                priority,
-                matches: m,
-                action,
-                enabled: true,
-                created_at: 0,
-            },
-        )
+        (Scope::Tenant, RoutePolicy::new(id, priority, m, action))
     }
 
     fn types(t: &[u16]) -> RouteMatch {

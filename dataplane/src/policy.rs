@@ -600,16 +600,7 @@ mod tests {
             ActionType::Redirect => action.redirect_node_id = Some(NodeId([9; 16])),
             _ => {}
         }
-        RoutePolicy {
-            id: id.into(),
-            name: id.into(),
-            tenant_id: String::new(),
-            priority,
-            matches: m,
-            action,
-            enabled: true,
-            created_at: 0,
-        }
+        RoutePolicy::new(id, priority, m, action)
     }
 
     #[test]

@@ -26,21 +26,13 @@ const NEVER: u16 = 9;
 const TOGGLED: u16 = 7;
 
 fn policy(id: &str, priority: u32, kind: ActionType, types: &[u16]) -> (Scope, RoutePolicy) {
+    let matches = RouteMatch {
+        message_types: types.to_vec(),
+        ..Default::default()
+    };
     (
         Scope::Tenant,
-        RoutePolicy {
-            id: id.into(),
-            name: id.into(),
-            tenant_id: String::new(),
-            priority,
-            matches: RouteMatch {
-                message_types: types.to_vec(),
-                ..Default::default()
-            },
-            action: RouteAction::new(kind),
-            enabled: true,
-            created_at: 0,
-        },
+        RoutePolicy::new(id, priority, matches, RouteAction::new(kind)),
     )
 }
 

@@ -145,22 +145,8 @@ struct Rig {
 }
 
 fn policy(id: &str, msg_type: u16, action: RouteAction) -> (Scope, RoutePolicy) {
-    (
-        Scope::Tenant,
-        RoutePolicy {
-            id: id.into(),
-            name: id.into(),
-            tenant_id: String::new(),
-            priority: 1,
-            matches: RouteMatch {
-                message_types: vec![msg_type],
-                ..Default::default()
-            },
-            action,
-            enabled: true,
-            created_at: 0,
-        },
-    )
+    let matches = RouteMatch { message_types: vec![msg_type], ..Default::default() };
+    (Scope::Tenant, RoutePolicy::new(id, 1, matches, action))
 }
 
 /// The counters one frame can move.

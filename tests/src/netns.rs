@@ -254,6 +254,27 @@ impl Sites {
         self.forget_neighbours()
     }
 
+    /// Adds a veth pair `a`–`b` inside site `i` (both ends up, no addresses), with `a` given
+    /// the Ethernet address `a_mac`: a wire for a node's data plane and a test's traffic.
+    pub fn add_veth(&self, i: usize, a: &str, b: &str, a_mac: &str) -> anyhow::Result<()> {
+        let ns = &self.net(i).namespace;
+        for args in [
+            vec![
+                "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b,
+            ],
+            vec!["-n", ns, "link", "set", a, "address", a_mac],
+            vec!["-n", ns, "link", "set", a, "up"],
+            vec!["-n", ns, "link", "set", b, "up"],
+        ] {
+            let status = Command::new("ip")
+                .args(&args)
+                .status()
+                .context("running ip")?;
+            anyhow::ensure!(status.success(), "ip {args:?} failed");
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a thread inside site `i`'s network namespace. Sockets `f` creates belong to
     /// the site, also after they are handed back.
     pub fn run_in<T: Send + 'static>(

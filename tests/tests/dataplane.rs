@@ -157,25 +157,9 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
     let sites = Sites::create(1).expect("sites");
     let site = sites.site(0);
     let ns = sites.namespace(0).to_string();
-    for args in [
-        vec![
-            "-n", &ns, "link", "add", "dp0", "type", "veth", "peer", "name", "dp1",
-        ],
-        vec![
-            "-n",
-            &ns,
-            "link",
-            "set",
-            "dp0",
-            "address",
-            "02:00:00:00:00:d0",
-        ],
-        vec!["-n", &ns, "link", "set", "dp0", "up"],
-        vec!["-n", &ns, "link", "set", "dp1", "up"],
-    ] {
-        let status = Command::new("ip").args(&args).status().expect("ip");
-        assert!(status.success(), "ip {args:?}");
-    }
+    sites
+        .add_veth(0, "dp0", "dp1", "02:00:00:00:00:d0")
+        .expect("the data-plane veth");
 
     let mut fleet = Fleet::init_in(&site, &[]).await.expect("init");
     let token = fleet

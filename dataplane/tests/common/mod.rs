@@ -25,22 +25,11 @@ fn policy(id: &str, kind: ActionType, msg_type: u16) -> (Scope, RoutePolicy) {
     if kind == ActionType::Ratelimit {
         action.rate_limit = Some(RATE);
     }
-    (
-        Scope::Tenant,
-        RoutePolicy {
-            id: id.into(),
-            name: id.into(),
-            tenant_id: String::new(),
-            priority: 10,
-            matches: RouteMatch {
-                message_types: vec![msg_type],
-                ..Default::default()
-            },
-            action,
-            enabled: true,
-            created_at: 0,
-        },
-    )
+    let matches = RouteMatch {
+        message_types: vec![msg_type],
+        ..Default::default()
+    };
+    (Scope::Tenant, RoutePolicy::new(id, 10, matches, action))
 }
 
 /// An engine with a deny policy for type 7 and a rate limit for type 8.

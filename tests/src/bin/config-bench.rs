@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use nexus_tests::Fleet;
+use nexus_tests::bench::percentile;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -34,14 +35,6 @@ struct Args {
     /// Replace the section between the config-bench markers in this file.
     #[arg(long)]
     write: Option<PathBuf>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 struct Figures {
@@ -311,15 +304,7 @@ async fn etcd_baseline(watchers: usize, rounds: usize) -> anyhow::Result<Option<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = nexus_tests::bench::cpu_model();
     let mut rows = String::new();
     for &n in &args.nodes {
         anyhow::ensure!(n >= 3, "at least 3 nodes");
@@ -389,18 +374,7 @@ async fn main() -> anyhow::Result<()> {
     );
     print!("{section}");
     if let Some(path) = args.write {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let updated = match (
-            text.find("<!-- config-bench:start -->"),
-            text.find("<!-- config-bench:end -->"),
-        ) {
-            (Some(a), Some(b)) => {
-                let end = b + "<!-- config-bench:end -->\n".len();
-                format!("{}{section}{}", &text[..a], text.get(end..).unwrap_or(""))
-            }
-            _ => format!("{text}\n{section}"),
-        };
-        std::fs::write(&path, updated)?;
+        nexus_tests::bench::write_section(&path, "config-bench", &section)?;
     }
     Ok(())
 }

@@ -750,14 +750,8 @@ async fn main() -> anyhow::Result<()> {
     println!("\n{table}\n{facts}");
 
     let cpus = command_output("nproc", &[]).unwrap_or_else(|| "?".into());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
+    let model = Some(nexus_tests::bench::cpu_model())
+        .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "unknown CPU".into());
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "?".into());
     let tree =

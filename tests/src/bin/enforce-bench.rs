@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,19 +49,21 @@ struct Log {
     back: BTreeMap<u32, u16>,
 }
 
+impl Log {
+    /// The first sequence number after the last probe of type `t` that came back.
+    fn after_last_back(&self, t: u16) -> u32 {
+        self.back
+            .iter()
+            .rev()
+            .find(|(_, v)| **v == t)
+            .map_or(0, |(s, _)| s + 1)
+    }
+}
+
 fn id_bytes(hex_id: &str) -> anyhow::Result<[u8; 16]> {
     let mut id = [0u8; 16];
     hex::decode_to_slice(hex_id, &mut id).context("node id")?;
     Ok(id)
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .context("running ip")?;
-    ensure!(status.success(), "ip {args:?} failed");
-    Ok(())
 }
 
 #[tokio::main]
@@ -71,21 +72,7 @@ async fn main() -> anyhow::Result<()> {
     ensure!(args.rounds >= 2, "at least 2 rounds");
     let sites = Sites::create(1).context("creating the site namespace (run as root)")?;
     let site = sites.site(0);
-    let ns = sites.namespace(0).to_string();
-    ip(&[
-        "-n", &ns, "link", "add", "dp0", "type", "veth", "peer", "name", "dp1",
-    ])?;
-    ip(&[
-        "-n",
-        &ns,
-        "link",
-        "set",
-        "dp0",
-        "address",
-        "02:00:00:00:00:d0",
-    ])?;
-    ip(&["-n", &ns, "link", "set", "dp0", "up"])?;
-    ip(&["-n", &ns, "link", "set", "dp1", "up"])?;
+    sites.add_veth(0, "dp0", "dp1", "02:00:00:00:00:d0")?;
 
     let mut fleet = Fleet::init_in(&site, &[]).await?;
     let token = fleet.token(json!({"uses": 2, "ttl_seconds": 600})).await?;
@@ -203,15 +190,9 @@ async fn main() -> anyhow::Result<()> {
         // Done when 200 ms of probes of this type after the write are all missing.
         let enforced = wait_until(Duration::from_secs(20), "the policy takes effect", || {
             let log = log.lock().unwrap_or_else(|p| p.into_inner());
-            let last_back = log
-                .back
-                .iter()
-                .rev()
-                .find(|(_, v)| **v == t)
-                .map(|(s, _)| *s);
             let missing_after = log
                 .sent
-                .range(last_back.map_or(0, |s| s + 1)..)
+                .range(log.after_last_back(t)..)
                 .filter(|(_, (ty, at))| *ty == t && *at > written)
                 .count();
             let done = missing_after >= 800;
@@ -220,15 +201,9 @@ async fn main() -> anyhow::Result<()> {
         .await;
         enforced?;
         let log = log.lock().unwrap_or_else(|p| p.into_inner());
-        let last_back = log
-            .back
-            .iter()
-            .rev()
-            .find(|(_, v)| **v == t)
-            .map(|(s, _)| *s);
         let first_denied = log
             .sent
-            .range(last_back.map_or(0, |s| s + 1)..)
+            .range(log.after_last_back(t)..)
             .find(|(_, (ty, _))| *ty == t)
             .map(|(_, (_, at))| *at)
             .context("no probe was denied")?;

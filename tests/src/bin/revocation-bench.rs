@@ -101,15 +101,7 @@ async fn main() -> anyhow::Result<()> {
     enforced.sort_by(f64::total_cmp);
     let acked: f64 =
         samples.iter().map(|s| s.0.as_secs_f64() * 1e3).sum::<f64>() / samples.len() as f64;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = nexus_tests::bench::cpu_model();
     let section = format!(
         "<!-- revocation-bench:start -->\n## Revocation to enforcement\n\n\
          Command: `cargo build --release -p nexus-node -p nexus-tests && target/release/nexus-revocation-bench --nodes {} --rounds {} --write docs/benchmarks.md`\n\
