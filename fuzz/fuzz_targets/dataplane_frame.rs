@@ -145,7 +145,10 @@ struct Rig {
 }
 
 fn policy(id: &str, msg_type: u16, action: RouteAction) -> (Scope, RoutePolicy) {
-    let matches = RouteMatch { message_types: vec![msg_type], ..Default::default() };
+    let matches = RouteMatch {
+        message_types: vec![msg_type],
+        ..Default::default()
+    };
     (Scope::Tenant, RoutePolicy::new(id, 1, matches, action))
 }
 
