@@ -172,8 +172,9 @@ const PREFETCH: usize = 3;
 /// Flow-cache slots (direct-mapped; a power of two).
 const FLOW_SLOTS: usize = 1 << 13;
 const FLOW_WINDOW_S: u32 = 30;
-/// Bursts between additions of per-policy hits to [`Stats`] (also on idle and on every swap).
-const HITS_EVERY: u64 = 1024;
+/// Least time between additions of per-policy hits to [`Stats`] under load (their table can be
+/// long); they are also added when the ingress is idle and at every swap.
+const HITS_EVERY: Duration = Duration::from_millis(100);
 const OVERFLOW_SOURCE: [u8; 16] = [0xff; 16];
 
 /// Rate-limit state: one GCRA theoretical arrival time (ns since the engine's epoch) per
@@ -310,6 +311,8 @@ pub struct Engine<P: Port> {
     out_burst: Vec<P::Packet>,
     bursts: u64,
     last_flow_count: Instant,
+    /// When per-policy hits were last added to [`Stats`] under load.
+    last_hits: Instant,
     first_packet_pending: bool,
     /// The ingress port's Ethernet address, when it has one: only frames sent to it are
     /// forwarded.
@@ -349,6 +352,7 @@ impl<P: Port> Engine<P> {
             out_burst: Vec::with_capacity(BURST),
             bursts: 0,
             last_flow_count: Instant::now(),
+            last_hits: Instant::now(),
             first_packet_pending: true,
             mac: rx_mac,
         }
@@ -477,10 +481,12 @@ impl<P: Port> Engine<P> {
             metrics::histogram!("nexus_dataplane_forward_latency_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
-        if self.bursts.is_multiple_of(HITS_EVERY) {
-            self.flush();
-        } else if self.bursts.is_multiple_of(64) {
+        if self.bursts.is_multiple_of(64) {
             self.flush_counters();
+            if started.duration_since(self.last_hits) >= HITS_EVERY {
+                self.last_hits = started;
+                self.flush_hits();
+            }
         }
         Ok(n)
     }
@@ -759,7 +765,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FrameSpec, Mode};
+    use crate::frame::FrameSpec;
     use crate::nic::memory::{self, MemPacket, MemoryPort};
     use crate::policy::{KnownNode, PolicySet, Scope};
     use nexus_ca::NodeId;
@@ -933,6 +939,5 @@ mod tests {
                 .load(Ordering::Relaxed)
                 > 0
         );
-        let _ = Mode::Be;
     }
 }

@@ -155,13 +155,8 @@ impl DataPlane {
 
     /// Compiles `sources` (with the destinations' capabilities) and publishes the classifier,
     /// unless the inputs are the ones in force. Returns the new generation.
-    pub fn update(
-        &self,
-        sources: &PolicySources,
-        capabilities: &HashMap<NodeId, Vec<String>>,
-        revoked: &HashSet<NodeId>,
-    ) -> Option<u64> {
-        let set = policy_set(sources, capabilities, revoked);
+    pub fn update(&self, sources: PolicySources, peers: &Peers) -> Option<u64> {
+        let set = policy_set(sources, peers);
         let fingerprint = fingerprint(&set);
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         if *compiled == Some(fingerprint) {
@@ -333,42 +328,53 @@ impl Ctx {
 /// The forwarding table is the fleet's members less those whose certificate is revoked. This
 /// node is in the destination table too (with its capabilities), so `dest_capabilities` rules
 /// apply to frames addressed to it; the engine delivers those locally before any route lookup.
-pub fn policy_set(
-    sources: &PolicySources,
-    capabilities: &HashMap<NodeId, Vec<String>>,
-    revoked: &HashSet<NodeId>,
-) -> PolicySet {
-    let mut policies = Vec::new();
-    policies.extend(
-        sources
-            .fleet_policies
-            .iter()
-            .cloned()
-            .map(|p| (Scope::Fleet, p)),
-    );
-    policies.extend(
-        sources
-            .site_routes
-            .iter()
-            .cloned()
-            .map(|p| (Scope::Site, p)),
-    );
-    policies.extend(sources.routes.iter().cloned().map(|p| (Scope::Tenant, p)));
+pub fn policy_set(sources: PolicySources, peers: &Peers) -> PolicySet {
+    let scoped = |scope: Scope, list: Vec<nexus_crdt::RoutePolicy>| {
+        list.into_iter().map(move |p| (scope, p))
+    };
+    let policies = scoped(Scope::Fleet, sources.fleet_policies)
+        .chain(scoped(Scope::Site, sources.site_routes))
+        .chain(scoped(Scope::Tenant, sources.routes))
+        .collect();
     let mut nodes: Vec<KnownNode> = sources
         .members
         .iter()
-        .filter(|id| !revoked.contains(id))
+        .filter(|id| !peers.revoked.contains(id))
         .map(|id| KnownNode {
             id: id.0,
-            capabilities: capabilities.get(id).cloned().unwrap_or_default(),
+            capabilities: peers.capabilities.get(id).cloned().unwrap_or_default(),
         })
         .collect();
     nodes.sort_by_key(|n| n.id);
     PolicySet {
         policies,
-        disabled: sources.disabled.iter().cloned().collect::<HashSet<_>>(),
+        disabled: sources.disabled.into_iter().collect::<HashSet<_>>(),
         nodes,
-        version: sources.version.clone(),
+        version: sources.version,
+    }
+}
+
+/// What membership tells the classifier about other nodes: the capabilities they publish with
+/// their node info (their MIC's, as they report them), and the members whose current MIC is
+/// revoked.
+#[derive(Debug, Default, PartialEq)]
+pub struct Peers {
+    capabilities: HashMap<NodeId, Vec<String>>,
+    revoked: HashSet<NodeId>,
+}
+
+impl Peers {
+    fn read(mesh: &Mesh, fleet: &FleetTrust) -> Peers {
+        let mut peers = Peers::default();
+        for m in mesh.members() {
+            let Some(info) = m.info else { continue };
+            if fleet.revocations().is_revoked(&info.mic_serial) {
+                peers.revoked.insert(m.node_id);
+            } else {
+                peers.capabilities.insert(m.node_id, info.capabilities);
+            }
+        }
+        peers
     }
 }
 
@@ -423,29 +429,15 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
     let mut ticks: u64 = 0;
     let mut dirty = true;
     let mut nic_errors_seen = 0u64;
+    let mut peers = Arc::new(Peers::read(&mesh, &fleet));
     loop {
         if dirty {
             dirty = false;
-            let (dp, replication, site) = (dp.clone(), replication.clone(), site.clone());
-            // Destinations' capabilities as they publish them with their node info (their MIC's,
-            // as they report them), and the members whose current MIC is revoked.
-            let mut capabilities: HashMap<NodeId, Vec<String>> = HashMap::new();
-            let mut revoked: HashSet<NodeId> = HashSet::new();
-            for m in mesh.members() {
-                let Some(info) = m.info else { continue };
-                if fleet.revocations().is_revoked(&info.mic_serial) {
-                    revoked.insert(m.node_id);
-                } else {
-                    capabilities.insert(m.node_id, info.capabilities);
-                }
-            }
+            let (dp, replication, site, peers) =
+                (dp.clone(), replication.clone(), site.clone(), peers.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let sources = replication.policy_sources(&local, &site)?;
-                Ok::<_, crate::replication::WriteError>(dp.update(
-                    &sources,
-                    &capabilities,
-                    &revoked,
-                ))
+                Ok::<_, crate::replication::WriteError>(dp.update(sources, &peers))
             })
             .await;
             match result {
@@ -464,6 +456,7 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
             }
             changed = members.changed() => {
                 if changed.is_err() { break; }
+                peers = Arc::new(Peers::read(&mesh, &fleet));
                 dirty = true;
             }
             _ = tick.tick() => {
@@ -474,8 +467,11 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert("dataplane".to_string(), verdict);
-                // Destinations' node info (capabilities) arrives without a status change.
-                if ticks.is_multiple_of(10) {
+                // Node info (capabilities) and revocations arrive without a status change:
+                // recompile when what the classifier reads of them changed, not on a timer.
+                let now = Peers::read(&mesh, &fleet);
+                if now != *peers {
+                    peers = Arc::new(now);
                     dirty = true;
                 }
                 if ticks % 5 == 1 {

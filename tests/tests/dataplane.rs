@@ -47,6 +47,15 @@ fn deny_route(id: &str, msg_type: u16) -> Value {
 #[derive(Default)]
 struct Seen {
     frames: Vec<(u16, u32, Instant)>,
+    /// Frames that came back with more changed than the hop limit.
+    altered: Vec<u32>,
+}
+
+/// The probe frame of type `t` numbered `seq`, as the sender builds it.
+fn probe(src: [u8; 16], dst: [u8; 16], t: u16, seq: u32) -> Vec<u8> {
+    let mut spec = FrameSpec::new(src, dst, t);
+    spec.stream_id = seq;
+    spec.ethernet(DP0_MAC, [0x02, 0, 0, 0, 0, 0x42], 128, 0)
 }
 
 /// Sends a frame of each type every `every`, numbering them in the stream id, and records what
@@ -69,9 +78,7 @@ impl Traffic {
                 while !stop.load(Ordering::Relaxed) && seq < 60_000 {
                     let mut burst = Vec::new();
                     for t in [ALLOWED_TYPE, DENIED_TYPE] {
-                        let mut spec = FrameSpec::new(src, dst, t);
-                        spec.stream_id = seq;
-                        let f = spec.ethernet(DP0_MAC, [0x02, 0, 0, 0, 0, 0x42], 128, 0);
+                        let f = probe(src, dst, t, seq);
                         burst.push(tx.alloc(&f).expect("frame buffer"));
                         sent.push((t, seq, Instant::now()));
                     }
@@ -94,8 +101,16 @@ impl Traffic {
                     let n = rx.rx_burst(&mut burst, 32).expect("receive on dp1");
                     let now = Instant::now();
                     for p in &burst {
-                        if let Ok(h) = frame::parse(nexus_dataplane::nic::Packet::data(p)) {
+                        let data = nexus_dataplane::nic::Packet::data(p);
+                        if let Ok(h) = frame::parse(data) {
                             seen.frames.push((h.msg_type, h.stream_id, now));
+                            // Intact but for the hop limit, one less than sent.
+                            let mut want = probe(src, dst, h.msg_type, h.stream_id);
+                            let hops = h.offset + 6;
+                            want[hops] -= 1;
+                            if data != want.as_slice() {
+                                seen.altered.push(h.stream_id);
+                            }
                         }
                     }
                     if stop.load(Ordering::Relaxed) {
@@ -286,6 +301,11 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
         .filter(|s| *s >= first_forwarded && !back_allowed.contains(s))
         .collect();
     assert!(
+        seen.altered.is_empty(),
+        "frames came back altered: {:?}",
+        seen.altered
+    );
+    assert!(
         lost.is_empty(),
         "allowed frames lost across the policy swap: {lost:?}"
     );
@@ -319,15 +339,24 @@ async fn a_policy_written_on_another_node_is_enforced_on_the_wire() {
     );
 
     // Counters: on /metrics, and in the fleet view (published every few seconds).
-    let hits = fleet
-        .metric(
-            &dp_node.api,
-            "nexus_dataplane_policy_hits_total",
-            "policy=\"deny-7\"",
-        )
-        .await
-        .unwrap();
-    assert!(hits > 100.0, "policy hits {hits}");
+    // /metrics is refreshed from the engine's counters every second.
+    wait_until(
+        Duration::from_secs(10),
+        "the deny policy's hits are exported",
+        || async {
+            fleet
+                .metric(
+                    &dp_node.api,
+                    "nexus_dataplane_policy_hits_total",
+                    "policy=\"deny-7\"",
+                )
+                .await
+                .unwrap_or(0.0)
+                > 100.0
+        },
+    )
+    .await
+    .unwrap();
     wait_until(
         Duration::from_secs(10),
         "malformed frames are counted",
