@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wire::Caller;
-use crate::{ApiError, Shared, cursor, json_body, require_fleet_admin};
+use crate::{ApiError, Shared, cursor, json_body};
 
 /// Which collection a request is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +132,10 @@ fn caller_of(caller: Option<axum::Extension<Caller>>) -> Caller {
 
 /// The tenant a request is about, given who asks: a caller confined to a tenant sees only its
 /// own, and another tenant's objects read as absent (404), so existence does not leak.
-fn scope(caller: &Caller, asked: Option<String>) -> Result<Option<String>, ApiError> {
+pub(crate) fn scope(caller: &Caller, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    if let Some(asked) = asked.as_deref().filter(|t| !t.is_empty()) {
+        check_tenant_name("tenant", asked)?;
+    }
     match (&caller.tenant, asked) {
         (Some(own), Some(asked)) if *own != asked => Err(ApiError::not_found(format!(
             "no tenant {asked:?} visible to {}",
@@ -143,7 +146,57 @@ fn scope(caller: &Caller, asked: Option<String>) -> Result<Option<String>, ApiEr
     }
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+/// Refuses whole numbers beyond the signed 64-bit range anywhere in `value` (400 naming the
+/// field): the API documents integers as int64, and many JSON clients cannot hold more.
+fn check_integers(path: &str, value: &Value) -> Result<(), ApiError> {
+    match value {
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::bad_request(
+            format!("{path}: {n} is too large (at most {})", i64::MAX),
+        )),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_integers(&format!("{path}[{i}]"), v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let field = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            check_integers(&field, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A tenant name (1..=63 letters, digits, '-', '_' or '.'), or a 400 naming `param`.
+fn check_tenant_name(param: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{param}: {name:?} is not a tenant name: use 1..=63 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// A document name (`fleet` or `tenant/<name>`), or a 400 naming `param`.
+fn check_document(param: &str, doc: &str) -> Result<(), ApiError> {
+    match doc.strip_prefix("tenant/") {
+        _ if doc == "fleet" => Ok(()),
+        Some(tenant) if check_tenant_name(param, tenant).is_ok() => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "{param}: {doc:?} is not a document: use \"fleet\" or \"tenant/<tenant name>\""
+        ))),
+    }
+}
+
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -273,12 +326,29 @@ async fn put_one(
     mut body: Value,
 ) -> Result<Response, ApiError> {
     check_id(kind.noun(), &id)?;
+    check_integers("", &body)?;
     let Some(map) = body.as_object_mut() else {
         return Err(ApiError::bad_request(format!(
             "the body must be a JSON object (a {})",
             kind.noun()
         )));
     };
+    // Serde reads a struct from a JSON array too (by position): refuse that for the nested
+    // objects, as for the body.
+    let nested: &[&str] = match kind {
+        ConfigKind::Tenants => &["quotas"],
+        ConfigKind::FirmwareTargets => &["selector"],
+        _ => &["match", "action"],
+    };
+    for field in nested {
+        if let Some(value) = map.get(*field)
+            && !value.is_object()
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field}: must be a JSON object, got {value}"
+            )));
+        }
+    }
     match map.get("id") {
         Some(Value::String(body_id)) if *body_id != id => {
             return Err(ApiError::bad_request(format!(
@@ -431,7 +501,38 @@ const LIST_PARAMS: &str = "limit, cursor and tenant";
 const ONE_PARAMS: &str = "tenant";
 
 macro_rules! collection_handlers {
-    ($list:ident, $create:ident, $get:ident, $put:ident, $patch:ident, $delete:ident, $kind:expr, $id_field:literal) => {
+    (
+        $list:ident, $create:ident, $get:ident, $put:ident, $patch:ident, $delete:ident, $kind:expr, $id_field:literal,
+        openapi {
+            tag: $tag:literal,
+            collection: $collection:literal,
+            item: $item:literal,
+            noun: $noun:literal,
+            nouns: $nouns:literal,
+            new: [$($new:tt)+],
+            put: [$($put_body:tt)+],
+            stored: [$($stored:tt)+],
+            page: [$($page:tt)+],
+            patch: [$($patch_body:tt)+],
+            id_pattern: $id_pattern:literal,
+        }
+    ) => {
+        #[utoipa::path(
+            get,
+            path = $collection,
+            tag = $tag,
+            summary = concat!("Lists the ", $nouns, ", by id"),
+            params(
+                crate::openapi::ConfigListParams,
+            ),
+            responses(
+                (status = 200, description = concat!("A page of ", $nouns, " (quarantined ones are left out; see `GET /v1/config/status`)."), body = $($page)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 400, description = "A bad `limit`, `cursor` or query parameter; the message names it.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $list(
             State(backend): State<Shared>,
             caller: Ext,
@@ -440,13 +541,33 @@ macro_rules! collection_handlers {
             list(backend, $kind, caller_of(caller), query(q, LIST_PARAMS)?).await
         }
 
+        #[utoipa::path(
+            post,
+            path = $collection,
+            tag = $tag,
+            summary = concat!("Creates a ", $noun),
+            request_body(content = $($new)+),
+            params(
+                crate::openapi::TenantParam,
+            ),
+            responses(
+                (status = 201, description = concat!("The new ", $noun, ", durable on this node."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+                (status = 400, description = "The body is not a valid object of this kind; the message names the field.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 409, description = concat!("A ", $noun, " with this id exists: replace it with PUT or change it with PATCH."), body = crate::wire::ErrorBody),
+                (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+                (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $create(
             State(backend): State<Shared>,
             caller: Ext,
             q: TenantQ,
             body: Body,
         ) -> Result<Response, ApiError> {
-            require_fleet_admin(&caller)?;
             let tenant = query(q, ONE_PARAMS)?.tenant;
             let kind = $kind;
             let body = json_body(body, kind.noun())?;
@@ -471,6 +592,23 @@ macro_rules! collection_handlers {
             put_one(backend, kind, caller_of(caller), tenant, id, body).await
         }
 
+        #[utoipa::path(
+            get,
+            path = $item,
+            tag = $tag,
+            summary = concat!("One ", $noun, " as stored, with `quarantined` when it is held back"),
+            params(
+                ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
+                crate::openapi::TenantParam,
+            ),
+            responses(
+                (status = 200, description = concat!("The ", $noun, "."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 400, description = "A bad id or query parameter; the message names it.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $get(
             State(backend): State<Shared>,
             caller: Ext,
@@ -487,6 +625,28 @@ macro_rules! collection_handlers {
             .await
         }
 
+        #[utoipa::path(
+            put,
+            path = $item,
+            tag = $tag,
+            summary = concat!("Creates or replaces a ", $noun),
+            request_body(content = $($put_body)+),
+            params(
+                ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
+                crate::openapi::TenantParam,
+            ),
+            responses(
+                (status = 200, description = concat!("The ", $noun, ", replaced."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 201, description = concat!("The ", $noun, ", created."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+                (status = 400, description = "The body is not a valid object of this kind, or its id is not the path's; the message names the field.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+                (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $put(
             State(backend): State<Shared>,
             caller: Ext,
@@ -494,7 +654,6 @@ macro_rules! collection_handlers {
             q: TenantQ,
             body: Body,
         ) -> Result<Response, ApiError> {
-            require_fleet_admin(&caller)?;
             let kind = $kind;
             let body = json_body(body, kind.noun())?;
             put_one(
@@ -508,6 +667,27 @@ macro_rules! collection_handlers {
             .await
         }
 
+        #[utoipa::path(
+            patch,
+            path = $item,
+            tag = $tag,
+            summary = concat!("Changes fields of a ", $noun, " (JSON merge patch, RFC 7396)"),
+            request_body(content = $($patch_body)+, content_type = "application/merge-patch+json"),
+            params(
+                ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
+                crate::openapi::TenantParam,
+            ),
+            responses(
+                (status = 200, description = concat!("The ", $noun, ", changed."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 400, description = "The patch is not a JSON object, changes the id, or makes an object that is not valid; the message names the field.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+                (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $patch(
             State(backend): State<Shared>,
             caller: Ext,
@@ -515,7 +695,6 @@ macro_rules! collection_handlers {
             q: TenantQ,
             body: Body,
         ) -> Result<Response, ApiError> {
-            require_fleet_admin(&caller)?;
             let kind = $kind;
             let body = json_body(body, "merge patch")?;
             patch_one(
@@ -529,13 +708,30 @@ macro_rules! collection_handlers {
             .await
         }
 
+        #[utoipa::path(
+            delete,
+            path = $item,
+            tag = $tag,
+            summary = concat!("Deletes a ", $noun),
+            params(
+                ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
+                crate::openapi::TenantParam,
+            ),
+            responses(
+                (status = 204, description = "Deleted.", headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 400, description = "A bad id or query parameter; the message names it.", body = crate::wire::ErrorBody),
+                (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+                (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+                (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+            ),
+        )]
         pub(crate) async fn $delete(
             State(backend): State<Shared>,
             caller: Ext,
             Path(id): Path<String>,
             q: TenantQ,
         ) -> Result<Response, ApiError> {
-            require_fleet_admin(&caller)?;
             delete_one(
                 backend,
                 $kind,
@@ -556,7 +752,20 @@ collection_handlers!(
     patch_route,
     delete_route,
     ConfigKind::Routes,
-    "id"
+    "id",
+    openapi {
+        tag: "routes",
+        collection: "/v1/routes",
+        item: "/v1/routes/{id}",
+        noun: "route policy",
+        nouns: "route policies",
+        new: [nexus_crdt::RoutePolicy],
+        put: [crate::openapi::PutRoutePolicy],
+        stored: [crate::openapi::StoredRoutePolicy],
+        page: [crate::openapi::RoutePolicyPage],
+        patch: [crate::openapi::RoutePolicyPatch],
+        id_pattern: "^[A-Za-z0-9._-]{1,64}$",
+    }
 );
 collection_handlers!(
     list_firmware,
@@ -566,7 +775,20 @@ collection_handlers!(
     patch_firmware,
     delete_firmware,
     ConfigKind::FirmwareTargets,
-    "id"
+    "id",
+    openapi {
+        tag: "firmware",
+        collection: "/v1/firmware/targets",
+        item: "/v1/firmware/targets/{id}",
+        noun: "firmware target",
+        nouns: "firmware targets",
+        new: [nexus_crdt::FirmwareTarget],
+        put: [crate::openapi::PutFirmwareTarget],
+        stored: [crate::openapi::StoredFirmwareTarget],
+        page: [crate::openapi::FirmwareTargetPage],
+        patch: [crate::openapi::FirmwareTargetPatch],
+        id_pattern: "^[A-Za-z0-9._-]{1,64}$",
+    }
 );
 collection_handlers!(
     list_tenants,
@@ -576,7 +798,20 @@ collection_handlers!(
     patch_tenant,
     delete_tenant,
     ConfigKind::Tenants,
-    "id"
+    "id",
+    openapi {
+        tag: "tenants",
+        collection: "/v1/tenants",
+        item: "/v1/tenants/{id}",
+        noun: "tenant",
+        nouns: "tenants",
+        new: [crate::openapi::NewTenant],
+        put: [crate::openapi::PutTenant],
+        stored: [crate::openapi::StoredTenant],
+        page: [crate::openapi::TenantPage],
+        patch: [crate::openapi::TenantPatch],
+        id_pattern: "^[A-Za-z0-9._-]{1,63}$",
+    }
 );
 
 collection_handlers!(
@@ -587,7 +822,20 @@ collection_handlers!(
     patch_fleet_policy,
     delete_fleet_policy,
     ConfigKind::FleetPolicies,
-    "id"
+    "id",
+    openapi {
+        tag: "fleet",
+        collection: "/v1/fleet/policies",
+        item: "/v1/fleet/policies/{id}",
+        noun: "fleet policy",
+        nouns: "fleet policies",
+        new: [nexus_crdt::RoutePolicy],
+        put: [crate::openapi::PutRoutePolicy],
+        stored: [crate::openapi::StoredRoutePolicy],
+        page: [crate::openapi::RoutePolicyPage],
+        patch: [crate::openapi::RoutePolicyPatch],
+        id_pattern: "^[A-Za-z0-9._-]{1,64}$",
+    }
 );
 
 /// Site routes carry the site in the path: `/v1/sites/{site}/routes[/{id}]`.
@@ -596,6 +844,23 @@ fn site_kind(site: &str) -> Result<ConfigKind, ApiError> {
     Ok(ConfigKind::SiteRoutes(site.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sites/{site}/routes",
+    tag = "routes",
+    summary = "Lists the route policies scoped to one site, by id",
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::ConfigListParams,
+    ),
+    responses(
+        (status = 200, description = "A page of route policies (quarantined ones are left out).", body = crate::openapi::RoutePolicyPage, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "A bad site, id or query parameter; the message names it.", body = crate::wire::ErrorBody),
+        (status = 404, description = "A tenant the caller cannot see.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn list_site_routes(
     State(backend): State<Shared>,
     caller: Ext,
@@ -611,6 +876,28 @@ pub(crate) async fn list_site_routes(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sites/{site}/routes",
+    tag = "routes",
+    summary = "Creates a route policy scoped to one site",
+    request_body(content = nexus_crdt::RoutePolicy),
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::TenantParam,
+    ),
+    responses(
+        (status = 201, description = "The new route policy, durable on this node.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+        (status = 400, description = "The body is not a valid route policy; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 404, description = "A tenant the caller cannot see.", body = crate::wire::ErrorBody),
+        (status = 409, description = "A route policy with this id exists: replace it with PUT or change it with PATCH.", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn create_site_route(
     State(backend): State<Shared>,
     caller: Ext,
@@ -618,7 +905,6 @@ pub(crate) async fn create_site_route(
     q: TenantQ,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let kind = site_kind(&site)?;
     let body = json_body(body, kind.noun())?;
     let id = body
@@ -631,6 +917,24 @@ pub(crate) async fn create_site_route(
     put_one(backend, kind, caller_of(caller), tenant, id, body).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sites/{site}/routes/{id}",
+    tag = "routes",
+    summary = "One site-scoped route policy as stored",
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::TenantParam,
+    ),
+    responses(
+        (status = 200, description = "The route policy.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "A bad site, id or query parameter; the message names it.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn get_site_route(
     State(backend): State<Shared>,
     caller: Ext,
@@ -647,6 +951,29 @@ pub(crate) async fn get_site_route(
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sites/{site}/routes/{id}",
+    tag = "routes",
+    summary = "Creates or replaces a site-scoped route policy",
+    request_body(content = crate::openapi::PutRoutePolicy),
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::TenantParam,
+    ),
+    responses(
+        (status = 200, description = "The route policy, replaced.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 201, description = "The route policy, created.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+        (status = 400, description = "The body is not a valid route policy, or its id is not the path's; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn put_site_route(
     State(backend): State<Shared>,
     caller: Ext,
@@ -654,7 +981,6 @@ pub(crate) async fn put_site_route(
     q: TenantQ,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let kind = site_kind(&site)?;
     let body = json_body(body, kind.noun())?;
     put_one(
@@ -668,6 +994,28 @@ pub(crate) async fn put_site_route(
     .await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/sites/{site}/routes/{id}",
+    tag = "routes",
+    summary = "Changes fields of a site-scoped route policy (JSON merge patch, RFC 7396)",
+    request_body(content = crate::openapi::RoutePolicyPatch, content_type = "application/merge-patch+json"),
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::TenantParam,
+    ),
+    responses(
+        (status = 200, description = "The route policy, changed.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "The patch is not a JSON object, changes the id, or makes a policy that is not valid; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn patch_site_route(
     State(backend): State<Shared>,
     caller: Ext,
@@ -675,7 +1023,6 @@ pub(crate) async fn patch_site_route(
     q: TenantQ,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let kind = site_kind(&site)?;
     let body = json_body(body, "merge patch")?;
     patch_one(
@@ -689,13 +1036,31 @@ pub(crate) async fn patch_site_route(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sites/{site}/routes/{id}",
+    tag = "routes",
+    summary = "Deletes a site-scoped route policy",
+    params(
+        ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        crate::openapi::TenantParam,
+    ),
+    responses(
+        (status = 204, description = "Deleted.", headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "A bad site, id or query parameter; the message names it.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn delete_site_route(
     State(backend): State<Shared>,
     caller: Ext,
     Path((site, id)): Path<(String, String)>,
     q: TenantQ,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     delete_one(
         backend,
         site_kind(&site)?,
@@ -708,28 +1073,75 @@ pub(crate) async fn delete_site_route(
 
 // --- fleet settings ---------------------------------------------------------------------------
 
+#[utoipa::path(
+    get,
+    path = "/v1/fleet/settings",
+    tag = "fleet",
+    summary = "The fleet settings",
+    responses(
+        (status = 200, description = "The settings; null fields take the built-in default.", body = nexus_crdt::FleetSettings, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn get_settings(State(backend): State<Shared>) -> Result<Response, ApiError> {
     let (settings, version) = backend.fleet_settings().await?;
     Ok(versioned(StatusCode::OK, version, settings, None))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/fleet/settings",
+    tag = "fleet",
+    summary = "Replaces the fleet settings (anchors)",
+    request_body(content = nexus_crdt::FleetSettings),
+    responses(
+        (status = 200, description = "The settings, durable on this node.", body = nexus_crdt::FleetSettings, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "The body is not valid settings; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "A setting is out of range; the message names it.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn put_settings(
     State(backend): State<Shared>,
     caller: Ext,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let body = json_body(body, "fleet settings")?;
+    check_integers("", &body)?;
+    if !body.is_object() {
+        // Serde would read a struct from a JSON array too, by position.
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object of fleet settings",
+        ));
+    }
     let (settings, version) = backend.put_fleet_settings(&caller_of(caller), body).await?;
     Ok(versioned(StatusCode::OK, version, settings, None))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/fleet/settings",
+    tag = "fleet",
+    summary = "Changes fleet settings (JSON merge patch, RFC 7396; anchors)",
+    request_body(content = crate::openapi::FleetSettingsPatch, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The settings, durable on this node.", body = nexus_crdt::FleetSettings, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "The patch is not a JSON object, or makes settings that are not valid; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "A setting is out of range; the message names it.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn patch_settings(
     State(backend): State<Shared>,
     caller: Ext,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let patch = json_body(body, "merge patch")?;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
@@ -747,13 +1159,15 @@ pub(crate) async fn patch_settings(
 // --- snapshots --------------------------------------------------------------------------------
 
 /// `POST /v1/config/snapshots` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// Display name.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     name: String,
     /// `fleet` or `tenant/<id>`; default: the node's tenant document.
     #[serde(default)]
+    #[schema(pattern = "^(fleet|tenant/[A-Za-z0-9._-]{1,63})$")]
     document: Option<String>,
 }
 
@@ -771,13 +1185,32 @@ fn visible_document(caller: &Caller, doc: &str) -> bool {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/config/snapshots",
+    tag = "config",
+    summary = "Names the current state of a document",
+    request_body(content = CreateSnapshot),
+    responses(
+        (status = 201, description = "The snapshot.", body = crate::openapi::Snapshot, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+        (status = 400, description = "The body is not a valid snapshot request; the message names the field.", body = crate::wire::ErrorBody),
+        (status = 404, description = "A document the caller cannot see.", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "A bad name; the message says why.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn create_snapshot(
     State(backend): State<Shared>,
     caller: Ext,
     body: Result<Json<CreateSnapshot>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     let body = json_body(body, "snapshot")?;
+    if let Some(doc) = &body.document {
+        check_document("document", doc)?;
+    }
     let caller = caller_of(caller);
     let snapshot = backend
         .snapshot_create(&caller, body.document, body.name)
@@ -792,12 +1225,30 @@ pub(crate) async fn create_snapshot(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config/snapshots",
+    tag = "config",
+    summary = "Lists the snapshots of the documents this node holds",
+    params(
+        ("document" = Option<String>, Query, description = "Only this document's: `fleet` or `tenant/<id>`.", pattern = "^(fleet|tenant/[A-Za-z0-9._-]{1,63})$"),
+    ),
+    responses(
+        (status = 200, description = "The snapshots the caller may see.", body = crate::openapi::SnapshotList),
+        (status = 400, description = "A bad `document` or query parameter; the message names it.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn list_snapshots(
     State(backend): State<Shared>,
     caller: Ext,
     q: Result<Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q, "document")?;
+    if let Some(doc) = &q.document {
+        check_document("document", doc)?;
+    }
     let caller = caller_of(caller);
     let items: Vec<Value> = backend
         .snapshots(q.document)
@@ -808,6 +1259,21 @@ pub(crate) async fn list_snapshots(
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config/snapshots/{id}",
+    tag = "config",
+    summary = "One snapshot",
+    params(
+        ("id" = String, Path, description = "Snapshot id.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses(
+        (status = 200, description = "The snapshot.", body = crate::openapi::Snapshot),
+        (status = 400, description = "A bad snapshot id.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such snapshot (or one of a document the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn get_snapshot(
     State(backend): State<Shared>,
     caller: Ext,
@@ -827,12 +1293,28 @@ pub(crate) async fn get_snapshot(
         .ok_or_else(|| ApiError::not_found(format!("no snapshot {id:?}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/config/snapshots/{id}/rollback",
+    tag = "config",
+    summary = "Restores a snapshot's state as a new change",
+    params(
+        ("id" = String, Path, description = "Snapshot id.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses(
+        (status = 200, description = "The outcome.", body = crate::openapi::Rollback, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 400, description = "A bad snapshot id.", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such snapshot.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
+        (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
+        (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn rollback(
     State(backend): State<Shared>,
     caller: Ext,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_fleet_admin(&caller)?;
     check_id("snapshot", &id)?;
     let caller = caller_of(caller);
     let result = backend.rollback(&caller, &id).await?;

@@ -12,9 +12,14 @@
 //! `DELETE /v1/tokens/{id}`, `GET /healthz`, `GET /metrics`; the transparency log's
 //! `GET /v1/transparency/{sth,entries,proof/inclusion,proof/consistency}` (see [`transparency`]).
 
+pub mod access;
+pub mod auth;
 pub mod config;
 pub mod cursor;
+pub mod grpc;
+pub mod openapi;
 pub mod transparency;
+pub mod watch;
 pub mod wire;
 
 use std::future::Future;
@@ -95,8 +100,64 @@ impl IntoResponse for ApiError {
 /// What the node behind the API provides.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// True when `api_key` is a valid key of this fleet.
-    fn authenticate(&self, api_key: &str) -> bool;
+    /// The caller an API key stands for, when it is a valid, unrevoked, unexpired key here.
+    fn authenticate_key(&self, api_key: &str) -> Option<Caller>;
+    /// The caller an OIDC bearer token (a JWT) stands for, checked against the issuer its
+    /// tenant configured; the error says why it was refused.
+    async fn authenticate_jwt(&self, _token: &str) -> Result<Caller, String> {
+        Err("OIDC tokens are not accepted by this node".to_string())
+    }
+    /// The API rate quota of `tenant` on this node: (requests per second, burst).
+    fn api_quota(&self, _tenant: &str) -> Option<(u64, u64)> {
+        None
+    }
+    /// Appends one call to the audit log (must not block: the node queues it).
+    fn record_audit(&self, _entry: wire::AuditEntry) {}
+    /// Audit entries matching `query`, newest first, and whether more follow.
+    async fn audit(
+        &self,
+        _query: wire::AuditQuery,
+    ) -> Result<(Vec<wire::AuditEntry>, bool), ApiError> {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_audit_log",
+            "this node keeps no audit log",
+        ))
+    }
+    /// Creates an API key for `caller`; durable before it returns.
+    async fn create_key(
+        &self,
+        _caller: &Caller,
+        _request: wire::CreateKey,
+    ) -> Result<wire::CreatedKey, ApiError> {
+        Err(no_config())
+    }
+    /// API keys this node knows: the fleet's and those of the tenants it holds (or of one).
+    async fn keys(&self, _tenant: Option<String>) -> Result<Vec<wire::ApiKey>, ApiError> {
+        Err(no_config())
+    }
+    /// Revokes an API key (it stays listed, refused); `tenant` confines the lookup.
+    async fn revoke_key(
+        &self,
+        _caller: &Caller,
+        _tenant: Option<String>,
+        _id: &str,
+    ) -> Result<wire::ApiKey, ApiError> {
+        Err(no_config())
+    }
+    /// A tenant's OIDC provider, if configured.
+    async fn oidc(&self, _tenant: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        Err(no_config())
+    }
+    /// Sets (`Some`) or removes (`None`) a tenant's OIDC provider; durable before it returns.
+    async fn put_oidc(
+        &self,
+        _caller: &Caller,
+        _tenant: &str,
+        _provider: Option<serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, ApiError> {
+        Err(no_config())
+    }
     /// Every node this node knows of, ordered by node id.
     fn nodes(&self) -> Vec<Node>;
     /// One node.
@@ -260,6 +321,10 @@ pub trait Backend: Send + Sync + 'static {
         ))
     }
     /// The CRLs this node enforces: (issuer fingerprint hex, DER), ordered by issuer.
+    /// This node's event journal, for `GET /v1/watch` and streaming transports.
+    fn events(&self) -> Option<Arc<dyn watch::EventSource>> {
+        None
+    }
     fn crls(&self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
     }
@@ -286,9 +351,35 @@ fn no_config() -> ApiError {
     )
 }
 
-/// The full router: `/v1` behind API-key auth, `/healthz` and `/metrics` open.
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The full router: `/v1` behind authentication, permissions, rate limits and the audit log
+/// ([`auth::gate`]); `/healthz`, `/metrics` and `/v1/crl` open.
 pub fn router(backend: Shared) -> Router {
+    let gate = auth::Gate {
+        backend: backend.clone(),
+        limits: Arc::new(auth::RateLimits::default()),
+    };
+    // gRPC (nexus.v1) on the same port, behind the same gate (see `grpc`).
+    let grpc = grpc::router(gate.clone());
     let v1 = Router::new()
+        .route("/v1/keys", post(access::create_key).get(access::list_keys))
+        .route(
+            "/v1/keys/{id}",
+            get(access::get_key).delete(access::revoke_key),
+        )
+        .route(
+            "/v1/tenants/{id}/oidc",
+            get(access::get_oidc)
+                .put(access::put_oidc)
+                .delete(access::delete_oidc),
+        )
+        .route("/v1/audit", get(access::audit))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/drain", post(drain_node))
@@ -380,13 +471,13 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/config/snapshots/{id}", get(config::get_snapshot))
         .route("/v1/config/snapshots/{id}/rollback", post(config::rollback))
         .route("/v1/config/status", get(config_status))
-        .route_layer(middleware::from_fn_with_state(
-            backend.clone(),
-            require_api_key,
-        ));
+        .route("/v1/watch", get(watch::watch))
+        .route_layer(middleware::from_fn_with_state(gate, auth::gate));
     Router::new()
         .merge(v1)
+        .merge(grpc)
         .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/v1/crl", get(get_crl))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -404,88 +495,6 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-async fn require_api_key(
-    State(backend): State<Shared>,
-    headers: HeaderMap,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let unauthenticated =
-        |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message);
-    let caller = match headers.get(header::AUTHORIZATION) {
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            match key {
-                Some(key) if backend.authenticate(key) => Caller {
-                    identity: format!("api-key:{}", key_id(key)),
-                    role: "fleet-admin".to_string(),
-                    tenant: None,
-                },
-                Some(_) => {
-                    return unauthenticated("the API key is not valid for this fleet".into())
-                        .into_response();
-                }
-                None => {
-                    return unauthenticated(
-                        "malformed Authorization header: expected `Bearer <api key>`".into(),
-                    )
-                    .into_response();
-                }
-            }
-        }
-        None => match request.extensions().get::<PeerCertificates>() {
-            Some(PeerCertificates(chain)) => match backend.authenticate_certificate(chain) {
-                Ok(caller) => caller,
-                Err(err) => {
-                    return unauthenticated(format!("client certificate refused: {err}"))
-                        .into_response();
-                }
-            },
-            None => {
-                return unauthenticated(
-                    "no credentials: send `Authorization: Bearer <api key>` (the first admin key \
-                     is in <data-dir>/admin.key of the fleet's first anchor) or connect with a \
-                     client certificate (a MIC of this fleet)"
-                        .into(),
-                )
-                .into_response();
-            }
-        },
-    };
-    if caller.role == "node" && request.method() != Method::GET {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{} authenticated with a node certificate, which may only read its tenant's \
-                 state; use an admin API key for changes",
-                caller.identity
-            ),
-        )
-        .into_response();
-    }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
-}
-
-/// A short handle for an API key in answers and logs: its last 4 characters (of 40+), like a
-/// card number's last digits; enough to tell keys apart, useless to an attacker.
-fn key_id(key: &str) -> String {
-    let tail: String = key
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
@@ -591,6 +600,19 @@ fn query_or_400(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "nodes",
+    summary = "Lists the nodes of the fleet, by node id, as the answering node sees them",
+    params(
+        crate::openapi::PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of nodes; a caller confined to a tenant sees its tenant's.", body = Page<Node>),
+        (status = 400, description = "A bad `limit` or `cursor`, or an unknown query parameter; the message names it.", body = ErrorBody),
+    ),
+)]
 async fn list_nodes(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
@@ -606,7 +628,7 @@ async fn list_nodes(
     paginate(nodes, &query, "nodes", |n| &n.node_id).map(Json)
 }
 
-fn check_node_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_node_id(id: &str) -> Result<(), ApiError> {
     if id.len() == 32
         && id
             .bytes()
@@ -620,6 +642,20 @@ fn check_node_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{id}",
+    tag = "nodes",
+    summary = "One node",
+    params(
+        ("id" = String, Path, description = "Node id: 32 lowercase hex characters.", pattern = "^[0-9a-f]{32}$"),
+    ),
+    responses(
+        (status = 200, description = "The node.", body = Node),
+        (status = 400, description = "The node id is not 32 lowercase hex characters.", body = ErrorBody),
+        (status = 404, description = "No such node (or one of another tenant).", body = ErrorBody),
+    ),
+)]
 async fn get_node(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
@@ -635,27 +671,92 @@ async fn get_node(
         .ok_or_else(|| ApiError::not_found(format!("node {id} is not known to this node")))
 }
 
+/// 404 unless `id` is a node `caller` may see: a tenant's caller sees its tenant's nodes only.
+fn visible_node(
+    backend: &Shared,
+    caller: &Option<axum::Extension<Caller>>,
+    id: &str,
+) -> Result<(), ApiError> {
+    check_node_id(id)?;
+    let tenant = caller.as_ref().and_then(|c| c.0.tenant.clone());
+    if let Some(tenant) = tenant
+        && backend.node(id).is_none_or(|n| n.tenant_id != tenant)
+    {
+        return Err(ApiError::not_found(format!(
+            "node {id} is not known to this node"
+        )));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/drain",
+    tag = "nodes",
+    summary = "Marks a node draining, fleet-wide",
+    params(
+        ("id" = String, Path, description = "Node id: 32 lowercase hex characters.", pattern = "^[0-9a-f]{32}$"),
+    ),
+    responses(
+        (status = 200, description = "The node, now draining.", body = Node),
+        (status = 400, description = "The node id is not 32 lowercase hex characters.", body = ErrorBody),
+        (status = 404, description = "No such node (or one of another tenant).", body = ErrorBody),
+        (status = 409, description = "The node is decommissioned.", body = ErrorBody),
+    ),
+)]
 async fn drain_node(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    check_node_id(&id)?;
+    visible_node(&backend, &caller, &id)?;
     backend.drain(&id).await.map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/decommission",
+    tag = "nodes",
+    summary = "Removes a node from the fleet, for good",
+    params(
+        ("id" = String, Path, description = "Node id: 32 lowercase hex characters.", pattern = "^[0-9a-f]{32}$"),
+    ),
+    responses(
+        (status = 200, description = "The node, now decommissioned.", body = Node),
+        (status = 400, description = "The node id is not 32 lowercase hex characters.", body = ErrorBody),
+        (status = 404, description = "No such node (or one of another tenant).", body = ErrorBody),
+        (status = 409, description = "The node is already decommissioned, or it is the answering node (ask another).", body = ErrorBody),
+    ),
+)]
 async fn decommission_node(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    check_node_id(&id)?;
+    visible_node(&backend, &caller, &id)?;
     backend.decommission(&id).await.map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Creates a join token (anchors)",
+    request_body(content = CreateToken, description = "Every field is optional."),
+    responses(
+        (status = 201, description = "The token: its secret form is shown this once.", body = CreatedToken),
+        (status = 400, description = "The body is not valid JSON of this shape; the message names the field.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 409, description = "This node is not an anchor (join tokens are kept by anchors), or it cannot be reached by joining nodes.", body = ErrorBody),
+    ),
+)]
 async fn create_token(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let Json(request) = body.map_err(|err| {
+    let Json(mut request) = body.map_err(|err| {
         // 415 without a JSON content type, 413 for an oversized body, 400 for anything wrong in
         // the JSON itself (the message names the field).
         let (status, code) = match err.status() {
@@ -669,25 +770,95 @@ async fn create_token(
             format!("invalid token request body: {}", err.body_text()),
         )
     })?;
+    // A tenant's admin admits nodes into its own tenant only.
+    if let Some(own) = caller.and_then(|c| c.0.tenant) {
+        match &request.tenant {
+            Some(asked) if *asked != own => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "a caller of tenant {own} creates join tokens for tenant {own} only \
+                         (asked for {asked:?})"
+                    ),
+                ));
+            }
+            _ => request.tenant = Some(own),
+        }
+    }
     let created = backend.create_token(request).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Lists join tokens, by id (anchors)",
+    params(
+        crate::openapi::PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of join tokens (never their secrets).", body = Page<Token>),
+        (status = 400, description = "A bad `limit` or `cursor`, or an unknown query parameter; the message names it.", body = ErrorBody),
+        (status = 409, description = "This node is not an anchor (join tokens are kept by anchors), or it cannot be reached by joining nodes.", body = ErrorBody),
+    ),
+)]
 async fn list_tokens(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Token>>, ApiError> {
     let query = query_or_400(query)?;
-    paginate(backend.tokens().await?, &query, "tokens", |t| &t.id).map(Json)
+    let tenant = caller.and_then(|c| c.0.tenant);
+    let mut tokens = backend.tokens().await?;
+    tokens.retain(|t| tenant.as_ref().is_none_or(|own| *own == t.tenant));
+    paginate(tokens, &query, "tokens", |t| &t.id).map(Json)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revokes a join token (anchors)",
+    params(
+        ("id" = String, Path, description = "Token id."),
+    ),
+    responses(
+        (status = 200, description = "The token, now revoked.", body = Token),
+        (status = 400, description = "The token id is malformed.", body = ErrorBody),
+        (status = 404, description = "No such token.", body = ErrorBody),
+        (status = 409, description = "This node is not an anchor (join tokens are kept by anchors), or it cannot be reached by joining nodes.", body = ErrorBody),
+    ),
+)]
 async fn revoke_token(
     State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Token>, ApiError> {
+    if let Some(own) = caller.and_then(|c| c.0.tenant)
+        && !backend
+            .tokens()
+            .await?
+            .iter()
+            .any(|t| t.id == id && t.tenant == own)
+    {
+        return Err(ApiError::not_found(format!("no join token {id:?}")));
+    }
     backend.revoke_token(&id).await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    summary = "Liveness and local checks",
+    security(()),
+    responses(
+        (status = 200, description = "Every check passes.", body = Health),
+        (status = 503, description = "A check fails; `checks` says which.", body = Health),
+    ),
+)]
 async fn healthz(State(backend): State<Shared>) -> Response {
     let health = backend.health();
     let status = if health.status == "ok" {
@@ -698,6 +869,16 @@ async fn healthz(State(backend): State<Shared>) -> Response {
     (status, Json(health)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    summary = "This node's metrics (Prometheus text exposition)",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+    ),
+)]
 async fn metrics_text(State(backend): State<Shared>) -> Response {
     (
         [(
@@ -754,6 +935,22 @@ fn check_serial(serial: &str) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/mics/csr",
+    tag = "trust",
+    summary = "Issues a MIC from a CSR (anchors)",
+    request_body(content = CsrRequest),
+    responses(
+        (status = 201, description = "The certificate and its chain.", body = IssuedMic, headers(("Location" = String, description = "`/v1/mics/{serial}`"))),
+        (status = 400, description = "The body is not valid JSON of this shape; the message names the field.", body = ErrorBody),
+        (status = 409, description = "The node was decommissioned and cannot be certified again.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+        (status = 422, description = "The CSR names another node than its key is.", body = ErrorBody),
+    ),
+)]
 async fn issue_mic(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
@@ -780,12 +977,39 @@ struct MicQuery {
     node_id: Option<String>,
 }
 
+/// The MICs `caller` may see: a tenant's caller sees those of its tenant's nodes.
+async fn visible_mics(
+    backend: &Shared,
+    caller: &Option<axum::Extension<Caller>>,
+    node: Option<String>,
+) -> Result<Vec<Mic>, ApiError> {
+    let mut mics = backend.mics(node).await?;
+    if let Some(own) = caller.as_ref().and_then(|c| c.0.tenant.clone()) {
+        mics.retain(|m| backend.node(&m.node_id).is_some_and(|n| n.tenant_id == own));
+    }
+    Ok(mics)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/mics",
+    tag = "trust",
+    summary = "Lists the MICs this anchor issued, by serial",
+    params(
+        crate::openapi::PageParams,
+        ("node_id" = Option<String>, Query, description = "Only this node's certificates (32 lowercase hex characters).", pattern = "^[0-9a-f]{32}$"),
+    ),
+    responses(
+        (status = 200, description = "A page of certificates.", body = Page<Mic>),
+        (status = 400, description = "A bad `limit` or `cursor`, or an unknown query parameter; the message names it.", body = ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+    ),
+)]
 async fn list_mics(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
     query: Result<Query<MicQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Mic>>, ApiError> {
-    require_fleet_admin(&caller)?;
     let Query(query) = query.map_err(|err| {
         ApiError::bad_request(format!(
             "bad query string: {}; this list accepts limit, cursor and node_id",
@@ -799,21 +1023,32 @@ async fn list_mics(
         limit: query.limit,
         cursor: query.cursor,
     };
-    paginate(backend.mics(query.node_id).await?, &page, "mics", |m| {
-        &m.serial
-    })
-    .map(Json)
+    let mics = visible_mics(&backend, &caller, query.node_id).await?;
+    paginate(mics, &page, "mics", |m| &m.serial).map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/mics/{serial}",
+    tag = "trust",
+    summary = "One MIC this anchor issued",
+    params(
+        ("serial" = String, Path, description = "Certificate serial: an even number of hex digits, at most 40.", pattern = "^([0-9a-fA-F]{2}){1,20}$"),
+    ),
+    responses(
+        (status = 200, description = "The certificate.", body = Mic),
+        (status = 400, description = "The serial is not hex.", body = ErrorBody),
+        (status = 404, description = "This anchor issued no such certificate.", body = ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+    ),
+)]
 async fn get_mic(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
     Path(serial): Path<String>,
 ) -> Result<Json<Mic>, ApiError> {
-    require_fleet_admin(&caller)?;
     let serial = check_serial(&serial)?;
-    backend
-        .mics(None)
+    visible_mics(&backend, &caller, None)
         .await?
         .into_iter()
         .find(|m| m.serial == serial)
@@ -825,6 +1060,23 @@ async fn get_mic(
         })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/mics/{serial}/revoke",
+    tag = "trust",
+    summary = "Revokes a MIC this anchor issued",
+    request_body(content = Option<RevokeRequest>, description = "Optional: the reason."),
+    params(
+        ("serial" = String, Path, description = "Certificate serial: an even number of hex digits, at most 40.", pattern = "^([0-9a-fA-F]{2}){1,20}$"),
+    ),
+    responses(
+        (status = 200, description = "The certificate, now revoked, and the CRL that lists it.", body = Revoked),
+        (status = 400, description = "The serial is not hex, or the body is not a revocation request.", body = ErrorBody),
+        (status = 404, description = "This anchor issued no such certificate.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+    ),
+)]
 async fn revoke_mic(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
@@ -832,8 +1084,17 @@ async fn revoke_mic(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Revoked>, ApiError> {
-    require_fleet_admin(&caller)?;
     let serial = check_serial(&serial)?;
+    if caller.as_ref().is_some_and(|c| c.0.tenant.is_some())
+        && !visible_mics(&backend, &caller, None)
+            .await?
+            .iter()
+            .any(|m| m.serial == serial)
+    {
+        return Err(ApiError::not_found(format!(
+            "no certificate with serial {serial} was issued by this anchor"
+        )));
+    }
     let request: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RevokeRequest::default()
     } else {
@@ -848,12 +1109,23 @@ async fn revoke_mic(
                 "send the revocation body as application/json (or no body at all)",
             ));
         }
-        serde_json::from_slice(&body)
+        // `null` is no request, like an empty body.
+        serde_json::from_slice::<Option<RevokeRequest>>(&body)
             .map_err(|err| ApiError::bad_request(format!("invalid revocation body: {err}")))?
+            .unwrap_or_default()
     };
     backend.revoke_mic(&serial, request.reason).await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "system",
+    summary = "Who the API authenticated the caller as",
+    responses(
+        (status = 200, description = "The caller.", body = Caller),
+    ),
+)]
 async fn whoami(caller: Option<axum::Extension<Caller>>) -> Result<Json<Caller>, ApiError> {
     caller
         .map(|axum::Extension(c)| Json(c))
@@ -870,6 +1142,23 @@ struct CrlQuery {
 
 /// The CRLs as PEM (all of them) or DER (one issuer), for standard tooling. Public, like any CRL
 /// distribution point.
+#[utoipa::path(
+    get,
+    path = "/v1/crl",
+    tag = "trust",
+    summary = "The certificate revocation lists this node enforces (public)",
+    security(()),
+    params(
+        ("format" = Option<String>, Query, description = "`pem` (every CRL; the default unless `Accept: application/pkix-crl`) or `der` (one CRL).", pattern = "^(pem|der)$"),
+        ("issuer" = Option<String>, Query, description = "Only the CRL of the issuer whose certificate fingerprint (SHA-256, hex) starts with this (at least 8 hex digits)."),
+    ),
+    responses(
+        (status = 200, description = "The CRLs.", content((String = "application/x-pem-file"), (Vec<u8> = "application/pkix-crl"))),
+        (status = 400, description = "A bad `format`, or DER asked for while the fleet has several CRLs (add `issuer`).", body = ErrorBody),
+        (status = 404, description = "No CRL of that issuer.", body = ErrorBody),
+        (status = 503, description = "This node holds no CRL yet (anchors publish one at start).", body = ErrorBody),
+    ),
+)]
 async fn get_crl(
     State(backend): State<Shared>,
     headers: HeaderMap,
@@ -1017,6 +1306,22 @@ pub async fn serve_tls(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/anchors",
+    tag = "trust",
+    summary = "Authorizes a node to become an anchor (the anchor holding the fleet root key)",
+    request_body(content = PromoteRequest),
+    responses(
+        (status = 202, description = "Authorized: the node takes up the role when it next hears of it (seconds).", body = Anchor),
+        (status = 400, description = "The body is not valid JSON of this shape; the message names the field.", body = ErrorBody),
+        (status = 404, description = "No such node.", body = ErrorBody),
+        (status = 409, description = "The node cannot become an anchor now; the message says why.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+    ),
+)]
 async fn promote(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
@@ -1030,6 +1335,19 @@ async fn promote(
     Ok((StatusCode::ACCEPTED, Json(anchor)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/anchors",
+    tag = "trust",
+    summary = "Lists the anchors and pending promotions, by node id",
+    params(
+        crate::openapi::PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of anchors.", body = Page<Anchor>),
+        (status = 400, description = "A bad `limit` or `cursor`, or an unknown query parameter; the message names it.", body = ErrorBody),
+    ),
+)]
 async fn list_anchors(
     State(backend): State<Shared>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
@@ -1038,12 +1356,32 @@ async fn list_anchors(
     paginate(backend.anchors().await?, &query, "anchors", |a| &a.node_id).map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transparency/mirrors",
+    tag = "transparency",
+    summary = "The other anchors' transparency logs as this anchor mirrors and checks them",
+    responses(
+        (status = 200, description = "One entry per other anchor.", body = Vec<crate::wire::TransparencyMirror>),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = ErrorBody),
+    ),
+)]
 async fn transparency_mirrors(
     State(backend): State<Shared>,
 ) -> Result<Json<Vec<crate::wire::TransparencyMirror>>, ApiError> {
     backend.transparency_mirrors().await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config/status",
+    tag = "config",
+    summary = "The configuration version spread over the fleet, and this node's documents",
+    responses(
+        (status = 200, description = "Per document, the states nodes report; a caller confined to a tenant sees the fleet document and its own.", body = crate::openapi::ConfigStatus),
+        (status = 503, description = "This node holds no replicated configuration.", body = ErrorBody),
+    ),
+)]
 async fn config_status(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,

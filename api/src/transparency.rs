@@ -35,11 +35,17 @@ fn query<T>(query: Result<Query<T>, QueryRejection>, accepted: &str) -> Result<T
 /// A whole number parameter.
 fn number(param: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
     raw.map(|raw| {
-        raw.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "{param} must be a whole number (a leaf index or tree size), got {raw:?}"
-            ))
-        })
+        // At most i64::MAX, as documented (int64): no log gets that large anyway.
+        raw.parse::<u64>()
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{param} must be a whole number from 0 to {} (a leaf index or tree size), \
+                     got {raw:?}",
+                    i64::MAX
+                ))
+            })
     })
     .transpose()
 }
@@ -74,6 +80,16 @@ fn hash_param(param: &str, raw: &str) -> Result<[u8; 32], ApiError> {
     Ok(out)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transparency/sth",
+    tag = "transparency",
+    summary = "This anchor's signed tree head",
+    responses(
+        (status = 200, description = "The signed tree head, with what a client needs to check its signature.", body = SignedTreeHead),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn sth(State(backend): State<Shared>) -> Result<Json<SignedTreeHead>, ApiError> {
     backend.transparency_sth().await.map(Json)
 }
@@ -88,6 +104,24 @@ pub(crate) struct EntriesQuery {
     issuer: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transparency/entries",
+    tag = "transparency",
+    summary = "Entries of the log, or those of one serial, node or issuer",
+    params(
+        ("start" = Option<u64>, Query, description = "First index (default 0)."),
+        ("end" = Option<u64>, Query, description = "End index, exclusive (default: the log's size)."),
+        ("serial" = Option<String>, Query, description = "Only this certificate serial's entries (hex).", pattern = "^([0-9a-fA-F]{2}){1,255}$"),
+        ("node_id" = Option<String>, Query, description = "Only this node's entries (32 hex characters).", pattern = "^[0-9a-fA-F]{32}$"),
+        ("issuer" = Option<String>, Query, description = "Only this issuer's entries (SHA-256 of the anchor intermediate certificate, 64 hex characters).", pattern = "^[0-9a-fA-F]{64}$"),
+    ),
+    responses(
+        (status = 200, description = "At most 1000 entries by index; `next_start` says where to go on.", body = TransparencyEntries),
+        (status = 400, description = "A bad parameter (the message names it), `end` before `start`, `start` beyond the log, or more than one of serial, node_id and issuer.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn entries(
     State(backend): State<Shared>,
     raw: Result<Query<EntriesQuery>, QueryRejection>,
@@ -130,6 +164,24 @@ pub(crate) struct InclusionQuery {
     size: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transparency/proof/inclusion",
+    tag = "transparency",
+    summary = "The audit path of one entry (RFC 6962)",
+    params(
+        ("serial" = Option<String>, Query, description = "The entry of this certificate serial (hex); give this or leaf_hash.", pattern = "^([0-9a-fA-F]{2}){1,255}$"),
+        ("kind" = Option<String>, Query, description = "With serial: `issued` (default) or `revoked`.", pattern = "^(issued|revoked)$"),
+        ("leaf_hash" = Option<String>, Query, description = "The entry with this leaf hash (64 hex characters); give this or serial.", pattern = "^[0-9a-fA-F]{64}$"),
+        ("size" = Option<u64>, Query, description = "Size of the tree to prove inclusion in (default: the whole log)."),
+    ),
+    responses(
+        (status = 200, description = "The audit path.", body = InclusionProof),
+        (status = 400, description = "A bad parameter (the message names it), neither or both of serial and leaf_hash, or a size beyond the log or short of the entry.", body = crate::wire::ErrorBody),
+        (status = 404, description = "The log holds no such entry.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn inclusion(
     State(backend): State<Shared>,
     raw: Result<Query<InclusionQuery>, QueryRejection>,
@@ -179,6 +231,21 @@ pub(crate) struct ConsistencyQuery {
     second: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transparency/proof/consistency",
+    tag = "transparency",
+    summary = "The proof that the log extends an older size of itself (RFC 6962)",
+    params(
+        ("first" = u64, Query, description = "The older tree size."),
+        ("second" = Option<u64>, Query, description = "The newer tree size (default: now)."),
+    ),
+    responses(
+        (status = 200, description = "The consistency proof.", body = ConsistencyProof),
+        (status = 400, description = "A bad or missing size (the message names it), first larger than second, or a size beyond the log.", body = crate::wire::ErrorBody),
+        (status = 421, description = "This node is not an anchor: send the request to an anchor (`GET /v1/nodes` shows them).", body = crate::wire::ErrorBody),
+    ),
+)]
 pub(crate) async fn consistency(
     State(backend): State<Shared>,
     raw: Result<Query<ConsistencyQuery>, QueryRejection>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A node as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     /// 32 lowercase hex chars.
     pub node_id: String,
@@ -66,7 +66,7 @@ pub struct Node {
 }
 
 /// What a node's data plane reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DataplaneSummary {
     /// `dpdk`, `af_packet` or `memory`.
     pub backend: String,
@@ -96,7 +96,7 @@ pub struct DataplaneSummary {
 }
 
 /// Node addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Addresses {
     /// HTTP API.
     pub api: Option<String>,
@@ -107,7 +107,7 @@ pub struct Addresses {
 }
 
 /// One page of a list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// Items of this page.
     pub items: Vec<T>,
@@ -116,16 +116,20 @@ pub struct Page<T> {
 }
 
 /// `POST /v1/tokens` body. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Lifetime in seconds (default 3600, 1 ..= 2,592,000).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: Option<u64>,
     /// How many nodes may join with it (default 1, 1 ..= 10,000).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub uses: Option<u32>,
     /// Tenant the joining nodes belong to (default `default`).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub tenant: Option<String>,
     /// Site the joining nodes belong to (default: the joining node's own `--site`, else `default`).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub site: Option<String>,
     /// Labels given to joining nodes.
     #[serde(default)]
@@ -133,7 +137,7 @@ pub struct CreateToken {
 }
 
 /// A token just created: the only time its secret form is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     /// The join token to hand to `nexus join`.
     pub token: String,
@@ -143,7 +147,7 @@ pub struct CreatedToken {
 }
 
 /// A join token's metadata (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     /// Token id.
     pub id: String,
@@ -166,7 +170,7 @@ pub struct Token {
 }
 
 /// `GET /healthz` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` or `degraded`.
     pub status: String,
@@ -181,14 +185,14 @@ pub struct Health {
 }
 
 /// Error body: `{ "error": { "code", "message" } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// Machine-readable code and human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, snake_case.
     pub code: String,
@@ -197,22 +201,25 @@ pub struct ErrorDetail {
 }
 
 /// `POST /v1/mics/csr` body: ask an anchor for a MIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
     /// PKCS#10 CSR (PEM) with an ed25519 key. Its subject CN, if set, must be the node id of
     /// that key.
     pub csr_pem: String,
     /// Tenant (default `default`).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub tenant: Option<String>,
     /// Site (default `default`).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub site: Option<String>,
     /// `node` (default) or `anchor`.
+    #[schema(pattern = "^(node|anchor)$")]
     pub role: Option<String>,
 }
 
 /// A machine identity certificate an anchor issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Mic {
     /// Serial, lowercase hex (as `openssl x509 -serial` shows it, lowercased).
     pub serial: String,
@@ -233,7 +240,7 @@ pub struct Mic {
 }
 
 /// A MIC just issued from a CSR.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssuedMic {
     /// The certificate.
     #[serde(flatten)]
@@ -245,15 +252,16 @@ pub struct IssuedMic {
 }
 
 /// `POST /v1/mics/{serial}/revoke` body (optional).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// `unspecified` (default), `key_compromise`, `superseded` or `cessation_of_operation`.
+    #[schema(pattern = "^(unspecified|key_compromise|superseded|cessation_of_operation)$")]
     pub reason: Option<String>,
 }
 
 /// The outcome of a revocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revoked {
     /// The certificate, now revoked.
     #[serde(flatten)]
@@ -263,26 +271,27 @@ pub struct Revoked {
 }
 
 /// Who is calling, as the API authenticated them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Caller {
-    /// `api-key:<id>` or `node:<node id>`.
+    /// `api-key:<key id>`, `user:<issuer>#<subject>` (OIDC) or `node:<node id>`.
     pub identity: String,
-    /// `fleet-admin` or `node`.
+    /// `fleet-admin`, `admin`, `operator`, `viewer` or `node`.
     pub role: String,
     /// Tenant the caller is confined to (`None`: the whole fleet).
     pub tenant: Option<String>,
 }
 
 /// `POST /v1/anchors` body: make a node an anchor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// The node to promote (32 hex chars).
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub node_id: String,
 }
 
 /// An anchor, or a node on its way to becoming one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Anchor {
     /// The node.
     pub node_id: String,
@@ -303,7 +312,7 @@ pub struct Anchor {
 /// byte string signed (`"nexus-sth-v1\0"`, log id length and bytes, size, timestamp, root), so
 /// `openssl pkeyutl -verify -rawin` can check it with the intermediate's public key
 /// (`openssl x509 -pubkey -noout -in <signer_certificate_pem>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedTreeHead {
     /// Which log: `nexus-tlog/<anchor node id>`.
     pub log_id: String,
@@ -329,7 +338,7 @@ pub struct SignedTreeHead {
 }
 
 /// One entry of an anchor's transparency log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransparencyEntry {
     /// 0-based leaf index.
     pub index: u64,
@@ -353,7 +362,7 @@ pub struct TransparencyEntry {
 }
 
 /// `GET /v1/transparency/entries`: a slice of the log, or the entries a lookup found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransparencyEntries {
     /// The log's size when it was read.
     pub tree_size: u64,
@@ -392,7 +401,7 @@ pub enum InclusionTarget {
 }
 
 /// `GET /v1/transparency/proof/inclusion`: RFC 6962 audit path of one entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InclusionProof {
     /// The entry's index.
     pub leaf_index: u64,
@@ -407,7 +416,7 @@ pub struct InclusionProof {
 }
 
 /// `GET /v1/transparency/proof/consistency`: RFC 6962 proof that a tree extends another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsistencyProof {
     /// The older size.
     pub first: u64,
@@ -422,7 +431,7 @@ pub struct ConsistencyProof {
 }
 
 /// Another anchor's transparency log as this anchor mirrors and checks it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransparencyMirror {
     /// The origin anchor.
     pub origin: String,
@@ -438,4 +447,107 @@ pub struct TransparencyMirror {
     pub problem: Option<String>,
     /// Last successful check (RFC 3339), if any this run.
     pub checked_at: Option<String>,
+}
+
+/// `POST /v1/keys` body: a new API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Display name, 1..=128 characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    pub name: String,
+    /// `admin`, `operator` or `viewer` (with `tenant`), or `fleet-admin` (without).
+    #[schema(pattern = "^(fleet-admin|admin|operator|viewer)$")]
+    pub role: String,
+    /// The tenant the key is confined to; a tenant caller's own tenant when absent.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
+    pub tenant: Option<String>,
+    /// Lifetime (`30d`, `12h`); the key never expires when absent.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// An API key as the API shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiKey {
+    /// Key id (16 hex characters); the caller identity is `api-key:<id>`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Tenant (`None`: fleet-wide).
+    pub tenant: Option<String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: Option<String>,
+    /// Revocation time, RFC 3339.
+    pub revoked_at: Option<String>,
+}
+
+/// `POST /v1/keys` answer: the key and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The key.
+    pub key: ApiKey,
+    /// The secret to send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+/// One audited API call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// `<node id>-<sequence>`: unique fleet-wide, in order per node.
+    pub id: String,
+    /// When, RFC 3339 (milliseconds).
+    pub time: String,
+    /// When, Unix milliseconds.
+    pub time_ms: u64,
+    /// The node that served the call.
+    pub node_id: String,
+    /// The caller (`unauthenticated` when its credentials were refused).
+    pub identity: String,
+    /// The caller's role (empty when unauthenticated).
+    pub role: String,
+    /// The caller's tenant (`None`: fleet-wide caller).
+    pub tenant: Option<String>,
+    /// Method and route template: `PUT /v1/routes/{id}`.
+    pub action: String,
+    /// The path called: `/v1/routes/r1`.
+    pub target: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// `ok`, `denied` (401, 403, 429) or `error`.
+    pub result: String,
+    /// The call's trace id (also in the answer's `x-trace-id`).
+    pub trace_id: String,
+    /// How long the call took, microseconds.
+    pub duration_us: u64,
+}
+
+/// Filters of `GET /v1/audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// Only this tenant's callers.
+    pub tenant: Option<String>,
+    /// Only this caller identity.
+    pub identity: Option<String>,
+    /// Only actions containing this (`DELETE`, `/v1/routes`).
+    pub action: Option<String>,
+    /// Only this result.
+    pub result: Option<String>,
+    /// Only calls served by this node.
+    pub node: Option<String>,
+    /// From this time, Unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Before this time, Unix milliseconds.
+    pub until_ms: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this entry: `(time_ms, id)` of the previous page's last.
+    pub after: Option<(u64, String)>,
 }

@@ -49,8 +49,12 @@ fn node(id: String) -> Node {
 
 #[async_trait]
 impl Backend for Fleet {
-    fn authenticate(&self, key: &str) -> bool {
-        key == "good"
+    fn authenticate_key(&self, key: &str) -> Option<nexus_api::wire::Caller> {
+        (key == "good").then(|| nexus_api::wire::Caller {
+            identity: "api-key:good".into(),
+            role: "fleet-admin".into(),
+            tenant: None,
+        })
     }
     fn nodes(&self) -> Vec<Node> {
         self.nodes.clone()

@@ -704,6 +704,7 @@ impl Model for FleetDoc {
             policies: lenient_map(doc, "policies", &mut malformed),
             snapshots: lenient_map(doc, "snapshots", &mut malformed),
             members: lenient_map(doc, "members", &mut malformed),
+            api_keys: lenient_map(doc, "api_keys", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -718,7 +719,8 @@ impl Model for FleetDoc {
         reconcile_map_diff(tx, "revocations", &old.revocations, &new.revocations)?;
         reconcile_map_diff(tx, "policies", &old.policies, &new.policies)?;
         reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)?;
-        reconcile_map_diff(tx, "members", &old.members, &new.members)
+        reconcile_map_diff(tx, "members", &old.members, &new.members)?;
+        reconcile_map_diff(tx, "api_keys", &old.api_keys, &new.api_keys)
     }
 
     fn outside_site(_old: &Self, _new: &Self, _site: &str) -> Option<String> {
@@ -743,6 +745,8 @@ impl Model for TenantDoc {
             site_routes: lenient_map(doc, "site_routes", &mut malformed),
             site_node_overrides: lenient_map(doc, "site_node_overrides", &mut malformed),
             snapshots: lenient_map(doc, "snapshots", &mut malformed),
+            api_keys: lenient_map(doc, "api_keys", &mut malformed),
+            oidc: lenient_map(doc, "oidc", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -774,7 +778,9 @@ impl Model for TenantDoc {
             &old.site_node_overrides,
             &new.site_node_overrides,
         )?;
-        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)
+        reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)?;
+        reconcile_map_diff(tx, "api_keys", &old.api_keys, &new.api_keys)?;
+        reconcile_map_diff(tx, "oidc", &old.oidc, &new.oidc)
     }
 
     fn outside_site(old: &Self, new: &Self, site: &str) -> Option<String> {
@@ -791,6 +797,8 @@ impl Model for TenantDoc {
             })
             .or_else(|| whole("node_overrides", old.node_overrides == new.node_overrides))
             .or_else(|| whole("snapshots", old.snapshots == new.snapshots))
+            .or_else(|| whole("api_keys", old.api_keys == new.api_keys))
+            .or_else(|| whole("oidc", old.oidc == new.oidc))
             .or_else(|| changed_outside("site_routes", &old.site_routes, &new.site_routes, site))
             .or_else(|| {
                 changed_outside(

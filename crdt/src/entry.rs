@@ -17,8 +17,8 @@ use autosurgeon::{Hydrate, Reconcile, hydrate_prop, reconcile_prop};
 use crate::doc::{Batch, ConfigDoc, LocalAuthor};
 use crate::error::{LocalError, Unauthorized};
 use crate::model::{
-    Anchor, FirmwareTarget, Member, NodeOverride, Revocation, RoutePolicy, Snapshot, Tenant,
-    split_site_key,
+    Anchor, ApiKeyRecord, FirmwareTarget, Member, NodeOverride, OidcProvider, Revocation,
+    RoutePolicy, Snapshot, Tenant, split_site_key,
 };
 use crate::signed::{Caller, CallerRole, DocId, SignedChange, authorize};
 use crate::validate::Problem;
@@ -86,6 +86,13 @@ pub const FLEET_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", f
 /// Tenant document: snapshots of the tenant document by id.
 pub const TENANT_SNAPSHOTS: Collection<Snapshot> = Collection::new("snapshots", true, false);
 
+/// Fleet document: fleet-admin API keys by key id.
+pub const FLEET_API_KEYS: Collection<ApiKeyRecord> = Collection::new("api_keys", false, false);
+/// Tenant document: the tenant's API keys by key id.
+pub const TENANT_API_KEYS: Collection<ApiKeyRecord> = Collection::new("api_keys", true, false);
+/// Tenant document: OpenID Connect providers by id.
+pub const OIDC_PROVIDERS: Collection<OidcProvider> = Collection::new("oidc", true, false);
+
 /// Fleet document: the fleet's members by node id.
 pub const MEMBERS: Collection<Member> = Collection::new("members", false, false);
 
@@ -102,6 +109,8 @@ const COLLECTION_NAMES: &[&str] = &[
     NODE_OVERRIDES.name,
     SITE_ROUTES.name,
     SITE_NODE_OVERRIDES.name,
+    FLEET_API_KEYS.name,
+    OIDC_PROVIDERS.name,
 ];
 
 /// An object (or top-level field) that applied changes touched.

@@ -130,14 +130,15 @@ mod tests;
 pub use automerge::ChangeHash;
 pub use doc::{Applied, ConfigDoc, Hydrated, LocalAuthor, Model};
 pub use entry::{
-    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_SNAPSHOTS, MEMBERS, NODE_OVERRIDES, ObjectRef,
-    POLICIES, REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES, SITE_ROUTES, TENANT_SNAPSHOTS, TENANTS,
+    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_API_KEYS, FLEET_SNAPSHOTS, MEMBERS,
+    NODE_OVERRIDES, OIDC_PROVIDERS, ObjectRef, POLICIES, REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES,
+    SITE_ROUTES, TENANT_API_KEYS, TENANT_SNAPSHOTS, TENANTS,
 };
 pub use error::{ChangeError, DocError, LocalError, RemoteError, SyncError, Unauthorized};
 pub use model::{
-    ActionType, Anchor, FirmwareTarget, FleetDoc, FleetSettings, Member, NodeOverride, Revocation,
-    RouteAction, RouteMatch, RoutePolicy, Snapshot, StreamMode, Tenant, TenantDoc, TenantQuotas,
-    site_key, split_site_key,
+    ActionType, Anchor, ApiKeyRecord, FirmwareTarget, FleetDoc, FleetSettings, Member,
+    NodeOverride, OidcProvider, Revocation, RouteAction, RouteMatch, RoutePolicy, Snapshot,
+    StreamMode, Tenant, TenantDoc, TenantQuotas, site_key, split_site_key,
 };
 pub use signed::{
     AuthorDirectory, AuthorFacts, Caller, CallerRole, DocId, KnownAuthor, MAX_CHANGE_BYTES,
@@ -146,6 +147,6 @@ pub use signed::{
 pub use sync::{EnvelopeSource, MemoryEnvelopes, PeerSync, SyncLimits, SyncPacket};
 pub use validate::{
     Effective, ID_MAX, Invalid, KnownNode, KnownNodes, NAME_MAX, PRIORITY_MAX, Problem,
-    Quarantined, RATE_LIMIT_MAX, WEIGHT_MAX, effective_fleet, effective_fleet_with,
+    Quarantined, RATE_LIMIT_MAX, TENANT_ROLES, WEIGHT_MAX, effective_fleet, effective_fleet_with,
     effective_tenant, effective_tenant_with, validate, validate_tenant,
 };

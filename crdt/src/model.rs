@@ -53,6 +53,55 @@ pub struct FleetDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub members: BTreeMap<String, Member>,
+    /// Fleet-wide API keys (role `fleet-admin`) by key id; only their hashes are stored.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKeyRecord>,
+}
+
+/// An API key as the configuration records it (keyed by key id). The secret itself is never
+/// stored: only its SHA-256, which is enough because secrets are 256 random bits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRecord {
+    /// Display name, 1..=128 characters.
+    pub name: String,
+    /// `fleet-admin` (fleet document only), or `admin`, `operator`, `viewer` (tenant documents).
+    pub role: String,
+    /// SHA-256 of the secret, 64 lowercase hex characters.
+    pub key_hash: String,
+    /// Who created it (the caller's identity).
+    pub created_by: String,
+    /// When, Unix milliseconds.
+    pub created_at: i64,
+    /// When it stops working, Unix milliseconds (`None`: never).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// When it was revoked, Unix milliseconds. Revoked keys stay listed, refused.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// An OpenID Connect issuer whose bearer tokens a tenant accepts (keyed by provider id).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// The issuer, exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// The audience tokens must name in `aud`.
+    pub audience: String,
+    /// Where the issuer's signing keys are published (a JWKS document).
+    pub jwks_uri: String,
+    /// The claim that carries the caller's role (`admin`, `operator` or `viewer`).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub role_claim: Option<String>,
+    /// The role of a token without that claim (`None`: such tokens are refused).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub default_role: Option<String>,
 }
 
 /// A node of the fleet as its admission recorded it (keyed by node id).
@@ -128,31 +177,36 @@ pub struct Snapshot {
 }
 
 /// Fleet-wide settings. Every field is optional: `None` means the node's built-in default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
     /// Heartbeat interval in milliseconds (NCC-AG-005), 100..=600,000.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 600_000)]
     pub heartbeat_interval_ms: Option<u64>,
     /// How many peers a committed change is pushed to directly, 1..=64.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub push_fanout: Option<u64>,
     /// Anti-entropy interval in milliseconds, 100..=3,600,000.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub anti_entropy_interval_ms: Option<u64>,
 }
 
 /// A tenant as the fleet document records it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Display name, 1..=128 characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// Creation time, Unix milliseconds (0 in a request: now).
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub created_at: i64,
     /// Quotas (NCC-TN-002); enforcement comes later.
     #[autosurgeon(missing = "Default::default")]
@@ -161,21 +215,34 @@ pub struct Tenant {
 }
 
 /// Per-tenant quotas. `None` means unlimited; a set value must be positive.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuotas {
     /// Maximum number of nodes.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_nodes: Option<u64>,
     /// Maximum concurrent connections.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_connections: Option<u64>,
     /// Maximum bandwidth in megabits per second.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_bandwidth_mbps: Option<u64>,
+    /// API requests per second the tenant's callers may make on each node (token bucket).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub api_requests_per_second: Option<u64>,
+    /// Burst of the API rate limit (default: one second's worth).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub api_burst: Option<u64>,
 }
 
 /// An anchor node as the fleet document records it (keyed by node id).
@@ -227,6 +294,14 @@ pub struct TenantDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// The tenant's API keys by key id (hashes only).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    /// OpenID Connect issuers the tenant's callers may authenticate with, by provider id.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub oidc: BTreeMap<String, OidcProvider>,
 }
 
 fn enabled_by_default() -> bool {
@@ -257,17 +332,21 @@ impl TenantDoc {
 }
 
 /// A route policy (REQUIREMENTS.md data model `RoutePolicy`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicy {
     /// Policy id; equals its map key.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
     /// Display name, 1..=128 characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// Owning tenant; the document's tenant, or empty for a fleet-wide policy.
     #[serde(default)]
+    #[schema(read_only)]
     pub tenant_id: String,
     /// Lower wins; 0..=[`PRIORITY_MAX`](crate::PRIORITY_MAX).
+    #[schema(maximum = 1000)]
     pub priority: u32,
     /// What traffic the policy applies to (absent: everything).
     #[serde(rename = "match", default)]
@@ -280,15 +359,17 @@ pub struct RoutePolicy {
     pub enabled: bool,
     /// Creation time, Unix milliseconds (0 in a request: now).
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub created_at: i64,
 }
 
 /// Which traffic a route policy matches. An empty (or absent) list matches anything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     /// Source nodes (same tenant).
     #[autosurgeon(with = "node_id_list")]
+    #[schema(value_type = Vec<String>)]
     pub source_node_ids: Vec<NodeId>,
     /// Capabilities the destination must have.
     pub dest_capabilities: Vec<String>,
@@ -312,6 +393,7 @@ pub struct RouteMatch {
     Deserialize,
     Reconcile,
     Hydrate,
+    utoipa::ToSchema,
 )]
 pub enum StreamMode {
     /// Reliable, ordered.
@@ -330,7 +412,7 @@ pub enum StreamMode {
 /// Kept flat, as the data model has it: concurrent edits then merge field by field, and
 /// combinations that make no sense after a merge (a `redirect` without a target) are caught by
 /// validation and quarantined instead of being silently dropped by the merge.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAction {
     /// The action type.
@@ -340,9 +422,11 @@ pub struct RouteAction {
     /// Messages per second; required for `ratelimit`, absent otherwise.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub rate_limit: Option<u64>,
     /// Redirect target (a node of the same tenant); required for `redirect`, absent otherwise.
     #[autosurgeon(with = "node_id_opt")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-fA-F]{32}$")]
     #[serde(default)]
     pub redirect_node_id: Option<NodeId>,
     /// Scoring-weight overrides by weight name.
@@ -381,7 +465,7 @@ impl RouteAction {
 }
 
 /// The action type of a route policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionType {
     /// Let matching traffic through.
@@ -399,25 +483,32 @@ pub enum ActionType {
 }
 
 /// A firmware rollout target (NCC-FC-004; the rollout itself comes later).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirmwareTarget {
     /// Target id; equals its map key.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
     /// Firmware version, 1..=64 characters of `[0-9A-Za-z.+-]`.
+    #[schema(pattern = "^[0-9A-Za-z.+-]{1,64}$")]
     pub version: String,
     /// SHA-256 of the signed image, 64 lowercase hex characters.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub image_sha256: String,
     /// Node label selector (all must match); empty selects every node of the tenant.
     pub selector: BTreeMap<String, String>,
     /// Nodes upgraded at once, 1..=10,000.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub batch_size: u32,
     /// Share of selected nodes that may be down at once, 0..=100.
+    #[schema(maximum = 100)]
     pub max_unavailable_percent: u8,
     /// How long a node has to report healthy after flashing, seconds, 1..=3,600.
+    #[schema(minimum = 1, maximum = 3600)]
     pub health_timeout_s: u32,
     /// Creation time, Unix milliseconds (0 in a request: now).
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub created_at: i64,
 }
 

@@ -21,8 +21,8 @@ use std::fmt;
 use nexus_ca::{NodeId, validate_name};
 
 use crate::model::{
-    ActionType, FirmwareTarget, FleetDoc, NodeOverride, RouteAction, RoutePolicy, TenantDoc,
-    split_site_key,
+    ActionType, ApiKeyRecord, FirmwareTarget, FleetDoc, NodeOverride, OidcProvider, RouteAction,
+    RoutePolicy, TenantDoc, split_site_key,
 };
 
 /// Highest (least important) route priority; lower wins.
@@ -136,6 +136,7 @@ pub fn effective_fleet_with(fleet: &FleetDoc, mut problems: Vec<Problem>) -> Eff
     retain(&mut config.anchors, "anchors", &bad);
     retain(&mut config.revocations, "revocations", &bad);
     retain(&mut config.policies, "policies", &bad);
+    retain(&mut config.api_keys, "api_keys", &bad);
     Effective {
         config,
         quarantined: quarantine_list(bad),
@@ -180,6 +181,8 @@ pub fn effective_tenant_with(
     retain(&mut config.node_overrides, "node_overrides", &bad);
     retain(&mut config.site_routes, "site_routes", &bad);
     retain(&mut config.site_node_overrides, "site_node_overrides", &bad);
+    retain(&mut config.api_keys, "api_keys", &bad);
+    retain(&mut config.oidc, "oidc", &bad);
     let mut quarantined = quarantine_list(bad);
     if !doc_level.is_empty() && quarantined.is_empty() {
         // An empty document with a document-level problem still reports it.
@@ -235,6 +238,8 @@ fn object_ids(t: &TenantDoc) -> Vec<String> {
     add("node_overrides", &mut t.node_overrides.keys());
     add("site_routes", &mut t.site_routes.keys());
     add("site_node_overrides", &mut t.site_node_overrides.keys());
+    add("api_keys", &mut t.api_keys.keys());
+    add("oidc", &mut t.oidc.keys());
     ids
 }
 
@@ -421,6 +426,12 @@ fn check_fleet(fleet: &FleetDoc) -> Vec<Problem> {
             &format!("{obj}.quotas.max_bandwidth_mbps"),
             t.quotas.max_bandwidth_mbps,
         );
+        c.positive(
+            &obj,
+            &format!("{obj}.quotas.api_requests_per_second"),
+            t.quotas.api_requests_per_second,
+        );
+        c.positive(&obj, &format!("{obj}.quotas.api_burst"), t.quotas.api_burst);
     }
     for (id, a) in &fleet.anchors {
         let obj = format!("anchors.{id}");
@@ -459,7 +470,104 @@ fn check_fleet(fleet: &FleetDoc) -> Vec<Problem> {
         let obj = format!("policies.{id}");
         check_route(&mut c, &obj, id, p, "", &NodeScope::Fleet);
     }
+    for (id, k) in &fleet.api_keys {
+        check_api_key(&mut c, &format!("api_keys.{id}"), id, k, &["fleet-admin"]);
+    }
     c.problems
+}
+
+/// Roles a tenant's API keys and OIDC tokens may carry.
+pub const TENANT_ROLES: &[&str] = &["admin", "operator", "viewer"];
+
+fn check_api_key(c: &mut Checker, obj: &str, id: &str, k: &ApiKeyRecord, roles: &[&str]) {
+    c.id(obj, obj, id);
+    c.name(obj, &format!("{obj}.name"), &k.name);
+    if !roles.contains(&k.role.as_str()) {
+        c.add(
+            obj,
+            format!("{obj}.role"),
+            format!("must be one of {roles:?} here (is {:?})", k.role),
+        );
+    }
+    if k.key_hash.len() != 64
+        || !k
+            .key_hash
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        c.add(
+            obj,
+            format!("{obj}.key_hash"),
+            "must be 64 lowercase hex characters (SHA-256)",
+        );
+    }
+    c.time(obj, &format!("{obj}.created_at"), k.created_at);
+    if k.created_by.len() > NAME_MAX {
+        c.add(
+            obj,
+            format!("{obj}.created_by"),
+            format!("must be at most {NAME_MAX} bytes"),
+        );
+    }
+}
+
+/// What is wrong with an OIDC provider stored under `id` (`path: message` each).
+pub fn oidc_problems(id: &str, p: &OidcProvider) -> Vec<String> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    check_oidc(&mut c, &format!("oidc.{id}"), id, p);
+    c.problems.iter().map(|p| p.to_string()).collect()
+}
+
+fn check_oidc(c: &mut Checker, obj: &str, id: &str, p: &OidcProvider) {
+    c.id(obj, obj, id);
+    let url = |c: &mut Checker, field: &str, v: &str| {
+        let ok = (v.starts_with("https://") || v.starts_with("http://"))
+            && v.len() <= 2048
+            && !v.chars().any(char::is_whitespace);
+        if !ok {
+            c.add(
+                obj,
+                format!("{obj}.{field}"),
+                format!("must be an http(s) URL of at most 2048 characters (is {v:?})"),
+            );
+        }
+    };
+    url(c, "issuer", &p.issuer);
+    url(c, "jwks_uri", &p.jwks_uri);
+    if p.audience.is_empty() || p.audience.len() > NAME_MAX {
+        c.add(
+            obj,
+            format!("{obj}.audience"),
+            format!("must be 1..={NAME_MAX} bytes"),
+        );
+    }
+    if let Some(claim) = &p.role_claim
+        && (claim.is_empty() || claim.len() > NAME_MAX)
+    {
+        c.add(
+            obj,
+            format!("{obj}.role_claim"),
+            format!("must be 1..={NAME_MAX} bytes"),
+        );
+    }
+    if let Some(role) = &p.default_role
+        && !TENANT_ROLES.contains(&role.as_str())
+    {
+        c.add(
+            obj,
+            format!("{obj}.default_role"),
+            format!("must be one of {TENANT_ROLES:?} (is {role:?})"),
+        );
+    }
+    if p.role_claim.is_none() && p.default_role.is_none() {
+        c.add(
+            obj,
+            obj,
+            "set role_claim, default_role or both: otherwise no token carries a role",
+        );
+    }
 }
 
 fn check_tenant(fleet: &FleetDoc, t: &TenantDoc, nodes: &KnownNodes) -> Vec<Problem> {
@@ -512,6 +620,12 @@ fn check_tenant(fleet: &FleetDoc, t: &TenantDoc, nodes: &KnownNodes) -> Vec<Prob
         }
     }
     let route_ids: BTreeSet<&str> = owners.keys().copied().collect();
+    for (id, k) in &t.api_keys {
+        check_api_key(&mut c, &format!("api_keys.{id}"), id, k, TENANT_ROLES);
+    }
+    for (id, p) in &t.oidc {
+        check_oidc(&mut c, &format!("oidc.{id}"), id, p);
+    }
 
     for (id, f) in &t.firmware_targets {
         check_firmware(&mut c, &format!("firmware_targets.{id}"), id, f);

@@ -450,6 +450,18 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         peer.clone(),
     ));
 
+    let audit = crate::audit::AuditLog::open(&dir.audit_db(), loaded.key.node_id())
+        .context("opening the audit log")?;
+    peer.set_audit(audit.clone());
+
+    // Before the API serves: a watcher's first event id must postdate the journal's baseline.
+    let (events, events_producer) = crate::events::open(crate::events::Sources {
+        replication: replication.clone(),
+        mesh: mesh.clone(),
+        store: store.clone(),
+        fleet: fleet.clone(),
+    })
+    .await?;
     let health = Arc::new(Mutex::new(BTreeMap::from([(
         "store".to_string(),
         "ok".to_string(),
@@ -465,7 +477,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             peer.clone(),
         )?
         .with_transparency(transparency)
-        .with_replication(replication.clone()),
+        .with_replication(replication.clone())
+        .with_events(Arc::new(events))
+        .with_audit(audit.clone()),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
@@ -487,9 +501,12 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         ))
     } else {
         // HTTPS with this node's MIC; clients may authenticate with theirs (mTLS) or an API key.
-        let mut tls =
-            nexus_ca::member_server_config(credentials.clone(), fleet.clone(), &[b"http/1.1"])?;
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 (`h2`) carries gRPC on the same port; REST clients may use either.
+        let tls = nexus_ca::member_server_config(
+            credentials.clone(),
+            fleet.clone(),
+            &[b"h2", b"http/1.1"],
+        )?;
         tokio::spawn(nexus_api::serve_tls(
             listener,
             nexus_api::router(backend),
@@ -519,7 +536,15 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     );
 
     let maintenance = tokio::spawn(peer.clone().maintain(stop_rx.clone()));
+    let audit_shipping = tokio::spawn(crate::audit::ship(
+        audit,
+        mesh.clone(),
+        peer.clone(),
+        loaded.key.node_id(),
+        stop_rx.clone(),
+    ));
     let anti_entropy = tokio::spawn(replication.clone().run(stop_rx.clone()));
+    let events_task = tokio::spawn(events_producer.run(stop_rx.clone()));
     let dataplane_sync = tokio::spawn(crate::dataplane::run(
         dataplane.clone(),
         crate::dataplane::Control {
@@ -574,7 +599,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     endpoint.close(0u32.into(), b"node shutting down");
     join_service.abort();
     maintenance.abort();
+    audit_shipping.abort();
     anti_entropy.abort();
+    events_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), dataplane_sync).await;
     dataplane.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;

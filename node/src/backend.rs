@@ -1,9 +1,9 @@
 //! What this node's API serves: the local membership view, operator actions published through
 //! gossip, and (on anchors) join tokens.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +19,6 @@ use nexus_ca::{NodeId, Role};
 use nexus_mesh::{Member, Mesh, NodeStatus, OperatorAction};
 
 use crate::agent::Loaded;
-use crate::enroll::api_key_hash;
 use crate::peer::PeerService;
 use crate::store::{CertificateRow, Enrollment, Store, TokenRow};
 use crate::transparency::{Transparency, TransparencyError};
@@ -38,13 +37,17 @@ pub struct NodeBackend {
     role: Role,
     root_fingerprint: [u8; 32],
     quic_addr: SocketAddr,
-    key_hashes: RwLock<HashSet<[u8; 32]>>,
+    access: Arc<crate::access::Access>,
+    bootstrap_keys: Vec<([u8; 32], String)>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
     metrics: PrometheusHandle,
     health: Arc<Mutex<BTreeMap<String, String>>>,
     peer: Arc<PeerService>,
     /// The transparency log, on anchors.
     transparency: Option<Arc<Transparency>>,
     replication: Option<Arc<crate::replication::Replication>>,
+    /// The event journal `GET /v1/watch` streams.
+    events: Option<Arc<dyn nexus_api::watch::EventSource>>,
 }
 
 impl NodeBackend {
@@ -58,10 +61,10 @@ impl NodeBackend {
         quic_addr: SocketAddr,
         peer: Arc<PeerService>,
     ) -> anyhow::Result<NodeBackend> {
-        let key_hashes = store
+        let bootstrap_keys: Vec<([u8; 32], String)> = store
             .api_keys()?
             .into_iter()
-            .map(|(_, hash, _)| hash)
+            .map(|(id, hash, _)| (hash, id))
             .collect();
         Ok(NodeBackend {
             mesh,
@@ -71,12 +74,15 @@ impl NodeBackend {
             role: loaded.role,
             root_fingerprint: loaded.trust.root_fingerprint(),
             quic_addr,
-            key_hashes: RwLock::new(key_hashes),
+            access: Arc::new(crate::access::Access::new(None, bootstrap_keys.clone())),
+            bootstrap_keys,
+            audit: None,
             metrics,
             health,
             peer,
             transparency: None,
             replication: None,
+            events: None,
         })
     }
 
@@ -86,12 +92,28 @@ impl NodeBackend {
         self
     }
 
+    /// Serves `GET /v1/watch` from `events`.
+    pub fn with_events(mut self, events: Arc<dyn nexus_api::watch::EventSource>) -> NodeBackend {
+        self.events = Some(events);
+        self
+    }
+
     /// Serves routes from (and writes them to) the replicated configuration.
     pub fn with_replication(
         mut self,
         replication: Arc<crate::replication::Replication>,
     ) -> NodeBackend {
+        self.access = Arc::new(crate::access::Access::new(
+            Some(replication.clone()),
+            self.bootstrap_keys.clone(),
+        ));
         self.replication = Some(replication);
+        self
+    }
+
+    /// Records every API call in `audit`.
+    pub fn with_audit(mut self, audit: Arc<crate::audit::AuditLog>) -> NodeBackend {
+        self.audit = Some(audit);
         self
     }
 
@@ -301,11 +323,16 @@ fn node_kind(kind: &ConfigKind) -> crate::replication::Kind {
     }
 }
 
-/// The role a change records for an API caller. Only fleet admins write today (every API key
-/// is one); tenant and site roles arrive with RBAC.
+/// The role a change records for an API caller (and every receiver checks: a tenant's
+/// caller writes only its tenant's document, a viewer nothing).
 fn crdt_caller(caller: &Caller) -> Result<nexus_crdt::Caller, ApiError> {
+    use nexus_crdt::CallerRole;
+    let tenant = || caller.tenant.clone().unwrap_or_default();
     let role = match caller.role.as_str() {
-        "fleet-admin" => nexus_crdt::CallerRole::FleetAdmin,
+        "fleet-admin" => CallerRole::FleetAdmin,
+        "admin" => CallerRole::TenantAdmin { tenant: tenant() },
+        "operator" => CallerRole::TenantOperator { tenant: tenant() },
+        "viewer" => CallerRole::TenantViewer { tenant: tenant() },
         other => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -321,7 +348,7 @@ fn crdt_caller(caller: &Caller) -> Result<nexus_crdt::Caller, ApiError> {
 }
 
 /// How a refused configuration write reads in the API.
-fn write_error(err: crate::replication::WriteError) -> ApiError {
+pub(crate) fn write_error(err: crate::replication::WriteError) -> ApiError {
     use crate::replication::WriteError;
     match err {
         WriteError::Invalid(problems) => ApiError::new(
@@ -334,6 +361,9 @@ fn write_error(err: crate::replication::WriteError) -> ApiError {
         }
         WriteError::NotFound(message) => ApiError::not_found(message),
         WriteError::Malformed(message) => ApiError::bad_request(message),
+        WriteError::NotReady(message) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_synced", message)
+        }
         WriteError::Internal(message) => ApiError::internal(message),
     }
 }
@@ -414,11 +444,73 @@ fn validate_token_request(request: &CreateToken) -> Result<(Duration, u32), ApiE
 
 #[async_trait]
 impl Backend for NodeBackend {
-    fn authenticate(&self, api_key: &str) -> bool {
-        self.key_hashes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&api_key_hash(api_key))
+    fn authenticate_key(&self, api_key: &str) -> Option<Caller> {
+        self.access.authenticate_key(api_key)
+    }
+
+    async fn authenticate_jwt(&self, token: &str) -> Result<Caller, String> {
+        self.access.authenticate_jwt(token).await
+    }
+
+    fn api_quota(&self, tenant: &str) -> Option<(u64, u64)> {
+        self.access.quota(tenant)
+    }
+
+    fn record_audit(&self, entry: nexus_api::wire::AuditEntry) {
+        if let Some(audit) = &self.audit {
+            audit.record(entry);
+        }
+    }
+
+    async fn audit(
+        &self,
+        query: nexus_api::wire::AuditQuery,
+    ) -> Result<(Vec<nexus_api::wire::AuditEntry>, bool), ApiError> {
+        let Some(audit) = self.audit.clone() else {
+            return Err(ApiError::internal("this node keeps no audit log"));
+        };
+        tokio::task::spawn_blocking(move || audit.query(&query))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    }
+
+    async fn create_key(
+        &self,
+        caller: &Caller,
+        request: nexus_api::wire::CreateKey,
+    ) -> Result<nexus_api::wire::CreatedKey, ApiError> {
+        self.access.create_key(&crdt_caller(caller)?, request).await
+    }
+
+    async fn keys(&self, tenant: Option<String>) -> Result<Vec<nexus_api::wire::ApiKey>, ApiError> {
+        self.access.keys(tenant)
+    }
+
+    async fn revoke_key(
+        &self,
+        caller: &Caller,
+        tenant: Option<String>,
+        id: &str,
+    ) -> Result<nexus_api::wire::ApiKey, ApiError> {
+        self.access
+            .revoke_key(&crdt_caller(caller)?, tenant, id)
+            .await
+    }
+
+    async fn oidc(&self, tenant: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        self.access.oidc(tenant)
+    }
+
+    async fn put_oidc(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        provider: Option<serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, ApiError> {
+        self.access
+            .put_oidc(&crdt_caller(caller)?, tenant, provider)
+            .await
     }
 
     fn nodes(&self) -> Vec<Node> {
@@ -869,6 +961,10 @@ impl Backend for NodeBackend {
             "node_id": self.node_id.to_string(),
             "local": local,
         }))
+    }
+
+    fn events(&self) -> Option<Arc<dyn nexus_api::watch::EventSource>> {
+        self.events.clone()
     }
 
     fn crls(&self) -> Vec<(String, Vec<u8>)> {

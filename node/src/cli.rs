@@ -40,6 +40,362 @@ enum Command {
     Mics(MicsArgs),
     /// Start a local fleet on loopback: one anchor and three nodes.
     Dev(DevArgs),
+    /// Route policies of a tenant, or of one site with --site.
+    Routes(RoutesArgs),
+    /// Tenants and their quotas (written on anchors).
+    Tenants(TenantsArgs),
+    /// Firmware targets.
+    Firmware(FirmwareArgs),
+    /// Fleet-wide route policies and settings (written on anchors).
+    Fleet(FleetArgs),
+    /// API keys: create (the secret is shown once), list, revoke.
+    Keys(KeysArgs),
+    /// The audit log, newest first: who called what, and what came of it.
+    Audit(AuditArgs),
+    /// Print changes as they happen; resumes after a disconnect without missing one.
+    Watch(WatchArgs),
+    /// Replicated configuration: where each version runs, snapshots and rollback.
+    Config(ConfigArgs),
+    /// Who the API takes you for, and where the CLI's API URL and credential came from.
+    Whoami(WhoamiArgs),
+    /// CLI profiles: the API URL and credentials commands use by default.
+    Profile(ProfileArgs),
+    /// Print a shell completion script: `source <(nexus completions bash)`.
+    Completions(CompletionsArgs),
+}
+
+/// Subcommands shared by collections of configuration objects.
+#[derive(Debug, Subcommand)]
+enum CollectionCommand {
+    /// List them (default).
+    List,
+    /// Show one.
+    Get {
+        /// Its id.
+        id: String,
+    },
+    /// Create from a YAML or JSON file (one object, a list, or YAML documents); an id that
+    /// exists already is refused.
+    Create {
+        /// The file; - reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Create or replace, by id, from a YAML or JSON file.
+    Apply {
+        /// The file; - reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete one.
+    Delete {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RoutesArgs {
+    #[command(subcommand)]
+    command: Option<CollectionCommand>,
+    /// Tenant whose route policies (fleet admins; default: the answering node's tenant).
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    /// The route policies scoped to this site (/v1/sites/SITE/routes).
+    #[arg(long, global = true)]
+    site: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct FirmwareArgs {
+    #[command(subcommand)]
+    command: Option<CollectionCommand>,
+    /// Tenant whose firmware targets (fleet admins; default: the answering node's tenant).
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct TenantsArgs {
+    #[command(subcommand)]
+    command: Option<TenantsCommand>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// List tenants (default).
+    List,
+    /// Show one.
+    Get {
+        /// Tenant id.
+        id: String,
+    },
+    /// Create a tenant; the file (YAML or JSON) may give its name and quotas.
+    Create {
+        /// Tenant id; also its display name unless --name or the file gives one.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// YAML or JSON file with the tenant's fields; - reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Change a tenant: the file is a merge patch (the fields it names change, null removes one).
+    Update {
+        /// Tenant id.
+        id: String,
+        /// YAML or JSON file; - reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete a tenant.
+    Delete {
+        /// Tenant id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    #[command(subcommand)]
+    command: FleetCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Fleet-wide route policies (every tenant's nodes enforce them).
+    Policies {
+        #[command(subcommand)]
+        command: Option<CollectionCommand>,
+    },
+    /// Fleet settings.
+    Settings {
+        #[command(subcommand)]
+        command: Option<SettingsCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsCommand {
+    /// Show the settings (default).
+    Get,
+    /// Replace the settings from a YAML or JSON file (fields left out: the default).
+    Set {
+        /// The file; - reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct KeysArgs {
+    #[command(subcommand)]
+    command: Option<KeysCommand>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key and print its secret (shown only now).
+    Create {
+        /// What the key is for, e.g. ci.
+        #[arg(long)]
+        name: String,
+        /// Its role.
+        #[arg(long, value_parser = ["fleet-admin", "admin", "operator", "viewer"])]
+        role: String,
+        /// The tenant it is confined to (every role but fleet-admin has one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime: 12h, 30d … [default: no expiry]
+        #[arg(long, value_parser = parse_key_ttl)]
+        ttl: Option<String>,
+    },
+    /// List API keys (default).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show one key.
+    Get {
+        /// Key id.
+        id: String,
+    },
+    /// Revoke a key: it stops working on every node.
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Only this tenant's entries.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this caller: api-key:<id>, user:<issuer>#<sub> or node:<id>.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Only this action, e.g. "POST /v1/routes".
+    #[arg(long)]
+    action: Option<String>,
+    /// Only this outcome.
+    #[arg(long, value_parser = ["ok", "denied", "error"])]
+    result: Option<String>,
+    /// From this time on: RFC 3339, or a duration ago (15m, 2h, 7d).
+    #[arg(long, value_parser = crate::client_admin::parse_time)]
+    since: Option<String>,
+    /// Up to this time: RFC 3339, or a duration ago.
+    #[arg(long, value_parser = crate::client_admin::parse_time)]
+    until: Option<String>,
+    /// Only entries recorded by this node.
+    #[arg(long, value_name = "NODE_ID")]
+    node: Option<String>,
+    /// At most this many entries (pages are followed until then).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    limit: u32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Kinds to watch, comma-separated: nodes, routes, site_routes, firmware, tenants,
+    /// fleet_policies, keys [default: all]
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+    /// Resume after this event id (as printed), instead of from now.
+    #[arg(long, value_name = "ID")]
+    last_event_id: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Per configuration document: which nodes run which version, and what is quarantined here.
+    Status,
+    /// Named states of a document, to roll back to.
+    Snapshots {
+        #[command(subcommand)]
+        command: Option<SnapshotsCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotsCommand {
+    /// List snapshots (default).
+    List {
+        /// Only this document: fleet or tenant/<id>.
+        #[arg(long)]
+        document: Option<String>,
+    },
+    /// Show one.
+    Get {
+        /// Snapshot id.
+        id: String,
+    },
+    /// Name the current state of a document.
+    Create {
+        /// Display name.
+        name: String,
+        /// fleet or tenant/<id> [default: the answering node's tenant document]
+        #[arg(long)]
+        document: Option<String>,
+    },
+    /// Roll a document back to a snapshot (a new change: every node follows).
+    Rollback {
+        /// Snapshot id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WhoamiArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    #[command(subcommand)]
+    command: ProfileCommand,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// Create or change a profile (fields not given stay as they are); the first one becomes
+    /// current.
+    Set {
+        /// Profile name.
+        name: String,
+        /// Node API URL.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// File holding the API key (the path is stored, not the key).
+        #[arg(long, value_name = "FILE", conflicts_with = "key")]
+        key_file: Option<PathBuf>,
+        /// The API key itself (stored in the file; prefer --key-file).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Fleet root certificate (<data-dir>/trust/root.pem).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate to authenticate with instead of a key.
+        #[arg(long, value_name = "FILE", requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// Key of --client-cert.
+        #[arg(long, value_name = "FILE", requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// Also make it the current profile.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// List profiles (keys are not shown).
+    List,
+    /// Make a profile the current one.
+    Use {
+        /// Profile name.
+        name: String,
+    },
+    /// Delete a profile.
+    Delete {
+        /// Profile name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -92,20 +448,17 @@ struct JoinArgs {
     addrs: AddrFlags,
 }
 
-/// How to reach a node's API.
+/// How to reach a node's API. Each setting comes from its flag, else its environment variable,
+/// else the profile (see `nexus profile`), else the default.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Node API URL.
-    #[arg(
-        long = "api",
-        env = "NEXUS_API_URL",
-        default_value = "https://127.0.0.1:7600",
-        global = true
-    )]
-    pub api_url: String,
+    /// Node API URL [env: NEXUS_API (or NEXUS_API_URL); profile: api; default:
+    /// https://127.0.0.1:7600]
+    #[arg(long = "api", value_name = "URL", global = true)]
+    pub api_url: Option<String>,
     /// Fleet root certificate to verify the node's HTTPS certificate with
-    /// (<data-dir>/trust/root.pem of any node).
-    #[arg(long, env = "NEXUS_CA_FILE", value_name = "FILE", global = true)]
+    /// (<data-dir>/trust/root.pem of any node) [env: NEXUS_CA_FILE; profile: ca]
+    #[arg(long, value_name = "FILE", global = true)]
     pub ca_file: Option<PathBuf>,
     /// Authenticate with this certificate (a MIC, e.g. <data-dir>/node.pem) instead of an API key.
     #[arg(
@@ -125,12 +478,17 @@ pub struct ClientArgs {
         requires = "client_cert"
     )]
     pub client_key: Option<PathBuf>,
-    /// API key.
-    #[arg(long, env = "NEXUS_API_KEY", hide_env_values = true, global = true)]
+    /// API key [env: NEXUS_API_KEY; profile: key]
+    #[arg(long, value_name = "KEY", global = true)]
     pub key: Option<String>,
-    /// File holding the API key (for example <data-dir>/admin.key).
+    /// File holding the API key, e.g. <data-dir>/admin.key [env: NEXUS_API_KEY_FILE; profile:
+    /// key_file]
     #[arg(long, value_name = "FILE", global = true)]
     pub key_file: Option<PathBuf>,
+    /// Profile of the CLI profile file to use [env: NEXUS_PROFILE; default: the file's
+    /// `current`]
+    #[arg(long, value_name = "NAME", global = true)]
+    pub profile: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -215,6 +573,11 @@ enum MicsCommand {
         #[arg(long, value_name = "NODE_ID")]
         node: Option<String>,
     },
+    /// Show one certificate.
+    Get {
+        /// Serial, hex (as `openssl x509 -serial` prints it).
+        serial: String,
+    },
     /// Revoke a certificate (on the anchor that issued it); enforced fleet-wide within a second.
     Revoke {
         /// Serial, hex (as `openssl x509 -serial` prints it).
@@ -279,6 +642,15 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label {text:?} must be KEY=VALUE"))?;
     crate::client::check_label(key, value)?;
     Ok((key.to_string(), value.to_string()))
+}
+
+/// API key lifetimes: a duration of at least a second, passed on as written.
+fn parse_key_ttl(text: &str) -> Result<String, String> {
+    let ttl = nexus_mesh::parse_duration(text)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!("key lifetime {text:?} must be at least 1s"));
+    }
+    Ok(text.trim().to_string())
 }
 
 /// Token lifetimes are whole seconds, at least one.
@@ -416,6 +788,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = &args.client;
             match args.command.unwrap_or(MicsCommand::List { node: None }) {
                 MicsCommand::List { node } => crate::client::mics_list(client, node).await,
+                MicsCommand::Get { serial } => crate::client::mics_get(client, &serial).await,
                 MicsCommand::Revoke { serial, reason } => {
                     crate::client::mics_revoke(client, &serial, &reason).await
                 }
@@ -436,6 +809,160 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::dev::run(args.data_dir, args.nodes, args.base_port))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Routes(args) => runtime()?.block_on(collection(
+            crate::client_config::Collection::routes(args.site, args.tenant),
+            args.command,
+            &args.client,
+        )),
+        Command::Firmware(args) => runtime()?.block_on(collection(
+            crate::client_config::Collection::firmware(args.tenant),
+            args.command,
+            &args.client,
+        )),
+        Command::Tenants(args) => runtime()?.block_on(tenants(args)),
+        Command::Fleet(args) => runtime()?.block_on(async {
+            let client = &args.client;
+            match args.command {
+                FleetCommand::Policies { command } => {
+                    collection(
+                        crate::client_config::Collection::fleet_policies(),
+                        command,
+                        client,
+                    )
+                    .await
+                }
+                FleetCommand::Settings { command } => match command.unwrap_or(SettingsCommand::Get)
+                {
+                    SettingsCommand::Get => crate::client_config::settings_get(client).await,
+                    SettingsCommand::Set { file } => {
+                        crate::client_config::settings_set(client, &file).await
+                    }
+                },
+            }
+        }),
+        Command::Keys(args) => runtime()?.block_on(async {
+            use crate::client_admin as admin;
+            let client = &args.client;
+            match args.command.unwrap_or(KeysCommand::List { tenant: None }) {
+                KeysCommand::Create {
+                    name,
+                    role,
+                    tenant,
+                    ttl,
+                } => admin::keys_create(client, &name, &role, tenant, ttl).await,
+                KeysCommand::List { tenant } => admin::keys_list(client, tenant).await,
+                KeysCommand::Get { id } => admin::keys_get(client, &id).await,
+                KeysCommand::Revoke { id } => admin::keys_revoke(client, &id).await,
+            }
+        }),
+        Command::Audit(args) => {
+            let filter = crate::client_admin::AuditFilter {
+                tenant: args.tenant,
+                identity: args.identity,
+                action: args.action,
+                result: args.result,
+                since: args.since,
+                until: args.until,
+                node: args.node,
+                limit: args.limit as usize,
+            };
+            runtime()?.block_on(crate::client_admin::audit(&args.client, filter))
+        }
+        Command::Watch(args) => {
+            let options = crate::client_watch::WatchOptions {
+                kinds: args.kinds,
+                last_event_id: args.last_event_id,
+                count: args.count,
+            };
+            runtime()?.block_on(crate::client_watch::watch(&args.client, options))
+        }
+        Command::Config(args) => runtime()?.block_on(async {
+            use crate::client_config as config;
+            let client = &args.client;
+            match args.command {
+                ConfigCommand::Status => config::status(client).await,
+                ConfigCommand::Snapshots { command } => {
+                    match command.unwrap_or(SnapshotsCommand::List { document: None }) {
+                        SnapshotsCommand::List { document } => {
+                            config::snapshots_list(client, document).await
+                        }
+                        SnapshotsCommand::Get { id } => config::snapshots_get(client, &id).await,
+                        SnapshotsCommand::Create { name, document } => {
+                            config::snapshots_create(client, &name, document).await
+                        }
+                        SnapshotsCommand::Rollback { id } => {
+                            config::snapshots_rollback(client, &id).await
+                        }
+                    }
+                }
+            }
+        }),
+        Command::Whoami(args) => runtime()?.block_on(crate::client_admin::whoami(&args.client)),
+        Command::Profile(args) => match args.command {
+            ProfileCommand::Set {
+                name,
+                api,
+                key_file,
+                key,
+                ca,
+                client_cert,
+                client_key,
+                make_current,
+            } => crate::profile::set(
+                &name,
+                crate::profile::ProfileChange {
+                    api,
+                    key,
+                    key_file,
+                    ca,
+                    client_cert,
+                    client_key,
+                },
+                make_current,
+            ),
+            ProfileCommand::List => crate::profile::list(args.output),
+            ProfileCommand::Use { name } => crate::profile::use_profile(&name),
+            ProfileCommand::Delete { name } => crate::profile::delete(&name),
+        },
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "nexus",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn collection(
+    collection: crate::client_config::Collection,
+    command: Option<CollectionCommand>,
+    client: &ClientArgs,
+) -> anyhow::Result<ExitCode> {
+    match command.unwrap_or(CollectionCommand::List) {
+        CollectionCommand::List => collection.list(client).await,
+        CollectionCommand::Get { id } => collection.get(client, &id).await,
+        CollectionCommand::Create { file } => collection.create(client, &file).await,
+        CollectionCommand::Apply { file } => collection.apply(client, &file).await,
+        CollectionCommand::Delete { id } => collection.delete(client, &id).await,
+    }
+}
+
+async fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
+    use crate::client_config as config;
+    let client = &args.client;
+    let tenants = config::Collection::tenants();
+    match args.command.unwrap_or(TenantsCommand::List) {
+        TenantsCommand::List => tenants.list(client).await,
+        TenantsCommand::Get { id } => tenants.get(client, &id).await,
+        TenantsCommand::Create { id, file, name } => {
+            config::tenant_create(client, &id, file.as_deref(), name).await
+        }
+        TenantsCommand::Update { id, file } => config::tenant_update(client, &id, &file).await,
+        TenantsCommand::Delete { id } => tenants.delete(client, &id).await,
     }
 }
 

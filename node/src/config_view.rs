@@ -80,6 +80,30 @@ macro_rules! with_collection {
                     (nexus_crdt::MEMBERS, &mut m.model.members, &mut m.malformed);
                 $body
             }
+            (View::Fleet(m), "api_keys") => {
+                let ($c, $map, $bad) = (
+                    nexus_crdt::FLEET_API_KEYS,
+                    &mut m.model.api_keys,
+                    &mut m.malformed,
+                );
+                $body
+            }
+            (View::Tenant(m), "api_keys") => {
+                let ($c, $map, $bad) = (
+                    nexus_crdt::TENANT_API_KEYS,
+                    &mut m.model.api_keys,
+                    &mut m.malformed,
+                );
+                $body
+            }
+            (View::Tenant(m), "oidc") => {
+                let ($c, $map, $bad) = (
+                    nexus_crdt::OIDC_PROVIDERS,
+                    &mut m.model.oidc,
+                    &mut m.malformed,
+                );
+                $body
+            }
             (View::Tenant(m), "routes") => {
                 let ($c, $map, $bad) = (nexus_crdt::ROUTES, &mut m.model.routes, &mut m.malformed);
                 $body
@@ -136,6 +160,7 @@ const FLEET_COLLECTIONS: &[&str] = &[
     "policies",
     "snapshots",
     "members",
+    "api_keys",
 ];
 const TENANT_COLLECTIONS: &[&str] = &[
     "routes",
@@ -144,6 +169,8 @@ const TENANT_COLLECTIONS: &[&str] = &[
     "site_routes",
     "site_node_overrides",
     "snapshots",
+    "api_keys",
+    "oidc",
 ];
 
 impl View {

@@ -45,6 +45,10 @@ impl DataDir {
     pub fn db(&self) -> PathBuf {
         self.root.join("nexus.db")
     }
+    /// The audit log's SQLite file.
+    pub fn audit_db(&self) -> PathBuf {
+        self.root.join("audit.db")
+    }
     /// Config file.
     pub fn config(&self) -> PathBuf {
         self.root.join("nexus.toml")

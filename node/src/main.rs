@@ -3,22 +3,30 @@
 //! Parts: [`cli`] (commands and flags), [`config`] (one config tree: file, env, flags),
 //! [`store`] (the node's SQLite file), [`datadir`] (files on disk), [`enroll`] (fleet creation
 //! and the join protocol), [`cakeys`] (where an anchor's CA keys live), [`agent`] (the running node: gossip, API, QUIC), [`backend`] (what
-//! the API serves), [`client`] (CLI commands against a node's API), [`dev`] (a local fleet),
+//! the API serves), [`client`] (CLI commands against a node's API, with [`client_config`],
+//! [`client_admin`] and [`client_watch`]), [`profile`] (the CLI's profile file), [`dev`] (a local fleet),
 //! [`transparency`] (an anchor's certificate transparency log).
 
+mod access;
 mod agent;
+mod audit;
 mod backend;
 mod cakeys;
 mod cli;
 mod client;
+mod client_admin;
+mod client_config;
+mod client_watch;
 mod config;
 mod config_view;
 mod datadir;
 mod dataplane;
 mod dev;
 mod enroll;
+mod events;
 mod mirror;
 mod peer;
+mod profile;
 mod replication;
 mod store;
 mod transparency;

@@ -119,6 +119,11 @@ pub enum PeerRequest {
         /// PKCS#10 CSR, PEM, signed with the anchor's CA key.
         ca_csr_pem: String,
     },
+    /// The caller's own audit entries for the answering anchor to keep.
+    AuditPush {
+        /// Entries, oldest first (at most [`crate::audit::SHIP_BATCH`]).
+        entries: Vec<nexus_api::wire::AuditEntry>,
+    },
 }
 
 /// A join token as anchors share it in gossip: everything but the secret, whose SHA-256 only
@@ -184,6 +189,11 @@ pub enum PeerResponse {
         cert_pem: String,
         /// The anchor intermediates the anchor knows, PEM.
         intermediates_pem: Vec<String>,
+    },
+    /// The highest sequence of the caller's audit entries the anchor now holds.
+    AuditAck {
+        /// Sequence number.
+        through: u64,
     },
     /// Refused, with a reason for the operator.
     Refused {
@@ -259,6 +269,8 @@ pub struct PeerService {
     outgoing: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
     /// Replicated configuration, once loaded.
     replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
+    /// The audit log (anchors keep the entries other nodes ship).
+    audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     /// Anchors: this anchor's transparency log and its mirrors of the others'.
     logs: std::sync::OnceLock<(
         Arc<crate::transparency::Transparency>,
@@ -321,6 +333,7 @@ impl PeerService {
             published: Mutex::new(HashMap::new()),
             logs: std::sync::OnceLock::new(),
             replication: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
             outgoing: Mutex::new(HashMap::new()),
             info: Mutex::new(info),
         })
@@ -449,6 +462,32 @@ impl PeerService {
                 {
                     Ok(Ok(message)) => PeerResponse::ConfigSync { message },
                     Ok(Err(err)) => refused("sync_refused", format!("{err:#}")),
+                    Err(err) => refused("internal", err.to_string()),
+                }
+            }
+            PeerRequest::AuditPush { entries } => {
+                if self.anchor.is_none() {
+                    return refused(
+                        "not_an_anchor",
+                        "only anchors keep other nodes' audit entries",
+                    );
+                }
+                let Some(audit) = self.audit.get().cloned() else {
+                    return refused("not_ready", "the audit log is not open yet");
+                };
+                if entries.len() > crate::audit::SHIP_BATCH {
+                    return refused(
+                        "too_many",
+                        format!(
+                            "at most {} audit entries per shipment",
+                            crate::audit::SHIP_BATCH
+                        ),
+                    );
+                }
+                let sender = caller.node_id;
+                match tokio::task::spawn_blocking(move || audit.accept(&sender, &entries)).await {
+                    Ok(Ok(through)) => PeerResponse::AuditAck { through },
+                    Ok(Err(err)) => refused("refused", format!("{err:#}")),
                     Err(err) => refused("internal", err.to_string()),
                 }
             }
@@ -786,6 +825,11 @@ impl PeerService {
             info.clone()
         };
         self.mesh.set_info(&info).await;
+    }
+
+    /// Hands the audit log to the peer protocol.
+    pub fn set_audit(&self, audit: Arc<crate::audit::AuditLog>) {
+        let _ = self.audit.set(audit);
     }
 
     /// Hands the replicated configuration to the peer protocol.

@@ -94,6 +94,9 @@ pub enum WriteError {
     NotHere(String),
     /// The object does not exist.
     NotFound(String),
+    /// This node has not received the configuration the write depends on yet (a node that
+    /// just joined, before the fleet document arrived): retry in a moment.
+    NotReady(String),
     /// Storage or internal failure.
     Internal(String),
 }
@@ -264,6 +267,17 @@ pub struct PolicySources {
     pub members: Vec<NodeId>,
     /// Versions of the documents read, `fleet:12,tenant/acme:40`.
     pub version: String,
+}
+
+/// What [`Replication::access_records`] reads.
+#[derive(Debug, Default, Clone)]
+pub struct AccessRecords {
+    /// `(tenant, key id, record)`; tenant `None` for fleet-admin keys.
+    pub keys: Vec<(Option<String>, String, nexus_crdt::ApiKeyRecord)>,
+    /// `(tenant, provider id, provider)`.
+    pub oidc: Vec<(String, String, nexus_crdt::OidcProvider)>,
+    /// Quotas by tenant.
+    pub quotas: BTreeMap<String, nexus_crdt::TenantQuotas>,
 }
 
 /// A page of a configuration list.
@@ -816,6 +830,83 @@ impl Replication {
         Ok(out)
     }
 
+    /// The access configuration of the documents this node holds, quarantined objects left
+    /// out: API keys (fleet-wide ones with tenant `None`), OIDC providers, tenants' quotas.
+    pub fn access_records(&self) -> Result<AccessRecords, WriteError> {
+        let mut docs = lock(&self.docs);
+        if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry("fleet".into()) {
+            slot.insert(Held::open(&self.store, &DocId::Fleet).map_err(internal)?);
+        }
+        let mut out = AccessRecords::default();
+        let fleet_q = self.quarantine(&docs, &DocId::Fleet);
+        let mut tenants: Vec<String> = vec![self.tenant.clone()];
+        if let Some(fleet) = docs.get("fleet").and_then(|h| h.fleet()) {
+            for (id, t) in &fleet.model.tenants {
+                if !fleet_q.contains_key(&format!("tenants.{id}")) {
+                    out.quotas.insert(id.clone(), t.quotas.clone());
+                }
+                tenants.push(id.clone());
+            }
+            for (id, k) in &fleet.model.api_keys {
+                if !fleet_q.contains_key(&format!("api_keys.{id}")) {
+                    out.keys.push((None, id.clone(), k.clone()));
+                }
+            }
+        }
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            let Ok(id) = DocId::tenant(&tenant) else {
+                continue;
+            };
+            if !self.holds(&id) {
+                continue;
+            }
+            if let std::collections::btree_map::Entry::Vacant(slot) = docs.entry(id.to_string()) {
+                slot.insert(Held::open(&self.store, &id).map_err(internal)?);
+            }
+            let q = self.quarantine(&docs, &id);
+            let Some(t) = docs.get(&id.to_string()).and_then(|h| h.tenant()) else {
+                continue;
+            };
+            for (key, k) in &t.model.api_keys {
+                if !q.contains_key(&format!("api_keys.{key}")) {
+                    out.keys
+                        .push((Some(tenant.clone()), key.clone(), k.clone()));
+                }
+            }
+            for (key, p) in &t.model.oidc {
+                if !q.contains_key(&format!("oidc.{key}")) {
+                    out.oidc.push((tenant.clone(), key.clone(), p.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes (`Some`) or deletes (`None`) one access object — an API key or OIDC provider —
+    /// of `doc` for `caller`, durable before it returns; the document's new version.
+    pub async fn put_access<V>(
+        self: &Arc<Self>,
+        caller: &Caller,
+        doc: &DocId,
+        collection: nexus_crdt::Collection<V>,
+        key: &str,
+        value: Option<V>,
+    ) -> Result<Option<u64>, WriteError>
+    where
+        V: Hydrate + autosurgeon::Reconcile + Clone + PartialEq + Send,
+    {
+        if !self.holds(doc) {
+            return Err(WriteError::NotHere(format!(
+                "this node holds tenant {:?}'s configuration only; send this request to one of \
+                 that tenant's nodes or to an anchor",
+                self.tenant
+            )));
+        }
+        self.write(doc, caller, collection, key, value, None).await
+    }
+
     /// Anchors: makes sure `tenant` exists in the fleet document (a tenant's routes need it).
     pub async fn ensure_tenant(self: &Arc<Self>, tenant: &str) -> anyhow::Result<()> {
         if self.role != Role::Anchor {
@@ -999,6 +1090,17 @@ impl Replication {
                     h.fleet().map(|f| f.model.clone()).unwrap_or_default()
                 })
                 .map_err(internal)?;
+            // A node always belongs to a tenant the fleet document records; when it does not
+            // show here yet, the document has not arrived (a node that just joined).
+            if id.tenant_id() == Some(self.tenant.as_str())
+                && !fleet.tenants.contains_key(&self.tenant)
+            {
+                return Err(WriteError::NotReady(format!(
+                    "this node has not received the fleet configuration yet (tenant {:?} is not \
+                     in its copy): retry in a few seconds, or write through an anchor",
+                    self.tenant
+                )));
+            }
             let known = fleet.known_nodes();
             Ok((fleet, known))
         };
