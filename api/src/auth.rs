@@ -88,7 +88,8 @@ pub fn permission(method: &Method, route: &str) -> Permission {
         | "/v1/firmware/targets/{id}"
         | "/v1/config/snapshots"
         | "/v1/config/snapshots/{id}/rollback"
-        | "/v1/nodes/{id}/drain" => TenantWrite,
+        | "/v1/nodes/{id}/drain"
+        | "/v1/nodes/{id}/labels" => TenantWrite,
         "/v1/keys"
         | "/v1/keys/{id}"
         | "/v1/tenants/{id}/oidc"

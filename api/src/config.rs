@@ -1163,7 +1163,11 @@ pub(crate) async fn patch_settings(
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// Display name.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
     /// `fleet` or `tenant/<id>`; default: the node's tenant document.
     #[serde(default)]

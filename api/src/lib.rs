@@ -111,6 +111,15 @@ pub trait Backend: Send + Sync + 'static {
     fn api_quota(&self, _tenant: &str) -> Option<(u64, u64)> {
         None
     }
+    /// Sets (`Some`) or removes (`None`) operator labels of a node; durable before it returns.
+    async fn set_labels(
+        &self,
+        _caller: &Caller,
+        _node_id: &str,
+        _labels: std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<Node, ApiError> {
+        Err(no_config())
+    }
     /// Appends one call to the audit log (must not block: the node queues it).
     fn record_audit(&self, _entry: wire::AuditEntry) {}
     /// Audit entries matching `query`, newest first, and whether more follow.
@@ -383,6 +392,7 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/drain", post(drain_node))
+        .route("/v1/nodes/{id}/labels", axum::routing::patch(patch_labels))
         .route("/v1/nodes/{id}/decommission", post(decommission_node))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
@@ -605,27 +615,148 @@ fn query_or_400(
     path = "/v1/nodes",
     tag = "nodes",
     summary = "Lists the nodes of the fleet, by node id, as the answering node sees them",
-    params(
-        crate::openapi::PageParams,
-    ),
+    params(NodeQuery),
     responses(
         (status = 200, description = "A page of nodes; a caller confined to a tenant sees its tenant's.", body = Page<Node>),
-        (status = 400, description = "A bad `limit` or `cursor`, or an unknown query parameter; the message names it.", body = ErrorBody),
+        (status = 400, description = "A bad `limit`, `cursor` or filter, or an unknown query parameter; the message names it.", body = ErrorBody),
     ),
 )]
 async fn list_nodes(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Node>>, ApiError> {
-    let query = query_or_400(query)?;
-    let tenant = caller.and_then(|c| c.0.tenant);
+    let Query(q) = query.map_err(|err| {
+        ApiError::bad_request(format!(
+            "bad query string: {}; /v1/nodes accepts limit, cursor, label, status, tenant and site",
+            err.body_text()
+        ))
+    })?;
+    let labels: Vec<(String, Option<String>)> = match &q.label {
+        None => Vec::new(),
+        Some(raw) => raw
+            .split(',')
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                None => (l.trim().to_string(), None),
+            })
+            .collect(),
+    };
+    if labels.iter().any(|(k, _)| k.is_empty()) {
+        return Err(ApiError::bad_request(
+            "label must be key=value or key (present), comma-separated, e.g. label=zone=east,gpu",
+        ));
+    }
+    const STATUSES: [&str; 5] = [
+        "online",
+        "degraded",
+        "offline",
+        "draining",
+        "decommissioned",
+    ];
+    if let Some(status) = &q.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "status must be one of {STATUSES:?}, got {status:?}"
+        )));
+    }
+    let own = caller.and_then(|c| c.0.tenant);
+    let tenant = match (&own, q.tenant) {
+        (Some(own), Some(asked)) if *own != asked => {
+            return Ok(Json(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
     let nodes = backend
         .nodes()
         .into_iter()
         .filter(|n| tenant.as_ref().is_none_or(|t| *t == n.tenant_id))
+        .filter(|n| q.site.as_ref().is_none_or(|s| *s == n.site))
+        .filter(|n| q.status.as_ref().is_none_or(|s| *s == n.status))
+        .filter(|n| {
+            labels.iter().all(|(k, v)| match v {
+                Some(v) => n.labels.get(k) == Some(v),
+                None => n.labels.contains_key(k),
+            })
+        })
         .collect();
-    paginate(nodes, &query, "nodes", |n| &n.node_id).map(Json)
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    paginate(nodes, &page, "nodes", |n| &n.node_id).map(Json)
+}
+
+/// `GET /v1/nodes` query: pagination and filters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NodeQuery {
+    /// Page size, 1..=1000 (default 100).
+    limit: Option<String>,
+    /// Cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Labels the node must carry: `key=value` or `key`, comma-separated (all must match).
+    label: Option<String>,
+    /// Only nodes with this status (online, degraded, offline, draining, decommissioned).
+    status: Option<String>,
+    /// Only this tenant's nodes (a tenant's caller sees its own only).
+    tenant: Option<String>,
+    /// Only nodes of this site.
+    site: Option<String>,
+}
+
+/// `PATCH /v1/nodes/{id}/labels` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelPatch {
+    /// Labels to set (`"key": "value"`) or remove (`"key": null`).
+    pub labels: std::collections::BTreeMap<String, Option<String>>,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/nodes/{id}/labels",
+    tag = "nodes",
+    summary = "Sets or removes operator labels of a node (replicated in its tenant's configuration)",
+    params(("id" = String, Path, description = "Node id, 32 lowercase hex characters.")),
+    request_body = LabelPatch,
+    responses(
+        (status = 200, description = "The node with its labels.", body = Node),
+        (status = 400, description = "A bad node id, label key or value; the message names it.", body = ErrorBody),
+        (status = 404, description = "No such node visible to the caller.", body = ErrorBody),
+    ),
+)]
+async fn patch_labels(
+    State(backend): State<Shared>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Json<LabelPatch>, JsonRejection>,
+) -> Result<Json<Node>, ApiError> {
+    visible_node(&backend, &caller, &id)?;
+    let patch = json_body(body, "label patch")?;
+    if patch.labels.is_empty() {
+        return Err(ApiError::bad_request(
+            "labels: name at least one label to set or remove",
+        ));
+    }
+    if patch.labels.len() > 64 {
+        return Err(ApiError::bad_request(
+            "labels: at most 64 labels in one patch",
+        ));
+    }
+    let caller = caller
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError::internal("the caller was not recorded"))?;
+    backend
+        .set_labels(&caller, &id, patch.labels)
+        .await
+        .map(Json)
 }
 
 pub(crate) fn check_node_id(id: &str) -> Result<(), ApiError> {

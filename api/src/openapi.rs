@@ -44,6 +44,7 @@ use nexus_crdt::{
         crate::list_nodes,
         crate::get_node,
         crate::drain_node,
+        crate::patch_labels,
         crate::decommission_node,
         crate::create_token,
         crate::list_tokens,

@@ -244,7 +244,11 @@ pub struct WatchFilter {
 
 impl WatchFilter {
     /// The filter of `kinds` for `caller`.
-    pub fn new(kinds: BTreeSet<WatchKind>, caller: &Caller) -> WatchFilter {
+    pub fn new(mut kinds: BTreeSet<WatchKind>, caller: &Caller) -> WatchFilter {
+        // API keys are listed to admins only; so are their events.
+        if crate::auth::require(caller, crate::auth::Permission::TenantAdmin).is_err() {
+            kinds.remove(&WatchKind::Keys);
+        }
         WatchFilter {
             kinds,
             tenant: caller.tenant.clone(),

@@ -454,7 +454,11 @@ pub struct TransparencyMirror {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// Display name, 1..=128 characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     /// `admin`, `operator` or `viewer` (with `tenant`), or `fleet-admin` (without).
     #[schema(pattern = "^(fleet-admin|admin|operator|viewer)$")]

@@ -85,7 +85,18 @@ pub struct ApiKeyRecord {
 }
 
 /// An OpenID Connect issuer whose bearer tokens a tenant accepts (keyed by provider id).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct OidcProvider {
     /// The issuer, exactly as tokens carry it in `iss`.
@@ -177,7 +188,18 @@ pub struct Snapshot {
 }
 
 /// Fleet-wide settings. Every field is optional: `None` means the node's built-in default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
     /// Heartbeat interval in milliseconds (NCC-AG-005), 100..=600,000.
@@ -198,11 +220,26 @@ pub struct FleetSettings {
 }
 
 /// A tenant as the fleet document records it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Display name, 1..=128 characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     /// Creation time, Unix milliseconds (0 in a request: now).
     #[serde(default)]
@@ -215,7 +252,18 @@ pub struct Tenant {
 }
 
 /// Per-tenant quotas. `None` means unlimited; a set value must be positive.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuotas {
     /// Maximum number of nodes.
@@ -339,7 +387,11 @@ pub struct RoutePolicy {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
     /// Display name, 1..=128 characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     /// Owning tenant; the document's tenant, or empty for a fleet-wide policy.
     #[serde(default)]
@@ -364,7 +416,18 @@ pub struct RoutePolicy {
 }
 
 /// Which traffic a route policy matches. An empty (or absent) list matches anything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     /// Source nodes (same tenant).
@@ -465,7 +528,19 @@ impl RouteAction {
 }
 
 /// The action type of a route policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionType {
     /// Let matching traffic through.
@@ -483,7 +558,9 @@ pub enum ActionType {
 }
 
 /// A firmware rollout target (NCC-FC-004; the rollout itself comes later).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct FirmwareTarget {
     /// Target id; equals its map key.
@@ -523,6 +600,11 @@ pub struct NodeOverride {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub weight_override: BTreeMap<String, f64>,
+    /// Operator labels of this node, on top of those it joined with (`PATCH
+    /// /v1/nodes/{id}/labels`).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Automerge mapping for a [`NodeId`]: its 32-hex-character string.

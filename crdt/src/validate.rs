@@ -870,4 +870,30 @@ fn check_override(
         }
     }
     c.weights(obj, &format!("{obj}.weight_override"), &o.weight_override);
+    for (key, value) in &o.labels {
+        if let Some(problem) = label_problem(key, value) {
+            c.add(obj, format!("{obj}.labels.{key}"), problem);
+        }
+    }
+}
+
+/// What is wrong with a node label, if anything: keys are 1..=63 letters, digits, `-`, `_`,
+/// `.`, `/`; values at most 255 characters without control characters.
+pub fn label_problem(key: &str, value: &str) -> Option<String> {
+    let ok_key = !key.is_empty()
+        && key.len() <= 63
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if !ok_key {
+        return Some(format!(
+            "label key {key:?} must be 1-63 characters of letters, digits, '-', '_', '.', '/'"
+        ));
+    }
+    if value.chars().count() > 255 || value.chars().any(char::is_control) {
+        return Some(format!(
+            "label value for {key:?} must be at most 255 characters without control characters"
+        ));
+    }
+    None
 }

@@ -298,7 +298,8 @@ impl Access {
             .ok_or_else(|| ApiError::internal("the replicated configuration is not loaded"))
     }
 
-    fn wire_key(tenant: Option<String>, id: String, k: ApiKeyRecord) -> ApiKey {
+    /// A key as the API shows it (never its hash).
+    pub(crate) fn wire_key(tenant: Option<String>, id: String, k: ApiKeyRecord) -> ApiKey {
         ApiKey {
             id,
             name: k.name,
@@ -370,7 +371,7 @@ impl Access {
         };
         self.require_tenant(&request.tenant)?;
         replication
-            .put_access(caller, &doc, collection, &id, Some(record.clone()))
+            .put_record(caller, &doc, collection, &id, Some(record.clone()))
             .await
             .map_err(crate::backend::write_error)?;
         Ok(CreatedKey {
@@ -433,7 +434,7 @@ impl Access {
                 ),
             };
             replication
-                .put_access(caller, &doc, collection, id, Some(record.clone()))
+                .put_record(caller, &doc, collection, id, Some(record.clone()))
                 .await
                 .map_err(crate::backend::write_error)?;
         }
@@ -486,7 +487,7 @@ impl Access {
         };
         let replication = self.replication()?;
         replication
-            .put_access(
+            .put_record(
                 caller,
                 &doc,
                 nexus_crdt::OIDC_PROVIDERS,

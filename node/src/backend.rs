@@ -175,7 +175,17 @@ impl NodeBackend {
     }
 
     fn wire(&self, member: &Member) -> Node {
+        let labels = self
+            .replication
+            .as_ref()
+            .and_then(|r| r.node_labels().remove(&member.node_id.to_hex()));
+        self.wire_with(member, labels)
+    }
+
+    /// [`NodeBackend::wire`] with the operator labels already read (lists read them once).
+    fn wire_with(&self, member: &Member, labels: Option<BTreeMap<String, String>>) -> Node {
         let mut node = to_wire(member);
+        node.labels.extend(labels.unwrap_or_default());
         node.certificate_revoked = node
             .certificate_serial
             .as_deref()
@@ -514,7 +524,60 @@ impl Backend for NodeBackend {
     }
 
     fn nodes(&self) -> Vec<Node> {
-        self.mesh.members().iter().map(|m| self.wire(m)).collect()
+        let mut labels = self
+            .replication
+            .as_ref()
+            .map(|r| r.node_labels())
+            .unwrap_or_default();
+        self.mesh
+            .members()
+            .iter()
+            .map(|m| self.wire_with(m, labels.remove(&m.node_id.to_hex())))
+            .collect()
+    }
+
+    async fn set_labels(
+        &self,
+        caller: &Caller,
+        node_id: &str,
+        labels: BTreeMap<String, Option<String>>,
+    ) -> Result<Node, ApiError> {
+        let replication = self.replication()?;
+        let id = NodeBackend::parse_id(node_id)?;
+        let member = self.mesh.member(&id).ok_or_else(|| {
+            ApiError::not_found(format!("node {node_id} is not known to this node"))
+        })?;
+        let tenant = to_wire(&member).tenant_id;
+        for (key, value) in &labels {
+            if let Some(problem) =
+                nexus_crdt::validate::label_problem(key, value.as_deref().unwrap_or_default())
+            {
+                return Err(ApiError::bad_request(format!("labels.{key}: {problem}")));
+            }
+        }
+        let doc = nexus_crdt::DocId::tenant(&tenant)
+            .map_err(|e| ApiError::internal(format!("the node's tenant: {e}")))?;
+        let mut record = replication
+            .node_override(&tenant, &id)
+            .map_err(write_error)?
+            .unwrap_or_default();
+        for (key, value) in labels {
+            match value {
+                Some(v) => record.labels.insert(key, v),
+                None => record.labels.remove(&key),
+            };
+        }
+        replication
+            .put_record(
+                &crdt_caller(caller)?,
+                &doc,
+                nexus_crdt::NODE_OVERRIDES,
+                &id.to_hex(),
+                Some(record),
+            )
+            .await
+            .map_err(write_error)?;
+        Ok(self.wire(&member))
     }
 
     fn node(&self, node_id: &str) -> Option<Node> {

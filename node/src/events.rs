@@ -632,6 +632,13 @@ impl ConfigView {
                     }
                 }
             }
+            match replication.access_records() {
+                Ok(records) => objects.extend(key_objects(records.keys, None)),
+                Err(err) => {
+                    tracing::warn!(error = ?err, "event journal: cannot read the fleet's API keys");
+                    failed = true;
+                }
+            }
             if !failed {
                 let view = DocView {
                     inputs: (fv, fv),
@@ -739,6 +746,15 @@ fn read_tenant(
     let firmware =
         list_all(replication, &Kind::FirmwareTarget, Some(tenant)).map_err(|e| format!("{e:?}"))?;
     add(WatchKind::Firmware, None, firmware);
+    let keys = replication
+        .access_records()
+        .map_err(|e| format!("{e:?}"))?
+        .keys;
+    let keys = key_objects(keys, Some(tenant))
+        .into_iter()
+        .map(|(k, v)| (k.id, v))
+        .collect();
+    add(WatchKind::Keys, None, keys);
     // Site routes are listed one site at a time, and the document does not name its sites:
     // they come from the keys of its stored view (written just after the commit, so it may
     // lag; then the document is read again on the next recheck), and from the previous read,
@@ -767,6 +783,29 @@ fn read_tenant(
         add(WatchKind::SiteRoutes, Some(&site), items);
     }
     Ok(Some((objects, sites_current)))
+}
+
+/// The API keys of `tenant` (`None`: fleet-wide) as watch objects: what `GET /v1/keys` shows,
+/// never the hash.
+fn key_objects(
+    keys: Vec<(Option<String>, String, nexus_crdt::ApiKeyRecord)>,
+    tenant: Option<&str>,
+) -> Vec<(ObjectKey, Value)> {
+    keys.into_iter()
+        .filter(|(t, _, _)| t.as_deref() == tenant)
+        .filter_map(|(t, id, k)| {
+            let object =
+                serde_json::to_value(crate::access::Access::wire_key(t, id.clone(), k)).ok()?;
+            Some((
+                ObjectKey {
+                    kind: WatchKind::Keys,
+                    site: None,
+                    id,
+                },
+                object,
+            ))
+        })
+        .collect()
 }
 
 /// Upserts for new and changed objects, deletes (with the last state) for vanished ones.

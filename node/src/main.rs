@@ -49,14 +49,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 for unix milliseconds.
+/// RFC 3339 for unix milliseconds, UTC, always with three fractional digits, so the strings
+/// sort as the times do.
 pub fn rfc3339_ms(ms: u64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_else(|| ms.to_string())
 }
 

@@ -884,9 +884,50 @@ impl Replication {
         Ok(out)
     }
 
-    /// Writes (`Some`) or deletes (`None`) one access object — an API key or OIDC provider —
-    /// of `doc` for `caller`, durable before it returns; the document's new version.
-    pub async fn put_access<V>(
+    /// Labels operators set on nodes (`node_overrides.<node>.labels` of the tenant documents
+    /// this node holds), by node id; quarantined overrides left out.
+    pub fn node_labels(&self) -> HashMap<String, BTreeMap<String, String>> {
+        let docs = lock(&self.docs);
+        let mut out = HashMap::new();
+        for (key, held) in docs.iter() {
+            let Some(t) = held.tenant() else { continue };
+            let Some(id) = parse_doc_id(key) else {
+                continue;
+            };
+            let q = self.quarantine(&docs, &id);
+            for (node, o) in &t.model.node_overrides {
+                if !o.labels.is_empty() && !q.contains_key(&format!("node_overrides.{node}")) {
+                    out.insert(node.clone(), o.labels.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The override of `node` in `tenant`'s document, as stored.
+    pub fn node_override(
+        &self,
+        tenant: &str,
+        node: &NodeId,
+    ) -> Result<Option<nexus_crdt::NodeOverride>, WriteError> {
+        let id = DocId::tenant(tenant).map_err(|e| WriteError::Invalid(vec![e.to_string()]))?;
+        if !self.holds(&id) {
+            return Err(WriteError::NotHere(format!(
+                "this node does not hold tenant {tenant:?}'s configuration: send this request to \
+                 one of its nodes or to an anchor"
+            )));
+        }
+        self.with_held(&id, |h| {
+            h.tenant()
+                .and_then(|t| t.model.node_overrides.get(&node.to_hex()).cloned())
+        })
+        .map_err(internal)
+    }
+
+    /// Writes (`Some`) or deletes (`None`) one object of `doc` without a candidate check (API
+    /// keys, OIDC providers, node labels: built and checked by the caller) for `caller`,
+    /// durable before it returns; the document's new version.
+    pub async fn put_record<V>(
         self: &Arc<Self>,
         caller: &Caller,
         doc: &DocId,

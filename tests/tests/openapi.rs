@@ -16,6 +16,8 @@ use nexus_tests::Fleet;
 /// Pinned in `scripts/test` too.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
+const WATCH: &str = "/v1/watch";
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -69,17 +71,25 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
 
     let seed = std::env::var("NEXUS_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let report = fleet.root.path().join("schemathesis-report");
+    let config = workspace().join("tests/schemathesis.toml");
     let args = [
-        "run".to_string(),
+        "--config-file".to_string(),
+        config.to_str().expect("utf-8 path").into(),
+        "run".into(),
         format!("{api}/v1/openapi.json"),
+        // An endless event stream: tests/tests/watch.rs tests it.
+        "--exclude-path".into(),
+        WATCH.into(),
         "--header".into(),
         format!("Authorization: Bearer {}", fleet.admin_key),
         "--max-examples".into(),
         "20".into(),
         "--seed".into(),
         seed.clone(),
+        // One worker: with several, Hypothesis (describing its strategies) fails now and then
+        // with an internal error ("AST constructor recursion depth mismatch").
         "--workers".into(),
-        "2".into(),
+        "1".into(),
         "--request-timeout".into(),
         "10".into(),
         "--no-color".into(),
@@ -88,7 +98,7 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
         "--report-dir".into(),
         report.to_str().expect("utf-8 path").into(),
     ];
-    println!("schemathesis {} (seed {seed})", args[..2].join(" "));
+    println!("schemathesis {} (seed {seed})", args[..4].join(" "));
     let started = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&schemathesis)
@@ -96,7 +106,10 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
             // Hypothesis keeps its example database in the working directory: keep it out of
             // the tree (one per run, so a run does not replay the last one's failures).
             .current_dir(fleet.root.path())
-            .env("HYPOTHESIS_STORAGE_DIRECTORY", fleet.root.path().join(".hypothesis"))
+            .env(
+                "HYPOTHESIS_STORAGE_DIRECTORY",
+                fleet.root.path().join(".hypothesis"),
+            )
             .output()
             .map(|out| (out, fleet))
     })
@@ -113,10 +126,25 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
         out.status.code(),
         fleet.anchor().log()
     );
-    // It called the API: a run that tested nothing proves nothing.
-    assert!(
-        stdout.contains("passed") && !stdout.contains("No operations"),
-        "schemathesis ran no test"
+    // Every documented operation but the stream was tested: a run that tested nothing, or
+    // skipped operations, proves less than it says.
+    let document: serde_json::Value = serde_json::from_str(&committed)?;
+    let operations = document["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .filter(|(path, _)| path.as_str() != WATCH)
+        .flat_map(|(_, item)| item.as_object().expect("path item").keys())
+        .filter(|method| ["get", "put", "post", "patch", "delete"].contains(&method.as_str()))
+        .count();
+    let tested = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Tested: "))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    assert_eq!(
+        tested,
+        Some(operations),
+        "schemathesis should have tested all {operations} operations (see its summary above)"
     );
     Ok(())
 }

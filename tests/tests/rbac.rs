@@ -454,6 +454,81 @@ async fn roles_tenants_audit_and_rate_limits() {
     )
     .await
     .unwrap();
+    // Operator labels: set by the tenant's operator, replicated in its document, shown and
+    // filtered on; another tenant cannot touch the node.
+    let labels_path = format!("/v1/nodes/{node_id}/labels");
+    let (s, b, _) = api
+        .call(
+            &operator,
+            Method::PATCH,
+            &labels_path,
+            Some(&json!({"labels": {"zone": "east", "gpu": "a100"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["labels"]["zone"], "east", "{b}");
+    let (s, _, _) = api
+        .call(
+            &globex_admin,
+            Method::PATCH,
+            &labels_path,
+            Some(&json!({"labels": {"zone": "west"}})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, b, _) = api
+        .call(
+            &operator,
+            Method::PATCH,
+            &labels_path,
+            Some(&json!({"labels": {"bad key!": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b, _) = api
+        .call(
+            &operator,
+            Method::PATCH,
+            &labels_path,
+            Some(&json!({"labels": {"gpu": null}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["labels"].get("gpu").is_none(), "{b}");
+    wait_until(
+        Duration::from_secs(20),
+        "the node shows its label everywhere",
+        || async {
+            let mut all = true;
+            for a in [&api, &node_api] {
+                let (_, page, _) = a
+                    .call(&root, Method::GET, "/v1/nodes?label=zone=east", None)
+                    .await;
+                let ids: Vec<&str> = page["items"]
+                    .as_array()
+                    .map(|i| i.iter().filter_map(|n| n["node_id"].as_str()).collect())
+                    .unwrap_or_default();
+                all &= ids == [node_id.as_str()];
+            }
+            all
+        },
+    )
+    .await
+    .unwrap();
+    let (s, _, _) = api
+        .call(&root, Method::GET, "/v1/nodes?status=sleeping", None)
+        .await;
+    assert_eq!(s, 400);
+    let (_, page, _) = api
+        .call(
+            &root,
+            Method::GET,
+            "/v1/nodes?tenant=acme&status=online",
+            None,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+
     let (_, _, h) = node_api.call(&admin, Method::GET, "/v1/nodes", None).await;
     let trace = h["x-trace-id"].to_str().unwrap().to_string();
     wait_until(

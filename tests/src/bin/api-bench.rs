@@ -439,6 +439,7 @@ fn route_body(priority: u32) -> Value {
 
 /// Which of `--cacert` and `--insecure` oha can use against `api`.
 async fn pick_tls(runner: &Runner, root: &Path, api: &str, auth: &str) -> anyhow::Result<Tls> {
+    let root_path = root.to_path_buf();
     let oha = runner.oha.clone();
     let (root, url, auth) = (
         root.display().to_string(),
@@ -467,7 +468,7 @@ async fn pick_tls(runner: &Runner, root: &Path, api: &str, auth: &str) -> anyhow
     .await??;
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if report["statusCodeDistribution"]["200"].as_u64() == Some(3) {
-        return Ok(Tls::CaCert(PathBuf::from(root)));
+        return Ok(Tls::CaCert(root_path));
     }
     let why = report["errorDistribution"]
         .as_object()
@@ -534,6 +535,11 @@ async fn nexus_api(args: &Args, runner: &mut Runner) -> anyhow::Result<Tls> {
     let tls_args = tls.args();
     let headers = [auth];
 
+    let id_digits = args.routes.saturating_sub(1).to_string().len().max(3);
+    ensure!(
+        args.routes == 10usize.pow(id_digits as u32),
+        "--routes must be a power of ten ≥ 1000 (ids b000..b999 are drawn at random)"
+    );
     let started = Instant::now();
     put_routes(&fleet, &http, args.routes).await?;
     eprintln!(
@@ -555,11 +561,6 @@ async fn nexus_api(args: &Args, runner: &mut Runner) -> anyhow::Result<Tls> {
     );
     get_ok(&http, &format!("{api}/v1/routes/b000"), &fleet.admin_key).await?;
 
-    let id_digits = args.routes.saturating_sub(1).to_string().len().max(3);
-    ensure!(
-        args.routes == 10usize.pow(id_digits as u32),
-        "--routes must be a power of ten ≥ 1000 (ids b000..b999 are drawn at random)"
-    );
     let base = regex_escape(&api);
     let s = args.seconds;
     let reads = [
