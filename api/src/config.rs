@@ -211,6 +211,81 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+tokio::task_local! {
+    /// The request's `If-Match` header, for the write handlers (set by [`if_match`]).
+    static IF_MATCH: Option<String>;
+}
+
+/// Middleware of the configuration routes: makes `If-Match` available to the write handlers.
+pub(crate) async fn if_match(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wanted = request
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
+    IF_MATCH.scope(wanted, next.run(request)).await
+}
+
+/// The entity tag of a stored object: a digest of its JSON (strong: any change changes it).
+pub fn etag(value: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    // Not a security boundary (a conflict check among authorized writers): a 64-bit SipHash
+    // with fixed keys over the canonical JSON is enough to tell versions apart.
+    let mut h = std::hash::DefaultHasher::new();
+    value.to_string().hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
+}
+
+/// Refuses a write whose `If-Match` does not name the object's current entity tag (409,
+/// like a version conflict): `*` needs the object to exist, a list of tags any of them.
+async fn check_if_match(
+    backend: &Shared,
+    kind: &ConfigKind,
+    tenant: &Option<String>,
+    id: &str,
+) -> Result<(), ApiError> {
+    let Some(wanted) = IF_MATCH.try_with(Clone::clone).ok().flatten() else {
+        return Ok(());
+    };
+    let current = match backend
+        .config_get(kind.clone(), tenant.clone(), id.to_string())
+        .await
+    {
+        Ok(object) => Some(etag(&object.value)),
+        Err(e) if e.status == StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
+    let matches = match &current {
+        None => false,
+        Some(_) if wanted == "*" => true,
+        Some(tag) => wanted
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == tag),
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "version_conflict",
+        match current {
+            Some(tag) => format!(
+                "If-Match {wanted} does not match the {} {id:?} as it is now ({tag}): read it \
+                 again (GET {}) and retry with its ETag",
+                kind.noun(),
+                kind.location(id)
+            ),
+            None => format!(
+                "If-Match {wanted} names a {} {id:?} that does not exist",
+                kind.noun()
+            ),
+        },
+    ))
+}
+
 fn versioned(status: StatusCode, version: u64, body: Value, location: Option<String>) -> Response {
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
@@ -309,12 +384,18 @@ async fn get_one(
     let tenant = scope(&caller, tenant)?;
     let object = backend.config_get(kind, tenant, id).await?;
     let version = object.version;
-    Ok(versioned(
-        StatusCode::OK,
-        version,
-        with_quarantine(object),
-        None,
+    let tag = etag(&object.value);
+    Ok(tagged(
+        versioned(StatusCode::OK, version, with_quarantine(object), None),
+        &tag,
     ))
+}
+
+fn tagged(mut response: Response, tag: &str) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 async fn put_one(
@@ -370,6 +451,7 @@ async fn put_one(
     }
     map.remove("quarantined");
     let tenant = scope(&caller, tenant)?;
+    check_if_match(&backend, &kind, &tenant, &id).await?;
     let (object, created) = backend
         .config_put(&caller, kind.clone(), tenant, id.clone(), body)
         .await?;
@@ -379,11 +461,10 @@ async fn put_one(
     } else {
         (StatusCode::OK, None)
     };
-    Ok(versioned(
-        status,
-        version,
-        with_quarantine(object),
-        location,
+    let tag = etag(&object.value);
+    Ok(tagged(
+        versioned(status, version, with_quarantine(object), location),
+        &tag,
     ))
 }
 
@@ -446,6 +527,7 @@ async fn delete_one(
 ) -> Result<Response, ApiError> {
     check_id(kind.noun(), &id)?;
     let tenant = scope(&caller, tenant)?;
+    check_if_match(&backend, &kind, &tenant, &id).await?;
     let version = backend
         .config_delete(&caller, kind.clone(), tenant, id.clone())
         .await?

@@ -482,6 +482,7 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/config/snapshots/{id}/rollback", post(config::rollback))
         .route("/v1/config/status", get(config_status))
         .route("/v1/watch", get(watch::watch))
+        .route_layer(middleware::from_fn(config::if_match))
         .route_layer(middleware::from_fn_with_state(gate, auth::gate));
     Router::new()
         .merge(v1)

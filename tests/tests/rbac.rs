@@ -281,6 +281,41 @@ async fn roles_tenants_audit_and_rate_limits() {
         .await;
     assert_eq!(s, 404);
 
+    // Optimistic concurrency: ETag on reads and writes, If-Match on writes.
+    let (_, _, h) = api
+        .call(&operator, Method::GET, "/v1/routes/m1", None)
+        .await;
+    let tag = h["etag"].to_str().unwrap().to_string();
+    let with_if_match = |tag: &str, method: Method, body: Option<Value>| {
+        let mut r = api
+            .http
+            .request(method, format!("{}/v1/routes/m1", api.base))
+            .bearer_auth(&operator)
+            .header("if-match", tag.to_string());
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    let stale = with_if_match(
+        "\"0000000000000000\"",
+        Method::PATCH,
+        Some(json!({"priority": 12})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status().as_u16(), 409);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "version_conflict", "{body}");
+    let fresh = with_if_match(&tag, Method::PATCH, Some(json!({"priority": 12})))
+        .await
+        .unwrap();
+    assert_eq!(fresh.status().as_u16(), 200);
+    let new_tag = fresh.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_tag, tag);
+    let old = with_if_match(&tag, Method::DELETE, None).await.unwrap();
+    assert_eq!(old.status().as_u16(), 409, "the old tag no longer matches");
+
     // Revoking a key refuses it at once; it stays listed.
     let (s, revoked, _) = api
         .call(
