@@ -229,15 +229,15 @@ pub(crate) async fn revoke_key(
 
 fn check_tenant_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= 63
         && id
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "tenant id must be 1 to 64 lowercase letters, digits, - or _, got {id:?}"
+            "tenant id must be 1 to 63 letters, digits, '-', '_' or '.', got {id:?}"
         )))
     }
 }
@@ -249,7 +249,7 @@ fn check_tenant_id(id: &str) -> Result<(), ApiError> {
     tag = "access",
     summary = "A tenant's OIDC provider",
     params(
-        ("id" = String, Path, description = "Tenant id.", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("id" = String, Path, description = "Tenant id.", pattern = "^[A-Za-z0-9._-]{1,63}$"),
     ),
     responses(
         (status = 200, description = "The provider.", body = nexus_crdt::OidcProvider),
@@ -282,7 +282,7 @@ pub(crate) async fn get_oidc(
     summary = "Sets a tenant's OIDC provider",
     request_body(content = nexus_crdt::OidcProvider),
     params(
-        ("id" = String, Path, description = "Tenant id.", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("id" = String, Path, description = "Tenant id.", pattern = "^[A-Za-z0-9._-]{1,63}$"),
     ),
     responses(
         (status = 200, description = "The provider, durable on this node.", body = nexus_crdt::OidcProvider),
@@ -321,7 +321,7 @@ pub(crate) async fn put_oidc(
     tag = "access",
     summary = "Removes a tenant's OIDC provider",
     params(
-        ("id" = String, Path, description = "Tenant id.", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("id" = String, Path, description = "Tenant id.", pattern = "^[A-Za-z0-9._-]{1,63}$"),
     ),
     responses(
         (status = 204, description = "Removed (or there was none)."),
@@ -426,10 +426,24 @@ pub(crate) async fn audit(
         None => None,
         Some(raw) => {
             let key = cursor::decode("audit", raw).map_err(ApiError::bad_request)?;
+            let well_formed = |id: &str| {
+                id.split_once('-').is_some_and(|(node, seq)| {
+                    node.len() == 32
+                        && node.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !seq.is_empty()
+                        && seq.len() <= 19
+                        && seq.bytes().all(|b| b.is_ascii_digit())
+                })
+            };
             let (ms, id) = key
                 .split_once(':')
                 .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id.to_string())))
-                .ok_or_else(|| ApiError::bad_request("the cursor is not an audit cursor"))?;
+                .filter(|(_, id)| well_formed(id))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "cursor: not a cursor of /v1/audit (pass next_cursor of the previous page)",
+                    )
+                })?;
             Some((ms, id))
         }
     };

@@ -528,6 +528,25 @@ async fn delete_one(
     check_id(kind.noun(), &id)?;
     let tenant = scope(&caller, tenant)?;
     check_if_match(&backend, &kind, &tenant, &id).await?;
+    if kind == ConfigKind::Tenants {
+        // Its nodes' writes and reads all go through the tenant record: removing it under them
+        // would leave them in a tenant the fleet no longer knows.
+        let members = backend
+            .nodes()
+            .into_iter()
+            .filter(|n| n.tenant_id == id && n.status != "decommissioned")
+            .count();
+        if members > 0 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "tenant_in_use",
+                format!(
+                    "tenant {id:?} still has {members} node(s): decommission them first \
+                     (GET /v1/nodes?tenant={id}, then POST /v1/nodes/{{id}}/decommission)"
+                ),
+            ));
+        }
+    }
     let version = backend
         .config_delete(&caller, kind.clone(), tenant, id.clone())
         .await?
@@ -633,7 +652,7 @@ macro_rules! collection_handlers {
                 crate::openapi::TenantParam,
             ),
             responses(
-                (status = 201, description = concat!("The new ", $noun, ", durable on this node."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+                (status = 201, description = concat!("The new ", $noun, ", durable on this node."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."), ("Location" = String, description = "Where the new object is."))),
                 (status = 400, description = "The body is not a valid object of this kind; the message names the field.", body = crate::wire::ErrorBody),
                 (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
                 (status = 409, description = concat!("A ", $noun, " with this id exists: replace it with PUT or change it with PATCH."), body = crate::wire::ErrorBody),
@@ -684,7 +703,7 @@ macro_rules! collection_handlers {
                 crate::openapi::TenantParam,
             ),
             responses(
-                (status = 200, description = concat!("The ", $noun, "."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 200, description = concat!("The ", $noun, "."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
                 (status = 400, description = "A bad id or query parameter; the message names it.", body = crate::wire::ErrorBody),
                 (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
                 (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -716,12 +735,14 @@ macro_rules! collection_handlers {
             params(
                 ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
                 crate::openapi::TenantParam,
+                ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
             ),
             responses(
-                (status = 200, description = concat!("The ", $noun, ", replaced."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
-                (status = 201, description = concat!("The ", $noun, ", created."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+                (status = 200, description = concat!("The ", $noun, ", replaced."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
+                (status = 201, description = concat!("The ", $noun, ", created."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."), ("Location" = String, description = "Where the new object is."))),
                 (status = 400, description = "The body is not a valid object of this kind, or its id is not the path's; the message names the field.", body = crate::wire::ErrorBody),
                 (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 409, description = "`If-Match` does not name the object's current `ETag`: read it again and retry.", body = crate::wire::ErrorBody),
                 (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
                 (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
                 (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -758,11 +779,13 @@ macro_rules! collection_handlers {
             params(
                 ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
                 crate::openapi::TenantParam,
+                ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
             ),
             responses(
-                (status = 200, description = concat!("The ", $noun, ", changed."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+                (status = 200, description = concat!("The ", $noun, ", changed."), body = $($stored)+, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
                 (status = 400, description = "The patch is not a JSON object, changes the id, or makes an object that is not valid; the message names the field.", body = crate::wire::ErrorBody),
                 (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 409, description = "`If-Match` does not name the object's current `ETag`: read it again and retry.", body = crate::wire::ErrorBody),
                 (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
                 (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
                 (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -798,11 +821,13 @@ macro_rules! collection_handlers {
             params(
                 ("id" = String, Path, description = concat!("The ", $noun, "'s id: 1..=64 letters, digits, '-', '_' or '.'."), pattern = $id_pattern),
                 crate::openapi::TenantParam,
+                ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
             ),
             responses(
                 (status = 204, description = "Deleted.", headers(("x-config-version" = u64, description = "The document's configuration version."))),
                 (status = 400, description = "A bad id or query parameter; the message names it.", body = crate::wire::ErrorBody),
                 (status = 404, description = concat!("No such ", $noun, " (or one of a tenant the caller cannot see)."), body = crate::wire::ErrorBody),
+                (status = 409, description = "`If-Match` does not name the object's current `ETag` (read it again and retry), or a tenant still has nodes (decommission them first).", body = crate::wire::ErrorBody),
                 (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
                 (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
                 (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
@@ -969,7 +994,7 @@ pub(crate) async fn list_site_routes(
         crate::openapi::TenantParam,
     ),
     responses(
-        (status = 201, description = "The new route policy, durable on this node.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+        (status = 201, description = "The new route policy, durable on this node.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."), ("Location" = String, description = "Where the new object is."))),
         (status = 400, description = "The body is not a valid route policy; the message names the field.", body = crate::wire::ErrorBody),
         (status = 404, description = "A tenant the caller cannot see.", body = crate::wire::ErrorBody),
         (status = 409, description = "A route policy with this id exists: replace it with PUT or change it with PATCH.", body = crate::wire::ErrorBody),
@@ -1010,7 +1035,7 @@ pub(crate) async fn create_site_route(
         crate::openapi::TenantParam,
     ),
     responses(
-        (status = 200, description = "The route policy.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 200, description = "The route policy.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
         (status = 400, description = "A bad site, id or query parameter; the message names it.", body = crate::wire::ErrorBody),
         (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
         (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -1043,12 +1068,14 @@ pub(crate) async fn get_site_route(
         ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         crate::openapi::TenantParam,
+        ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
     ),
     responses(
-        (status = 200, description = "The route policy, replaced.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
-        (status = 201, description = "The route policy, created.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("Location" = String, description = "Where the new object is."))),
+        (status = 200, description = "The route policy, replaced.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
+        (status = 201, description = "The route policy, created.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."), ("Location" = String, description = "Where the new object is."))),
         (status = 400, description = "The body is not a valid route policy, or its id is not the path's; the message names the field.", body = crate::wire::ErrorBody),
         (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 409, description = "`If-Match` does not name the object's current `ETag`: read it again and retry.", body = crate::wire::ErrorBody),
         (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
         (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
         (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -1086,11 +1113,13 @@ pub(crate) async fn put_site_route(
         ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         crate::openapi::TenantParam,
+        ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
     ),
     responses(
-        (status = 200, description = "The route policy, changed.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."))),
+        (status = 200, description = "The route policy, changed.", body = crate::openapi::StoredRoutePolicy, headers(("x-config-version" = u64, description = "The document's configuration version."), ("ETag" = String, description = "The object's entity tag: send it as `If-Match` to write only that version."))),
         (status = 400, description = "The patch is not a JSON object, changes the id, or makes a policy that is not valid; the message names the field.", body = crate::wire::ErrorBody),
         (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 409, description = "`If-Match` does not name the object's current `ETag`: read it again and retry.", body = crate::wire::ErrorBody),
         (status = 413, description = "The body is too large.", body = crate::wire::ErrorBody),
         (status = 415, description = "The body is not JSON.", body = crate::wire::ErrorBody),
         (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
@@ -1127,11 +1156,13 @@ pub(crate) async fn patch_site_route(
         ("site" = String, Path, description = "The site: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         ("id" = String, Path, description = "The route policy's id: 1..=64 letters, digits, '-', '_' or '.'.", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         crate::openapi::TenantParam,
+        ("If-Match" = Option<String>, Header, description = "Write only if the object's current `ETag` is one of these (or `*`: it exists); else 409."),
     ),
     responses(
         (status = 204, description = "Deleted.", headers(("x-config-version" = u64, description = "The document's configuration version."))),
         (status = 400, description = "A bad site, id or query parameter; the message names it.", body = crate::wire::ErrorBody),
         (status = 404, description = "No such route policy (or one of a tenant the caller cannot see).", body = crate::wire::ErrorBody),
+        (status = 409, description = "`If-Match` does not name the object's current `ETag`: read it again and retry.", body = crate::wire::ErrorBody),
         (status = 421, description = "This node does not hold that document, or only anchors write it: send the request to an anchor (`GET /v1/nodes`).", body = crate::wire::ErrorBody),
         (status = 422, description = "The object is not valid configuration (a reference to an unknown node, an action without its parameter...); the message says what.", body = crate::wire::ErrorBody),
         (status = 503, description = "This node holds no replicated configuration.", body = crate::wire::ErrorBody),
@@ -1264,6 +1295,22 @@ pub struct SnapshotQuery {
     document: Option<String>,
 }
 
+/// A tenant's caller writes its own tenant's document only: another tenant's reads as absent
+/// (404), the fleet document needs a fleet admin (403).
+fn confine_document(caller: &Caller, doc: &str) -> Result<(), ApiError> {
+    if !visible_document(caller, doc) {
+        return Err(ApiError::not_found(format!("no document {doc:?}")));
+    }
+    if doc == "fleet" && caller.tenant.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the fleet document is changed by fleet admins only",
+        ));
+    }
+    Ok(())
+}
+
 fn visible_document(caller: &Caller, doc: &str) -> bool {
     match &caller.tenant {
         None => true,
@@ -1298,6 +1345,9 @@ pub(crate) async fn create_snapshot(
         check_document("document", doc)?;
     }
     let caller = caller_of(caller);
+    if let Some(doc) = &body.document {
+        confine_document(&caller, doc)?;
+    }
     let snapshot = backend
         .snapshot_create(&caller, body.document, body.name)
         .await?;
@@ -1403,6 +1453,16 @@ pub(crate) async fn rollback(
 ) -> Result<Response, ApiError> {
     check_id("snapshot", &id)?;
     let caller = caller_of(caller);
+    if caller.tenant.is_some() {
+        let document = backend
+            .snapshots(None)
+            .await?
+            .into_iter()
+            .find(|s| s["id"] == id.as_str())
+            .and_then(|s| s["document"].as_str().map(str::to_string))
+            .ok_or_else(|| ApiError::not_found(format!("no snapshot {id:?}")))?;
+        confine_document(&caller, &document)?;
+    }
     let result = backend.rollback(&caller, &id).await?;
     let version = result["version"].as_u64().unwrap_or(0);
     Ok(versioned(StatusCode::OK, version, result, None))

@@ -630,6 +630,11 @@ impl Nexus for NexusService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let backend = self.gate.backend.clone();
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
+        let peer = request.extensions().get::<PeerCertificates>().cloned();
         self.call(
             "Watch",
             Permission::Read,
@@ -654,7 +659,19 @@ impl Nexus for NexusService {
                     resume.as_deref(),
                     watch::WatchFilter::new(kinds, &caller),
                 );
-                Ok(Box::pin(items.map(|item| Ok(watch_event(item)))) as WatchStream)
+                // The stream ends with Unauthenticated once the credentials stop working.
+                let lapse = watch::credentials_lapse(backend.clone(), authorization, peer)
+                    .map(|(_, message)| Err(Status::unauthenticated(message)));
+                let events = futures::stream::select(
+                    items.map(|item| Ok(watch_event(item))),
+                    lapse,
+                )
+                .scan(false, |ended, item| {
+                    let out = (!*ended).then_some(item);
+                    *ended |= out.as_ref().is_some_and(Result::is_err);
+                    futures::future::ready(out)
+                });
+                Ok(Box::pin(events) as WatchStream)
             },
         )
         .await

@@ -6,6 +6,8 @@
 //!   read comes from the answering node's local state.
 //! - [`router`]: the axum routes, API-key authentication, JSON errors, metrics.
 //! - [`cursor`]: opaque, stable pagination cursors.
+//! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers' annotations, served
+//!   unauthenticated at `GET /v1/openapi.json` and committed as `api/openapi.json`.
 //!
 //! Routes: `GET /v1/nodes`, `GET /v1/nodes/{id}`, `POST /v1/nodes/{id}/drain`,
 //! `POST /v1/nodes/{id}/decommission`, `POST /v1/tokens`, `GET /v1/tokens`,
@@ -699,8 +701,10 @@ async fn list_nodes(
 #[into_params(parameter_in = Query)]
 pub struct NodeQuery {
     /// Page size, 1..=1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Cursor from the previous page's `next_cursor`.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
     /// Labels the node must carry: `key=value` or `key`, comma-separated (all must match).
     label: Option<String>,
@@ -811,12 +815,22 @@ fn visible_node(
 ) -> Result<(), ApiError> {
     check_node_id(id)?;
     let tenant = caller.as_ref().and_then(|c| c.0.tenant.clone());
-    if let Some(tenant) = tenant
-        && backend.node(id).is_none_or(|n| n.tenant_id != tenant)
-    {
-        return Err(ApiError::not_found(format!(
-            "node {id} is not known to this node"
-        )));
+    if let Some(tenant) = tenant {
+        let node = backend.node(id);
+        if node.as_ref().is_none_or(|n| n.tenant_id != tenant) {
+            return Err(ApiError::not_found(format!(
+                "node {id} is not known to this node"
+            )));
+        }
+        // Anchors hold the fleet's CA and configuration: only a fleet admin acts on them,
+        // whichever tenant they were enrolled in.
+        if node.is_some_and(|n| n.role == "anchor") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("node {id} is an anchor: only a fleet admin may change it"),
+            ));
+        }
     }
     Ok(())
 }
@@ -1117,7 +1131,14 @@ async fn visible_mics(
 ) -> Result<Vec<Mic>, ApiError> {
     let mut mics = backend.mics(node).await?;
     if let Some(own) = caller.as_ref().and_then(|c| c.0.tenant.clone()) {
-        mics.retain(|m| backend.node(&m.node_id).is_some_and(|n| n.tenant_id == own));
+        // The tenant's own nodes, anchors excepted (their certificates are the fleet's).
+        let nodes: std::collections::HashSet<String> = backend
+            .nodes()
+            .into_iter()
+            .filter(|n| n.tenant_id == own && n.role != "anchor")
+            .map(|n| n.node_id)
+            .collect();
+        mics.retain(|m| nodes.contains(&m.node_id) && m.kind != "anchor" && m.kind != "promotion");
     }
     Ok(mics)
 }

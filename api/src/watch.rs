@@ -64,6 +64,27 @@ use crate::{ApiError, Shared};
 
 /// How often an idle stream carries a keep-alive comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an open stream's credentials are checked again: a revoked or expired key (or an
+/// expired OIDC token) ends its streams within this long, with an `unauthenticated` event.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// A stream that yields once, when the credentials stop authenticating: `(code, message)`.
+pub fn credentials_lapse(
+    backend: Shared,
+    authorization: Option<String>,
+    peer: Option<crate::PeerCertificates>,
+) -> impl Stream<Item = (&'static str, String)> + Send {
+    futures::stream::once(async move {
+        loop {
+            tokio::time::sleep(RECHECK).await;
+            if let Err(err) =
+                crate::auth::authenticate(&*backend, authorization.as_deref(), peer.as_ref()).await
+            {
+                return (err.code, err.message);
+            }
+        }
+    })
+}
 
 /// What a watch is about: the `kinds` of `GET /v1/watch` and each event's `event:` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -362,6 +383,7 @@ fn sse_event(item: &WatchItem) -> SseEvent {
 pub async fn watch(
     State(backend): State<Shared>,
     caller: Option<axum::Extension<Caller>>,
+    peer: Option<axum::Extension<crate::PeerCertificates>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -392,7 +414,27 @@ pub async fn watch(
         last_event_id.as_deref(),
         WatchFilter::new(kinds, &caller),
     );
-    let events = items.map(|item| Ok::<_, Infallible>(sse_event(&item)));
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
+    let lapse = credentials_lapse(backend.clone(), authorization, peer.map(|p| p.0)).map(
+        |(code, message)| {
+            SseEvent::default()
+                .event("unauthenticated")
+                .data(serde_json::json!({"code": code, "message": message}).to_string())
+        },
+    );
+    // Events until the credentials lapse; the lapse is the stream's last event.
+    let events = futures::stream::select(
+        items.map(|item| (false, sse_event(&item))),
+        lapse.map(|event| (true, event)),
+    )
+    .scan(false, |ended, (last, event)| {
+        let out = (!*ended).then_some(event);
+        *ended |= last;
+        futures::future::ready(out)
+    })
+    .map(Ok::<_, Infallible>);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())

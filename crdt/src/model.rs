@@ -43,7 +43,7 @@ pub struct FleetDoc {
     /// Fleet-wide route policies by id; they apply to every tenant and carry an empty
     /// `tenant_id`.
     pub policies: BTreeMap<String, RoutePolicy>,
-    /// Named states of this document (NCC-CD-003), by snapshot id.
+    /// Named states of this document, by snapshot id.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
@@ -202,7 +202,7 @@ pub struct Snapshot {
 )]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
-    /// Heartbeat interval in milliseconds (NCC-AG-005), 100..=600,000.
+    /// Heartbeat interval in milliseconds, 100..=600,000.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     #[schema(minimum = 100, maximum = 600_000)]
@@ -245,7 +245,7 @@ pub struct Tenant {
     #[serde(default)]
     #[schema(minimum = 0)]
     pub created_at: i64,
-    /// Quotas (NCC-TN-002); enforcement comes later.
+    /// Quotas: the API rate is enforced on every node; node, connection and bandwidth limits are recorded.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub quotas: TenantQuotas,
@@ -338,7 +338,7 @@ pub struct TenantDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub site_node_overrides: BTreeMap<String, NodeOverride>,
-    /// Named states of this document (NCC-CD-003), by snapshot id.
+    /// Named states of this document, by snapshot id.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
@@ -382,6 +382,9 @@ impl TenantDoc {
 /// A route policy (REQUIREMENTS.md data model `RoutePolicy`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(
+    description = "A route policy: which traffic it matches and what happens to that traffic; the lowest priority wins."
+)]
 pub struct RoutePolicy {
     /// Policy id; equals its map key.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
@@ -477,6 +480,9 @@ pub enum StreamMode {
 /// validation and quarantined instead of being silently dropped by the merge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(
+    description = "What a route policy does: `type`, with `rate_limit` for `ratelimit` and `redirect_node_id` for `redirect` (absent otherwise), and scoring-weight overrides."
+)]
 pub struct RouteAction {
     /// The action type.
     #[serde(rename = "type")]
@@ -562,6 +568,9 @@ pub enum ActionType {
     Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate, utoipa::ToSchema,
 )]
 #[serde(deny_unknown_fields)]
+#[schema(
+    description = "A firmware target: the version and image for the nodes its selector picks, and how fast to roll it out."
+)]
 pub struct FirmwareTarget {
     /// Target id; equals its map key.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]

@@ -213,6 +213,7 @@ fn typed_model_roundtrip() {
     let ov = NodeOverride {
         disabled_routes: vec!["r1".into()],
         weight_override: BTreeMap::from([("cost".into(), 1.0)]),
+        labels: BTreeMap::new(),
     };
     let mut expected = TenantDoc {
         tenant_id: "acme".into(),

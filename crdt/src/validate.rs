@@ -536,6 +536,32 @@ fn check_oidc(c: &mut Checker, obj: &str, id: &str, p: &OidcProvider) {
     };
     url(c, "issuer", &p.issuer);
     url(c, "jwks_uri", &p.jwks_uri);
+    // Keys fetched over plain HTTP could be replaced by anyone on the path: only on loopback.
+    if let Some(rest) = p.jwks_uri.strip_prefix("http://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            c.add(
+                obj,
+                format!("{obj}.jwks_uri"),
+                format!(
+                    "must be https (plain http only on loopback), is {:?}",
+                    p.jwks_uri
+                ),
+            );
+        }
+    }
     if p.audience.is_empty() || p.audience.len() > NAME_MAX {
         c.add(
             obj,

@@ -63,11 +63,47 @@ pub struct Access {
     index: RwLock<(Option<u64>, Arc<Index>)>,
     jwks: tokio::sync::Mutex<HashMap<String, Jwks>>,
     refetched: Mutex<HashMap<String, Instant>>,
+    failed: Mutex<HashMap<String, Instant>>,
     http: reqwest::Client,
+}
+
+/// Ids of the fleet-wide keys the configuration records (a record replaces the bootstrap key
+/// of the same id: its revocation).
+fn fleet_key_ids(
+    keys: &[(Option<String>, String, ApiKeyRecord)],
+) -> std::collections::HashSet<String> {
+    keys.iter()
+        .filter(|(t, _, _)| t.is_none())
+        .map(|(_, k, _)| k.clone())
+        .collect()
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
     hex::decode(s).ok()?.try_into().ok()
+}
+
+/// Largest JWKS document accepted.
+const JWKS_MAX_BYTES: usize = 64 * 1024;
+
+/// The client that fetches issuers' keys: public CA roots (Mozilla's, via webpki-roots), no
+/// redirects (a JWKS moves by reconfiguring the provider), short timeouts.
+fn jwks_client() -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = match tls {
+        Ok(tls) => builder.use_preconfigured_tls(tls),
+        Err(_) => builder,
+    };
+    builder.build().unwrap_or_default()
 }
 
 impl Access {
@@ -85,10 +121,8 @@ impl Access {
             index: RwLock::new((None, Arc::default())),
             jwks: tokio::sync::Mutex::new(HashMap::new()),
             refetched: Mutex::new(HashMap::new()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("a plain HTTP client builds"),
+            failed: Mutex::new(HashMap::new()),
+            http: jwks_client(),
         }
     }
 
@@ -101,38 +135,60 @@ impl Access {
             }
         }
         let mut index = Index::default();
-        for (hash, id) in &self.bootstrap {
-            index.keys.insert(
-                *hash,
-                KeyEntry {
-                    id: id.clone(),
-                    tenant: None,
-                    role: "fleet-admin".into(),
-                    expires_at: None,
-                    revoked: false,
-                },
-            );
-        }
-        if let Some(records) = self
-            .replication
-            .as_ref()
-            .and_then(|r| r.access_records().ok())
-        {
-            for (tenant, id, k) in records.keys {
-                let Some(hash) = unhex32(&k.key_hash) else {
-                    continue;
-                };
-                index.keys.insert(
-                    hash,
-                    KeyEntry {
-                        id,
-                        tenant,
-                        role: k.role,
-                        expires_at: k.expires_at,
-                        revoked: k.revoked_at.is_some(),
-                    },
-                );
+        let records = match self.replication.as_ref().map(|r| r.access_records()) {
+            None => None,
+            Some(Ok(records)) => Some(records),
+            Some(Err(err)) => {
+                // Keep serving the keys known so far rather than refusing everyone.
+                tracing::error!(error = ?err, "cannot read API keys from the configuration; keeping the previous ones");
+                metrics::counter!("nexus_api_key_index_errors_total").increment(1);
+                let cached = self.index.read().unwrap_or_else(|p| p.into_inner());
+                if cached.0.is_some() {
+                    return cached.1.clone();
+                }
+                None
             }
+        };
+        let entry = |tenant: Option<String>, id: String, k: &ApiKeyRecord| KeyEntry {
+            id,
+            tenant,
+            role: k.role.clone(),
+            expires_at: k.expires_at,
+            revoked: k.revoked_at.is_some(),
+        };
+        // Precedence for one hash: fleet-document records (anchors write them; a revocation
+        // of a bootstrap key lives there), then bootstrap keys, then tenant records — so a
+        // tenant's record can never take over a fleet key.
+        let (fleet_keys, tenant_keys): (Vec<_>, Vec<_>) = records
+            .as_ref()
+            .map(|r| r.keys.iter().partition(|(t, _, _)| t.is_none()))
+            .unwrap_or_default();
+        for (tenant, id, k) in fleet_keys {
+            if let Some(hash) = unhex32(&k.key_hash) {
+                index
+                    .keys
+                    .entry(hash)
+                    .or_insert_with(|| entry(tenant.clone(), id.clone(), k));
+            }
+        }
+        for (hash, id) in &self.bootstrap {
+            index.keys.entry(*hash).or_insert_with(|| KeyEntry {
+                id: id.clone(),
+                tenant: None,
+                role: "fleet-admin".into(),
+                expires_at: None,
+                revoked: false,
+            });
+        }
+        for (tenant, id, k) in tenant_keys {
+            if let Some(hash) = unhex32(&k.key_hash) {
+                index
+                    .keys
+                    .entry(hash)
+                    .or_insert_with(|| entry(tenant.clone(), id.clone(), k));
+            }
+        }
+        if let Some(records) = records {
             for (tenant, _, p) in records.oidc {
                 index
                     .issuers
@@ -193,31 +249,60 @@ impl Access {
             due
         };
         if !fresh || stale_kid {
-            let response = self
-                .http
-                .get(uri)
-                .send()
-                .await
-                .map_err(|e| format!("cannot fetch the issuer's keys from {uri}: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!(
-                    "the issuer's keys at {uri} answered {}",
-                    response.status()
-                ));
+            // A failed fetch is not retried for JWKS_REFETCH: a stream of tokens naming a
+            // dead issuer costs one attempt, not one each.
+            {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(at) = failed.get(uri)
+                    && at.elapsed() < JWKS_REFETCH
+                    && !fresh
+                    && cache.get(uri).is_none()
+                {
+                    return Err(format!(
+                        "the issuer's keys at {uri} could not be fetched a moment ago"
+                    ));
+                }
+                failed.remove(uri);
             }
-            let keys: jsonwebtoken::jwk::JwkSet = response
-                .json()
-                .await
-                .map_err(|e| format!("{uri} is not a JWKS document: {e}"))?;
-            cache.insert(
-                uri.to_string(),
-                Jwks {
-                    keys,
-                    fetched: Instant::now(),
-                },
-            );
+            match self.fetch_jwks(uri).await {
+                Ok(keys) => {
+                    cache.insert(
+                        uri.to_string(),
+                        Jwks {
+                            keys,
+                            fetched: Instant::now(),
+                        },
+                    );
+                }
+                Err(err) => {
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(uri.to_string(), Instant::now());
+                    tracing::warn!(jwks_uri = uri, error = %err, "cannot fetch an OIDC issuer's keys");
+                    // Keys fetched earlier stay usable until replaced.
+                    if cache.get(uri).is_none() {
+                        return Err(format!("the issuer's keys could not be fetched from {uri}"));
+                    }
+                }
+            }
         }
         Ok(cache.get(uri).map(|j| j.keys.clone()).unwrap_or_default())
+    }
+
+    async fn fetch_jwks(&self, uri: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+        let mut response = self.http.get(uri).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > JWKS_MAX_BYTES {
+                return Err(format!("the document exceeds {JWKS_MAX_BYTES} bytes"));
+            }
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))
     }
 
     /// The caller an OIDC token stands for: signed by a key its issuer publishes, for the
@@ -241,55 +326,93 @@ impl Access {
             )
         })?;
         let mut last = String::new();
+        let mut accepted: Vec<Caller> = Vec::new();
         for (tenant, provider) in providers {
-            let keys = self
-                .issuer_keys(&provider.jwks_uri, header.kid.as_deref())
-                .await?;
-            let jwk = match &header.kid {
-                Some(kid) => keys.find(kid),
-                None => keys.keys.first(),
-            };
-            let Some(jwk) = jwk else {
-                last = format!(
-                    "the issuer publishes no key {:?} at {}",
-                    header.kid, provider.jwks_uri
-                );
-                continue;
-            };
-            let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
-                .map_err(|e| format!("the issuer's key is unusable: {e}"))?;
-            let mut validation = jsonwebtoken::Validation::new(header.alg);
-            validation.set_audience(&[&provider.audience]);
-            validation.set_issuer(&[issuer]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            validation.leeway = 30;
-            let claims = match jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation) {
-                Ok(data) => data.claims,
-                Err(e) => {
-                    last = format!("the token does not verify: {e}");
-                    continue;
-                }
-            };
-            let role = provider
-                .role_claim
-                .as_ref()
-                .and_then(|c| claims[c.as_str()].as_str().map(str::to_string))
-                .or_else(|| provider.default_role.clone())
-                .ok_or("the token carries no role claim and the provider sets no default_role")?;
-            if !nexus_crdt::TENANT_ROLES.contains(&role.as_str()) {
-                return Err(format!(
-                    "the token's role {role:?} is not one of {:?}",
-                    nexus_crdt::TENANT_ROLES
-                ));
+            match self
+                .verify_for(token, &header, issuer, tenant, provider)
+                .await
+            {
+                Ok(caller) => accepted.push(caller),
+                Err(why) => last = why,
             }
-            let subject = claims["sub"].as_str().unwrap_or_default();
-            return Ok(Caller {
-                identity: format!("user:{issuer}#{subject}"),
-                role,
-                tenant: Some(tenant.clone()),
-            });
         }
-        Err(last)
+        match accepted.len() {
+            0 => Err(last),
+            1 => Ok(accepted.remove(0)),
+            // Refused on PUT; two anchors accepting concurrent PUTs can still get here.
+            _ => Err(format!(
+                "issuer {issuer:?} is configured for more than one tenant: a fleet admin must \
+                 remove all but one (GET /v1/tenants/<id>/oidc)"
+            )),
+        }
+    }
+
+    async fn verify_for(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        issuer: &str,
+        tenant: &str,
+        provider: &OidcProvider,
+    ) -> Result<Caller, String> {
+        let keys = self
+            .issuer_keys(&provider.jwks_uri, header.kid.as_deref())
+            .await?;
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "the issuer publishes no key {:?} at {} (tokens must name their key in kid \
+                 unless the issuer has exactly one)",
+                header.kid, provider.jwks_uri
+            )
+        })?;
+        // The key decides the algorithm, not the token.
+        if let Some(alg) = &jwk.common.key_algorithm
+            && format!("{alg:?}") != format!("{:?}", header.alg)
+        {
+            return Err(format!(
+                "the token is signed with {:?} but key {:?} is for {alg:?}",
+                header.alg, header.kid
+            ));
+        }
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("the issuer's key is unusable: {e}"))?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_audience(&[&provider.audience]);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|e| format!("the token does not verify: {e}"))?
+            .claims;
+        let role = provider
+            .role_claim
+            .as_ref()
+            .and_then(|c| claims[c.as_str()].as_str().map(str::to_string))
+            .or_else(|| provider.default_role.clone())
+            .ok_or("the token carries no role claim and the provider sets no default_role")?;
+        if !nexus_crdt::TENANT_ROLES.contains(&role.as_str()) {
+            return Err(format!(
+                "the token's role {role:?} is not one of {:?}",
+                nexus_crdt::TENANT_ROLES
+            ));
+        }
+        let subject = claims["sub"].as_str().unwrap_or_default();
+        // Bounded: identities are recorded in audit entries and changes.
+        let identity: String = format!("user:{issuer}#{subject}")
+            .chars()
+            .take(256)
+            .collect();
+        Ok(Caller {
+            identity,
+            role,
+            tenant: Some(tenant.to_string()),
+        })
     }
 
     fn replication(&self) -> Result<&Arc<Replication>, ApiError> {
@@ -318,14 +441,42 @@ impl Access {
             .replication()?
             .access_records()
             .map_err(crate::backend::write_error)?;
+        let recorded = fleet_key_ids(&records.keys);
         let mut keys: Vec<ApiKey> = records
             .keys
             .into_iter()
+            .chain(self.bootstrap_records(&recorded))
             .filter(|(t, _, _)| tenant.is_none() || *t == tenant)
             .map(|(t, id, k)| Access::wire_key(t, id, k))
             .collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(keys)
+    }
+
+    /// The bootstrap keys no fleet-document record replaces, as records (fleet-wide).
+    fn bootstrap_records(
+        &self,
+        recorded: &std::collections::HashSet<String>,
+    ) -> Vec<(Option<String>, String, ApiKeyRecord)> {
+        self.bootstrap
+            .iter()
+            .filter(|(_, id)| !recorded.contains(id))
+            .map(|(hash, id)| {
+                (
+                    None,
+                    id.clone(),
+                    ApiKeyRecord {
+                        name: "bootstrap admin key (admin.key of nexus init)".into(),
+                        role: "fleet-admin".into(),
+                        key_hash: hex::encode(hash),
+                        created_by: "nexus init".into(),
+                        created_at: 0,
+                        expires_at: None,
+                        revoked_at: None,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Creates a key; the secret is returned once and only its hash is stored.
@@ -357,7 +508,7 @@ impl Access {
             name: request.name.trim().to_string(),
             role: request.role.clone(),
             key_hash: hex::encode(api_key_hash(&secret)),
-            created_by: caller.identity.clone(),
+            created_by: caller.identity.chars().take(nexus_crdt::NAME_MAX).collect(),
             created_at: now_ms() as i64,
             expires_at,
             revoked_at: None,
@@ -415,9 +566,12 @@ impl Access {
         let records = replication
             .access_records()
             .map_err(crate::backend::write_error)?;
+        let recorded = fleet_key_ids(&records.keys);
+        let bootstrap = self.bootstrap_records(&recorded);
         let Some((key_tenant, _, mut record)) = records
             .keys
             .into_iter()
+            .chain(bootstrap)
             .find(|(t, k, _)| k == id && (tenant.is_none() || *t == tenant))
         else {
             return Err(ApiError::not_found(format!(
@@ -426,6 +580,10 @@ impl Access {
         };
         if record.revoked_at.is_none() {
             record.revoked_at = Some(now_ms() as i64);
+            if record.created_at == 0 {
+                // A bootstrap key gets its record (in the fleet document) as it is revoked.
+                record.created_at = now_ms() as i64;
+            }
             let (doc, collection) = match &key_tenant {
                 None => (DocId::Fleet, nexus_crdt::FLEET_API_KEYS),
                 Some(t) => (
@@ -474,6 +632,26 @@ impl Access {
                          role_claim, default_role)"
                     ))
                 })?;
+                let records = self
+                    .replication()?
+                    .access_records()
+                    .map_err(crate::backend::write_error)?;
+                if records
+                    .oidc
+                    .iter()
+                    .any(|(t, _, other)| t != tenant && other.issuer == p.issuer)
+                {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "issuer_taken",
+                        format!(
+                            "issuer {:?} is already configured for another tenant; an issuer's \
+                             users sign in to one tenant (give each tenant its own issuer or \
+                             client)",
+                            p.issuer
+                        ),
+                    ));
+                }
                 let problems = nexus_crdt::validate::oidc_problems(OIDC_DEFAULT, &p);
                 if !problems.is_empty() {
                     return Err(ApiError::new(

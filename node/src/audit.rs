@@ -18,7 +18,6 @@
 //!   An anchor accepts only entries whose node id is the authenticated sender's.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -54,6 +53,7 @@ CREATE TABLE IF NOT EXISTS audit (
     PRIMARY KEY (node_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (time_ms, node_id, seq);
+CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, time_ms, node_id, seq);
 CREATE TABLE IF NOT EXISTS audit_shipped (anchor TEXT PRIMARY KEY, through INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -64,7 +64,6 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 /// This node's audit log.
 pub struct AuditLog {
     node_id: String,
-    seq: AtomicU64,
     queue: mpsc::SyncSender<AuditEntry>,
     conn: Mutex<Connection>,
 }
@@ -148,6 +147,8 @@ impl AuditLog {
             |r| r.get(0),
         )?;
         let mut writer = open(path)?;
+        let mut next = last.max(0) as u64;
+        let own = node_id.clone();
         let (queue, incoming) = mpsc::sync_channel::<AuditEntry>(QUEUE);
         let file = path.display().to_string();
         std::thread::Builder::new()
@@ -161,6 +162,10 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
+                    for entry in &mut batch {
+                        next += 1;
+                        entry.id = entry_id(&own, next);
+                    }
                     if let Err(err) = insert(&mut writer, &batch) {
                         metrics::counter!("nexus_audit_write_errors_total").increment(1);
                         tracing::error!(file = %file, error = %err, lost = batch.len(), "cannot write audit entries");
@@ -169,7 +174,6 @@ impl AuditLog {
             })?;
         Ok(Arc::new(AuditLog {
             node_id,
-            seq: AtomicU64::new(last.max(0) as u64),
             queue,
             conn: Mutex::new(conn),
         }))
@@ -179,10 +183,9 @@ impl AuditLog {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues one call (never blocks).
+    /// Queues one call (never blocks). Its sequence number is given by the writer, in the
+    /// order entries are stored, so the shipper's "everything up to N" never skips one.
     pub fn record(&self, mut entry: AuditEntry) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        entry.id = entry_id(&self.node_id, seq);
         entry.node_id = self.node_id.clone();
         if self.queue.try_send(entry).is_err() {
             metrics::counter!("nexus_audit_dropped_total").increment(1);
@@ -281,7 +284,12 @@ impl AuditLog {
 
     /// Anchors: stores entries `sender` shipped (only its own); the highest sequence of
     /// `sender` now held.
-    pub fn accept(&self, sender: &NodeId, entries: &[AuditEntry]) -> anyhow::Result<u64> {
+    pub fn accept(
+        &self,
+        sender: &NodeId,
+        sender_tenant: Option<&str>,
+        entries: &[AuditEntry],
+    ) -> anyhow::Result<u64> {
         let sender = sender.to_hex();
         if let Some(bad) = entries.iter().find(|e| e.node_id != sender) {
             anyhow::bail!(
@@ -289,8 +297,33 @@ impl AuditLog {
                 bad.node_id
             );
         }
+        // A node serves fleet-wide callers and its own tenant's (an anchor, `None`, every
+        // tenant's): entries naming another tenant are invented.
+        if let Some(own) = sender_tenant
+            && let Some(bad) = entries
+                .iter()
+                .find(|e| e.tenant.as_deref().is_some_and(|t| t != own))
+        {
+            anyhow::bail!(
+                "node {sender} of tenant {own} shipped an entry of tenant {:?}: refused",
+                bad.tenant
+            );
+        }
+        if entries.iter().any(|e| seq_of(&e.id).is_none()) {
+            anyhow::bail!("an audit entry id is not <node id>-<sequence>");
+        }
+        // Times from the future would sit at the top of every newest-first page.
+        let latest = crate::now_ms() + 60_000;
+        let entries: Vec<AuditEntry> = entries
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.time_ms = e.time_ms.min(latest);
+                e
+            })
+            .collect();
         let mut conn = self.conn();
-        insert(&mut conn, entries)?;
+        insert(&mut conn, &entries)?;
         let through: i64 = conn.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM audit WHERE node_id = ?1",
             [&sender],
@@ -467,15 +500,24 @@ mod tests {
         let mut e = entry("GET /v1/nodes", None);
         e.node_id = sender.to_hex();
         e.id = entry_id(&sender.to_hex(), 1);
-        assert_eq!(anchor.accept(&sender, &[e.clone()]).unwrap(), 1);
+        assert_eq!(
+            anchor.accept(&sender, Some("acme"), &[e.clone()]).unwrap(),
+            1
+        );
         // A repeat (lost acknowledgement) stores nothing twice.
-        assert_eq!(anchor.accept(&sender, &[e.clone()]).unwrap(), 1);
+        assert_eq!(
+            anchor.accept(&sender, Some("acme"), &[e.clone()]).unwrap(),
+            1
+        );
         let q = AuditQuery {
             limit: 10,
             ..Default::default()
         };
         assert_eq!(anchor.query(&q).unwrap().0.len(), 1);
         let other = NodeId([3; 16]);
-        assert!(anchor.accept(&other, &[e]).is_err());
+        assert!(anchor.accept(&other, Some("acme"), &[e.clone()]).is_err());
+        let mut foreign = e;
+        foreign.tenant = Some("globex".into());
+        assert!(anchor.accept(&sender, Some("acme"), &[foreign]).is_err());
     }
 }

@@ -477,7 +477,11 @@ impl Backend for NodeBackend {
         query: nexus_api::wire::AuditQuery,
     ) -> Result<(Vec<nexus_api::wire::AuditEntry>, bool), ApiError> {
         let Some(audit) = self.audit.clone() else {
-            return Err(ApiError::internal("this node keeps no audit log"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_audit_log",
+                "this node keeps no audit log",
+            ));
         };
         tokio::task::spawn_blocking(move || audit.query(&query))
             .await

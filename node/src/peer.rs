@@ -485,7 +485,12 @@ impl PeerService {
                     );
                 }
                 let sender = caller.node_id;
-                match tokio::task::spawn_blocking(move || audit.accept(&sender, &entries)).await {
+                let tenant = (caller.role != Role::Anchor).then(|| caller.tenant.clone());
+                match tokio::task::spawn_blocking(move || {
+                    audit.accept(&sender, tenant.as_deref(), &entries)
+                })
+                .await
+                {
                     Ok(Ok(through)) => PeerResponse::AuditAck { through },
                     Ok(Err(err)) => refused("refused", format!("{err:#}")),
                     Err(err) => refused("internal", err.to_string()),

@@ -1133,7 +1133,8 @@ impl Replication {
                 .map_err(internal)?;
             // A node always belongs to a tenant the fleet document records; when it does not
             // show here yet, the document has not arrived (a node that just joined).
-            if id.tenant_id() == Some(self.tenant.as_str())
+            if self.role != Role::Anchor
+                && id.tenant_id() == Some(self.tenant.as_str())
                 && !fleet.tenants.contains_key(&self.tenant)
             {
                 return Err(WriteError::NotReady(format!(

@@ -82,6 +82,7 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
         WATCH.into(),
         "--header".into(),
         format!("Authorization: Bearer {}", fleet.admin_key),
+        // Bounded per operation; Schemathesis runs Hypothesis without a deadline.
         "--max-examples".into(),
         "20".into(),
         "--seed".into(),
@@ -126,14 +127,15 @@ async fn schemathesis_finds_no_failure_against_a_live_anchor() -> anyhow::Result
         out.status.code(),
         fleet.anchor().log()
     );
-    // Every documented operation but the stream was tested: a run that tested nothing, or
-    // skipped operations, proves less than it says.
+    // Every documented operation but the stream (and the document itself) was tested: a run
+    // that tested nothing, or skipped operations, proves less than it says.
     let document: serde_json::Value = serde_json::from_str(&committed)?;
     let operations = document["paths"]
         .as_object()
         .expect("paths")
         .iter()
-        .filter(|(path, _)| path.as_str() != WATCH)
+        // Schemathesis leaves out the operation that serves the document it reads.
+        .filter(|(path, _)| ![WATCH, "/v1/openapi.json"].contains(&path.as_str()))
         .flat_map(|(_, item)| item.as_object().expect("path item").keys())
         .filter(|method| ["get", "put", "post", "patch", "delete"].contains(&method.as_str()))
         .count();

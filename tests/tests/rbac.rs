@@ -316,6 +316,57 @@ async fn roles_tenants_audit_and_rate_limits() {
     let old = with_if_match(&tag, Method::DELETE, None).await.unwrap();
     assert_eq!(old.status().as_u16(), 409, "the old tag no longer matches");
 
+    // Anchors were enrolled in tenant "default", but they are the fleet's: that tenant's
+    // admin may not decommission, drain or relabel them, nor see their certificates.
+    let (_, default_admin) = create_key(&api, &root, "admin", Some("default")).await;
+    for action in ["decommission", "drain"] {
+        let (s, b, _) = api
+            .call(
+                &default_admin,
+                Method::POST,
+                &format!("/v1/nodes/{anchor_id}/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 403, "{action}: {b}");
+    }
+    let (_, mics, _) = api
+        .call(&default_admin, Method::GET, "/v1/mics", None)
+        .await;
+    assert_eq!(mics["items"].as_array().map(Vec::len), Some(0), "{mics}");
+
+    // An open watch ends when its key is revoked.
+    let (watcher_id, watcher) = create_key(&api, &admin, "viewer", Some("acme")).await;
+    let mut stream = api
+        .http
+        .get(format!("{}/v1/watch?kinds=routes", api.base))
+        .bearer_auth(&watcher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let (s, _, _) = api
+        .call(
+            &admin,
+            Method::DELETE,
+            &format!("/v1/keys/{watcher_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream stayed open after the revocation: {seen}"
+    );
+    assert!(seen.contains("event: unauthenticated"), "{seen}");
+
     // Revoking a key refuses it at once; it stays listed.
     let (s, revoked, _) = api
         .call(
@@ -707,6 +758,40 @@ async fn oidc_tokens_from_a_tenants_issuer() {
             "{b}"
         );
     }
+    // One issuer signs in to one tenant; keys over plain HTTP only from loopback.
+    let (s, _, _) = api
+        .call(
+            &root,
+            Method::POST,
+            "/v1/tenants",
+            Some(&json!({"id": "globex", "name": "Globex"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b, _) = api
+        .call(
+            &root,
+            Method::PUT,
+            "/v1/tenants/globex/oidc",
+            Some(&provider),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["error"]["code"], "issuer_taken", "{b}");
+    let (s, b, _) = api
+        .call(
+            &root,
+            Method::PUT,
+            "/v1/tenants/globex/oidc",
+            Some(&json!({"issuer": "https://id.example", "audience": "nexus", "jwks_uri": "http://10.1.2.3/jwks.json", "default_role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("jwks_uri"),
+        "{b}"
+    );
+
     // Removing the provider refuses its tokens.
     let (s, _, _) = api
         .call(&root, Method::DELETE, "/v1/tenants/acme/oidc", None)
@@ -714,4 +799,25 @@ async fn oidc_tokens_from_a_tenants_issuer() {
     assert_eq!(s, 204);
     let (s, _, _) = api.call(&good, Method::GET, "/v1/whoami", None).await;
     assert_eq!(s, 401);
+
+    // The bootstrap key of `nexus init` is listed and can be revoked (after another fleet
+    // admin key exists).
+    let (_, keys, _) = api.call(&root, Method::GET, "/v1/keys", None).await;
+    let bootstrap = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["created_by"] == "nexus init")
+        .cloned()
+        .expect("the bootstrap key is listed");
+    let (_, successor) = create_key(&api, &root, "fleet-admin", None).await;
+    let id = bootstrap["id"].as_str().unwrap();
+    let (s, b, _) = api
+        .call(&successor, Method::DELETE, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, _) = api.call(&root, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(s, 401, "the revoked bootstrap key is refused");
+    let (s, _, _) = api.call(&successor, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(s, 200);
 }

@@ -175,22 +175,15 @@ impl Rng {
     }
 }
 
-/// How oha checks the node's certificate.
+/// How oha reaches the node and checks its certificate.
 #[derive(Clone)]
-enum Tls {
-    /// `--cacert <anchor>/trust/root.pem`: the fleet root, as every API client holds it.
-    CaCert(PathBuf),
-    /// `--insecure`, with the reason `--cacert` did not work.
-    Insecure(String),
-}
-
-impl Tls {
-    fn args(&self) -> Vec<String> {
-        match self {
-            Tls::CaCert(path) => vec!["--cacert".into(), path.display().to_string()],
-            Tls::Insecure(_) => vec!["--insecure".into()],
-        }
-    }
+struct Tls {
+    /// Base URL of oha's requests.
+    base: String,
+    /// oha's TLS and address flags.
+    args: Vec<String>,
+    /// Why oha could not check the certificate, when it could not.
+    insecure: Option<String>,
 }
 
 /// Which figure a load belongs to.
@@ -261,17 +254,6 @@ fn shell_quote(arg: &str) -> String {
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))
     }
-}
-
-/// `https://127.0.0.1:1234` as a regular expression matching exactly that text.
-fn regex_escape(text: &str) -> String {
-    text.chars().fold(String::new(), |mut out, c| {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-        out
-    })
 }
 
 impl Runner {
@@ -437,44 +419,66 @@ fn route_body(priority: u32) -> Value {
     })
 }
 
-/// Which of `--cacert` and `--insecure` oha can use against `api`.
-async fn pick_tls(runner: &Runner, root: &Path, api: &str, auth: &str) -> anyhow::Result<Tls> {
-    let root_path = root.to_path_buf();
+/// How oha checks the node's certificate: the fleet root (`--cacert`) and the name the node's
+/// certificate carries (`<node id>.node.nexus.invalid`, reached at `api` with `--connect-to`), as
+/// every API client of the fleet checks it; `--insecure` (with the reason) if that fails.
+async fn pick_tls(
+    runner: &Runner,
+    dir: &Path,
+    api: &str,
+    node_id: &str,
+    auth: &str,
+) -> anyhow::Result<Tls> {
+    let addr = api
+        .strip_prefix("https://")
+        .with_context(|| format!("the API {api} is not HTTPS"))?;
+    let port = addr.rsplit(':').next().context("API port")?;
+    let name = format!("{node_id}.node.nexus.invalid");
+    let checked = Tls {
+        base: format!("https://{name}:{port}"),
+        args: vec![
+            "--cacert".into(),
+            dir.join("trust").join("root.pem").display().to_string(),
+            "--connect-to".into(),
+            format!("{name}:{port}:{addr}"),
+        ],
+        insecure: None,
+    };
+    let mut args: Vec<String> = [
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-n",
+        "3",
+        "-c",
+        "1",
+        "-H",
+        auth,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(checked.args.iter().cloned());
+    args.push(format!("{}/v1/whoami", checked.base));
     let oha = runner.oha.clone();
-    let (root, url, auth) = (
-        root.display().to_string(),
-        format!("{api}/v1/whoami"),
-        auth.to_string(),
-    );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(oha)
-            .args([
-                "--no-tui",
-                "--output-format",
-                "json",
-                "-n",
-                "3",
-                "-c",
-                "1",
-                "-H",
-                &auth,
-                "--cacert",
-                &root,
-                &url,
-            ])
-            .stdin(Stdio::null())
-            .output()
+        Command::new(oha).args(&args).stdin(Stdio::null()).output()
     })
     .await??;
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if report["statusCodeDistribution"]["200"].as_u64() == Some(3) {
-        return Ok(Tls::CaCert(root_path));
+        return Ok(checked);
     }
     let why = report["errorDistribution"]
         .as_object()
         .and_then(|e| e.keys().next().cloned())
         .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
-    Ok(Tls::Insecure(why))
+    eprintln!("oha cannot check the node's certificate ({why}): using --insecure");
+    Ok(Tls {
+        base: api.to_string(),
+        args: vec!["--insecure".into()],
+        insecure: Some(why),
+    })
 }
 
 async fn put_routes(fleet: &Fleet, http: &reqwest::Client, n: usize) -> anyhow::Result<()> {
@@ -525,14 +529,8 @@ async fn nexus_api(args: &Args, runner: &mut Runner) -> anyhow::Result<Tls> {
         .masks
         .push((anchor.dir.display().to_string(), "$ANCHOR_DIR".into()));
     let auth = format!("authorization: Bearer {}", fleet.admin_key);
-    let tls = pick_tls(
-        runner,
-        &anchor.dir.join("trust").join("root.pem"),
-        &api,
-        &auth,
-    )
-    .await?;
-    let tls_args = tls.args();
+    let tls = pick_tls(runner, &anchor.dir, &api, &anchor.node_id, &auth).await?;
+    let tls_args = tls.args.clone();
     let headers = [auth];
 
     let id_digits = args.routes.saturating_sub(1).to_string().len().max(3);
@@ -561,18 +559,19 @@ async fn nexus_api(args: &Args, runner: &mut Runner) -> anyhow::Result<Tls> {
     );
     get_ok(&http, &format!("{api}/v1/routes/b000"), &fleet.admin_key).await?;
 
-    let base = regex_escape(&api);
+    // oha takes `.` in a URL regex literally; the base has no other metacharacter.
+    let base = tls.base.clone();
     let s = args.seconds;
     let reads = [
         (
             "`GET /v1/nodes`".to_string(),
-            format!("{api}/v1/nodes"),
+            format!("{base}/v1/nodes"),
             false,
             None,
         ),
         (
             format!("`GET /v1/routes?limit=100` ({} routes)", args.routes),
-            format!("{api}/v1/routes?limit=100"),
+            format!("{base}/v1/routes?limit=100"),
             false,
             Some("list100"),
         ),
@@ -775,7 +774,7 @@ struct AuditSetup {
 }
 
 /// Figure 4 on a second fresh anchor whose audit log is filled while it is stopped.
-async fn audit_pages(args: &Args, runner: &mut Runner, tls: &Tls) -> anyhow::Result<AuditSetup> {
+async fn audit_pages(args: &Args, runner: &mut Runner) -> anyhow::Result<AuditSetup> {
     let mut fleet = Fleet::init().await?;
     let dir = fleet.anchor().dir.clone();
     let own = fleet.anchor().node_id.clone();
@@ -820,36 +819,33 @@ async fn audit_pages(args: &Args, runner: &mut Runner, tls: &Tls) -> anyhow::Res
     let pid = fleet.anchor().pid().context("anchor pid")?;
     let http = nexus_tests::api_client(&dir)?;
     let auth = format!("authorization: Bearer {}", fleet.admin_key);
-    let tls_args = match tls {
-        Tls::CaCert(_) => Tls::CaCert(dir.join("trust").join("root.pem")).args(),
-        Tls::Insecure(_) => tls.args(),
-    };
+    let tls = pick_tls(runner, &dir, &api, &fleet.anchor().node_id, &auth).await?;
     let mut pages: Vec<(String, String)> = vec![
         (
             "`GET /v1/audit?limit=100&tenant=acme` (filter, 40% of entries)".into(),
-            format!("{api}/v1/audit?limit=100&tenant=acme"),
+            "/v1/audit?limit=100&tenant=acme".into(),
         ),
         (
             "`GET /v1/audit?limit=100&tenant=umbrella` (filter, 1% of entries)".into(),
-            format!("{api}/v1/audit?limit=100&tenant=umbrella"),
+            "/v1/audit?limit=100&tenant=umbrella".into(),
         ),
         (
             "`GET /v1/audit?limit=100` (first page)".into(),
-            format!("{api}/v1/audit?limit=100"),
+            "/v1/audit?limit=100".into(),
         ),
     ];
     for (pct, cursor) in &cursors {
         pages.push((
             format!("`GET /v1/audit?limit=100&cursor=…` (after {pct}% of the entries)"),
-            format!("{api}/v1/audit?limit=100&cursor={cursor}"),
+            format!("/v1/audit?limit=100&cursor={cursor}"),
         ));
     }
-    for (request, url) in pages {
+    for (request, path) in pages {
         // Each page is what it says, checked once before it is timed.
-        let page = get_ok(&http, &url, &fleet.admin_key).await?;
+        let page = get_ok(&http, &format!("{api}{path}"), &fleet.admin_key).await?;
         ensure!(
             page["items"].as_array().map(Vec::len) == Some(100),
-            "{url}: {} items",
+            "{path}: {} items",
             page["items"].as_array().map_or(0, Vec::len)
         );
         let load = Load {
@@ -859,7 +855,7 @@ async fn audit_pages(args: &Args, runner: &mut Runner, tls: &Tls) -> anyhow::Res
             pair: None,
             goal_ms: Some(5.0),
             method: "GET",
-            url,
+            url: format!("{}{path}", tls.base),
             regex: false,
             body: None,
             rate: Some(args.audit_rate),
@@ -867,7 +863,7 @@ async fn audit_pages(args: &Args, runner: &mut Runner, tls: &Tls) -> anyhow::Res
             seconds: args.audit_seconds,
         };
         runner
-            .run(load, pid, &tls_args, std::slice::from_ref(&auth))
+            .run(load, pid, &tls.args, std::slice::from_ref(&auth))
             .await?;
     }
     Ok(AuditSetup {
@@ -1169,18 +1165,19 @@ async fn main() -> anyhow::Result<()> {
         results: Vec::new(),
     };
     let tls = nexus_api(&args, &mut runner).await?;
-    let audit = audit_pages(&args, &mut runner, &tls).await?;
+    let audit = audit_pages(&args, &mut runner).await?;
     let etcd = etcd_baseline(&args, &mut runner).await?;
     let load_after = load_average();
     let took = started.elapsed();
 
-    let tls_note = match &tls {
-        Tls::CaCert(_) => "oha checks the node's certificate against the fleet root \
-                           (`--cacert $ANCHOR_DIR/trust/root.pem`, what `nexus_tests::api_client` trusts)"
+    let tls_note = match &tls.insecure {
+        None => "oha checks the node's certificate as every API client of the fleet does: against the \
+                 fleet root (`--cacert $ANCHOR_DIR/trust/root.pem`) under the name the certificate carries \
+                 (`<node id>.node.nexus.invalid`, pointed at the node's loopback address with `--connect-to`)"
             .to_string(),
-        Tls::Insecure(why) => format!(
-            "oha runs with `--insecure`: with `--cacert $ANCHOR_DIR/trust/root.pem` it refused the \
-             node's certificate ({why}); the bytes on the wire are the same TLS 1.3"
+        Some(why) => format!(
+            "oha runs with `--insecure`: checking the node's certificate against the fleet root failed ({why}); \
+             the bytes on the wire are the same TLS 1.3"
         ),
     };
     let commands = runner
