@@ -1018,7 +1018,8 @@ async fn etcd_baseline(args: &Args, runner: &mut Runner) -> anyhow::Result<Optio
     };
     let version = command_output(bin, &["--version"])
         .and_then(|v| v.lines().next().map(str::to_string))
-        .unwrap_or_default();
+        .map(|v| v.replace("etcd Version:", "etcd"))
+        .unwrap_or_else(|| "etcd".into());
     let dir = tempfile::tempdir()?;
     let (client, peer) = (free_port()?, free_port()?);
     let url = format!("http://127.0.0.1:{client}");
