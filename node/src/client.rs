@@ -23,24 +23,10 @@ use serde_json::Value;
 use crate::cli::{ClientArgs, Output};
 use crate::profile::{KeySpec, Resolved, Source};
 
-/// Checks a label; the message says what is wrong.
+/// Checks a label; the message says what is wrong (the rule replicated configuration applies,
+/// `nexus_crdt::validate::label_problem`).
 pub fn check_label(key: &str, value: &str) -> Result<(), String> {
-    let ok_key = !key.is_empty()
-        && key.len() <= 63
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if !ok_key {
-        return Err(format!(
-            "label key {key:?} must be 1-63 characters of letters, digits, '-', '_', '.', '/'"
-        ));
-    }
-    if value.len() > 255 || value.chars().any(char::is_control) {
-        return Err(format!(
-            "label value for {key:?} must be at most 255 characters without control characters"
-        ));
-    }
-    Ok(())
+    nexus_crdt::validate::label_problem(key, value).map_or(Ok(()), Err)
 }
 
 /// Checks an API URL; returns it without a trailing `/`.

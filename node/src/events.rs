@@ -604,6 +604,8 @@ impl ConfigView {
         // pass read again rather than be missed.
         let fleet_version = replication.version_of(&DocId::Fleet);
         let fv = fleet_version.unwrap_or(0);
+        // Keys of every held document, read once for the whole pass.
+        let keys = replication.access_records().map(|r| r.keys);
         if self
             .docs
             .get("fleet")
@@ -632,8 +634,8 @@ impl ConfigView {
                     }
                 }
             }
-            match replication.access_records() {
-                Ok(records) => objects.extend(key_objects(records.keys, None)),
+            match &keys {
+                Ok(keys) => objects.extend(key_objects(keys, None)),
                 Err(err) => {
                     tracing::warn!(error = ?err, "event journal: cannot read the fleet's API keys");
                     failed = true;
@@ -679,9 +681,11 @@ impl ConfigView {
             {
                 continue;
             }
+            let tenant_keys = keys.as_deref().map_err(|e| format!("{e:?}"));
             match read_tenant(
                 replication,
                 store,
+                tenant_keys,
                 &tenant,
                 &key,
                 version,
@@ -726,6 +730,7 @@ impl ConfigView {
 fn read_tenant(
     replication: &Replication,
     store: &Store,
+    keys: Result<&[(Option<String>, String, nexus_crdt::ApiKeyRecord)], String>,
     tenant: &str,
     key: &str,
     version: Option<u64>,
@@ -746,11 +751,7 @@ fn read_tenant(
     let firmware =
         list_all(replication, &Kind::FirmwareTarget, Some(tenant)).map_err(|e| format!("{e:?}"))?;
     add(WatchKind::Firmware, None, firmware);
-    let keys = replication
-        .access_records()
-        .map_err(|e| format!("{e:?}"))?
-        .keys;
-    let keys = key_objects(keys, Some(tenant))
+    let keys = key_objects(keys?, Some(tenant))
         .into_iter()
         .map(|(k, v)| (k.id, v))
         .collect();
@@ -788,19 +789,19 @@ fn read_tenant(
 /// The API keys of `tenant` (`None`: fleet-wide) as watch objects: what `GET /v1/keys` shows,
 /// never the hash.
 fn key_objects(
-    keys: Vec<(Option<String>, String, nexus_crdt::ApiKeyRecord)>,
+    keys: &[(Option<String>, String, nexus_crdt::ApiKeyRecord)],
     tenant: Option<&str>,
 ) -> Vec<(ObjectKey, Value)> {
-    keys.into_iter()
+    keys.iter()
         .filter(|(t, _, _)| t.as_deref() == tenant)
         .filter_map(|(t, id, k)| {
-            let object =
-                serde_json::to_value(crate::access::Access::wire_key(t, id.clone(), k)).ok()?;
+            let wire = crate::access::Access::wire_key(t.clone(), id.clone(), k.clone());
+            let object = serde_json::to_value(wire).ok()?;
             Some((
                 ObjectKey {
                     kind: WatchKind::Keys,
                     site: None,
-                    id,
+                    id: id.clone(),
                 },
                 object,
             ))

@@ -46,3 +46,39 @@ pub fn write_section(path: &Path, name: &str, section: &str) -> std::io::Result<
     };
     std::fs::write(path, updated)
 }
+
+/// SplitMix64: enough randomness to pick indices and make up test data, reproducible from
+/// the seed.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` for n far below 2^64.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `bytes` random bytes as lowercase hex.
+    pub fn hex(&mut self, bytes: usize) -> String {
+        (0..bytes.div_ceil(8))
+            .map(|_| format!("{:016x}", self.next_u64()))
+            .collect::<String>()[..bytes * 2]
+            .to_string()
+    }
+}
+
+/// A free loopback port (bound, then released: for programs such as etcd that need their
+/// ports named up front).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

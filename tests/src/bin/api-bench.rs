@@ -34,7 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Parser;
 use futures::StreamExt;
-use nexus_tests::bench::{cores, cpu_model, percentile};
+use nexus_tests::bench::{SplitMix64, cores, cpu_model, free_port, percentile};
 use nexus_tests::{Fleet, NodeProc};
 use serde_json::{Value, json};
 
@@ -150,30 +150,6 @@ fn machine_ticks() -> (u64, u64) {
             Some((total - idle, total))
         })
         .unwrap_or((0, 0))
-}
-
-/// A small deterministic generator (splitmix64) for realistic-looking audit entries.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn hex(&mut self, bytes: usize) -> String {
-        (0..bytes.div_ceil(8))
-            .map(|_| format!("{:016x}", self.next()))
-            .collect::<String>()[..bytes * 2]
-            .to_string()
-    }
 }
 
 /// How oha reaches the node and checks its certificate.
@@ -745,7 +721,7 @@ fn fill_audit(path: &Path, own: &str, rows: usize) -> anyhow::Result<Duration> {
         [own],
         |r| r.get(0),
     )?;
-    let mut rng = Rng(0x5eed);
+    let mut rng = SplitMix64(0x5eed);
     let mut nodes: Vec<(String, i64)> = vec![(own.to_string(), own_last)];
     nodes.extend((0..4).map(|_| (rng.hex(16), 0)));
     let span_ms: u64 = 30 * 24 * 3600 * 1000;
@@ -988,15 +964,8 @@ WAL commit per wake-up, a checkpoint with fsync about every 250 ms), and each re
 thread. It is off the request path, but it is load on the same two cores and disk.
 - **Audit pages**: the cursor is a keyset on the `(time_ms, node_id, seq)` index, so depth costs nothing \
 (first page and 99% deep alike). A tenant filter walks that index and skips other tenants' entries (there \
-is no tenant index): ~250 rows for a 40% tenant, ~10,000 for a 1% tenant per page of 100.
+was no tenant index when this was profiled; `audit_by_tenant` has been added since): ~250 rows for a 40% tenant, ~10,000 for a 1% tenant per page of 100.
 ";
-
-/// A free loopback port (bound, then released: etcd needs its ports named up front).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 struct Etcd(Child);
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use nexus_tests::Fleet;
-use nexus_tests::bench::percentile;
+use nexus_tests::bench::{free_port, percentile};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -178,13 +178,6 @@ async fn measure(
         });
     }
     Ok((out, boot))
-}
-
-/// A free loopback port (bound, then released: etcd needs its ports named up front).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The baseline an operator would pick instead: one etcd member (Debian's `etcd-server`,

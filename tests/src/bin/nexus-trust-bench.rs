@@ -26,6 +26,7 @@ use nexus_ca::tlog::{
     Hash, LogEntry, MerkleLog, SignedTreeHead, leaf_hash, verify_consistency, verify_inclusion,
 };
 use nexus_ca::{CertificateAuthority, MicProfile, NodeKey, Role, public_key_from_csr};
+use nexus_tests::bench::SplitMix64;
 
 const START_MARKER: &str = "<!-- trust-bench:start -->";
 const END_MARKER: &str = "<!-- trust-bench:end -->";
@@ -58,24 +59,6 @@ struct Args {
     /// Markdown file whose trust-bench section is replaced (or appended).
     #[arg(long)]
     write: Option<PathBuf>,
-}
-
-/// SplitMix64: enough randomness to pick indices, and reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..n` for n far below 2^64.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One table row.
@@ -216,7 +199,7 @@ fn bench_tlog(args: &Args, ca: &CertificateAuthority, rows: &mut Vec<Row>) -> an
         ),
     ));
 
-    let mut rng = Rng(args.seed);
+    let mut rng = SplitMix64(args.seed);
     let reps = 100_000u64;
     let start = Instant::now();
     let mut root = [0u8; 32];
