@@ -10,11 +10,17 @@
 //! - [`Mesh`]: the runtime that runs chitchat over the transport and folds its state into the
 //!   membership table.
 //! - [`wire`]: the keys and values a node publishes about itself.
+//! - pools: every node gossips in its site's pool; anchors and site gateways also in the WAN
+//!   pool, where each gateway reports its site's members (`site/<node>`), so anchors and
+//!   gateways see the whole fleet while no pool grows past one site.
+//! - [`broadcast`](split_groups): the I/O-free rules by which a change spreads (trees, the
+//!   gateway rule) and anti-entropy picks its peers ([`AntiEntropy`]).
 //!
 //! The library never binds sockets or reads config: the binary hands it a bound socket and a
 //! [`MeshConfig`].
 
 mod auth;
+mod broadcast;
 mod codec;
 mod membership;
 mod runtime;
@@ -22,11 +28,18 @@ mod transport;
 pub mod wire;
 
 pub use auth::{DropReason, GossipAuth, GossipAuthConfig, MAX_DATAGRAM, Opened};
+pub use broadcast::{
+    Advertised, AntiEntropy, Arrival, NewTrees, RESYNC_BACKOFF, SYNC_SETTLE, new_trees,
+    primary_gateway, reachable, split_groups,
+};
 pub use codec::ChitchatCodec;
 pub use membership::{
-    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Transition,
+    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
 };
-pub use runtime::{DEAD_INCARNATION_GRACE, DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError};
+pub use runtime::{
+    Clock, DEAD_INCARNATION_GRACE, DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError,
+    MeshObserver, Observer, PoolSocket,
+};
 pub use transport::{
     AuthenticatedTransport, Datagrams, MemoryDatagrams, MemoryNetwork, UdpDatagrams,
 };

@@ -137,6 +137,40 @@ impl std::str::FromStr for NodeStatus {
     }
 }
 
+/// The gossip pool an observation came from. A node is in its site's pool; anchors and site
+/// gateways are also in the fleet's WAN pool (DESIGN invariant 7: pools stay small enough for
+/// one datagram digest, and the fleet grows by adding sites).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// The pool of the node's own site.
+    Site,
+    /// The pool of anchors and site gateways that joins the sites.
+    Wan,
+}
+
+impl Pool {
+    fn index(self) -> usize {
+        match self {
+            Pool::Site => 0,
+            Pool::Wan => 1,
+        }
+    }
+}
+
+/// What a gateway says about a member of its site, published in the WAN pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// The member reported on.
+    pub subject: NodeId,
+    /// The gateway reporting.
+    pub reporter: NodeId,
+    /// The status the gateway derives for it.
+    pub status: NodeStatus,
+    /// The incarnation the gateway sees.
+    pub generation: u64,
+}
+
 /// The current time, as both a monotonic reading (for detection) and wall clock (for display).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -173,19 +207,67 @@ pub struct Member {
     pub last_heartbeat_ms: Option<u64>,
     /// Operator action in force, with the unix ms it was taken at.
     pub operator: Option<(OperatorAction, u64)>,
-    /// Last heartbeat counter seen.
+    /// Last heartbeat counter seen, per pool (each pool's chitchat counts its own).
     #[serde(skip)]
-    heartbeat: u64,
+    heartbeat: [u64; 2],
+    /// The pools this node has been observed in (by heartbeat), per [`Pool`].
+    #[serde(skip)]
+    seen_in: [bool; 2],
+    /// For a member of another site: what the gateways of its site report, by gateway.
+    #[serde(skip)]
+    reports: BTreeMap<NodeId, (NodeStatus, u64)>,
     /// Monotonic time of the last heartbeat advance.
     #[serde(skip)]
     last_advance: Option<Duration>,
-    /// Whether chitchat's phi-accrual detector holds this incarnation live.
+    /// Whether chitchat's phi-accrual detector holds this incarnation live, per pool it was
+    /// observed in.
     #[serde(skip)]
-    accrual_live: bool,
+    accrual_live: [Option<bool>; 2],
     /// Whether that detector has held this incarnation live since it was last offline. Until
     /// then its "dead" only means "too few samples yet" (a new incarnation, a healed partition).
     #[serde(skip)]
     accrual_armed: bool,
+}
+
+impl Member {
+    /// Whether this node's heartbeat has been observed in `pool`.
+    pub fn in_pool(&self, pool: Pool) -> bool {
+        self.seen_in[pool.index()]
+    }
+
+    /// Whether this node is known only from its site gateways' reports (a member of another
+    /// site, seen from an anchor or gateway).
+    pub fn is_remote(&self) -> bool {
+        !self.seen_in.iter().any(|s| *s) && !self.reports.is_empty()
+    }
+
+    fn accrual(&self) -> bool {
+        // Live if any pool that observed it holds it live; unobserved counts as live.
+        let observed: Vec<bool> = self.accrual_live.iter().flatten().copied().collect();
+        observed.is_empty() || observed.iter().any(|l| *l)
+    }
+
+    fn blank(node_id: NodeId, generation: u64, now: Now) -> Member {
+        Member {
+            node_id,
+            generation,
+            gossip_addr: None,
+            info: None,
+            health: "unknown".to_string(),
+            dataplane: None,
+            self_status: SelfStatus::Active,
+            status: NodeStatus::Online,
+            status_since_ms: now.wall_ms,
+            last_heartbeat_ms: None,
+            operator: None,
+            heartbeat: [0; 2],
+            seen_in: [false; 2],
+            reports: BTreeMap::new(),
+            last_advance: None,
+            accrual_live: [None; 2],
+            accrual_armed: false,
+        }
+    }
 }
 
 /// A status change.
@@ -220,6 +302,8 @@ pub struct Observation {
     pub self_status: SelfStatus,
     /// Whether chitchat's phi-accrual detector holds this incarnation live.
     pub accrual_live: bool,
+    /// The pool whose gossip state this was read from.
+    pub pool: Pool,
 }
 
 /// The membership table of one node.
@@ -243,10 +327,10 @@ impl Membership {
     /// Restores a member remembered from before a restart. It keeps its last known status until
     /// `offline_after` passes without news of it.
     pub fn restore(&mut self, mut member: Member, now: Now) {
-        member.heartbeat = 0;
+        member.heartbeat = [0; 2];
         // Whatever it was when we last looked, it gets the full detection window to show up.
         member.last_advance = Some(now.mono);
-        member.accrual_live = true;
+        member.accrual_live = [None; 2];
         member.accrual_armed = false;
         self.members.insert(member.node_id, member);
     }
@@ -264,36 +348,36 @@ impl Membership {
     /// Records what gossip says about one node incarnation. Older incarnations are ignored; a
     /// newer one (a restart) replaces the previous.
     pub fn observe(&mut self, obs: Observation, now: Now) {
-        let member = self.members.entry(obs.node_id).or_insert_with(|| Member {
-            node_id: obs.node_id,
-            generation: obs.generation,
-            gossip_addr: Some(obs.gossip_addr),
-            info: None,
-            health: "unknown".to_string(),
-            dataplane: None,
-            self_status: SelfStatus::Active,
-            status: NodeStatus::Online,
-            status_since_ms: now.wall_ms,
-            last_heartbeat_ms: None,
-            operator: None,
-            heartbeat: 0,
-            last_advance: None,
-            accrual_live: true,
-            accrual_armed: false,
-        });
+        let pool = obs.pool.index();
+        let member = self
+            .members
+            .entry(obs.node_id)
+            .or_insert_with(|| Member::blank(obs.node_id, obs.generation, now));
         if obs.generation < member.generation {
             return;
         }
         if obs.generation > member.generation {
             member.generation = obs.generation;
-            member.heartbeat = 0;
+            member.heartbeat = [0; 2];
+            member.accrual_live = [None; 2];
             member.accrual_armed = false;
         }
-        member.gossip_addr = Some(obs.gossip_addr);
-        if obs.heartbeat > member.heartbeat || member.last_advance.is_none() {
-            member.heartbeat = obs.heartbeat;
+        // The site pool's address is the one peers use; a WAN address only stands in for a
+        // member seen nowhere else.
+        if obs.pool == Pool::Site || !member.seen_in[Pool::Site.index()] {
+            member.gossip_addr = Some(obs.gossip_addr);
+        }
+        // A node first seen in a second pool brings that pool's counter: a baseline, not a
+        // sign of life.
+        let baseline_only = !member.seen_in[pool] && member.seen_in.iter().any(|s| *s);
+        member.seen_in[pool] = true;
+        let advanced = obs.heartbeat > member.heartbeat[pool];
+        if (advanced && !baseline_only) || member.last_advance.is_none() {
             member.last_advance = Some(now.mono);
             member.last_heartbeat_ms = Some(now.wall_ms);
+        }
+        if advanced {
+            member.heartbeat[pool] = obs.heartbeat;
         }
         if let Some(info) = obs.info {
             member.info = Some(info);
@@ -305,8 +389,33 @@ impl Membership {
             member.dataplane = obs.dataplane;
         }
         member.self_status = obs.self_status;
-        member.accrual_live = obs.accrual_live;
+        member.accrual_live[pool] = Some(obs.accrual_live);
         member.accrual_armed |= obs.accrual_live;
+    }
+
+    /// Replaces every gateway report with `reports` (what the WAN pool says now). Reports about
+    /// nodes observed here by heartbeat, and about this node, are ignored: first-hand news wins.
+    pub fn set_reports(&mut self, reports: impl IntoIterator<Item = Report>, now: Now) {
+        for member in self.members.values_mut() {
+            member.reports.clear();
+        }
+        for report in reports {
+            if report.subject == self.self_id || report.reporter == self.self_id {
+                continue;
+            }
+            let member = self
+                .members
+                .entry(report.subject)
+                .or_insert_with(|| Member::blank(report.subject, report.generation, now));
+            if member.seen_in.iter().any(|s| *s) || report.generation < member.generation {
+                continue;
+            }
+            if report.generation > member.generation {
+                member.generation = report.generation;
+                member.reports.clear();
+            }
+            member.reports.insert(report.reporter, (report.status, report.generation));
+        }
     }
 
     /// Applies an operator action published by some node. The latest action wins;
@@ -327,8 +436,19 @@ impl Membership {
     pub fn tick(&mut self, now: Now) -> (Vec<Transition>, Vec<NodeId>) {
         let mut transitions = Vec::new();
         let mut forgotten = Vec::new();
+        // A report counts while its gateway is alive here.
+        let alive_reporters: std::collections::BTreeSet<NodeId> = self
+            .members
+            .values()
+            .filter(|m| !m.is_remote() && matches!(m.status, NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining))
+            .map(|m| m.node_id)
+            .collect();
         for member in self.members.values_mut() {
-            let status = derive_status(&self.config, self.self_id, member, now);
+            let status = if member.is_remote() {
+                remote_status(member, &alive_reporters)
+            } else {
+                derive_status(&self.config, self.self_id, member, now)
+            };
             if status != member.status {
                 transitions.push(Transition {
                     node_id: member.node_id,
@@ -366,6 +486,35 @@ impl Membership {
     }
 }
 
+/// The status of a member of another site: the most alive status its live gateways report
+/// (one gateway cut off from its site must not take the site offline), offline when no live
+/// gateway reports it; decommissioned if any says so.
+fn remote_status(member: &Member, alive_reporters: &std::collections::BTreeSet<NodeId>) -> NodeStatus {
+    if let Some((OperatorAction::Decommission, _)) = member.operator {
+        return NodeStatus::Decommissioned;
+    }
+    let rank = |s: NodeStatus| match s {
+        NodeStatus::Online => 0,
+        NodeStatus::Draining => 1,
+        NodeStatus::Degraded => 2,
+        NodeStatus::Offline => 3,
+        NodeStatus::Decommissioned => 4,
+    };
+    let reported: Vec<NodeStatus> = member
+        .reports
+        .iter()
+        .filter(|(reporter, _)| alive_reporters.contains(reporter))
+        .map(|(_, (status, _))| *status)
+        .collect();
+    if reported.contains(&NodeStatus::Decommissioned) {
+        return NodeStatus::Decommissioned;
+    }
+    reported
+        .into_iter()
+        .min_by_key(|s| rank(*s))
+        .unwrap_or(NodeStatus::Offline)
+}
+
 fn derive_status(
     config: &MembershipConfig,
     self_id: NodeId,
@@ -385,7 +534,7 @@ fn derive_status(
     // Offline at `offline_after` of silence at the latest; earlier when chitchat's phi-accrual
     // detector, which adapts to how often this node's heartbeats arrive, already gave up on it —
     // but never before `suspect_after`, so one slow round cannot take a node offline.
-    let accrual_dead = member.accrual_armed && !member.accrual_live && member.node_id != self_id;
+    let accrual_dead = member.accrual_armed && !member.accrual() && member.node_id != self_id;
     if silent_for >= config.offline_after || (accrual_dead && silent_for >= config.suspect_after) {
         return NodeStatus::Offline;
     }
@@ -426,6 +575,7 @@ mod tests {
             dataplane: None,
             self_status: SelfStatus::Active,
             accrual_live: true,
+            pool: Pool::Site,
         }
     }
 

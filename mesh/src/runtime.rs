@@ -1,24 +1,29 @@
 //! The mesh runtime: chitchat over the authenticated transport, plus a ticker that turns gossip
 //! state into the membership table.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chitchat::transport::Transport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
     spawn_chitchat,
 };
+use tokio::time::Instant;
 use nexus_ca::NodeId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::GossipAuth;
-use crate::membership::{Member, Membership, MembershipConfig, NodeStatus, Now, Observation};
+use crate::membership::{
+    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
+};
 use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
 use crate::wire::{
-    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_STATUS, NodeInfo, OperatorAction,
-    SelfStatus, operator_key,
+    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_SITE_PREFIX, KEY_STATUS,
+    NodeInfo, OperatorAction, SelfStatus, operator_key, site_report_key,
 };
 
 /// Default time between gossip rounds: fast enough that a live node's heartbeat reaches a
@@ -51,6 +56,70 @@ pub struct MeshConfig {
     pub tick_interval: Duration,
     /// How long chitchat keeps a dead incarnation's state (see [`DEAD_INCARNATION_GRACE`]).
     pub dead_incarnation_grace: Duration,
+    /// Where to start gossiping in the WAN pool (gateways and anchors only).
+    pub wan_seeds: Vec<SocketAddr>,
+    /// The wall clock (unix ms). Monotonic time is tokio's, so a paused runtime drives both.
+    pub clock: Clock,
+    /// Told about every status change this node sees (simulations and tests).
+    pub observer: Option<Observer>,
+}
+
+/// A source of wall-clock time in unix milliseconds.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(unix_ms))
+    }
+
+    /// A clock read from `f` (a simulation's virtual clock, with its skew).
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    /// Unix milliseconds now.
+    pub fn wall_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({} ms)", self.wall_ms())
+    }
+}
+
+/// Receives what a node's membership table does; see [`MeshConfig::observer`].
+pub trait MeshObserver: Send + Sync {
+    /// Called after a fold that changed something: the statuses that changed and how many
+    /// members the table holds now.
+    fn folded(&self, node: NodeId, now: Now, transitions: &[Transition], members: usize);
+}
+
+/// A shared [`MeshObserver`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn MeshObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// One gossip pool's socket: a chitchat transport that hands out one socket at `addr`.
+pub struct PoolSocket {
+    /// The transport (authenticated UDP in production, a simulated network in simulations).
+    pub transport: Box<dyn Transport>,
+    /// The address the socket is bound to and advertised at.
+    pub addr: SocketAddr,
 }
 
 /// Failures starting the mesh.
@@ -64,8 +133,9 @@ pub enum MeshError {
 /// A running mesh.
 pub struct Mesh {
     chitchat: ChitchatHandle,
+    wan: Option<ChitchatHandle>,
     table: Arc<Mutex<Membership>>,
-    auth: Arc<Mutex<GossipAuth>>,
+    auth: Option<Arc<Mutex<GossipAuth>>>,
     changes: watch::Receiver<u64>,
     evicted: watch::Receiver<bool>,
     ticker: JoinHandle<()>,
@@ -75,66 +145,55 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts gossip on `datagrams` (already bound), publishing `info`. `restored` are the members
-    /// remembered from the last run.
+    /// remembered from the last run. A gateway or anchor also passes `wan`, its WAN pool socket.
     pub async fn start(
         config: MeshConfig,
         datagrams: Box<dyn Datagrams>,
+        wan: Option<Box<dyn Datagrams>>,
         auth: GossipAuth,
         info: &NodeInfo,
         restored: Vec<Member>,
     ) -> Result<Mesh, MeshError> {
-        let gossip_addr = datagrams.local_addr();
         let auth = Arc::new(Mutex::new(auth));
-        let transport = AuthenticatedTransport::new(datagrams, auth.clone());
-        let interval = config.gossip_interval;
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(
-                config.node_id.to_string(),
-                config.generation,
-                gossip_addr,
-            ),
-            cluster_id: config.fleet_id.clone(),
-            gossip_interval: interval,
-            listen_addr: gossip_addr,
-            seed_nodes: config
-                .seeds
-                .iter()
-                .filter(|seed| **seed != gossip_addr)
-                .map(|seed| seed.to_string())
-                .collect(),
-            // chitchat's own detector only decides whom it gossips with and when it forgets a
-            // dead incarnation; statuses come from `Membership`. Keep it tolerant so a suspected
-            // node still gets gossip (and can prove it is alive).
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: 8.0,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: interval,
-                dead_node_grace_period: config.dead_incarnation_grace,
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            // Every node of a fleet runs a version that reads the compressed digest.
-            protocol_version: ProtocolVersion::V1,
+        let site = PoolSocket {
+            addr: datagrams.local_addr(),
+            transport: Box::new(AuthenticatedTransport::new(datagrams, auth.clone())),
         };
+        let wan = wan.map(|datagrams| PoolSocket {
+            addr: datagrams.local_addr(),
+            transport: Box::new(AuthenticatedTransport::new(datagrams, auth.clone())),
+        });
+        Mesh::start_pools(config, site, wan, Some(auth), info, restored).await
+    }
+
+    /// Starts gossip over any chitchat transport: the site pool on `site` and, for a gateway,
+    /// the WAN pool on `wan`. Without `auth` datagrams are not authenticated (simulations,
+    /// which model the check).
+    pub async fn start_pools(
+        config: MeshConfig,
+        site: PoolSocket,
+        wan: Option<PoolSocket>,
+        auth: Option<Arc<Mutex<GossipAuth>>>,
+        info: &NodeInfo,
+        restored: Vec<Member>,
+    ) -> Result<Mesh, MeshError> {
+        let gossip_addr = site.addr;
         let info_json = serde_json::to_string(info).expect("NodeInfo serializes");
-        let initial = vec![
-            (KEY_INFO.to_string(), info_json),
-            (KEY_HEALTH.to_string(), "ok".to_string()),
-            (
-                KEY_STATUS.to_string(),
-                SelfStatus::Active.as_str().to_string(),
+        let chitchat = spawn_pool(&config, &site, config.fleet_id.clone(), &config.seeds, &info_json)
+            .await?;
+        let wan = match &wan {
+            Some(wan) => Some(
+                spawn_pool(&config, wan, wan_cluster(&config.fleet_id), &config.wan_seeds, &info_json)
+                    .await?,
             ),
-        ];
-        let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
-            .await
-            .map_err(|err| MeshError::Start(format!("{err:#}")))?;
+            None => None,
+        };
 
         let origin = Instant::now();
+        let clock = config.clock.clone();
         let now = move || Now {
             mono: origin.elapsed(),
-            wall_ms: unix_ms(),
+            wall_ms: clock.wall_ms(),
         };
         let mut membership = Membership::new(config.membership.clone(), config.node_id);
         for member in restored {
@@ -145,20 +204,26 @@ impl Mesh {
         let table = Arc::new(Mutex::new(membership));
         let (changes_tx, changes) = watch::channel(0u64);
         let (evicted_tx, evicted) = watch::channel(false);
+        let mut pools = vec![(Pool::Site, chitchat.chitchat())];
+        if let Some(wan) = &wan {
+            pools.push((Pool::Wan, wan.chitchat()));
+        }
         let ticker = tokio::spawn(tick_loop(
             Folding {
-                chitchat: chitchat.chitchat(),
+                pools,
                 table: table.clone(),
                 auth: auth.clone(),
                 self_id: config.node_id,
                 changes: changes_tx,
                 evicted: evicted_tx,
+                observer: config.observer.clone(),
             },
             config.tick_interval,
             now,
         ));
         Ok(Mesh {
             chitchat,
+            wan,
             table,
             auth,
             changes,
@@ -167,6 +232,23 @@ impl Mesh {
             node_id: config.node_id,
             gossip_addr,
         })
+    }
+
+    /// Runs `f` on the chitchat state of every pool this node is in (site first).
+    async fn each_pool<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut chitchat::Chitchat) -> T + Send + Clone + 'static,
+    ) -> Vec<T> {
+        let mut out = vec![self.chitchat.with_chitchat(f.clone()).await];
+        if let Some(wan) = &self.wan {
+            out.push(wan.with_chitchat(f).await);
+        }
+        out
+    }
+
+    /// Whether this node is in the WAN pool (a gateway or an anchor).
+    pub fn is_gateway(&self) -> bool {
+        self.wan.is_some()
     }
 
     /// The gossip address this node advertises.
@@ -197,7 +279,10 @@ impl Mesh {
 
     /// Incarnations (live and dead) in this node's gossip state; each one rides in every digest.
     pub async fn incarnations(&self) -> usize {
-        self.chitchat.with_chitchat(|c| c.node_states().len()).await
+        self.each_pool(|c| c.node_states().len())
+            .await
+            .into_iter()
+            .sum()
     }
 
     /// Turns true when gossip says an operator decommissioned this node.
@@ -208,8 +293,7 @@ impl Mesh {
     /// Publishes a new health summary (`ok` or the failing check).
     pub async fn set_health(&self, health: &str) {
         let health = health.to_string();
-        self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(KEY_HEALTH, &health))
+        self.each_pool(move |c| c.self_node_state().set(KEY_HEALTH, &health))
             .await;
     }
 
@@ -220,13 +304,15 @@ impl Mesh {
             let mut table = lock(&self.table);
             table.apply_operator(target, action, at);
         }
-        if action == OperatorAction::Decommission && target != self.node_id {
-            lock(&self.auth).deny(target);
+        if action == OperatorAction::Decommission
+            && target != self.node_id
+            && let Some(auth) = &self.auth
+        {
+            lock(auth).deny(target);
         }
         let key = operator_key(&target);
         let value = action.encode(at);
-        self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+        self.each_pool(move |c| c.self_node_state().set(&key, &value))
             .await;
     }
 
@@ -234,87 +320,56 @@ impl Mesh {
     /// the keys in [`crate::wire`] are managed by the mesh).
     pub async fn publish(&self, key: &str, value: &str) {
         let (key, value) = (key.to_string(), value.to_string());
-        self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+        self.each_pool(move |c| c.self_node_state().set(&key, &value))
             .await;
     }
 
     /// What every node (this one included) currently publishes under `key`, by node id.
     pub async fn published(&self, key: &str) -> Vec<(NodeId, String)> {
         let key = key.to_string();
-        self.chitchat
-            .with_chitchat(|c| {
-                // From each node's newest incarnation only: a restarted node's old state is stale.
-                let mut newest: std::collections::HashMap<NodeId, (u64, Option<String>)> =
-                    std::collections::HashMap::new();
-                for (id, state) in c.node_states() {
-                    let Ok(node) = id.node_id.parse::<NodeId>() else {
-                        continue;
-                    };
-                    if newest
-                        .get(&node)
-                        .is_some_and(|(g, _)| *g > id.generation_id)
-                    {
-                        continue;
-                    }
-                    newest.insert(
-                        node,
-                        (id.generation_id, state.get(&key).map(str::to_string)),
-                    );
-                }
-                newest
-                    .into_iter()
-                    .filter_map(|(node, (_, value))| Some((node, value?)))
-                    .collect()
+        let per_pool = self
+            .each_pool(move |c| {
+                newest_states(c, |state| state.get(&key).map(str::to_string))
             })
-            .await
+            .await;
+        merge_pools(per_pool)
+            .into_iter()
+            .filter_map(|(node, value)| Some((node, value?)))
+            .collect()
     }
 
     /// Every `(node, key, value)` published under a key starting with `prefix`, by any node
     /// (from each node's newest incarnation only: a restarted node's old state is stale).
     pub async fn published_prefix(&self, prefix: &str) -> Vec<(NodeId, String, String)> {
         let prefix = prefix.to_string();
-        self.chitchat
-            .with_chitchat(|c| {
-                let mut newest: std::collections::HashMap<NodeId, (u64, Vec<(String, String)>)> =
-                    std::collections::HashMap::new();
-                for (id, state) in c.node_states() {
-                    let Ok(node) = id.node_id.parse::<NodeId>() else {
-                        continue;
-                    };
-                    if newest
-                        .get(&node)
-                        .is_some_and(|(g, _)| *g > id.generation_id)
-                    {
-                        continue;
-                    }
-                    let entries = state
+        let per_pool = self
+            .each_pool(move |c| {
+                newest_states(c, |state| {
+                    state
                         .iter_prefix(&prefix)
                         .map(|(key, value)| (key.to_string(), value.value.clone()))
-                        .collect();
-                    newest.insert(node, (id.generation_id, entries));
-                }
-                newest
-                    .into_iter()
-                    .flat_map(|(node, (_, entries))| {
-                        entries.into_iter().map(move |(k, v)| (node, k, v))
-                    })
-                    .collect()
+                        .collect::<Vec<_>>()
+                })
             })
-            .await
+            .await;
+        merge_pools(per_pool)
+            .into_iter()
+            .flat_map(|(node, entries)| entries.into_iter().map(move |(k, v)| (node, k, v)))
+            .collect()
     }
 
     /// Publishes a changed [`NodeInfo`] (for example after a certificate renewal).
     pub async fn set_info(&self, info: &NodeInfo) {
         let json = serde_json::to_string(info).expect("NodeInfo serializes");
-        self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(KEY_INFO, &json))
+        self.each_pool(move |c| c.self_node_state().set(KEY_INFO, &json))
             .await;
     }
 
     /// Uses a renewed certificate for gossip from now on.
     pub fn set_certificate(&self, mic_der: Vec<u8>) {
-        lock(&self.auth).set_certificate(mic_der);
+        if let Some(auth) = &self.auth {
+            lock(auth).set_certificate(mic_der);
+        }
     }
 
     /// Stops gossip (idempotent).
@@ -322,7 +377,97 @@ impl Mesh {
         self.ticker.abort();
         // An error only means chitchat already stopped.
         let _ = self.chitchat.initiate_shutdown();
+        if let Some(wan) = &self.wan {
+            let _ = wan.initiate_shutdown();
+        }
     }
+}
+
+/// The WAN pool's chitchat cluster id: another cluster, so a site pool never merges into it.
+fn wan_cluster(fleet_id: &str) -> String {
+    format!("{fleet_id}/wan")
+}
+
+async fn spawn_pool(
+    config: &MeshConfig,
+    socket: &PoolSocket,
+    cluster_id: String,
+    seeds: &[SocketAddr],
+    info_json: &str,
+) -> Result<ChitchatHandle, MeshError> {
+    let interval = config.gossip_interval;
+    let chitchat_config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(config.node_id.to_string(), config.generation, socket.addr),
+        cluster_id,
+        gossip_interval: interval,
+        listen_addr: socket.addr,
+        seed_nodes: seeds
+            .iter()
+            .filter(|seed| **seed != socket.addr)
+            .map(|seed| seed.to_string())
+            .collect(),
+        // chitchat's own detector only decides whom it gossips with and when it forgets a
+        // dead incarnation; statuses come from `Membership`. Keep it tolerant so a suspected
+        // node still gets gossip (and can prove it is alive).
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1000,
+            max_interval: Duration::from_secs(10),
+            initial_interval: interval,
+            dead_node_grace_period: config.dead_incarnation_grace,
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        // Every node of a fleet runs a version that reads the compressed digest.
+        protocol_version: ProtocolVersion::V1,
+    };
+    let initial = vec![
+        (KEY_INFO.to_string(), info_json.to_string()),
+        (KEY_HEALTH.to_string(), "ok".to_string()),
+        (
+            KEY_STATUS.to_string(),
+            SelfStatus::Active.as_str().to_string(),
+        ),
+    ];
+    spawn_chitchat(chitchat_config, initial, &*socket.transport)
+        .await
+        .map_err(|err| MeshError::Start(format!("{err:#}")))
+}
+
+/// `value` of each node's newest incarnation in one pool's state (a restarted node's old state
+/// is stale).
+fn newest_states<T>(
+    chitchat: &chitchat::Chitchat,
+    value: impl Fn(&chitchat::NodeState) -> T,
+) -> HashMap<NodeId, (u64, T)> {
+    let mut newest: HashMap<NodeId, (u64, T)> = HashMap::new();
+    for (id, state) in chitchat.node_states() {
+        let Ok(node) = id.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        if newest
+            .get(&node)
+            .is_some_and(|(g, _)| *g > id.generation_id)
+        {
+            continue;
+        }
+        newest.insert(node, (id.generation_id, value(state)));
+    }
+    newest
+}
+
+/// One value per node across pools: the newest incarnation wins, the site pool on a tie.
+fn merge_pools<T>(per_pool: Vec<HashMap<NodeId, (u64, T)>>) -> HashMap<NodeId, T> {
+    let mut merged: HashMap<NodeId, (u64, T)> = HashMap::new();
+    for pool in per_pool {
+        for (node, (generation, value)) in pool {
+            if merged.get(&node).is_none_or(|(g, _)| *g < generation) {
+                merged.insert(node, (generation, value));
+            }
+        }
+    }
+    merged.into_iter().map(|(n, (_, v))| (n, v)).collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -334,91 +479,159 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What the ticker reads gossip state from and reports membership to.
 struct Folding {
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    pools: Vec<(Pool, Arc<tokio::sync::Mutex<chitchat::Chitchat>>)>,
     table: Arc<Mutex<Membership>>,
-    auth: Arc<Mutex<GossipAuth>>,
+    auth: Option<Arc<Mutex<GossipAuth>>>,
     self_id: NodeId,
     changes: watch::Sender<u64>,
     evicted: watch::Sender<bool>,
+    observer: Option<Observer>,
+}
+
+/// What one fold read from one pool.
+#[derive(Default)]
+struct Read {
+    observations: Vec<Observation>,
+    actions: Vec<(NodeId, OperatorAction, u64)>,
+    /// Operator actions this node already publishes in the pool, by target.
+    published: HashMap<NodeId, String>,
+    /// WAN pool: gateways' reports on the members of their sites.
+    reports: Vec<Report>,
+    /// WAN pool: the site reports this node already publishes, by subject.
+    reported: HashMap<NodeId, String>,
+}
+
+fn read_pool(
+    chitchat: &chitchat::Chitchat,
+    pool: Pool,
+    parsed_info: &mut HashMap<(Pool, ChitchatId), u64>,
+) -> Read {
+    let mut read = Read::default();
+    let me = chitchat.self_chitchat_id().clone();
+    let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    for (id, state) in chitchat.node_states() {
+        let Ok(node_id) = id.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        let key = (pool, id.clone());
+        read.observations.push(Observation {
+            node_id,
+            generation: id.generation_id,
+            gossip_addr: id.gossip_advertise_addr,
+            heartbeat: u64::from(state.heartbeat()),
+            // The JSON is parsed again only when its version moves, not on every tick.
+            info: state.get_versioned(KEY_INFO).and_then(|info| {
+                let version = info.version;
+                (parsed_info.insert(key, version) != Some(version))
+                    .then(|| serde_json::from_str(&info.value).ok())
+                    .flatten()
+            }),
+            health: state.get(KEY_HEALTH).map(str::to_string),
+            dataplane: state.get(KEY_DATAPLANE).map(str::to_string),
+            self_status: state
+                .get(KEY_STATUS)
+                .map_or(SelfStatus::Active, SelfStatus::parse),
+            accrual_live: live.contains(id),
+            pool,
+        });
+        for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
+            let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();
+            if let (Ok(target), Some((action, at))) =
+                (target, OperatorAction::decode(&value.value))
+            {
+                if *id == me {
+                    read.published.insert(target, value.value.clone());
+                }
+                read.actions.push((target, action, at));
+            }
+        }
+        if pool == Pool::Wan {
+            for (key, value) in state.iter_prefix(KEY_SITE_PREFIX) {
+                let Ok(subject) = key[KEY_SITE_PREFIX.len()..].parse::<NodeId>() else {
+                    continue;
+                };
+                if *id == me {
+                    read.reported.insert(subject, value.value.clone());
+                    continue;
+                }
+                // Only the reporter's newest incarnation speaks for it.
+                if live.contains(id)
+                    && let Some((status, generation)) = decode_report(&value.value)
+                {
+                    read.reports.push(Report {
+                        subject,
+                        reporter: node_id,
+                        status,
+                        generation,
+                    });
+                }
+            }
+        }
+    }
+    read
+}
+
+/// A site report's value: `<status>:<generation>`.
+fn encode_report(status: NodeStatus, generation: u64) -> String {
+    format!("{status}:{generation}")
+}
+
+fn decode_report(value: &str) -> Option<(NodeStatus, u64)> {
+    let (status, generation) = value.split_once(':')?;
+    Some((status.parse().ok()?, generation.parse().ok()?))
 }
 
 async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) {
     let Folding {
-        chitchat,
+        pools,
         table,
         auth,
         self_id,
         changes,
         evicted,
+        observer,
     } = folding;
+    let gateway = pools.iter().any(|(pool, _)| *pool == Pool::Wan);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
-    // Version of the info each incarnation last published that was parsed: the JSON is parsed
-    // again only when it changes, not on every tick.
-    let mut parsed_info: std::collections::HashMap<ChitchatId, u64> = Default::default();
+    let mut parsed_info: HashMap<(Pool, ChitchatId), u64> = HashMap::new();
     loop {
         ticker.tick().await;
-        let mut observations = Vec::new();
-        let mut actions = Vec::new();
-        let mut published = std::collections::HashMap::new();
-        {
+        let mut reads = Vec::with_capacity(pools.len());
+        let mut incarnations = 0;
+        for (pool, chitchat) in &pools {
             let chitchat = chitchat.lock().await;
-            let me = chitchat.self_chitchat_id().clone();
-            let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-            parsed_info.retain(|id, _| chitchat.node_state(id).is_some());
+            parsed_info.retain(|(p, id), _| p != pool || chitchat.node_state(id).is_some());
             // Live and dead incarnations alike ride in every digest: the gossip cost driver.
-            metrics::gauge!("nexus_gossip_incarnations").set(chitchat.node_states().len() as f64);
-            for (id, state) in chitchat.node_states() {
-                let Ok(node_id) = id.node_id.parse::<NodeId>() else {
-                    continue;
-                };
-                observations.push(Observation {
-                    node_id,
-                    generation: id.generation_id,
-                    gossip_addr: id.gossip_advertise_addr,
-                    heartbeat: u64::from(state.heartbeat()),
-                    info: state.get_versioned(KEY_INFO).and_then(|info| {
-                        let version = info.version;
-                        (parsed_info.insert(id.clone(), version) != Some(version))
-                            .then(|| serde_json::from_str(&info.value).ok())
-                            .flatten()
-                    }),
-                    health: state.get(KEY_HEALTH).map(str::to_string),
-                    dataplane: state.get(KEY_DATAPLANE).map(str::to_string),
-                    self_status: state
-                        .get(KEY_STATUS)
-                        .map_or(SelfStatus::Active, SelfStatus::parse),
-                    accrual_live: live.contains(id),
-                });
-                for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
-                    let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();
-                    if let (Ok(target), Some((action, at))) =
-                        (target, OperatorAction::decode(&value.value))
-                    {
-                        if *id == me {
-                            published.insert(target, value.value.clone());
-                        }
-                        actions.push((target, action, at));
-                    }
-                }
-            }
+            incarnations += chitchat.node_states().len();
+            reads.push((*pool, read_pool(&chitchat, *pool, &mut parsed_info)));
         }
+        metrics::gauge!("nexus_gossip_incarnations").set(incarnations as f64);
         let now = now();
-        let (transitions, forgotten, counts, drain_self, grew, to_publish) = {
+        let (transitions, forgotten, counts, drain_self, grew, members, to_publish, to_report) = {
             let mut table = lock(&table);
             let before = table.members().count();
-            for obs in observations {
-                table.observe(obs, now);
+            let mut reports = Vec::new();
+            for (_, read) in &mut reads {
+                for obs in read.observations.drain(..) {
+                    table.observe(obs, now);
+                }
+                reports.append(&mut read.reports);
             }
-            for (target, action, at) in actions {
-                table.apply_operator(target, action, at);
+            if gateway {
+                table.set_reports(reports, now);
+            }
+            for (_, read) in &reads {
+                for (target, action, at) in &read.actions {
+                    table.apply_operator(*target, *action, *at);
+                }
             }
             let (transitions, forgotten) = table.tick(now);
             let drain_self = table
                 .get(&self_id)
                 .is_some_and(|m| matches!(m.operator, Some((OperatorAction::Drain, _))));
-            let notified_by = lock(&auth).evicted_by();
+            let notified_by = auth.as_ref().and_then(|auth| lock(auth).evicted_by());
             let decommissioned = table
                 .get(&self_id)
                 .is_some_and(|m| m.status == NodeStatus::Decommissioned);
@@ -427,56 +640,103 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
             {
                 tracing::error!(notified_by = ?notified_by, "an operator decommissioned this node");
             }
-            let grew = table.members().count() != before;
-            // Every node carries every operator action in its own state, so an action outlives
-            // the node it was sent to and reaches nodes that join later.
-            let to_publish: Vec<(NodeId, String)> = table
-                .members()
-                .filter_map(|m| {
-                    let (action, at) = m.operator?;
-                    let value = action.encode(at);
-                    (published.get(&m.node_id) != Some(&value)).then_some((m.node_id, value))
+            let members = table.members().count();
+            let grew = members != before;
+            // Every node carries every operator action in its own state (in every pool it is
+            // in), so an action outlives the node it was sent to and reaches nodes that join
+            // later.
+            let to_publish: Vec<Vec<(String, String)>> = reads
+                .iter()
+                .map(|(_, read)| {
+                    table
+                        .members()
+                        .filter_map(|m| {
+                            let (action, at) = m.operator?;
+                            let value = action.encode(at);
+                            (read.published.get(&m.node_id) != Some(&value))
+                                .then(|| (operator_key(&m.node_id), value))
+                        })
+                        .collect()
                 })
                 .collect();
+            // A gateway reports what it sees first-hand of its site's members into the WAN pool.
+            let to_report: Vec<(String, String)> = reads
+                .iter()
+                .find(|(pool, _)| *pool == Pool::Wan)
+                .map(|(_, read)| {
+                    table
+                        .members()
+                        .filter(|m| m.node_id != self_id && m.in_pool(Pool::Site))
+                        .filter_map(|m| {
+                            let value = encode_report(m.status, m.generation);
+                            (read.reported.get(&m.node_id) != Some(&value))
+                                .then(|| (site_report_key(&m.node_id), value))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             (
                 transitions,
                 forgotten,
                 table.counts(),
                 drain_self,
                 grew,
+                members,
                 to_publish,
+                to_report,
             )
         };
-        if !to_publish.is_empty() {
+        for ((pool, chitchat), keys) in pools.iter().zip(&to_publish) {
+            let report = if *pool == Pool::Wan { &to_report[..] } else { &[] };
+            if keys.is_empty() && report.is_empty() {
+                continue;
+            }
             let mut chitchat = chitchat.lock().await;
-            for (target, value) in &to_publish {
-                chitchat.self_node_state().set(operator_key(target), value);
+            for (key, value) in keys.iter().chain(report) {
+                chitchat.self_node_state().set(key, value);
             }
         }
         for t in &transitions {
             tracing::info!(node = %t.node_id, from = %t.from, to = %t.to, "node status changed");
             metrics::counter!("nexus_node_status_transitions_total", "to" => t.to.as_str())
                 .increment(1);
-            if t.to == NodeStatus::Decommissioned && t.node_id != self_id {
-                lock(&auth).deny(t.node_id);
+            if t.to == NodeStatus::Decommissioned
+                && t.node_id != self_id
+                && let Some(auth) = &auth
+            {
+                lock(auth).deny(t.node_id);
             }
         }
-        for id in &forgotten {
-            tracing::info!(node = %id, "decommissioned node forgotten after its grace period");
+        if !forgotten.is_empty() {
+            for id in &forgotten {
+                tracing::info!(node = %id, "decommissioned node forgotten after its grace period");
+            }
+            // Its site report goes too, so the WAN pool forgets it as well.
+            if let Some((_, wan)) = pools.iter().find(|(pool, _)| *pool == Pool::Wan) {
+                let mut wan = wan.lock().await;
+                for id in &forgotten {
+                    wan.self_node_state().delete(&site_report_key(id));
+                }
+            }
         }
         for (status, count) in counts {
             metrics::gauge!("nexus_peers", "status" => status.as_str()).set(count as f64);
         }
         if drain_self && !self_draining {
             self_draining = true;
-            chitchat
-                .lock()
-                .await
-                .self_node_state()
-                .set(KEY_STATUS, SelfStatus::Draining.as_str());
+            for (_, chitchat) in &pools {
+                chitchat
+                    .lock()
+                    .await
+                    .self_node_state()
+                    .set(KEY_STATUS, SelfStatus::Draining.as_str());
+            }
         }
         if grew || !transitions.is_empty() || !forgotten.is_empty() {
             changes.send_modify(|n| *n += 1);
+            if let Some(observer) = &observer {
+                observer.0.folded(self_id, now, &transitions, members);
+            }
         }
     }
 }

@@ -17,6 +17,14 @@ pub const KEY_HEALTH: &str = "health";
 pub const KEY_STATUS: &str = "status";
 /// Prefix of operator actions: `op/<target node id>` = `<action>@<unix ms>`.
 pub const KEY_OPERATOR_PREFIX: &str = "op/";
+/// Prefix of a gateway's reports on its site's members, in the WAN pool:
+/// `site/<node id>` = `<status>:<generation>`.
+pub const KEY_SITE_PREFIX: &str = "site/";
+
+/// The WAN pool key of a gateway's report on `node`.
+pub fn site_report_key(node: &NodeId) -> String {
+    format!("{KEY_SITE_PREFIX}{node}")
+}
 
 /// The `Node` fields a node publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

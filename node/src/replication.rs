@@ -20,7 +20,7 @@
 //!   object from the changes that touched it, so a read never hydrates a whole document.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,10 +57,6 @@ const SYNC_PACKET_CHANGES: usize = 500;
 const SYNC_PACKET_BYTES: usize = 1024 * 1024;
 /// Compact a document's stored chunks into one once there are this many.
 const COMPACT_AFTER_CHUNKS: u64 = 512;
-/// How long a peer must advertise another digest before a session is started with it.
-const SYNC_SETTLE: Duration = Duration::from_millis(1500);
-/// How long to leave a peer alone after a session with it for a document.
-const RESYNC_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A signed change as it travels: the envelope and its author's MIC (both base64).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,7 +307,6 @@ pub struct Replication {
     fleet: Arc<FleetTrust>,
     mesh: Arc<Mesh>,
     peer: Arc<PeerService>,
-    synced: Mutex<HashMap<(NodeId, String), Instant>>,
     /// Responder-side sync states of sessions in progress, by (peer, document).
     responding: Mutex<HashMap<(NodeId, String), (PeerSync, Instant)>>,
     quarantine: Mutex<HashMap<String, QuarantineCache>>,
@@ -319,8 +314,10 @@ pub struct Replication {
     persister: Persister,
     /// Commits made here (compaction is considered every 64).
     commits: std::sync::atomic::AtomicU64,
-    /// Peers whose advertised digest differs from ours: (peer, document) → (digest, since).
-    diverged: Mutex<HashMap<(NodeId, String), (String, Instant)>>,
+    /// The anti-entropy rule (whose digest differs from ours since when, whom we synced with).
+    anti_entropy: Mutex<nexus_mesh::AntiEntropy>,
+    /// Origin of the monotonic readings given to the anti-entropy rule.
+    started: Instant,
     /// What `record_members` last reconciled: (certificate rows, decommissioned nodes).
     members_seen: Mutex<Option<(usize, usize)>>,
 }
@@ -374,11 +371,11 @@ impl Replication {
             fleet,
             mesh,
             peer,
-            synced: Mutex::new(HashMap::new()),
             responding: Mutex::new(HashMap::new()),
             quarantine: Mutex::new(HashMap::new()),
             members_seen: Mutex::new(None),
-            diverged: Mutex::new(HashMap::new()),
+            anti_entropy: Mutex::new(nexus_mesh::AntiEntropy::new()),
+            started: Instant::now(),
         })
     }
 
@@ -1714,7 +1711,7 @@ impl Replication {
         use rand::seq::SliceRandom;
         peers.shuffle(&mut rand::thread_rng());
         let fanout = self.push_fanout();
-        let groups = split_groups(peers, fanout);
+        let groups = nexus_mesh::split_groups(peers, fanout);
         let mut tasks = tokio::task::JoinSet::new();
         for group in groups {
             let me = self.clone();
@@ -2114,7 +2111,7 @@ impl Replication {
             self.publish_versions().await;
             for (peer, addr, id) in self.sync_candidates().await {
                 let doc = id.to_string();
-                lock(&self.synced).insert((peer, doc.clone()), Instant::now());
+                lock(&self.anti_entropy).synced(peer, &doc, self.started.elapsed());
                 match self.sync_with(peer, addr, &id).await {
                     Ok(new) if new > 0 => {
                         tracing::info!(peer = %peer, doc, new, "caught up configuration");
@@ -2131,82 +2128,54 @@ impl Replication {
         }
     }
 
-    /// At most one peer per document to run a sync session with now. A peer qualifies when it
-    /// has advertised, for at least [`SYNC_SETTLE`], a digest other than ours with at least as
-    /// many changes as ours (so it may hold changes this node lacks; a peer behind this one
-    /// starts the session itself). The settle time lets pushes land first, so a change does
-    /// not set off a session between every pair of nodes while it spreads.
+    /// At most one peer per document to run a sync session with now, chosen at random among
+    /// those [`nexus_mesh::AntiEntropy`] qualifies and that may hold the document.
     async fn sync_candidates(&self) -> Vec<(NodeId, SocketAddr, DocId)> {
         let ours: HashMap<String, (u64, String)> = lock(&self.docs)
             .iter()
             .map(|(id, held)| (id.clone(), (held.version(), hex::encode(held.digest()))))
             .collect();
         let me = self.author.facts().node_id;
-        let mut by_doc: BTreeMap<String, Vec<(NodeId, SocketAddr, DocId)>> = BTreeMap::new();
         let published = self.mesh.published_prefix(GOSSIP_PREFIX_CONFIG).await;
-        let nodes: Vec<NodeId> = published.iter().map(|(n, _, _)| *n).collect();
+        let advertised: Vec<nexus_mesh::Advertised> = published
+            .into_iter()
+            .filter_map(|(node, key, value)| {
+                let doc = key.strip_prefix(GOSSIP_PREFIX_CONFIG)?;
+                let (version, digest) = value.split_once(':')?;
+                Some(nexus_mesh::Advertised {
+                    node,
+                    doc: doc.to_string(),
+                    version: version.parse().unwrap_or(0),
+                    digest: digest.to_string(),
+                })
+            })
+            .collect();
+        let by_doc =
+            lock(&self.anti_entropy).candidates(me, self.started.elapsed(), &ours, advertised);
+        let nodes: Vec<NodeId> = by_doc.values().flatten().copied().collect();
         let facts_of = self.trusted_facts(&nodes);
-        let mut diverged = lock(&self.diverged);
-        let mut seen = HashSet::new();
-        for (node, key, value) in published {
-            let Some(doc) = key.strip_prefix(GOSSIP_PREFIX_CONFIG) else {
-                continue;
-            };
-            let Some((version, digest)) = value.split_once(':') else {
-                continue;
-            };
-            let Some((our_version, our_digest)) = ours.get(doc) else {
-                continue;
-            };
-            if node == me || digest == our_digest {
-                continue;
-            }
-            let key = (node, doc.to_string());
-            seen.insert(key.clone());
-            let since = match diverged.get(&key) {
-                Some((d, since)) if d == digest => *since,
-                _ => {
-                    diverged.insert(key.clone(), (digest.to_string(), Instant::now()));
-                    continue;
-                }
-            };
-            if since.elapsed() < SYNC_SETTLE {
-                continue;
-            }
-            if version.parse::<u64>().unwrap_or(0) < *our_version {
-                continue;
-            }
-            let recently = lock(&self.synced)
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < RESYNC_BACKOFF);
-            if recently {
-                continue;
-            }
-            let (Some(id), Some(info)) = (
-                parse_doc_id(doc),
-                self.mesh.member(&node).and_then(|m| m.info),
-            ) else {
-                continue;
-            };
-            let facts = facts_of.get(&node).cloned().unwrap_or(AuthorFacts {
-                node_id: node,
-                role: Role::Node,
-                tenant: String::new(),
-                site: String::new(),
-            });
-            if nexus_crdt::may_replicate(&id, &facts) {
-                by_doc
-                    .entry(doc.to_string())
-                    .or_default()
-                    .push((node, info.quic_addr, id));
-            }
-        }
-        diverged.retain(|k, _| seen.contains(k));
         use rand::seq::SliceRandom;
         let mut rng = rand::thread_rng();
         by_doc
-            .into_values()
-            .filter_map(|candidates| candidates.choose(&mut rng).cloned())
+            .into_iter()
+            .filter_map(|(doc, peers)| {
+                let id = parse_doc_id(&doc)?;
+                let eligible: Vec<(NodeId, SocketAddr, DocId)> = peers
+                    .into_iter()
+                    .filter_map(|node| {
+                        let info = self.mesh.member(&node).and_then(|m| m.info)?;
+                        let facts = facts_of.get(&node).cloned().unwrap_or(AuthorFacts {
+                            node_id: node,
+                            role: Role::Node,
+                            tenant: String::new(),
+                            site: String::new(),
+                        });
+                        nexus_crdt::may_replicate(&id, &facts)
+                            .then(|| (node, info.quic_addr, id.clone()))
+                    })
+                    .collect();
+                eligible.choose(&mut rng).cloned()
+            })
             .collect()
     }
 }
@@ -2345,48 +2314,8 @@ fn snapshot_json(doc: &DocId, id: &str, s: &Snapshot) -> serde_json::Value {
     })
 }
 
-/// Splits `peers` into at most `fanout` groups of nearly equal size, none empty.
-fn split_groups<T: Clone>(peers: Vec<T>, fanout: usize) -> Vec<Vec<T>> {
-    let groups = fanout.max(1).min(peers.len());
-    let mut out: Vec<Vec<T>> = vec![Vec::new(); groups];
-    for (i, p) in peers.into_iter().enumerate() {
-        out[i % groups].push(p);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn groups_cover_every_peer_once() {
-        for n in 0..40 {
-            for fanout in 1..8 {
-                let groups = split_groups((0..n).collect(), fanout);
-                assert!(groups.len() <= fanout);
-                assert!(groups.iter().all(|g| !g.is_empty()));
-                let mut all: Vec<i32> = groups.into_iter().flatten().collect();
-                all.sort();
-                assert_eq!(all, (0..n).collect::<Vec<_>>());
-            }
-        }
-    }
-
-    #[test]
-    fn tree_depth_is_logarithmic() {
-        // Hops until every one of 49 peers is reached with fanout 6.
-        fn depth(peers: usize, fanout: usize) -> usize {
-            if peers == 0 {
-                return 0;
-            }
-            split_groups((0..peers).collect::<Vec<_>>(), fanout)
-                .iter()
-                .map(|g| 1 + depth(g.len() - 1, fanout))
-                .max()
-                .unwrap_or(0)
-        }
-        assert_eq!(depth(49, 6), 3);
-        assert_eq!(depth(999, 6), 4);
-    }
 }

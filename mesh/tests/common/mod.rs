@@ -164,8 +164,11 @@ impl Fleet {
             tick_interval: timing.tick_interval,
             // Short, so partition tests also cover chitchat forgetting and re-admitting a node.
             dead_incarnation_grace: DEAD_GRACE,
+            wan_seeds: Vec::new(),
+            clock: nexus_mesh::Clock::system(),
+            observer: None,
         };
-        Mesh::start(config, datagrams, self.auth(identity), &info(), Vec::new())
+        Mesh::start(config, datagrams, None, self.auth(identity), &info(), Vec::new())
             .await
             .unwrap()
     }
