@@ -112,6 +112,14 @@ impl NodeKey {
         }
     }
 
+    /// A key derived from 32 seed bytes. Only for simulations and tests that need the same node
+    /// ids on every run: a real node's key comes from [`NodeKey::generate`].
+    pub fn from_seed(seed: [u8; 32]) -> NodeKey {
+        NodeKey {
+            signing: ed25519_dalek::SigningKey::from_bytes(&seed),
+        }
+    }
+
     /// Reads an unencrypted PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) ed25519 key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<NodeKey, CaError> {
         if !pem.contains("-----BEGIN PRIVATE KEY-----") {

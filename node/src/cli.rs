@@ -62,6 +62,9 @@ enum Command {
     Profile(ProfileArgs),
     /// Print a shell completion script: `source <(nexus completions bash)`.
     Completions(CompletionsArgs),
+    /// Run a fleet scenario in a network simulation (virtual time, one process): the real
+    /// membership, failure detection, broadcast, anti-entropy and configuration code.
+    Simulate(SimulateArgs),
 }
 
 /// Subcommands shared by collections of configuration objects.
@@ -389,6 +392,21 @@ enum ProfileCommand {
         /// Profile name.
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The scenario file (.toml, .yaml or .yml); see docs/simulation.md.
+    scenario: PathBuf,
+    /// Where to write report.json and the plots (default: simulations/out/<scenario name>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Run with another seed than the scenario's.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -924,6 +942,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ProfileCommand::Use { name } => crate::profile::use_profile(&name),
             ProfileCommand::Delete { name } => crate::profile::delete(&name),
         },
+        Command::Simulate(args) => simulate(args),
         Command::Completions(args) => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -949,6 +968,34 @@ async fn collection(
         CollectionCommand::Apply { file } => collection.apply(client, &file).await,
         CollectionCommand::Delete { id } => collection.delete(client, &id).await,
     }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut scenario = nexus_sim::scenario::Scenario::load(&args.scenario)?;
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("simulations/out").join(&scenario.name));
+    let report = nexus_sim::run(
+        &scenario,
+        &nexus_sim::RunOptions {
+            progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+    )?;
+    let written = report
+        .write(&out)
+        .with_context(|| format!("cannot write the report into {}", out.display()))?;
+    println!("{}", report.summary());
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
