@@ -13,6 +13,8 @@
 //! - pools: every node gossips in its site's pool; anchors and site gateways also in the WAN
 //!   pool, where each gateway reports its site's members (`site/<node>`), so anchors and
 //!   gateways see the whole fleet while no pool grows past one site.
+//! - [`detector`]: fast failure detection by direct heartbeats to a few monitors, confirmed by
+//!   probes, with verdicts sent to the whole pool, so gossip itself can run slowly.
 //! - [`broadcast`](split_groups): the I/O-free rules by which a change spreads (trees, the
 //!   gateway rule) and anti-entropy picks its peers ([`AntiEntropy`]).
 //!
@@ -22,6 +24,7 @@
 mod auth;
 mod broadcast;
 mod codec;
+pub mod detector;
 mod membership;
 mod runtime;
 mod transport;
@@ -33,6 +36,7 @@ pub use broadcast::{
     primary_gateway, reachable, split_groups,
 };
 pub use codec::ChitchatCodec;
+pub use detector::DetectorConfig;
 pub use membership::{
     Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
 };

@@ -207,6 +207,12 @@ pub struct Member {
     pub last_heartbeat_ms: Option<u64>,
     /// Operator action in force, with the unix ms it was taken at.
     pub operator: Option<(OperatorAction, u64)>,
+    /// Where the node's failure detector listens, if it runs one.
+    #[serde(default)]
+    pub probe_addr: Option<SocketAddr>,
+    /// A failure detector's verdict on the current incarnation: (generation, when).
+    #[serde(skip)]
+    verdict: Option<(u64, Duration)>,
     /// Last heartbeat counter seen, per pool (each pool's chitchat counts its own).
     #[serde(skip)]
     heartbeat: [u64; 2],
@@ -260,6 +266,8 @@ impl Member {
             status_since_ms: now.wall_ms,
             last_heartbeat_ms: None,
             operator: None,
+            probe_addr: None,
+            verdict: None,
             heartbeat: [0; 2],
             seen_in: [false; 2],
             reports: BTreeMap::new(),
@@ -304,6 +312,8 @@ pub struct Observation {
     pub accrual_live: bool,
     /// The pool whose gossip state this was read from.
     pub pool: Pool,
+    /// Where its failure detector listens, if published.
+    pub probe_addr: Option<SocketAddr>,
 }
 
 /// The membership table of one node.
@@ -361,6 +371,10 @@ impl Membership {
             member.heartbeat = [0; 2];
             member.accrual_live = [None; 2];
             member.accrual_armed = false;
+            member.verdict = None;
+        }
+        if obs.probe_addr.is_some() {
+            member.probe_addr = obs.probe_addr;
         }
         // The site pool's address is the one peers use; a WAN address only stands in for a
         // member seen nowhere else.
@@ -375,6 +389,15 @@ impl Membership {
         if (advanced && !baseline_only) || member.last_advance.is_none() {
             member.last_advance = Some(now.mono);
             member.last_heartbeat_ms = Some(now.wall_ms);
+            // Gossip still carries a crashed node's last heartbeats for a while after the
+            // verdict; an advance long after it means the node lives.
+            if advanced
+                && member
+                    .verdict
+                    .is_some_and(|(_, at)| now.mono.saturating_sub(at) > self.config.suspect_after)
+            {
+                member.verdict = None;
+            }
         }
         if advanced {
             member.heartbeat[pool] = obs.heartbeat;
@@ -391,6 +414,45 @@ impl Membership {
         member.self_status = obs.self_status;
         member.accrual_live[pool] = Some(obs.accrual_live);
         member.accrual_armed |= obs.accrual_live;
+    }
+
+    /// A failure detector heard from `node`'s incarnation `generation` directly: a sign of life.
+    pub fn heard(&mut self, node: NodeId, generation: u64, now: Now) {
+        if let Some(member) = self.members.get_mut(&node)
+            && member.generation == generation
+            && !member.is_remote()
+        {
+            member.last_advance = Some(now.mono);
+            member.last_heartbeat_ms = Some(now.wall_ms);
+        }
+    }
+
+    /// A failure detector declared `node`'s incarnation `generation` down: offline from the
+    /// next [`Membership::tick`] until it refutes or a newer incarnation shows up.
+    pub fn declare_down(&mut self, node: NodeId, generation: u64, now: Now) {
+        if node == self.self_id {
+            return;
+        }
+        let member = self
+            .members
+            .entry(node)
+            .or_insert_with(|| Member::blank(node, generation, now));
+        if generation >= member.generation && member.verdict.is_none() {
+            member.generation = generation;
+            member.verdict = Some((generation, now.mono));
+        }
+    }
+
+    /// `node`'s incarnation `generation` refuted a verdict: it is alive.
+    pub fn declare_alive(&mut self, node: NodeId, generation: u64, now: Now) {
+        if let Some(member) = self.members.get_mut(&node)
+            && generation >= member.generation
+        {
+            member.generation = generation;
+            member.verdict = None;
+            member.last_advance = Some(now.mono);
+            member.last_heartbeat_ms = Some(now.wall_ms);
+        }
     }
 
     /// Replaces every gateway report with `reports` (what the WAN pool says now). Reports about
@@ -444,8 +506,8 @@ impl Membership {
             .map(|m| m.node_id)
             .collect();
         for member in self.members.values_mut() {
-            let status = if member.is_remote() {
-                remote_status(member, &alive_reporters)
+            let status = if member.is_remote() || (member.verdict.is_some() && member.seen_in == [false; 2]) {
+                remote_status(&self.config, member, &alive_reporters, now)
             } else {
                 derive_status(&self.config, self.self_id, member, now)
             };
@@ -489,9 +551,22 @@ impl Membership {
 /// The status of a member of another site: the most alive status its live gateways report
 /// (one gateway cut off from its site must not take the site offline), offline when no live
 /// gateway reports it; decommissioned if any says so.
-fn remote_status(member: &Member, alive_reporters: &std::collections::BTreeSet<NodeId>) -> NodeStatus {
+fn remote_status(
+    config: &MembershipConfig,
+    member: &Member,
+    alive_reporters: &std::collections::BTreeSet<NodeId>,
+    now: Now,
+) -> NodeStatus {
     if let Some((OperatorAction::Decommission, _)) = member.operator {
         return NodeStatus::Decommissioned;
+    }
+    // A verdict passed on by its site's gateway wins over reports, which gossip carries
+    // slowly, until the reports have had time to catch up.
+    if member
+        .verdict
+        .is_some_and(|(_, at)| now.mono.saturating_sub(at) < config.offline_after)
+    {
+        return NodeStatus::Offline;
     }
     let rank = |s: NodeStatus| match s {
         NodeStatus::Online => 0,
@@ -534,6 +609,9 @@ fn derive_status(
     // Offline at `offline_after` of silence at the latest; earlier when chitchat's phi-accrual
     // detector, which adapts to how often this node's heartbeats arrive, already gave up on it —
     // but never before `suspect_after`, so one slow round cannot take a node offline.
+    if member.verdict.is_some() && member.node_id != self_id {
+        return NodeStatus::Offline;
+    }
     let accrual_dead = member.accrual_armed && !member.accrual() && member.node_id != self_id;
     if silent_for >= config.offline_after || (accrual_dead && silent_for >= config.suspect_after) {
         return NodeStatus::Offline;
@@ -576,6 +654,7 @@ mod tests {
             self_status: SelfStatus::Active,
             accrual_live: true,
             pool: Pool::Site,
+            probe_addr: None,
         }
     }
 

@@ -17,12 +17,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::GossipAuth;
+use crate::detector::{Action, Datagram, Detector, DetectorConfig, Signal};
 use crate::membership::{
     Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
 };
 use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
 use crate::wire::{
-    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_SITE_PREFIX, KEY_STATUS,
+    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_PROBE, KEY_SITE_PREFIX, KEY_STATUS,
     NodeInfo, OperatorAction, SelfStatus, operator_key, site_report_key,
 };
 
@@ -62,6 +63,8 @@ pub struct MeshConfig {
     pub clock: Clock,
     /// Told about every status change this node sees (simulations and tests).
     pub observer: Option<Observer>,
+    /// Timing of the failure detector (runs when the mesh is given a probe socket).
+    pub detector: DetectorConfig,
 }
 
 /// A source of wall-clock time in unix milliseconds.
@@ -133,6 +136,7 @@ pub enum MeshError {
 /// A running mesh.
 pub struct Mesh {
     chitchat: ChitchatHandle,
+    detector: Option<JoinHandle<()>>,
     wan: Option<ChitchatHandle>,
     table: Arc<Mutex<Membership>>,
     auth: Option<Arc<Mutex<GossipAuth>>>,
@@ -155,6 +159,7 @@ impl Mesh {
         restored: Vec<Member>,
     ) -> Result<Mesh, MeshError> {
         let auth = Arc::new(Mutex::new(auth));
+        let probe = None;
         let site = PoolSocket {
             addr: datagrams.local_addr(),
             transport: Box::new(AuthenticatedTransport::new(datagrams, auth.clone())),
@@ -163,38 +168,55 @@ impl Mesh {
             addr: datagrams.local_addr(),
             transport: Box::new(AuthenticatedTransport::new(datagrams, auth.clone())),
         });
-        Mesh::start_pools(config, site, wan, Some(auth), info, restored).await
+        Mesh::start_pools(config, site, wan, probe, Some(auth), info, restored).await
     }
 
     /// Starts gossip over any chitchat transport: the site pool on `site` and, for a gateway,
-    /// the WAN pool on `wan`. Without `auth` datagrams are not authenticated (simulations,
-    /// which model the check).
+    /// the WAN pool on `wan`; with `probe`, the failure detector ([`crate::detector`]) on that
+    /// socket. Without `auth` datagrams are not authenticated (simulations, which model the
+    /// check).
     pub async fn start_pools(
         config: MeshConfig,
         site: PoolSocket,
         wan: Option<PoolSocket>,
+        probe: Option<Box<dyn Datagrams>>,
         auth: Option<Arc<Mutex<GossipAuth>>>,
         info: &NodeInfo,
         restored: Vec<Member>,
     ) -> Result<Mesh, MeshError> {
         let gossip_addr = site.addr;
         let info_json = serde_json::to_string(info).expect("NodeInfo serializes");
-        let chitchat = spawn_pool(&config, &site, config.fleet_id.clone(), &config.seeds, &info_json)
-            .await?;
+        let probe_addr = probe.as_ref().map(|p| p.local_addr());
+        let chitchat = spawn_pool(
+            &config,
+            &site,
+            config.fleet_id.clone(),
+            &config.seeds,
+            &info_json,
+            probe_addr,
+        )
+        .await?;
         let wan = match &wan {
             Some(wan) => Some(
-                spawn_pool(&config, wan, wan_cluster(&config.fleet_id), &config.wan_seeds, &info_json)
-                    .await?,
+                spawn_pool(
+                    &config,
+                    wan,
+                    wan_cluster(&config.fleet_id),
+                    &config.wan_seeds,
+                    &info_json,
+                    probe_addr,
+                )
+                .await?,
             ),
             None => None,
         };
 
         let origin = Instant::now();
         let clock = config.clock.clone();
-        let now = move || Now {
+        let now = Arc::new(move || Now {
             mono: origin.elapsed(),
             wall_ms: clock.wall_ms(),
-        };
+        });
         let mut membership = Membership::new(config.membership.clone(), config.node_id);
         for member in restored {
             if member.node_id != config.node_id {
@@ -208,6 +230,26 @@ impl Mesh {
         if let Some(wan) = &wan {
             pools.push((Pool::Wan, wan.chitchat()));
         }
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let detector = probe.map(|probe| {
+            tokio::spawn(detector_loop(
+                Probing {
+                    detector: Detector::new(
+                        config.detector.clone(),
+                        config.node_id,
+                        config.generation,
+                    ),
+                    datagrams: Arc::from(probe),
+                    table: table.clone(),
+                    auth: auth.clone(),
+                    poke: poke.clone(),
+                    changes: changes.clone(),
+                    gateway: wan.is_some(),
+                    clock: config.clock.clone(),
+                },
+                now.clone(),
+            ))
+        });
         let ticker = tokio::spawn(tick_loop(
             Folding {
                 pools,
@@ -217,12 +259,14 @@ impl Mesh {
                 changes: changes_tx,
                 evicted: evicted_tx,
                 observer: config.observer.clone(),
+                poke,
             },
             config.tick_interval,
             now,
         ));
         Ok(Mesh {
             chitchat,
+            detector,
             wan,
             table,
             auth,
@@ -375,6 +419,9 @@ impl Mesh {
     /// Stops gossip (idempotent).
     pub fn shutdown(&self) {
         self.ticker.abort();
+        if let Some(detector) = &self.detector {
+            detector.abort();
+        }
         // An error only means chitchat already stopped.
         let _ = self.chitchat.initiate_shutdown();
         if let Some(wan) = &self.wan {
@@ -394,6 +441,7 @@ async fn spawn_pool(
     cluster_id: String,
     seeds: &[SocketAddr],
     info_json: &str,
+    probe_addr: Option<SocketAddr>,
 ) -> Result<ChitchatHandle, MeshError> {
     let interval = config.gossip_interval;
     let chitchat_config = ChitchatConfig {
@@ -422,7 +470,7 @@ async fn spawn_pool(
         // Every node of a fleet runs a version that reads the compressed digest.
         protocol_version: ProtocolVersion::V1,
     };
-    let initial = vec![
+    let mut initial = vec![
         (KEY_INFO.to_string(), info_json.to_string()),
         (KEY_HEALTH.to_string(), "ok".to_string()),
         (
@@ -430,6 +478,9 @@ async fn spawn_pool(
             SelfStatus::Active.as_str().to_string(),
         ),
     ];
+    if let Some(addr) = probe_addr {
+        initial.push((KEY_PROBE.to_string(), addr.to_string()));
+    }
     spawn_chitchat(chitchat_config, initial, &*socket.transport)
         .await
         .map_err(|err| MeshError::Start(format!("{err:#}")))
@@ -486,6 +537,8 @@ struct Folding {
     changes: watch::Sender<u64>,
     evicted: watch::Sender<bool>,
     observer: Option<Observer>,
+    /// Wakes the fold early (a detector verdict).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 /// What one fold read from one pool.
@@ -533,6 +586,7 @@ fn read_pool(
                 .map_or(SelfStatus::Active, SelfStatus::parse),
             accrual_live: live.contains(id),
             pool,
+            probe_addr: state.get(KEY_PROBE).and_then(|a| a.parse().ok()),
         });
         for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
             let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();
@@ -581,7 +635,7 @@ fn decode_report(value: &str) -> Option<(NodeStatus, u64)> {
     Some((status.parse().ok()?, generation.parse().ok()?))
 }
 
-async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) {
+async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> Now>) {
     let Folding {
         pools,
         table,
@@ -590,6 +644,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
         changes,
         evicted,
         observer,
+        poke,
     } = folding;
     let gateway = pools.iter().any(|(pool, _)| *pool == Pool::Wan);
     let mut ticker = tokio::time::interval(interval);
@@ -597,7 +652,10 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
     let mut self_draining = false;
     let mut parsed_info: HashMap<(Pool, ChitchatId), u64> = HashMap::new();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = poke.notified() => {}
+        }
         let mut reads = Vec::with_capacity(pools.len());
         let mut incarnations = 0;
         for (pool, chitchat) in &pools {
@@ -737,6 +795,193 @@ async fn tick_loop(folding: Folding, interval: Duration, now: impl Fn() -> Now) 
             if let Some(observer) = &observer {
                 observer.0.folded(self_id, now, &transitions, members);
             }
+        }
+    }
+}
+
+/// What the failure detector's loop works with.
+struct Probing {
+    detector: Detector,
+    datagrams: Arc<dyn Datagrams>,
+    table: Arc<Mutex<Membership>>,
+    auth: Option<Arc<Mutex<GossipAuth>>>,
+    poke: Arc<tokio::sync::Notify>,
+    changes: watch::Receiver<u64>,
+    gateway: bool,
+    clock: Clock,
+}
+
+/// The live members of each pool this node is in (sorted, this node included), their
+/// incarnations and detector addresses.
+struct Rings {
+    rings: Vec<Vec<NodeId>>,
+    generation: HashMap<NodeId, u64>,
+    addr: HashMap<NodeId, SocketAddr>,
+    pools: HashMap<NodeId, [bool; 2]>,
+}
+
+fn rings(table: &Membership, self_id: NodeId, gateway: bool) -> Rings {
+    let pools: &[Pool] = if gateway {
+        &[Pool::Site, Pool::Wan]
+    } else {
+        &[Pool::Site]
+    };
+    let mut out = Rings {
+        rings: vec![Vec::new(); pools.len()],
+        generation: HashMap::new(),
+        addr: HashMap::new(),
+        pools: HashMap::new(),
+    };
+    for m in table.members() {
+        let in_pools = [m.in_pool(Pool::Site), m.in_pool(Pool::Wan)];
+        if !in_pools.iter().any(|p| *p) {
+            continue;
+        }
+        out.generation.insert(m.node_id, m.generation);
+        out.pools.insert(m.node_id, in_pools);
+        if let Some(addr) = m.probe_addr {
+            out.addr.insert(m.node_id, addr);
+        }
+        let live = m.node_id == self_id
+            || matches!(
+                m.status,
+                NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+            );
+        if !live || (m.probe_addr.is_none() && m.node_id != self_id) {
+            continue;
+        }
+        for (i, pool) in pools.iter().enumerate() {
+            if m.in_pool(*pool) {
+                out.rings[i].push(m.node_id);
+            }
+        }
+    }
+    for ring in &mut out.rings {
+        if !ring.contains(&self_id) {
+            ring.push(self_id);
+        }
+        ring.sort_unstable();
+    }
+    out
+}
+
+async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
+    let Probing {
+        mut detector,
+        datagrams,
+        table,
+        auth,
+        poke,
+        mut changes,
+        gateway,
+        clock,
+    } = probing;
+    let self_id = detector.datagram(Signal::Heartbeat).sender;
+    let mut ticker = tokio::time::interval(detector.config().probe_gap);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut view = rings(&lock(&table), self_id, gateway);
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let actions = tokio::select! {
+            _ = ticker.tick() => {
+                if changes.has_changed().unwrap_or(false) {
+                    changes.mark_unchanged();
+                    view = rings(&lock(&table), self_id, gateway);
+                }
+                let generation = &view.generation;
+                detector.poll(now().mono, &view.rings, |n| generation.get(n).copied())
+            }
+            received = datagrams.recv_from(&mut buf) => {
+                let Ok((len, from)) = received else {
+                    return;
+                };
+                let payload = match &auth {
+                    Some(auth) => {
+                        let mut auth = lock(auth);
+                        match auth.open_from(&buf[..len], clock.wall_ms(), from) {
+                            Ok(opened) => Datagram::decode(opened.payload)
+                                .filter(|d| d.sender == opened.sender),
+                            Err(_) => None,
+                        }
+                    }
+                    None => Datagram::decode(&buf[..len]),
+                };
+                let Some(datagram) = payload else {
+                    metrics::counter!("nexus_detector_datagrams_dropped_total").increment(1);
+                    continue;
+                };
+                // Answer where it came from: a new member may not be in the table yet.
+                view.addr.entry(datagram.sender).or_insert(from);
+                detector.receive(now().mono, datagram)
+            }
+        };
+        let mut poked = false;
+        let mut sends: Vec<(SocketAddr, Signal)> = Vec::new();
+        {
+            let mut table = lock(&table);
+            let at = now();
+            for action in actions {
+                match action {
+                    Action::Send(to, signal) => {
+                        if let Some(addr) = view.addr.get(&to).copied().or_else(|| {
+                            table.get(&to).and_then(|m| m.probe_addr)
+                        }) {
+                            sends.push((addr, signal));
+                        }
+                    }
+                    Action::Broadcast { about, signal } => {
+                        // Everyone sharing a pool with the subject; a gateway also passes
+                        // verdicts on its site's members to the WAN pool.
+                        let about_pools = view.pools.get(&about).copied().unwrap_or([false; 2]);
+                        for (node, in_pools) in &view.pools {
+                            if *node == self_id || *node == about {
+                                continue;
+                            }
+                            let shares = (about_pools[0] && in_pools[0])
+                                || (about_pools[1] && in_pools[1])
+                                || (gateway && about_pools[0] && in_pools[1]);
+                            if shares && let Some(addr) = view.addr.get(node) {
+                                sends.push((*addr, signal));
+                            }
+                        }
+                        if about == self_id {
+                            // A refutation goes to every pool this node is in.
+                            for (node, _) in view.pools.iter().filter(|(n, _)| **n != self_id) {
+                                if let Some(addr) = view.addr.get(node) {
+                                    sends.push((*addr, signal));
+                                }
+                            }
+                        }
+                    }
+                    Action::Heard(node, generation) => table.heard(node, generation, at),
+                    Action::Down(node, generation) => {
+                        table.declare_down(node, generation, at);
+                        metrics::counter!("nexus_detector_verdicts_total").increment(1);
+                        poked = true;
+                    }
+                    Action::Alive(node, generation) => {
+                        table.declare_alive(node, generation, at);
+                        poked = true;
+                    }
+                }
+            }
+        }
+        if poked {
+            poke.notify_one();
+        }
+        sends.sort_unstable_by_key(|(addr, _)| *addr);
+        sends.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        for (addr, signal) in sends {
+            let payload = detector.datagram(signal).encode();
+            let bytes = match &auth {
+                Some(auth) => match lock(auth).seal(&payload, clock.wall_ms()) {
+                    Some(sealed) => sealed,
+                    None => continue,
+                },
+                None => payload,
+            };
+            // A failed send is a lost datagram: the protocol tolerates it.
+            let _ = datagrams.send_to(&bytes, addr).await;
         }
     }
 }

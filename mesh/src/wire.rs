@@ -17,6 +17,8 @@ pub const KEY_HEALTH: &str = "health";
 pub const KEY_STATUS: &str = "status";
 /// Prefix of operator actions: `op/<target node id>` = `<action>@<unix ms>`.
 pub const KEY_OPERATOR_PREFIX: &str = "op/";
+/// Key holding the address of the node's failure detector socket, if it runs one.
+pub const KEY_PROBE: &str = "probe";
 /// Prefix of a gateway's reports on its site's members, in the WAN pool:
 /// `site/<node id>` = `<status>:<generation>`.
 pub const KEY_SITE_PREFIX: &str = "site/";

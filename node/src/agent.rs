@@ -304,6 +304,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
                 wan_seeds: Vec::new(),
                 clock: nexus_mesh::Clock::system(),
                 observer: None,
+                detector: nexus_mesh::DetectorConfig::default(),
             },
             Box::new(UdpDatagrams::new(sockets.gossip)?),
             None,

@@ -477,6 +477,7 @@ async fn start_node(world: &Arc<World>, node: usize) {
             world: Arc::downgrade(world),
             node,
         }))),
+        detector: scenario.mesh.detector(),
     };
     let info = NodeInfo {
         hostname: name,
@@ -506,7 +507,13 @@ async fn start_node(world: &Arc<World>, node: usize) {
         transport: Box::new(world.net.transport(node)),
         addr: wan_addr,
     });
-    let mesh = match Mesh::start_pools(config, site_pool, wan_pool, None, &info, remembered).await {
+    let probe: Option<Box<dyn nexus_mesh::Datagrams>> = scenario.mesh.detector.then(|| {
+        let addr = SocketAddr::new(site_addr.ip(), 7002);
+        Box::new(world.net.datagrams(node, addr)) as Box<dyn nexus_mesh::Datagrams>
+    });
+    let mesh = match Mesh::start_pools(config, site_pool, wan_pool, probe, None, &info, remembered)
+        .await
+    {
         Ok(mesh) => Arc::new(mesh),
         Err(err) => {
             tracing::error!(node, error = %err, "simulated node failed to start");

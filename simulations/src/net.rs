@@ -120,9 +120,13 @@ pub struct NetStats {
     pub dropped_partition: u64,
     /// Datagrams refused because their sender is revoked at the receiver.
     pub refused: u64,
+    /// Of the gossip bytes, those of the failure detector (heartbeats, probes, verdicts).
+    pub detector_bytes: u64,
 }
 
 struct State {
+    /// Detector sockets by address.
+    inboxes: HashMap<SocketAddr, tokio::sync::mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>>,
     rng: Rng,
     network: Network,
     origin: Instant,
@@ -158,6 +162,7 @@ impl SimNet {
         let position = (0..=sites).map(|_| (rng.unit(), rng.unit())).collect();
         Arc::new(SimNet {
             state: Mutex::new(State {
+                inboxes: HashMap::new(),
                 rng,
                 network,
                 origin: Instant::now(),
@@ -193,6 +198,20 @@ impl SimNet {
         s.site[node] = site;
         for addr in addrs {
             s.addrs.insert(*addr, node);
+        }
+    }
+
+    /// A failure-detector socket for node `node` at `addr`.
+    pub fn datagrams(self: &Arc<Self>, node: usize, addr: SocketAddr) -> SimDatagrams {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut s = self.lock();
+        s.inboxes.insert(addr, tx);
+        s.addrs.insert(addr, node);
+        SimDatagrams {
+            net: self.clone(),
+            node,
+            addr,
+            rx: tokio::sync::Mutex::new(rx),
         }
     }
 
@@ -379,6 +398,66 @@ fn uplink(s: &mut State, from: usize, bytes: usize) -> Duration {
     let start = s.uplink[from].max(now);
     s.uplink[from] = start + tx;
     (start + tx) - now
+}
+
+/// One node's failure-detector socket: datagrams through the link model.
+pub struct SimDatagrams {
+    net: Arc<SimNet>,
+    node: usize,
+    addr: SocketAddr,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>>,
+}
+
+impl Drop for SimDatagrams {
+    fn drop(&mut self) {
+        self.net.lock().inboxes.remove(&self.addr);
+    }
+}
+
+#[async_trait]
+impl nexus_mesh::Datagrams for SimDatagrams {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        let size = bytes.len() + AUTH_OVERHEAD;
+        let (dest, inbox) = {
+            let mut s = self.net.lock();
+            let second = Instant::now().saturating_duration_since(s.origin).as_secs() as usize;
+            let stats = &mut s.stats;
+            stats.gossip_bytes[self.node] += size as u64;
+            stats.gossip_msgs[self.node] += 1;
+            stats.detector_bytes += size as u64;
+            if stats.per_second.len() <= second {
+                stats.per_second.resize(second + 1, 0);
+            }
+            stats.per_second[second] += size as u64;
+            match (s.addrs.get(&to).copied(), s.inboxes.get(&to).cloned()) {
+                (Some(dest), Some(inbox)) => (dest, inbox),
+                _ => return Ok(()),
+            }
+        };
+        if let Verdict::Deliver(delay) = self.net.datagram(self.node, dest, size) {
+            let bytes = bytes.to_vec();
+            let from = self.addr;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = inbox.send((bytes, from));
+            });
+        }
+        Ok(())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        let mut rx = self.rx.lock().await;
+        let (bytes, from) = rx.recv().await.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "simulated network gone")
+        })?;
+        let len = bytes.len().min(buf.len());
+        buf[..len].copy_from_slice(&bytes[..len]);
+        Ok((len, from))
+    }
 }
 
 /// One node's gossip transport: chitchat's in-process transport plus the link model.

@@ -114,11 +114,37 @@ pub struct MeshSettings {
     pub push_fanout: usize,
     /// How often each node looks for a peer to run anti-entropy with.
     pub anti_entropy_interval: Dur,
+    /// Run the failure detector (direct heartbeats to monitors, confirmed by probes).
+    pub detector: bool,
+    /// Time between two heartbeats to each monitor.
+    pub heartbeat_interval: Dur,
+    /// Silence after which a monitor probes a node.
+    pub probe_after: Dur,
+    /// Monitors per node.
+    pub monitors: usize,
+    /// Probes before a verdict.
+    pub probes: usize,
+    /// Time between probes.
+    pub probe_gap: Dur,
+}
+
+impl MeshSettings {
+    /// The detector's configuration.
+    pub fn detector(&self) -> nexus_mesh::DetectorConfig {
+        nexus_mesh::DetectorConfig {
+            interval: self.heartbeat_interval.0,
+            suspect_after: self.probe_after.0,
+            monitors: self.monitors,
+            probes: self.probes,
+            probe_gap: self.probe_gap.0,
+        }
+    }
 }
 
 impl Default for MeshSettings {
     fn default() -> MeshSettings {
         let membership = nexus_mesh::MembershipConfig::default();
+        let detector = nexus_mesh::DetectorConfig::default();
         MeshSettings {
             gossip_interval: Dur(nexus_mesh::DEFAULT_GOSSIP_INTERVAL),
             suspect_after: Dur(membership.suspect_after),
@@ -126,6 +152,12 @@ impl Default for MeshSettings {
             tick_interval: Dur(Duration::from_millis(100)),
             push_fanout: 6,
             anti_entropy_interval: Dur(Duration::from_secs(1)),
+            detector: true,
+            heartbeat_interval: Dur(detector.interval),
+            probe_after: Dur(detector.suspect_after),
+            monitors: detector.monitors,
+            probes: detector.probes,
+            probe_gap: Dur(detector.probe_gap),
         }
     }
 }
@@ -438,6 +470,9 @@ impl Scenario {
         }
         .validate()
         .map_err(|e| anyhow::anyhow!("{}", e.replace("membership.", "mesh.")))?;
+        m.detector()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}", e.replace("detector.suspect_after", "mesh.probe_after").replace("detector.", "mesh.")))?;
         if m.push_fanout == 0 || m.push_fanout > 64 {
             bail!("mesh.push_fanout must be between 1 and 64");
         }

@@ -167,6 +167,7 @@ impl Fleet {
             wan_seeds: Vec::new(),
             clock: nexus_mesh::Clock::system(),
             observer: None,
+            detector: nexus_mesh::DetectorConfig::default(),
         };
         Mesh::start(config, datagrams, None, self.auth(identity), &info(), Vec::new())
             .await
