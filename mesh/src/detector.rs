@@ -530,7 +530,7 @@ mod tests {
         let mut verdict = None;
         while t < 5000 && verdict.is_none() {
             t += 50;
-            if t % 500 == 0 {
+            if (t - 10) % 400 == 0 {
                 d.receive(ms(t), Datagram { sender: id(3), generation: 1, signal: Signal::Heartbeat });
             }
             for a in d.poll(ms(t), std::slice::from_ref(&ring), generation) {
