@@ -248,6 +248,11 @@ impl Detector {
         }
     }
 
+    /// How long ago `node` was last heard from directly, if ever.
+    pub fn heard_ago(&self, node: &NodeId, now: Duration) -> Option<Duration> {
+        self.heard.get(node).map(|at| now.saturating_sub(*at))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DetectorConfig {
         &self.config

@@ -459,7 +459,7 @@ async fn spawn_pool(
         // node still gets gossip (and can prove it is alive).
         failure_detector_config: FailureDetectorConfig {
             phi_threshold: 8.0,
-            sampling_window_size: 1000,
+            sampling_window_size: 100,
             max_interval: Duration::from_secs(10),
             initial_interval: interval,
             dead_node_grace_period: config.dead_incarnation_grace,
@@ -554,71 +554,139 @@ struct Read {
     reported: HashMap<NodeId, String>,
 }
 
+/// What the fold remembers of one incarnation's gossip state, so a state that has not moved
+/// costs one lookup instead of a parse of every key.
+struct Seen {
+    node_id: NodeId,
+    heartbeat: u64,
+    max_version: u64,
+    live: bool,
+    info_version: Option<u64>,
+    self_status: SelfStatus,
+    /// Operator actions it publishes: (target, action, at, value).
+    actions: Vec<(NodeId, OperatorAction, u64, String)>,
+    /// Site reports it publishes (WAN pool): (subject, value).
+    reports: Vec<(NodeId, String)>,
+}
+
 fn read_pool(
     chitchat: &chitchat::Chitchat,
     pool: Pool,
-    parsed_info: &mut HashMap<(Pool, ChitchatId), u64>,
+    cache: &mut HashMap<ChitchatId, Seen>,
 ) -> Read {
     let mut read = Read::default();
-    let me = chitchat.self_chitchat_id().clone();
+    let me = chitchat.self_chitchat_id();
     let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    cache.retain(|id, _| chitchat.node_state(id).is_some());
     for (id, state) in chitchat.node_states() {
-        let Ok(node_id) = id.node_id.parse::<NodeId>() else {
-            continue;
-        };
-        let key = (pool, id.clone());
-        read.observations.push(Observation {
-            node_id,
-            generation: id.generation_id,
-            gossip_addr: id.gossip_advertise_addr,
-            heartbeat: u64::from(state.heartbeat()),
-            // The JSON is parsed again only when its version moves, not on every tick.
-            info: state.get_versioned(KEY_INFO).and_then(|info| {
-                let version = info.version;
-                (parsed_info.insert(key, version) != Some(version))
-                    .then(|| serde_json::from_str(&info.value).ok())
-                    .flatten()
-            }),
-            health: state.get(KEY_HEALTH).map(str::to_string),
-            dataplane: state.get(KEY_DATAPLANE).map(str::to_string),
-            self_status: state
-                .get(KEY_STATUS)
-                .map_or(SelfStatus::Active, SelfStatus::parse),
-            accrual_live: live.contains(id),
-            pool,
-            probe_addr: state.get(KEY_PROBE).and_then(|a| a.parse().ok()),
-        });
-        for (key, value) in state.iter_prefix(KEY_OPERATOR_PREFIX) {
-            let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>();
-            if let (Ok(target), Some((action, at))) =
-                (target, OperatorAction::decode(&value.value))
-            {
-                if *id == me {
-                    read.published.insert(target, value.value.clone());
-                }
-                read.actions.push((target, action, at));
-            }
-        }
-        if pool == Pool::Wan {
-            for (key, value) in state.iter_prefix(KEY_SITE_PREFIX) {
-                let Ok(subject) = key[KEY_SITE_PREFIX.len()..].parse::<NodeId>() else {
-                    continue;
-                };
-                if *id == me {
-                    read.reported.insert(subject, value.value.clone());
-                    continue;
-                }
-                // Only the reporter's newest incarnation speaks for it.
-                if live.contains(id)
-                    && let Some((status, generation)) = decode_report(&value.value)
-                {
-                    read.reports.push(Report {
-                        subject,
-                        reporter: node_id,
-                        status,
-                        generation,
+        let heartbeat = u64::from(state.heartbeat());
+        let max_version = state.max_version();
+        let is_live = live.contains(id);
+        let fresh = match cache.get_mut(id) {
+            Some(seen) if seen.max_version == max_version => {
+                if seen.heartbeat != heartbeat || seen.live != is_live {
+                    seen.heartbeat = heartbeat;
+                    seen.live = is_live;
+                    // Only the heartbeat or liveness moved: the rest is already in the table.
+                    read.observations.push(Observation {
+                        node_id: seen.node_id,
+                        generation: id.generation_id,
+                        gossip_addr: id.gossip_advertise_addr,
+                        heartbeat,
+                        info: None,
+                        health: None,
+                        dataplane: None,
+                        self_status: seen.self_status,
+                        accrual_live: is_live,
+                        pool,
+                        probe_addr: None,
                     });
                 }
+                false
+            }
+            _ => true,
+        };
+        if fresh {
+            let Ok(node_id) = id.node_id.parse::<NodeId>() else {
+                continue;
+            };
+            let info = state.get_versioned(KEY_INFO);
+            let info_version = info.map(|i| i.version);
+            // The JSON is parsed again only when its version moves.
+            let parsed = info
+                .filter(|_| cache.get(id).is_none_or(|seen| seen.info_version != info_version))
+                .and_then(|i| serde_json::from_str(&i.value).ok());
+            let self_status = state
+                .get(KEY_STATUS)
+                .map_or(SelfStatus::Active, SelfStatus::parse);
+            read.observations.push(Observation {
+                node_id,
+                generation: id.generation_id,
+                gossip_addr: id.gossip_advertise_addr,
+                heartbeat,
+                info: parsed,
+                health: state.get(KEY_HEALTH).map(str::to_string),
+                dataplane: state.get(KEY_DATAPLANE).map(str::to_string),
+                self_status,
+                accrual_live: is_live,
+                pool,
+                probe_addr: state.get(KEY_PROBE).and_then(|a| a.parse().ok()),
+            });
+            let actions = state
+                .iter_prefix(KEY_OPERATOR_PREFIX)
+                .filter_map(|(key, value)| {
+                    let target = key[KEY_OPERATOR_PREFIX.len()..].parse::<NodeId>().ok()?;
+                    let (action, at) = OperatorAction::decode(&value.value)?;
+                    Some((target, action, at, value.value.clone()))
+                })
+                .collect();
+            let reports = if pool == Pool::Wan {
+                state
+                    .iter_prefix(KEY_SITE_PREFIX)
+                    .filter_map(|(key, value)| {
+                        let subject = key[KEY_SITE_PREFIX.len()..].parse::<NodeId>().ok()?;
+                        Some((subject, value.value.clone()))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            cache.insert(
+                id.clone(),
+                Seen {
+                    node_id,
+                    heartbeat,
+                    max_version,
+                    live: is_live,
+                    info_version,
+                    self_status,
+                    actions,
+                    reports,
+                },
+            );
+        }
+        let Some(seen) = cache.get(id) else {
+            continue;
+        };
+        for (target, action, at, value) in &seen.actions {
+            if id == me {
+                read.published.insert(*target, value.clone());
+            }
+            read.actions.push((*target, *action, *at));
+        }
+        for (subject, value) in &seen.reports {
+            if id == me {
+                read.reported.insert(*subject, value.clone());
+                continue;
+            }
+            // Only a live reporter speaks for its site.
+            if is_live && let Some((status, generation)) = decode_report(value) {
+                read.reports.push(Report {
+                    subject: *subject,
+                    reporter: seen.node_id,
+                    status,
+                    generation,
+                });
             }
         }
     }
@@ -650,7 +718,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
-    let mut parsed_info: HashMap<(Pool, ChitchatId), u64> = HashMap::new();
+    let mut caches: Vec<HashMap<ChitchatId, Seen>> = pools.iter().map(|_| HashMap::new()).collect();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -658,12 +726,11 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
         }
         let mut reads = Vec::with_capacity(pools.len());
         let mut incarnations = 0;
-        for (pool, chitchat) in &pools {
+        for ((pool, chitchat), cache) in pools.iter().zip(&mut caches) {
             let chitchat = chitchat.lock().await;
-            parsed_info.retain(|(p, id), _| p != pool || chitchat.node_state(id).is_some());
             // Live and dead incarnations alike ride in every digest: the gossip cost driver.
             incarnations += chitchat.node_states().len();
-            reads.push((*pool, read_pool(&chitchat, *pool, &mut parsed_info)));
+            reads.push((*pool, read_pool(&chitchat, *pool, cache)));
         }
         metrics::gauge!("nexus_gossip_incarnations").set(incarnations as f64);
         let now = now();
@@ -889,7 +956,20 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                     view = rings(&lock(&table), self_id, gateway);
                 }
                 let generation = &view.generation;
-                detector.poll(now().mono, &view.rings, |n| generation.get(n).copied())
+                let at = now().mono;
+                let actions = detector.poll(at, &view.rings, |n| generation.get(n).copied());
+                for action in &actions {
+                    if let Action::Down(node, generation) = action {
+                        tracing::info!(
+                            subject = %node,
+                            generation,
+                            heard_ago = ?detector.heard_ago(node, at),
+                            addr = ?view.addr.get(node),
+                            "failure detector: no answer to probes, declaring the node down"
+                        );
+                    }
+                }
+                actions
             }
             received = datagrams.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else {

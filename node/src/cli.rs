@@ -971,6 +971,13 @@ async fn collection(
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    // The nodes' logs are off unless asked for (thousands of nodes log a lot).
+    if let Ok(filter) = std::env::var("NEXUS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut scenario = nexus_sim::scenario::Scenario::load(&args.scenario)?;
     if let Some(seed) = args.seed {
         scenario.seed = seed;

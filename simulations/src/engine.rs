@@ -193,7 +193,7 @@ impl World {
         slot.alive.then(|| slot.mesh.clone()).flatten()
     }
 
-    fn alive(&self, node: usize) -> bool {
+    pub(crate) fn alive(&self, node: usize) -> bool {
         lock(&self.nodes).get(node).is_some_and(|s| s.alive)
     }
 

@@ -191,14 +191,20 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
         .iter()
         .filter(|c| c.label != "revocation")
         .map(|c| {
-            let mut arrivals: Vec<f64> = c
+            // A node that crashed before the change reached it is no longer a target.
+            let targets: Vec<usize> = c
                 .targets
+                .iter()
+                .copied()
+                .filter(|t| c.arrivals.contains_key(t) || world.alive(*t))
+                .collect();
+            let mut arrivals: Vec<f64> = targets
                 .iter()
                 .filter_map(|t| c.arrivals.get(t))
                 .map(|at| (*at - c.at).as_secs_f64() * 1000.0)
                 .collect();
             arrivals.sort_by(f64::total_cmp);
-            let targets = c.targets.len();
+            let targets = targets.len();
             let at_fraction = |f: f64| -> Option<f64> {
                 let need = ((targets as f64) * f).ceil().max(1.0) as usize;
                 arrivals.get(need - 1).copied()
