@@ -221,6 +221,13 @@ impl GossipAuth {
         self.seal_with(payload, now_unix_ms, true)
     }
 
+    /// Wraps a payload without the certificate: for small datagrams to peers that already hold
+    /// it from gossip (the failure detector's heartbeats and probes). A peer without it drops
+    /// the datagram, which the detector tolerates.
+    pub fn seal_bare(&self, payload: &[u8], now_unix_ms: u64) -> Option<Vec<u8>> {
+        self.seal_with(payload, now_unix_ms, false)
+    }
+
     /// Wraps a chitchat payload for `to`, leaving the certificate out when `to` has recently
     /// shown that it holds it (see [`GossipAuth::confirm`]). This is what keeps the ~900-byte
     /// certificate off the wire in steady state.

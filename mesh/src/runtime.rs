@@ -149,17 +149,18 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts gossip on `datagrams` (already bound), publishing `info`. `restored` are the members
-    /// remembered from the last run. A gateway or anchor also passes `wan`, its WAN pool socket.
+    /// remembered from the last run. A gateway or anchor also passes `wan`, its WAN pool socket;
+    /// with `probe`, the failure detector runs on that socket. Every datagram is authenticated.
     pub async fn start(
         config: MeshConfig,
         datagrams: Box<dyn Datagrams>,
         wan: Option<Box<dyn Datagrams>>,
+        probe: Option<Box<dyn Datagrams>>,
         auth: GossipAuth,
         info: &NodeInfo,
         restored: Vec<Member>,
     ) -> Result<Mesh, MeshError> {
         let auth = Arc::new(Mutex::new(auth));
-        let probe = None;
         let site = PoolSocket {
             addr: datagrams.local_addr(),
             transport: Box::new(AuthenticatedTransport::new(datagrams, auth.clone())),
@@ -1054,7 +1055,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
         for (addr, signal) in sends {
             let payload = detector.datagram(signal).encode();
             let bytes = match &auth {
-                Some(auth) => match lock(auth).seal(&payload, clock.wall_ms()) {
+                Some(auth) => match lock(auth).seal_bare(&payload, clock.wall_ms()) {
                     Some(sealed) => sealed,
                     None => continue,
                 },

@@ -39,6 +39,8 @@ pub struct Sockets {
     api: TcpListener,
     gossip: UdpSocket,
     quic: UdpSocket,
+    /// The failure detector's socket (on the gossip IP, any port; published in gossip).
+    probe: Option<UdpSocket>,
 }
 
 fn bind_error(what: &str, addr: SocketAddr, flag: &str, err: std::io::Error) -> anyhow::Error {
@@ -69,7 +71,22 @@ impl Sockets {
         let quic =
             UdpSocket::bind(config.quic).map_err(|e| bind_error("QUIC", config.quic, "quic", e))?;
         api.set_nonblocking(true)?;
-        Ok(Sockets { api, gossip, quic })
+        let probe = match config.detector {
+            Some(_) => {
+                let addr = SocketAddr::new(gossip.local_addr()?.ip(), 0);
+                Some(
+                    UdpSocket::bind(addr)
+                        .map_err(|e| bind_error("failure detector", addr, "gossip", e))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Sockets {
+            api,
+            gossip,
+            quic,
+            probe,
+        })
     }
 }
 
@@ -304,10 +321,14 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
                 wan_seeds: Vec::new(),
                 clock: nexus_mesh::Clock::system(),
                 observer: None,
-                detector: nexus_mesh::DetectorConfig::default(),
+                detector: config.detector.clone().unwrap_or_default(),
             },
             Box::new(UdpDatagrams::new(sockets.gossip)?),
             None,
+            match sockets.probe {
+                Some(probe) => Some(Box::new(UdpDatagrams::new(probe)?) as Box<dyn nexus_mesh::Datagrams>),
+                None => None,
+            },
             auth,
             &info,
             restored,

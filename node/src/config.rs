@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub gossip_interval: Option<String>,
     /// Failure detection timing.
     pub membership: Option<MembershipFile>,
+    /// Failure detector.
+    pub detector: Option<DetectorFile>,
     /// Certificate lifetimes and renewal.
     pub certificates: Option<CertificatesFile>,
     /// The HTTP API.
@@ -78,6 +80,19 @@ pub struct HttpFile {
     pub insecure_plaintext: Option<bool>,
 }
 
+/// `[detector]` table: the failure detector (direct heartbeats to monitors, confirmed by
+/// probes). Off by default.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorFile {
+    /// Run it (on a UDP socket next to the gossip one, published in gossip).
+    pub enabled: Option<bool>,
+    /// Time between two heartbeats to each monitor.
+    pub interval: Option<String>,
+    /// Silence after which a monitor probes a node.
+    pub suspect_after: Option<String>,
+}
+
 /// `[membership]` table.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +132,8 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// Gossip listen address.
     pub gossip: SocketAddr,
+    /// The failure detector's settings, when it runs.
+    pub detector: Option<nexus_mesh::DetectorConfig>,
     /// QUIC listen address.
     pub quic: SocketAddr,
     /// Extra gossip seeds.
@@ -333,9 +350,29 @@ impl NodeConfig {
                 .map_err(|e| anyhow::anyhow!("config key `nic`: {e}"))?,
             (None, None) => nexus_dataplane::nic::NicSpec::Memory,
         };
+        let d = file.detector.clone().unwrap_or_default();
+        let detector = if d.enabled.unwrap_or(false) {
+            let defaults = nexus_mesh::DetectorConfig::default();
+            let detector = nexus_mesh::DetectorConfig {
+                interval: duration(&d.interval, "detector.interval", defaults.interval)?,
+                suspect_after: duration(
+                    &d.suspect_after,
+                    "detector.suspect_after",
+                    defaults.suspect_after,
+                )?,
+                ..defaults
+            };
+            detector
+                .validate()
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            Some(detector)
+        } else {
+            None
+        };
         Ok(NodeConfig {
             api,
             gossip,
+            detector,
             quic,
             seeds,
             log: file.log.clone().unwrap_or_else(|| "info".to_string()),

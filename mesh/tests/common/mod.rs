@@ -169,7 +169,7 @@ impl Fleet {
             observer: None,
             detector: nexus_mesh::DetectorConfig::default(),
         };
-        Mesh::start(config, datagrams, None, self.auth(identity), &info(), Vec::new())
+        Mesh::start(config, datagrams, None, None, self.auth(identity), &info(), Vec::new())
             .await
             .unwrap()
     }
