@@ -553,6 +553,8 @@ struct Read {
     reports: Vec<Report>,
     /// WAN pool: the site reports this node already publishes, by subject.
     reported: HashMap<NodeId, String>,
+    /// Whether any state moved (new keys or liveness) since the last fold.
+    moved: bool,
 }
 
 /// What the fold remembers of one incarnation's gossip state, so a state that has not moved
@@ -566,8 +568,8 @@ struct Seen {
     self_status: SelfStatus,
     /// Operator actions it publishes: (target, action, at, value).
     actions: Vec<(NodeId, OperatorAction, u64, String)>,
-    /// Site reports it publishes (WAN pool): (subject, value).
-    reports: Vec<(NodeId, String)>,
+    /// Site reports it publishes (WAN pool): (subject, value, decoded value).
+    reports: Vec<(NodeId, String, Option<(NodeStatus, u64)>)>,
 }
 
 fn read_pool(
@@ -586,6 +588,7 @@ fn read_pool(
         let fresh = match cache.get_mut(id) {
             Some(seen) if seen.max_version == max_version => {
                 if seen.heartbeat != heartbeat || seen.live != is_live {
+                    read.moved |= seen.live != is_live;
                     seen.heartbeat = heartbeat;
                     seen.live = is_live;
                     // Only the heartbeat or liveness moved: the rest is already in the table.
@@ -608,6 +611,7 @@ fn read_pool(
             _ => true,
         };
         if fresh {
+            read.moved = true;
             let Ok(node_id) = id.node_id.parse::<NodeId>() else {
                 continue;
             };
@@ -646,7 +650,7 @@ fn read_pool(
                     .iter_prefix(KEY_SITE_PREFIX)
                     .filter_map(|(key, value)| {
                         let subject = key[KEY_SITE_PREFIX.len()..].parse::<NodeId>().ok()?;
-                        Some((subject, value.value.clone()))
+                        Some((subject, value.value.clone(), decode_report(&value.value)))
                     })
                     .collect()
             } else {
@@ -675,13 +679,13 @@ fn read_pool(
             }
             read.actions.push((*target, *action, *at));
         }
-        for (subject, value) in &seen.reports {
+        for (subject, value, decoded) in &seen.reports {
             if id == me {
                 read.reported.insert(*subject, value.clone());
                 continue;
             }
             // Only a live reporter speaks for its site.
-            if is_live && let Some((status, generation)) = decode_report(value) {
+            if is_live && let Some((status, generation)) = *decoded {
                 read.reports.push(Report {
                     subject: *subject,
                     reporter: seen.node_id,
@@ -720,6 +724,9 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
     let mut caches: Vec<HashMap<ChitchatId, Seen>> = pools.iter().map(|_| HashMap::new()).collect();
+    // What is published is compared with the table when something moved, and every few
+    // folds regardless (a restart can change a generation without a status change).
+    let mut folds: u64 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -735,6 +742,11 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
         }
         metrics::gauge!("nexus_gossip_incarnations").set(incarnations as f64);
         let now = now();
+        folds += 1;
+        let moved = reads.iter().any(|(_, read)| read.moved);
+        let wan_moved = reads
+            .iter()
+            .any(|(pool, read)| *pool == Pool::Wan && read.moved);
         let (transitions, forgotten, counts, drain_self, grew, members, to_publish, to_report) = {
             let mut table = lock(&table);
             let before = table.members().count();
@@ -745,7 +757,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
                 }
                 reports.append(&mut read.reports);
             }
-            if gateway {
+            if gateway && (wan_moved || folds % 8 == 1) {
                 table.set_reports(reports, now);
             }
             for (_, read) in &reads {
@@ -768,11 +780,13 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
             }
             let members = table.members().count();
             let grew = members != before;
+            let compare = moved || grew || !transitions.is_empty() || folds % 8 == 1;
             // Every node carries every operator action in its own state (in every pool it is
             // in), so an action outlives the node it was sent to and reaches nodes that join
             // later.
             let to_publish: Vec<Vec<(String, String)>> = reads
                 .iter()
+                .filter(|_| compare)
                 .map(|(_, read)| {
                     table
                         .members()
@@ -788,6 +802,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
             // A gateway reports what it sees first-hand of its site's members into the WAN pool.
             let to_report: Vec<(String, String)> = reads
                 .iter()
+                .filter(|_| compare)
                 .find(|(pool, _)| *pool == Pool::Wan)
                 .map(|(_, read)| {
                     table

@@ -2,7 +2,7 @@
 //! its own assertions, and each test checks at least one figure of the report that proves the
 //! behaviour the scenario is about.
 //!
-//! A scenario takes 10 to 25 s of wall time in a debug build (see `docs/simulation.md`).
+//! One scenario takes 10 to 30 s of wall time in a debug build (see `docs/simulation.md`).
 
 use std::path::{Path, PathBuf};
 
@@ -70,11 +70,17 @@ fn partition_heal_keeps_the_writes_of_both_sides() {
     // Written inside the cut site at 8 s, it reached every holder, the anchors and s003
     // included, and could only do so after the heal at 15 s.
     let done = everywhere_at_ms(inside, &report);
-    assert!(done >= 15_000.0, "inside-cut everywhere at {done} ms\n{summary}");
+    assert!(
+        done >= 15_000.0,
+        "inside-cut everywhere at {done} ms\n{summary}"
+    );
     // The other side's writes reached the cut site too.
     for label in ["outside-tenant", "outside-fleet"] {
         let c = change(&report, label);
-        assert!(everywhere_at_ms(c, &report) >= 15_000.0, "{label}\n{summary}");
+        assert!(
+            everywhere_at_ms(c, &report) >= 15_000.0,
+            "{label}\n{summary}"
+        );
     }
     assert_eq!(change(&report, "outside-fleet").targets, report.fleet.nodes);
 }
@@ -124,7 +130,10 @@ fn power_cut_loses_no_write() {
     let late = change(&report, "just-before-cut");
     assert_eq!(late.origin, "s001-n007");
     let done = everywhere_at_ms(late, &report);
-    assert!(done >= 12_000.0, "just-before-cut everywhere at {done} ms\n{summary}");
+    assert!(
+        done >= 12_000.0,
+        "just-before-cut everywhere at {done} ms\n{summary}"
+    );
     // The others reached every node that was up when they were written.
     for label in ["before-cut", "during-rejoin"] {
         everywhere_at_ms(change(&report, label), &report);
@@ -151,7 +160,11 @@ fn chaos_skew_one_way_link_loss_burst_and_join_flood() {
     let report = play_scenario(&scenario);
     let summary = report.summary();
     // 3 sites of 12, 2 anchors, and 24 newcomers.
-    assert_eq!(report.fleet.nodes, scenario.initial_nodes() + 24, "{summary}");
+    assert_eq!(
+        report.fleet.nodes,
+        scenario.initial_nodes() + 24,
+        "{summary}"
+    );
     // The one-way failure dropped traffic, the burst lost some.
     assert!(report.gossip.dropped_partition > 0, "{summary}");
     assert!(report.gossip.dropped_loss > 0, "{summary}");
