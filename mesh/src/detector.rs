@@ -229,7 +229,16 @@ pub struct Detector {
     passed: HashMap<(NodeId, u64, bool), Duration>,
     next_heartbeat: Duration,
     nonce: u64,
+    /// Whether this node passes verdicts on (a gateway, to the WAN pool).
+    relay: bool,
+    /// Verdicts this node declared, to send again (datagrams get lost): (when, node, generation,
+    /// copies left).
+    repeat: Vec<(Duration, NodeId, u64, usize)>,
 }
+
+/// Copies of a verdict the declaring node sends, `probe_gap` apart: with loss `p` a member
+/// misses all of them with probability `p^VERDICT_COPIES`.
+pub const VERDICT_COPIES: usize = 3;
 
 impl Detector {
     /// A detector for `self_id`'s incarnation `generation`.
@@ -245,7 +254,17 @@ impl Detector {
             passed: HashMap::new(),
             next_heartbeat: Duration::ZERO,
             nonce: generation,
+            relay: false,
+            repeat: Vec::new(),
         }
+    }
+
+    /// Makes this detector pass the verdicts and refutations it receives on once (a gateway
+    /// does, from its site to the WAN pool). Others only apply them: the declaring node has
+    /// told the whole pool already.
+    pub fn relaying(mut self, relay: bool) -> Detector {
+        self.relay = relay;
+        self
     }
 
     /// How long ago `node` was last heard from directly, if ever.
@@ -351,8 +370,31 @@ impl Detector {
                         generation,
                     },
                 });
+                self.repeat.push((
+                    now + self.config.probe_gap,
+                    node,
+                    generation,
+                    VERDICT_COPIES - 1,
+                ));
             }
         }
+        let gap = self.config.probe_gap;
+        for (at, node, generation, left) in &mut self.repeat {
+            // A refutation in the meantime cancels the copies.
+            if *at <= now && *left > 0 && self.verdicts.contains_key(&(*node, *generation)) {
+                actions.push(Action::Broadcast {
+                    about: *node,
+                    signal: Signal::Down {
+                        subject: *node,
+                        generation: *generation,
+                    },
+                });
+                *left -= 1;
+                *at = now + gap;
+            }
+        }
+        self.repeat
+            .retain(|(_, node, generation, left)| *left > 0 && self.verdicts.contains_key(&(*node, *generation)));
         // Forget old bookkeeping (a verdict stays known long enough to re-tell a live node).
         let horizon = self.config.suspect_after * 40;
         self.verdicts
@@ -417,7 +459,7 @@ impl Detector {
                 self.verdicts.entry((subject, generation)).or_insert(now);
                 self.probing.remove(&subject);
                 actions.push(Action::Down(subject, generation));
-                if self.passed.insert((subject, generation, false), now).is_none() {
+                if self.relay && self.passed.insert((subject, generation, false), now).is_none() {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
@@ -431,7 +473,7 @@ impl Detector {
                 self.verdicts.remove(&(subject, generation));
                 self.heard.insert(subject, now);
                 actions.push(Action::Alive(subject, generation));
-                if self.passed.insert((subject, generation, true), now).is_none() {
+                if self.relay && self.passed.insert((subject, generation, true), now).is_none() {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
@@ -570,7 +612,7 @@ mod tests {
 
     #[test]
     fn a_node_told_it_is_down_refutes_once_and_verdicts_spread_once() {
-        let mut d = Detector::new(DetectorConfig::default(), id(5), 9);
+        let mut d = Detector::new(DetectorConfig::default(), id(5), 9).relaying(true);
         let down_me = Datagram {
             sender: id(1),
             generation: 1,
@@ -597,6 +639,11 @@ mod tests {
         assert!(first.iter().any(|a| matches!(a, Action::Broadcast { .. })));
         let second = d.receive(ms(301), Datagram { sender: id(2), ..down_other });
         assert!(!second.iter().any(|a| matches!(a, Action::Broadcast { .. })));
+        // A node that is not a gateway applies verdicts and does not pass them on.
+        let mut plain = Detector::new(DetectorConfig::default(), id(6), 1);
+        let applied = plain.receive(ms(0), down_other);
+        assert!(applied.contains(&Action::Down(id(7), 2)));
+        assert!(!applied.iter().any(|a| matches!(a, Action::Broadcast { .. })));
         // The declared node is still talking: it is told (so it refutes).
         let told = d.receive(ms(2000), Datagram { sender: id(7), generation: 2, signal: Signal::Heartbeat });
         assert!(told.contains(&Action::Send(id(7), Signal::Down { subject: id(7), generation: 2 })));

@@ -239,7 +239,8 @@ impl Mesh {
                         config.detector.clone(),
                         config.node_id,
                         config.generation,
-                    ),
+                    )
+                    .relaying(wan.is_some()),
                     datagrams: Arc::from(probe),
                     table: table.clone(),
                     auth: auth.clone(),
@@ -965,7 +966,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
     let mut view = rings(&lock(&table), self_id, gateway);
     let mut buf = vec![0u8; 2048];
     loop {
-        let actions = tokio::select! {
+        let (actions, declared_here) = tokio::select! {
             _ = ticker.tick() => {
                 if changes.has_changed().unwrap_or(false) {
                     changes.mark_unchanged();
@@ -985,7 +986,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                         );
                     }
                 }
-                actions
+                (actions, true)
             }
             received = datagrams.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else {
@@ -1008,7 +1009,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                 };
                 // Answer where it came from: a new member may not be in the table yet.
                 view.addr.entry(datagram.sender).or_insert(from);
-                detector.receive(now().mono, datagram)
+                (detector.receive(now().mono, datagram), false)
             }
         };
         let mut poked = false;
@@ -1036,6 +1037,8 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                             let shares = (about_pools[0] && in_pools[0])
                                 || (about_pools[1] && in_pools[1])
                                 || (gateway && about_pools[0] && in_pools[1]);
+                            // Passing on a verdict heard from the site: to the WAN pool only.
+                            let shares = shares && (declared_here || about == self_id || in_pools[1]);
                             if shares && let Some(addr) = view.addr.get(node) {
                                 sends.push((*addr, signal));
                             }

@@ -135,6 +135,7 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
 
     let mut samples = Vec::new();
     let mut undetected = 0;
+    let mut undetected_examples: Vec<String> = Vec::new();
     let mut everywhere: Option<f64> = Some(0.0);
     for crash in &record.crashes {
         let mut worst = 0.0f64;
@@ -150,7 +151,17 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
                     samples.push(ms);
                     worst = worst.max(ms);
                 }
-                None if observer_alive && crash.ended.is_none() => undetected += 1,
+                None if observer_alive && crash.ended.is_none() => {
+                    undetected += 1;
+                    if undetected_examples.len() < 5 {
+                        undetected_examples.push(format!(
+                            "{} never saw {} (crashed at {:.2} s) offline",
+                            record.names[*observer],
+                            record.names[crash.node],
+                            crash.at.as_secs_f64()
+                        ));
+                    }
+                }
                 None => {}
             }
         }
@@ -276,13 +287,16 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
         changes,
         revocations,
         assertions: Vec::new(),
-        notes: vec![
+        notes: undetected_examples
+            .into_iter()
+            .chain([
             "chitchat picks gossip peers with its own unseeded generator: repeated runs differ slightly in gossip figures".into(),
             format!(
                 "gossip datagrams are not signed in the simulation; each counts the {} bytes signing adds",
                 net::AUTH_OVERHEAD
             ),
-        ],
+        ])
+            .collect(),
     };
     report.assertions = scenario
         .assertions
