@@ -252,7 +252,7 @@ mod tests {
         assert!(!new_trees(Arrival::Site, false, true).wan);
         assert!(new_trees(Arrival::Wan, true, true).site);
         assert!(!new_trees(Arrival::Wan, true, false).site);
-        assert_eq!(new_trees(Arrival::Wan, true, true).wan, false);
+        assert!(!new_trees(Arrival::Wan, true, true).wan);
     }
 
     fn id(n: u8) -> NodeId {
@@ -276,13 +276,22 @@ mod tests {
             .collect();
         let ms = Duration::from_millis;
         // First sight of a different digest: wait.
-        assert!(rule.candidates(id(0), ms(0), &ours, [ad(1, 6, "bb")]).is_empty());
-        assert!(rule.candidates(id(0), ms(1000), &ours, [ad(1, 6, "bb")]).is_empty());
+        assert!(
+            rule.candidates(id(0), ms(0), &ours, [ad(1, 6, "bb")])
+                .is_empty()
+        );
+        assert!(
+            rule.candidates(id(0), ms(1000), &ours, [ad(1, 6, "bb")])
+                .is_empty()
+        );
         // Settled.
         let c = rule.candidates(id(0), ms(1600), &ours, [ad(1, 6, "bb")]);
         assert_eq!(c["fleet"], vec![id(1)]);
         rule.synced(id(1), "fleet", ms(1600));
-        assert!(rule.candidates(id(0), ms(2000), &ours, [ad(1, 6, "bb")]).is_empty());
+        assert!(
+            rule.candidates(id(0), ms(2000), &ours, [ad(1, 6, "bb")])
+                .is_empty()
+        );
         assert_eq!(
             rule.candidates(id(0), ms(3700), &ours, [ad(1, 6, "bb")])["fleet"],
             vec![id(1)]
@@ -303,6 +312,9 @@ mod tests {
         // A digest that moves restarts the wait.
         let mut rule = AntiEntropy::new();
         rule.candidates(id(0), ms(0), &ours, [ad(1, 6, "bb")]);
-        assert!(rule.candidates(id(0), ms(1600), &ours, [ad(1, 7, "b2")]).is_empty());
+        assert!(
+            rule.candidates(id(0), ms(1600), &ours, [ad(1, 7, "b2")])
+                .is_empty()
+        );
     }
 }

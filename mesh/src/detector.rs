@@ -393,13 +393,15 @@ impl Detector {
                 *at = now + gap;
             }
         }
-        self.repeat
-            .retain(|(_, node, generation, left)| *left > 0 && self.verdicts.contains_key(&(*node, *generation)));
+        self.repeat.retain(|(_, node, generation, left)| {
+            *left > 0 && self.verdicts.contains_key(&(*node, *generation))
+        });
         // Forget old bookkeeping (a verdict stays known long enough to re-tell a live node).
         let horizon = self.config.suspect_after * 40;
         self.verdicts
             .retain(|_, at| now.saturating_sub(*at) < horizon);
-        self.passed.retain(|_, at| now.saturating_sub(*at) < horizon);
+        self.passed
+            .retain(|_, at| now.saturating_sub(*at) < horizon);
         actions
     }
 
@@ -435,7 +437,10 @@ impl Detector {
             } => {
                 if subject == self.self_id {
                     if generation == self.generation
-                        && self.passed.insert((subject, generation, true), now).is_none()
+                        && self
+                            .passed
+                            .insert((subject, generation, true), now)
+                            .is_none()
                     {
                         actions.push(Action::Broadcast {
                             about: subject,
@@ -459,7 +464,12 @@ impl Detector {
                 self.verdicts.entry((subject, generation)).or_insert(now);
                 self.probing.remove(&subject);
                 actions.push(Action::Down(subject, generation));
-                if self.relay && self.passed.insert((subject, generation, false), now).is_none() {
+                if self.relay
+                    && self
+                        .passed
+                        .insert((subject, generation, false), now)
+                        .is_none()
+                {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
@@ -473,7 +483,12 @@ impl Detector {
                 self.verdicts.remove(&(subject, generation));
                 self.heard.insert(subject, now);
                 actions.push(Action::Alive(subject, generation));
-                if self.relay && self.passed.insert((subject, generation, true), now).is_none() {
+                if self.relay
+                    && self
+                        .passed
+                        .insert((subject, generation, true), now)
+                        .is_none()
+                {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
@@ -569,8 +584,22 @@ mod tests {
         let mut d = Detector::new(config.clone(), id(2), 1);
         let first = d.poll(ms(0), std::slice::from_ref(&ring), generation);
         assert!(first.contains(&Action::Send(id(3), Signal::Heartbeat)));
-        d.receive(ms(10), Datagram { sender: id(1), generation: 1, signal: Signal::Heartbeat });
-        d.receive(ms(10), Datagram { sender: id(3), generation: 1, signal: Signal::Heartbeat });
+        d.receive(
+            ms(10),
+            Datagram {
+                sender: id(1),
+                generation: 1,
+                signal: Signal::Heartbeat,
+            },
+        );
+        d.receive(
+            ms(10),
+            Datagram {
+                sender: id(3),
+                generation: 1,
+                signal: Signal::Heartbeat,
+            },
+        );
         // Node 3 keeps talking, node 1 goes silent.
         let mut t = 10;
         let mut pings = 0;
@@ -578,7 +607,14 @@ mod tests {
         while t < 5000 && verdict.is_none() {
             t += 50;
             if (t - 10) % 400 == 0 {
-                d.receive(ms(t), Datagram { sender: id(3), generation: 1, signal: Signal::Heartbeat });
+                d.receive(
+                    ms(t),
+                    Datagram {
+                        sender: id(3),
+                        generation: 1,
+                        signal: Signal::Heartbeat,
+                    },
+                );
             }
             for a in d.poll(ms(t), std::slice::from_ref(&ring), generation) {
                 match a {
@@ -601,12 +637,22 @@ mod tests {
         d.poll(ms(0), std::slice::from_ref(&ring), generation);
         for a in d.poll(ms(1600), std::slice::from_ref(&ring), generation) {
             if let Action::Send(to, Signal::Ping(nonce)) = a {
-                d.receive(ms(1650), Datagram { sender: to, generation: 1, signal: Signal::Ack(nonce) });
+                d.receive(
+                    ms(1650),
+                    Datagram {
+                        sender: to,
+                        generation: 1,
+                        signal: Signal::Ack(nonce),
+                    },
+                );
             }
         }
         for t in (1700..2400).step_by(50) {
             let actions = d.poll(ms(t), std::slice::from_ref(&ring), generation);
-            assert!(!actions.iter().any(|a| matches!(a, Action::Down(..))), "{actions:?}");
+            assert!(
+                !actions.iter().any(|a| matches!(a, Action::Down(..))),
+                "{actions:?}"
+            );
         }
     }
 
@@ -616,36 +662,84 @@ mod tests {
         let down_me = Datagram {
             sender: id(1),
             generation: 1,
-            signal: Signal::Down { subject: id(5), generation: 9 },
+            signal: Signal::Down {
+                subject: id(5),
+                generation: 9,
+            },
         };
         let actions = d.receive(ms(0), down_me);
         assert!(actions.contains(&Action::Broadcast {
             about: id(5),
-            signal: Signal::Alive { subject: id(5), generation: 9 }
+            signal: Signal::Alive {
+                subject: id(5),
+                generation: 9
+            }
         }));
         let again = d.receive(ms(100), down_me);
-        assert!(again.contains(&Action::Send(id(1), Signal::Alive { subject: id(5), generation: 9 })));
+        assert!(again.contains(&Action::Send(
+            id(1),
+            Signal::Alive {
+                subject: id(5),
+                generation: 9
+            }
+        )));
         // An old incarnation's verdict is not ours to refute.
-        let old = Datagram { signal: Signal::Down { subject: id(5), generation: 8 }, ..down_me };
-        assert!(!d.receive(ms(200), old).iter().any(|a| matches!(a, Action::Broadcast { .. })));
+        let old = Datagram {
+            signal: Signal::Down {
+                subject: id(5),
+                generation: 8,
+            },
+            ..down_me
+        };
+        assert!(
+            !d.receive(ms(200), old)
+                .iter()
+                .any(|a| matches!(a, Action::Broadcast { .. }))
+        );
 
         let down_other = Datagram {
             sender: id(1),
             generation: 1,
-            signal: Signal::Down { subject: id(7), generation: 2 },
+            signal: Signal::Down {
+                subject: id(7),
+                generation: 2,
+            },
         };
         let first = d.receive(ms(300), down_other);
         assert!(first.contains(&Action::Down(id(7), 2)));
         assert!(first.iter().any(|a| matches!(a, Action::Broadcast { .. })));
-        let second = d.receive(ms(301), Datagram { sender: id(2), ..down_other });
+        let second = d.receive(
+            ms(301),
+            Datagram {
+                sender: id(2),
+                ..down_other
+            },
+        );
         assert!(!second.iter().any(|a| matches!(a, Action::Broadcast { .. })));
         // A node that is not a gateway applies verdicts and does not pass them on.
         let mut plain = Detector::new(DetectorConfig::default(), id(6), 1);
         let applied = plain.receive(ms(0), down_other);
         assert!(applied.contains(&Action::Down(id(7), 2)));
-        assert!(!applied.iter().any(|a| matches!(a, Action::Broadcast { .. })));
+        assert!(
+            !applied
+                .iter()
+                .any(|a| matches!(a, Action::Broadcast { .. }))
+        );
         // The declared node is still talking: it is told (so it refutes).
-        let told = d.receive(ms(2000), Datagram { sender: id(7), generation: 2, signal: Signal::Heartbeat });
-        assert!(told.contains(&Action::Send(id(7), Signal::Down { subject: id(7), generation: 2 })));
+        let told = d.receive(
+            ms(2000),
+            Datagram {
+                sender: id(7),
+                generation: 2,
+                signal: Signal::Heartbeat,
+            },
+        );
+        assert!(told.contains(&Action::Send(
+            id(7),
+            Signal::Down {
+                subject: id(7),
+                generation: 2
+            }
+        )));
     }
 }

@@ -476,7 +476,9 @@ impl Membership {
                 member.generation = report.generation;
                 member.reports.clear();
             }
-            member.reports.insert(report.reporter, (report.status, report.generation));
+            member
+                .reports
+                .insert(report.reporter, (report.status, report.generation));
         }
     }
 
@@ -502,11 +504,19 @@ impl Membership {
         let alive_reporters: std::collections::BTreeSet<NodeId> = self
             .members
             .values()
-            .filter(|m| !m.is_remote() && matches!(m.status, NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining))
+            .filter(|m| {
+                !m.is_remote()
+                    && matches!(
+                        m.status,
+                        NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+                    )
+            })
             .map(|m| m.node_id)
             .collect();
         for member in self.members.values_mut() {
-            let status = if member.is_remote() || (member.verdict.is_some() && member.seen_in == [false; 2]) {
+            let status = if member.is_remote()
+                || (member.verdict.is_some() && member.seen_in == [false; 2])
+            {
                 remote_status(&self.config, member, &alive_reporters, now)
             } else {
                 derive_status(&self.config, self.self_id, member, now)

@@ -11,10 +11,10 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
     spawn_chitchat,
 };
-use tokio::time::Instant;
 use nexus_ca::NodeId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::auth::GossipAuth;
 use crate::detector::{Action, Datagram, Detector, DetectorConfig, Signal};
@@ -23,8 +23,8 @@ use crate::membership::{
 };
 use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
 use crate::wire::{
-    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_PROBE, KEY_SITE_PREFIX, KEY_STATUS,
-    NodeInfo, OperatorAction, SelfStatus, operator_key, site_report_key,
+    KEY_DATAPLANE, KEY_HEALTH, KEY_INFO, KEY_OPERATOR_PREFIX, KEY_PROBE, KEY_SITE_PREFIX,
+    KEY_STATUS, NodeInfo, OperatorAction, SelfStatus, operator_key, site_report_key,
 };
 
 /// Default time between gossip rounds: fast enough that a live node's heartbeat reaches a
@@ -374,9 +374,7 @@ impl Mesh {
     pub async fn published(&self, key: &str) -> Vec<(NodeId, String)> {
         let key = key.to_string();
         let per_pool = self
-            .each_pool(move |c| {
-                newest_states(c, |state| state.get(&key).map(str::to_string))
-            })
+            .each_pool(move |c| newest_states(c, |state| state.get(&key).map(str::to_string)))
             .await;
         merge_pools(per_pool)
             .into_iter()
@@ -569,9 +567,13 @@ struct Seen {
     self_status: SelfStatus,
     /// Operator actions it publishes: (target, action, at, value).
     actions: Vec<(NodeId, OperatorAction, u64, String)>,
-    /// Site reports it publishes (WAN pool): (subject, value, decoded value).
-    reports: Vec<(NodeId, String, Option<(NodeStatus, u64)>)>,
+    /// Site reports it publishes (WAN pool).
+    reports: Vec<PublishedReport>,
 }
+
+/// One `site/<subject>` key as a gateway publishes it: the subject, the value, and the value
+/// decoded (status, generation).
+type PublishedReport = (NodeId, String, Option<(NodeStatus, u64)>);
 
 fn read_pool(
     chitchat: &chitchat::Chitchat,
@@ -620,7 +622,11 @@ fn read_pool(
             let info_version = info.map(|i| i.version);
             // The JSON is parsed again only when its version moves.
             let parsed = info
-                .filter(|_| cache.get(id).is_none_or(|seen| seen.info_version != info_version))
+                .filter(|_| {
+                    cache
+                        .get(id)
+                        .is_none_or(|seen| seen.info_version != info_version)
+                })
                 .and_then(|i| serde_json::from_str(&i.value).ok());
             let self_status = state
                 .get(KEY_STATUS)
@@ -829,7 +835,11 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
             )
         };
         for ((pool, chitchat), keys) in pools.iter().zip(&to_publish) {
-            let report = if *pool == Pool::Wan { &to_report[..] } else { &[] };
+            let report = if *pool == Pool::Wan {
+                &to_report[..]
+            } else {
+                &[]
+            };
             if keys.is_empty() && report.is_empty() {
                 continue;
             }
@@ -1020,9 +1030,12 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
             for action in actions {
                 match action {
                     Action::Send(to, signal) => {
-                        if let Some(addr) = view.addr.get(&to).copied().or_else(|| {
-                            table.get(&to).and_then(|m| m.probe_addr)
-                        }) {
+                        if let Some(addr) = view
+                            .addr
+                            .get(&to)
+                            .copied()
+                            .or_else(|| table.get(&to).and_then(|m| m.probe_addr))
+                        {
                             sends.push((addr, signal));
                         }
                     }
@@ -1038,7 +1051,8 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                                 || (about_pools[1] && in_pools[1])
                                 || (gateway && about_pools[0] && in_pools[1]);
                             // Passing on a verdict heard from the site: to the WAN pool only.
-                            let shares = shares && (declared_here || about == self_id || in_pools[1]);
+                            let shares =
+                                shares && (declared_here || about == self_id || in_pools[1]);
                             if shares && let Some(addr) = view.addr.get(node) {
                                 sends.push((*addr, signal));
                             }

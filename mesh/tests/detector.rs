@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Fleet, info, unix_ms};
 use nexus_mesh::{
-    Clock, DetectorConfig, Mesh, MeshConfig, MembershipConfig, MemoryNetwork, NodeStatus,
+    Clock, DetectorConfig, MembershipConfig, MemoryNetwork, Mesh, MeshConfig, NodeStatus,
 };
 
 const NODES: usize = 5;

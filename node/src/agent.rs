@@ -326,7 +326,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
             Box::new(UdpDatagrams::new(sockets.gossip)?),
             None,
             match sockets.probe {
-                Some(probe) => Some(Box::new(UdpDatagrams::new(probe)?) as Box<dyn nexus_mesh::Datagrams>),
+                Some(probe) => {
+                    Some(Box::new(UdpDatagrams::new(probe)?) as Box<dyn nexus_mesh::Datagrams>)
+                }
                 None => None,
             },
             auth,

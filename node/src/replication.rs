@@ -2313,9 +2313,3 @@ fn snapshot_json(doc: &DocId, id: &str, s: &Snapshot) -> serde_json::Value {
         "created_at": s.created_at,
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-}

@@ -20,9 +20,9 @@ use nexus_crdt::{
     SignedChange, StreamMode, SyncLimits, TenantDoc,
 };
 use nexus_mesh::{
-    AntiEntropy, Arrival, Clock, Member, Mesh, MeshConfig, MeshObserver, MembershipConfig,
-    NodeInfo, NodeStatus, Now, Observer, Pool, PoolSocket, Transition, new_trees,
-    primary_gateway, reachable, split_groups,
+    AntiEntropy, Arrival, Clock, Member, MembershipConfig, Mesh, MeshConfig, MeshObserver,
+    NodeInfo, NodeStatus, Now, Observer, Pool, PoolSocket, Transition, new_trees, primary_gateway,
+    reachable, split_groups,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -231,7 +231,11 @@ impl World {
     fn add(&self, site: usize, gateway: bool, anchor: bool, tenant: String, name: String) -> usize {
         let key = NodeKey::from_seed(lock(&self.rng).bytes32());
         let id = key.node_id();
-        let site_label = if site == 0 { "core".to_string() } else { site_name(site) };
+        let site_label = if site == 0 {
+            "core".to_string()
+        } else {
+            site_name(site)
+        };
         let facts = nexus_crdt::AuthorFacts {
             node_id: id,
             role: if anchor { Role::Anchor } else { Role::Node },
@@ -253,7 +257,9 @@ impl World {
         let mut docs = BTreeMap::new();
         docs.insert("fleet".to_string(), ConfigDoc::new(DocId::Fleet));
         let tenants: Vec<String> = if anchor {
-            (0..self.scenario.fleet.tenants).map(|t| format!("t{t}")).collect()
+            (0..self.scenario.fleet.tenants)
+                .map(|t| format!("t{t}"))
+                .collect()
         } else {
             vec![tenant.clone()]
         };
@@ -355,11 +361,7 @@ impl MeshObserver for NodeObserver {
                 || record
                     .impaired_until
                     .is_some_and(|until| now <= until + offline_after * 2);
-            let revoked = refused
-                || record
-                    .revocations
-                    .iter()
-                    .any(|r| r.node == subject);
+            let revoked = refused || record.revocations.iter().any(|r| r.node == subject);
             if !recently_impaired && !revoked {
                 record.false_positives.push((self.node, subject, now));
             }
@@ -386,7 +388,11 @@ pub(crate) struct Engine {
 
 impl Engine {
     pub fn new(scenario: &Scenario) -> Engine {
-        let net = SimNet::new(scenario.network.clone(), scenario.fleet.sites, scenario.seed);
+        let net = SimNet::new(
+            scenario.network.clone(),
+            scenario.fleet.sites,
+            scenario.seed,
+        );
         let world = Arc::new(World {
             scenario: scenario.clone(),
             net,
@@ -482,7 +488,11 @@ async fn start_node(world: &Arc<World>, node: usize) {
     let info = NodeInfo {
         hostname: name,
         role: if anchor { Role::Anchor } else { Role::Node },
-        site: if site == 0 { "core".into() } else { site_name(site) },
+        site: if site == 0 {
+            "core".into()
+        } else {
+            site_name(site)
+        },
         tenant,
         labels: scenario.fleet.labels.clone(),
         api_addr: site_addr,
@@ -619,7 +629,13 @@ fn took(world: &World, node: usize, changes: &[ChangeHash]) {
 }
 
 /// The live members of `node`'s `pool` that may hold `doc`, in a seeded random order.
-fn tree_peers(world: &World, node: usize, members: &[Member], pool: Pool, doc: &DocId) -> Vec<usize> {
+fn tree_peers(
+    world: &World,
+    node: usize,
+    members: &[Member],
+    pool: Pool,
+    doc: &DocId,
+) -> Vec<usize> {
     let self_id = lock(&world.nodes)[node].id;
     let mut peers: Vec<usize> = members
         .iter()
@@ -688,15 +704,12 @@ fn send_push(world: &Arc<World>, from: usize, to: usize, push: Push) {
     let delay = world.net.stream_delay(from, to, bytes);
     let world = world.clone();
     tokio::spawn(async move {
-        match delay {
-            Some(delay) => {
-                tokio::time::sleep(delay).await;
-                if world.alive(from) && world.alive(to) {
-                    receive_push(&world, from, to, push);
-                    return;
-                }
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+            if world.alive(from) && world.alive(to) {
+                receive_push(&world, from, to, push);
+                return;
             }
-            None => {}
         }
         // No answer: the sender notices after the stream times out and sends the head's
         // group directly.
@@ -924,7 +937,11 @@ fn write(world: &Arc<World>, node: usize, document: &str, label: &str, seq: usiz
     let id = doc_id(document);
     let (author, name, tenant) = {
         let nodes = lock(&world.nodes);
-        (nodes[node].author.clone(), nodes[node].name.clone(), nodes[node].tenant.clone())
+        (
+            nodes[node].author.clone(),
+            nodes[node].name.clone(),
+            nodes[node].tenant.clone(),
+        )
     };
     let ts = (EPOCH_MS + world.now().as_millis() as u64) as i64;
     let policy_id = format!("{label}-{seq}");
@@ -1039,7 +1056,10 @@ fn revoke(world: &Arc<World>, target: usize) {
     let change = {
         let replica = world.replica(anchor);
         let mut replica = lock(&replica);
-        let doc = replica.docs.get_mut("fleet").expect("anchors hold the fleet document");
+        let doc = replica
+            .docs
+            .get_mut("fleet")
+            .expect("anchors hold the fleet document");
         doc.apply_local::<FleetDoc, std::convert::Infallible>(
             &author,
             &Caller {
@@ -1132,7 +1152,11 @@ pub(crate) async fn run_timeline(engine: &Engine, progress: &dyn Fn(Duration)) {
     // run in lockstep.
     let mut boot: Vec<(Duration, usize)> = (0..world.node_count())
         .map(|i| {
-            let at = scenario.mesh.gossip_interval.0.mul_f64(world.random(10_000) as f64 / 10_000.0);
+            let at = scenario
+                .mesh
+                .gossip_interval
+                .0
+                .mul_f64(world.random(10_000) as f64 / 10_000.0);
             (at, i)
         })
         .collect();
@@ -1179,10 +1203,17 @@ pub(crate) async fn run_timeline(engine: &Engine, progress: &dyn Fn(Duration)) {
         match step {
             Step::Event(i) => {
                 let event = scenario.timeline[i].clone();
-                apply_event(world, &event.action, now, &mut |at, step| push(&mut queue, at, step))
-                    .await
+                apply_event(world, &event.action, now, &mut |at, step| {
+                    push(&mut queue, at, step)
+                })
+                .await
             }
-            Step::Write { node, document, label, seq } => {
+            Step::Write {
+                node,
+                document,
+                label,
+                seq,
+            } => {
                 write(world, node, &document, &label, seq);
             }
             Step::Start(node) => {
@@ -1226,9 +1257,8 @@ async fn apply_event(
     now: Duration,
     schedule: &mut dyn FnMut(Duration, Step),
 ) {
-    let sites = |list: &[String]| -> BTreeSet<usize> {
-        list.iter().map(|s| world.site_index(s)).collect()
-    };
+    let sites =
+        |list: &[String]| -> BTreeSet<usize> { list.iter().map(|s| world.site_index(s)).collect() };
     match action {
         Action::Change {
             label,
@@ -1237,7 +1267,9 @@ async fn apply_event(
             from,
             every,
         } => {
-            let label = label.clone().unwrap_or_else(|| format!("change@{}s", now.as_secs()));
+            let label = label
+                .clone()
+                .unwrap_or_else(|| format!("change@{}s", now.as_secs()));
             for seq in 0..*count {
                 let node = if from == "random" {
                     random_writer(world, document)
@@ -1336,10 +1368,17 @@ async fn apply_event(
                 let within = lock(&world.nodes).iter().filter(|s| s.site == site).count();
                 let name = format!(
                     "{}-n{within:03}",
-                    if site == 0 { "core".into() } else { site_name(site) }
+                    if site == 0 {
+                        "core".into()
+                    } else {
+                        site_name(site)
+                    }
                 );
                 let node = world.add(site, false, false, tenant, name);
-                schedule(now + over.0 * i as u32 / (*count as u32).max(1), Step::Start(node));
+                schedule(
+                    now + over.0 * i as u32 / (*count as u32).max(1),
+                    Step::Start(node),
+                );
             }
             disturbance(world, now + over.0);
         }
@@ -1379,7 +1418,9 @@ async fn sample_convergence(world: Arc<World>) {
         if !open {
             continue;
         }
-        let live: Vec<usize> = (0..world.node_count()).filter(|n| world.alive(*n)).collect();
+        let live: Vec<usize> = (0..world.node_count())
+            .filter(|n| world.alive(*n))
+            .collect();
         let counts = lock(&world.record).members.clone();
         let converged = live
             .iter()

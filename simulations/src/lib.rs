@@ -225,7 +225,11 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
                 .enumerate()
                 .map(|(i, ms)| (*ms, i + 1))
                 .collect();
-            let until = arrivals.last().copied().unwrap_or(0.0).max(interval_ms * 40.0);
+            let until = arrivals
+                .last()
+                .copied()
+                .unwrap_or(0.0)
+                .max(interval_ms * 40.0);
             ChangeFigures {
                 label: c.label.clone(),
                 document: c.document.clone(),
@@ -236,7 +240,9 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
                 p50_ms: at_fraction(0.5),
                 p99_ms: at_fraction(0.99),
                 p999_ms: at_fraction(0.999),
-                p100_ms: (arrivals.len() == targets).then(|| arrivals.last().copied()).flatten(),
+                p100_ms: (arrivals.len() == targets)
+                    .then(|| arrivals.last().copied())
+                    .flatten(),
                 model: epidemic_curve(targets, GOSSIP_FANOUT as f64, interval_ms, until, 200),
             }
         })
@@ -334,10 +340,7 @@ fn check(
                 .iter()
                 .map(|c| {
                     let need = ((c.targets as f64) * fraction).ceil().max(1.0) as usize;
-                    c.curve
-                        .iter()
-                        .find(|(_, n)| *n >= need)
-                        .map(|(t, _)| *t)
+                    c.curve.iter().find(|(_, n)| *n >= need).map(|(t, _)| *t)
                 })
                 .try_fold(0.0f64, |w, t| t.map(|t| w.max(t)));
             AssertionResult {
@@ -364,7 +367,12 @@ fn check(
                     format!(
                         "{} missing, e.g. {}",
                         missing.len(),
-                        missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                        missing
+                            .iter()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     )
                 },
             }

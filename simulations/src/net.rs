@@ -316,7 +316,9 @@ impl SimNet {
         if s.refused.contains(&(to, from)) || blocked(&s, from, to) {
             return None;
         }
-        let packets = bytes.div_ceil(s.network.mtu.saturating_sub(60).max(500)).max(1);
+        let packets = bytes
+            .div_ceil(s.network.mtu.saturating_sub(60).max(500))
+            .max(1);
         let p = loss(&s, from, to);
         let mut total = uplink(&mut s, from, bytes);
         for _ in 0..STREAM_ATTEMPTS {
@@ -619,7 +621,9 @@ mod tests {
         }
         assert!((800..1200).contains(&lost), "{lost} of 10000 lost at 10%");
         // Within a site: no loss, short delays.
-        assert!(matches!(net.datagram(0, 1, 200), Verdict::Deliver(d) if d <= Duration::from_millis(2)));
+        assert!(
+            matches!(net.datagram(0, 1, 200), Verdict::Deliver(d) if d <= Duration::from_millis(2))
+        );
         // Datagrams over the MTU lose more (every fragment must arrive).
         let big_lost = (0..10_000)
             .filter(|_| net.datagram(0, 2, 5000) == Verdict::Lost)
@@ -642,14 +646,18 @@ mod tests {
 
     #[test]
     fn the_generator_is_seeded() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(4);
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(4);
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(4);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(4);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         let mut r = Rng::new(1);
         let mut v: Vec<usize> = (0..50).collect();

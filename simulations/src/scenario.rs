@@ -470,16 +470,27 @@ impl Scenario {
         }
         .validate()
         .map_err(|e| anyhow::anyhow!("{}", e.replace("membership.", "mesh.")))?;
-        m.detector()
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{}", e.replace("detector.suspect_after", "mesh.probe_after").replace("detector.", "mesh.")))?;
+        m.detector().validate().map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.replace("detector.suspect_after", "mesh.probe_after")
+                    .replace("detector.", "mesh.")
+            )
+        })?;
         if m.push_fanout == 0 || m.push_fanout > 64 {
             bail!("mesh.push_fanout must be between 1 and 64");
         }
         let n = &self.network;
-        for (name, l) in [("site_latency", n.site_latency), ("wan_latency", n.wan_latency)] {
+        for (name, l) in [
+            ("site_latency", n.site_latency),
+            ("wan_latency", n.wan_latency),
+        ] {
             if l.min > l.max {
-                bail!("network.{name}: min ({:?}) is above max ({:?})", l.min.0, l.max.0);
+                bail!(
+                    "network.{name}: min ({:?}) is above max ({:?})",
+                    l.min.0,
+                    l.max.0
+                );
             }
             if l.max.0 > Duration::from_secs(10) {
                 bail!("network.{name}: max must be at most 10s");
@@ -531,15 +542,22 @@ impl Scenario {
                     }
                     if document != "fleet" {
                         let Some(t) = document.strip_prefix("tenant:") else {
-                            bail!("{what}: document must be `fleet` or `tenant:<tenant>`, not {document:?}");
+                            bail!(
+                                "{what}: document must be `fleet` or `tenant:<tenant>`, not {document:?}"
+                            );
                         };
                         let index: Option<usize> = t.strip_prefix('t').and_then(|i| i.parse().ok());
                         if index.is_none_or(|i| i >= f.tenants) {
-                            bail!("{what}: unknown tenant {t:?} (tenants are t0..t{})", f.tenants - 1);
+                            bail!(
+                                "{what}: unknown tenant {t:?} (tenants are t0..t{})",
+                                f.tenants - 1
+                            );
                         }
                     }
                 }
-                Action::Crash(sel) | Action::Restart(sel) => check_selector(&what, sel, &check_sites)?,
+                Action::Crash(sel) | Action::Restart(sel) => {
+                    check_selector(&what, sel, &check_sites)?
+                }
                 Action::PowerCut { select, .. } => check_selector(&what, select, &check_sites)?,
                 Action::ClockSkew { select, skew } => {
                     check_selector(&what, select, &check_sites)?;
@@ -666,17 +684,42 @@ assert:
         assert!(matches!(y.timeline[1].action, Action::Heal));
 
         let bad = SMALL.replace("nodes_per_site = 10", "nodes_per_site = 0");
-        assert!(Scenario::from_toml(&bad).unwrap_err().to_string().contains("nodes_per_site"));
+        assert!(
+            Scenario::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("nodes_per_site")
+        );
         let bad = SMALL.replace("document = \"fleet\"", "document = \"tenant:t7\"");
-        assert!(Scenario::from_toml(&bad).unwrap_err().to_string().contains("unknown tenant"));
+        assert!(
+            Scenario::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown tenant")
+        );
         let bad = SMALL.replace("at = \"8s\"", "at = \"80s\"");
-        assert!(Scenario::from_toml(&bad).unwrap_err().to_string().contains("after the end"));
+        assert!(
+            Scenario::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("after the end")
+        );
         let bad = SMALL.replace("action = \"crash\"", "action = \"explode\"");
         assert!(Scenario::from_toml(&bad).is_err());
         let bad = SMALL.replace("count = 2", "count = 2\ncolour = \"red\"");
-        assert!(Scenario::from_toml(&bad).unwrap_err().to_string().contains("colour"));
+        assert!(
+            Scenario::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("colour")
+        );
         let bad = SMALL.replace("wan_loss = 0.01", "wan_loss = 1.5");
-        assert!(Scenario::from_toml(&bad).unwrap_err().to_string().contains("wan_loss"));
+        assert!(
+            Scenario::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("wan_loss")
+        );
         assert_eq!(parse_skew("-30s"), Ok(-30_000));
     }
 }

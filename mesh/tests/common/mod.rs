@@ -169,9 +169,17 @@ impl Fleet {
             observer: None,
             detector: nexus_mesh::DetectorConfig::default(),
         };
-        Mesh::start(config, datagrams, None, None, self.auth(identity), &info(), Vec::new())
-            .await
-            .unwrap()
+        Mesh::start(
+            config,
+            datagrams,
+            None,
+            None,
+            self.auth(identity),
+            &info(),
+            Vec::new(),
+        )
+        .await
+        .unwrap()
     }
 }
 
