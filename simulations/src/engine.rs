@@ -102,6 +102,9 @@ struct Slot {
     skew_ms: Arc<AtomicI64>,
     /// Members remembered at the last crash (what the node's store would restore).
     remembered: Vec<Member>,
+    /// The last incarnation number used: as the node's store does, a restart takes
+    /// `max(now, last + 1)`, so a clock set back never makes a newer incarnation look older.
+    generation: u64,
 }
 
 /// A config change and where it went.
@@ -141,6 +144,9 @@ pub(crate) struct Record {
     pub crashes: Vec<CrashRec>,
     /// Open crash episode of each node.
     pub down: HashMap<usize, usize>,
+    /// When each node last restarted: an offline mark shortly after is about its old
+    /// incarnation (transitions carry no generation), not a false alarm.
+    pub restarted: HashMap<usize, Duration>,
     pub false_positives: Vec<(usize, usize, Duration)>,
     /// When the network was last impaired (partition, one-way failure, loss burst).
     pub impaired_until: Option<Duration>,
@@ -283,6 +289,7 @@ impl World {
             replica: Arc::new(Mutex::new(Replica { docs })),
             skew_ms: Arc::new(AtomicI64::new(0)),
             remembered: Vec::new(),
+            generation: 0,
         });
         drop(nodes);
         lock(&self.index).insert(id, index);
@@ -361,8 +368,18 @@ impl MeshObserver for NodeObserver {
                 || record
                     .impaired_until
                     .is_some_and(|until| now <= until + offline_after * 2);
-            let revoked = refused || record.revocations.iter().any(|r| r.node == subject);
-            if !recently_impaired && !revoked {
+            let old_incarnation = record.restarted.get(&subject).is_some_and(|at| {
+                now.saturating_sub(*at)
+                    <= offline_after.max(world.scenario.mesh.detector().worst_detection())
+                        + Duration::from_secs(1)
+            });
+            // Nor is what a revoked node sees: the fleet refuses everything it sends.
+            let revoked = refused
+                || record
+                    .revocations
+                    .iter()
+                    .any(|r| r.node == subject || r.node == self.node);
+            if !recently_impaired && !revoked && !old_incarnation {
                 record.false_positives.push((self.node, subject, now));
             }
         }
@@ -462,7 +479,12 @@ async fn start_node(world: &Arc<World>, node: usize) {
             (EPOCH_MS as i64 + elapsed + skew.load(Ordering::Relaxed)).max(0) as u64
         }
     };
-    let generation = wall();
+    let generation = {
+        let mut nodes = lock(&world.nodes);
+        let slot = &mut nodes[node];
+        slot.generation = wall().max(slot.generation + 1);
+        slot.generation
+    };
     let m = &scenario.mesh;
     let config = MeshConfig {
         fleet_id: "sim".into(),
@@ -591,6 +613,7 @@ async fn restart_node(world: &Arc<World>, node: usize) {
         if let Some(episode) = record.down.remove(&node) {
             record.crashes[episode].ended = Some(now);
         }
+        record.restarted.insert(node, now);
     }
     start_node(world, node).await;
 }
@@ -1013,7 +1036,17 @@ fn commit_and_push(
 ) {
     let hash = change.change_hash;
     lock(&world.envelopes.0).insert(hash, change.clone());
-    let targets = world.holders(document);
+    // A revoked node is out of the fleet: nobody sends it anything any more.
+    let revoked: HashSet<usize> = lock(&world.record)
+        .revocations
+        .iter()
+        .map(|r| r.node)
+        .collect();
+    let targets: HashSet<usize> = world
+        .holders(document)
+        .into_iter()
+        .filter(|n| !revoked.contains(n) || *n == node)
+        .collect();
     {
         let mut record = lock(&world.record);
         let i = record.changes.len();
@@ -1084,10 +1117,15 @@ fn revoke(world: &Arc<World>, target: usize) {
         tracing::warn!("the revocation could not be written");
         return;
     };
+    let revoked: HashSet<usize> = lock(&world.record)
+        .revocations
+        .iter()
+        .map(|r| r.node)
+        .collect();
     let targets: HashSet<usize> = world
         .holders("fleet")
         .into_iter()
-        .filter(|n| *n != target)
+        .filter(|n| *n != target && !revoked.contains(n))
         .collect();
     {
         let mut record = lock(&world.record);

@@ -384,7 +384,9 @@ fn check(
                     "every crashed node is offline everywhere within {} ms",
                     within.0.as_millis()
                 ),
-                passed: d.crashed > 0 && d.everywhere_ms.is_some_and(|e| e <= within.ms()),
+                passed: d.crashed > 0
+                    && !d.samples_ms.is_empty()
+                    && d.everywhere_ms.is_some_and(|e| e <= within.ms()),
                 detail: format!(
                     "{} crashed, everywhere after {}, {} pairs undetected",
                     d.crashed,
