@@ -35,12 +35,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if scenarios.is_empty() {
-        anyhow::bail!("name at least one scenario file (e.g. simulations/scenarios/fleet-10000.toml)");
+        anyhow::bail!(
+            "name at least one scenario file (e.g. simulations/scenarios/fleet-10000.toml)"
+        );
     }
     let mut reports = Vec::new();
     for path in &scenarios {
         let scenario = Scenario::load(path)?;
-        eprintln!("playing {} ({} nodes)…", scenario.name, scenario.initial_nodes());
+        eprintln!(
+            "playing {} ({} nodes)…",
+            scenario.name,
+            scenario.initial_nodes()
+        );
         let report = nexus_sim::run(
             &scenario,
             &nexus_sim::RunOptions {
@@ -58,7 +64,9 @@ fn main() -> anyhow::Result<()> {
             .map(|d| d.join("img"))
             .unwrap_or_else(|| PathBuf::from("img"));
         std::fs::create_dir_all(&img)?;
-        let mut section = String::from("<!-- sim-bench:start -->\n## Simulation: the real mesh and configuration code at scale\n\n");
+        let mut section = String::from(
+            "<!-- sim-bench:start -->\n## Simulation: the real mesh and configuration code at scale\n\n",
+        );
         writeln!(
             section,
             "Every node runs the real `nexus_mesh::Mesh` (site and WAN pools, the membership table, the failure detector) and real `nexus_crdt` replicas spread by the mesh's broadcast and anti-entropy rules, over a simulated network in virtual time (`docs/simulation.md`). Figures from one run each; chitchat's peer choice is not seeded, so gossip figures vary a little between runs.\n"
@@ -162,7 +170,10 @@ fn write_report(
         out,
         "| membership traffic per node, steady | {} |",
         g.steady_bits_per_node_per_s
-            .map_or("no steady window".into(), |b| format!("{:.1} kbit/s", b / 1000.0))
+            .map_or("no steady window".into(), |b| format!(
+                "{:.1} kbit/s",
+                b / 1000.0
+            ))
     )?;
     writeln!(
         out,
@@ -192,11 +203,7 @@ fn write_report(
     )?;
     writeln!(out, "| false offline | {} |", d.false_positives)?;
     for c in &report.changes {
-        let model = c
-            .model
-            .iter()
-            .find(|(_, f)| *f >= 0.999)
-            .map(|(t, _)| *t);
+        let model = c.model.iter().find(|(_, f)| *f >= 0.999).map(|(t, _)| *t);
         writeln!(
             out,
             "| change `{}` to {} nodes: 50% / 99% / 99.9% / 100% | {} / {} / {} / {} (gossip epidemic model, fanout {}, every {} ms: 99.9% at {}) |",
