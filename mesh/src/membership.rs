@@ -433,12 +433,13 @@ impl Membership {
         if node == self.self_id {
             return;
         }
-        let member = self
-            .members
-            .entry(node)
-            .or_insert_with(|| Member::blank(node, generation, now));
-        if generation >= member.generation && member.verdict.is_none() {
-            member.generation = generation;
+        // Only members already known: a peer naming made-up ids must not grow the table.
+        let Some(member) = self.members.get_mut(&node) else {
+            return;
+        };
+        // The verdict names an incarnation; it counts while that incarnation is the member's
+        // (see `verdict_holds`), and a verdict on an older one gives way to a newer one.
+        if generation >= member.generation && member.verdict.is_none_or(|(g, _)| g < generation) {
             member.verdict = Some((generation, now.mono));
         }
     }
@@ -446,12 +447,13 @@ impl Membership {
     /// `node`'s incarnation `generation` refuted a verdict: it is alive.
     pub fn declare_alive(&mut self, node: NodeId, generation: u64, now: Now) {
         if let Some(member) = self.members.get_mut(&node)
-            && generation >= member.generation
+            && member.verdict.is_some_and(|(g, _)| g <= generation)
         {
-            member.generation = generation;
             member.verdict = None;
-            member.last_advance = Some(now.mono);
-            member.last_heartbeat_ms = Some(now.wall_ms);
+            if generation == member.generation {
+                member.last_advance = Some(now.mono);
+                member.last_heartbeat_ms = Some(now.wall_ms);
+            }
         }
     }
 
@@ -475,6 +477,9 @@ impl Membership {
             if report.generation > member.generation {
                 member.generation = report.generation;
                 member.reports.clear();
+                if member.verdict.is_some_and(|(g, _)| g < report.generation) {
+                    member.verdict = None;
+                }
             }
             member
                 .reports
@@ -572,9 +577,10 @@ fn remote_status(
     }
     // A verdict passed on by its site's gateway wins over reports, which gossip carries
     // slowly, until the reports have had time to catch up.
-    if member
-        .verdict
-        .is_some_and(|(_, at)| now.mono.saturating_sub(at) < config.offline_after)
+    if verdict_holds(member)
+        && member
+            .verdict
+            .is_some_and(|(_, at)| now.mono.saturating_sub(at) < config.offline_after)
     {
         return NodeStatus::Offline;
     }
@@ -600,6 +606,13 @@ fn remote_status(
         .unwrap_or(NodeStatus::Offline)
 }
 
+/// Whether a detector verdict is about the member's current incarnation.
+fn verdict_holds(member: &Member) -> bool {
+    member
+        .verdict
+        .is_some_and(|(generation, _)| generation == member.generation)
+}
+
 fn derive_status(
     config: &MembershipConfig,
     self_id: NodeId,
@@ -619,7 +632,7 @@ fn derive_status(
     // Offline at `offline_after` of silence at the latest; earlier when chitchat's phi-accrual
     // detector, which adapts to how often this node's heartbeats arrive, already gave up on it —
     // but never before `suspect_after`, so one slow round cannot take a node offline.
-    if member.verdict.is_some() && member.node_id != self_id {
+    if verdict_holds(member) && member.node_id != self_id {
         return NodeStatus::Offline;
     }
     let accrual_dead = member.accrual_armed && !member.accrual() && member.node_id != self_id;

@@ -999,8 +999,20 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                 (actions, true)
             }
             received = datagrams.recv_from(&mut buf) => {
-                let Ok((len, from)) = received else {
-                    return;
+                let (len, from) = match received {
+                    Ok(received) => received,
+                    Err(err) => {
+                        // ICMP errors from a dead peer's port and the like: the socket works.
+                        if !matches!(
+                            err.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::ConnectionReset
+                        ) {
+                            tracing::warn!(error = %err, "failure detector socket receive failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        continue;
+                    }
                 };
                 let payload = match &auth {
                     Some(auth) => {
@@ -1050,9 +1062,12 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                             let shares = (about_pools[0] && in_pools[0])
                                 || (about_pools[1] && in_pools[1])
                                 || (gateway && about_pools[0] && in_pools[1]);
-                            // Passing on a verdict heard from the site: to the WAN pool only.
-                            let shares =
-                                shares && (declared_here || about == self_id || in_pools[1]);
+                            // Passing on a verdict heard from the site: about a member of
+                            // this gateway's site, to the WAN pool only.
+                            let shares = shares
+                                && (declared_here
+                                    || about == self_id
+                                    || (about_pools[0] && in_pools[1]));
                             if shares && let Some(addr) = view.addr.get(node) {
                                 sends.push((*addr, signal));
                             }
@@ -1086,8 +1101,15 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
         sends.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         for (addr, signal) in sends {
             let payload = detector.datagram(signal).encode();
+            // Heartbeats travel without the certificate (peers hold it from gossip); probes,
+            // answers and verdicts carry it, so a peer that lacks it learns it from them.
+            let bare = matches!(signal, Signal::Heartbeat);
             let bytes = match &auth {
-                Some(auth) => match lock(auth).seal_bare(&payload, clock.wall_ms()) {
+                Some(auth) => match if bare {
+                    lock(auth).seal_bare(&payload, clock.wall_ms())
+                } else {
+                    lock(auth).seal(&payload, clock.wall_ms())
+                } {
                     Some(sealed) => sealed,
                     None => continue,
                 },
