@@ -974,11 +974,15 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
     let mut ticker = tokio::time::interval(detector.config().probe_gap);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view = rings(&lock(&table), self_id, gateway);
+    let mut polls: u64 = 0;
     let mut buf = vec![0u8; 2048];
     loop {
         let (actions, declared_here) = tokio::select! {
             _ = ticker.tick() => {
-                if changes.has_changed().unwrap_or(false) {
+                polls += 1;
+                // On every status change, and every 10 polls regardless: a quick restart moves
+                // a member's generation and probe port without changing its status.
+                if changes.has_changed().unwrap_or(false) || polls.is_multiple_of(10) {
                     changes.mark_unchanged();
                     view = rings(&lock(&table), self_id, gateway);
                 }
