@@ -627,6 +627,25 @@ async fn publish_digests(world: &World, node: usize, mesh: &Mesh) {
     }
 }
 
+/// Publishes `node`'s digests from a task of its own (callers hold no await point).
+fn spawn_publish(world: &Arc<World>, node: usize) {
+    let world = world.clone();
+    tokio::spawn(async move {
+        if let Some(mesh) = world.mesh(node) {
+            publish_digests(&world, node, &mesh).await;
+        }
+    });
+}
+
+/// Nodes revoked so far: out of the fleet, no target of anything any more.
+fn revoked_nodes(world: &World) -> HashSet<usize> {
+    lock(&world.record)
+        .revocations
+        .iter()
+        .map(|r| r.node)
+        .collect()
+}
+
 /// Records that `node` now holds `changes` (arrival times, revocations it must enforce).
 fn took(world: &World, node: usize, changes: &[ChangeHash]) {
     let now = world.now();
@@ -796,12 +815,7 @@ fn receive_push(world: &Arc<World>, from: usize, node: usize, push: Push) {
     if new {
         took(world, node, &[push.change.change_hash]);
         start_trees(world, node, &push.change, push.arrival);
-        let world = world.clone();
-        tokio::spawn(async move {
-            if let Some(mesh) = world.mesh(node) {
-                publish_digests(&world, node, &mesh).await;
-            }
-        });
+        spawn_publish(world, node);
     }
 }
 
@@ -931,12 +945,7 @@ async fn sync_session(world: &Arc<World>, a: usize, b: usize, doc: &str) -> usiz
                     if !hashes.is_empty() {
                         took(world, to, &hashes);
                         if to == b {
-                            let world = world.clone();
-                            tokio::spawn(async move {
-                                if let Some(mesh) = world.mesh(b) {
-                                    publish_digests(&world, b, &mesh).await;
-                                }
-                            });
+                            spawn_publish(world, b);
                         }
                     }
                 }
@@ -1037,11 +1046,7 @@ fn commit_and_push(
     let hash = change.change_hash;
     lock(&world.envelopes.0).insert(hash, change.clone());
     // A revoked node is out of the fleet: nobody sends it anything any more.
-    let revoked: HashSet<usize> = lock(&world.record)
-        .revocations
-        .iter()
-        .map(|r| r.node)
-        .collect();
+    let revoked = revoked_nodes(world);
     let targets: HashSet<usize> = world
         .holders(document)
         .into_iter()
@@ -1063,12 +1068,7 @@ fn commit_and_push(
     took(world, node, &[hash]);
     let change = Arc::new(change);
     start_trees(world, node, &change, Arrival::Origin);
-    let world = world.clone();
-    tokio::spawn(async move {
-        if let Some(mesh) = world.mesh(node) {
-            publish_digests(&world, node, &mesh).await;
-        }
-    });
+    spawn_publish(world, node);
 }
 
 /// An anchor revokes `target`: a fleet-document change.
@@ -1117,11 +1117,7 @@ fn revoke(world: &Arc<World>, target: usize) {
         tracing::warn!("the revocation could not be written");
         return;
     };
-    let revoked: HashSet<usize> = lock(&world.record)
-        .revocations
-        .iter()
-        .map(|r| r.node)
-        .collect();
+    let revoked = revoked_nodes(world);
     let targets: HashSet<usize> = world
         .holders("fleet")
         .into_iter()
@@ -1475,8 +1471,8 @@ async fn sample_convergence(world: Arc<World>) {
 
 /// Changes a live holder of a document lacks at the end: acknowledged writes lost.
 pub(crate) fn missing_writes(world: &World) -> Vec<String> {
+    let revoked = revoked_nodes(world);
     let record = lock(&world.record);
-    let revoked: HashSet<usize> = record.revocations.iter().map(|r| r.node).collect();
     let mut missing = Vec::new();
     let nodes = lock(&world.nodes);
     for (hash, &i) in &record.by_hash {

@@ -344,6 +344,27 @@ impl SimNet {
     }
 }
 
+impl State {
+    /// Counts one membership datagram (gossip or detector) of `bytes` sent by `node`.
+    fn count_membership(&mut self, node: usize, bytes: usize) {
+        let second = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_secs() as usize;
+        let mtu = self.network.mtu;
+        let stats = &mut self.stats;
+        stats.gossip_bytes[node] += bytes as u64;
+        stats.gossip_msgs[node] += 1;
+        if stats.per_second.len() <= second {
+            stats.per_second.resize(second + 1, 0);
+        }
+        stats.per_second[second] += bytes as u64;
+        stats.largest = stats.largest.max(bytes);
+        if bytes > mtu {
+            stats.over_mtu += 1;
+        }
+    }
+}
+
 fn blocked(s: &State, from: usize, to: usize) -> bool {
     let (a, b) = (s.site[from], s.site[to]);
     if let Some(cut) = &s.partition
@@ -426,15 +447,8 @@ impl nexus_mesh::Datagrams for SimDatagrams {
         let size = bytes.len() + AUTH_OVERHEAD;
         let (dest, inbox) = {
             let mut s = self.net.lock();
-            let second = Instant::now().saturating_duration_since(s.origin).as_secs() as usize;
-            let stats = &mut s.stats;
-            stats.gossip_bytes[self.node] += size as u64;
-            stats.gossip_msgs[self.node] += 1;
-            stats.detector_bytes += size as u64;
-            if stats.per_second.len() <= second {
-                stats.per_second.resize(second + 1, 0);
-            }
-            stats.per_second[second] += size as u64;
+            s.count_membership(self.node, size);
+            s.stats.detector_bytes += size as u64;
             match (s.addrs.get(&to).copied(), s.inboxes.get(&to).cloned()) {
                 (Some(dest), Some(inbox)) => (dest, inbox),
                 _ => return Ok(()),
@@ -529,19 +543,7 @@ impl Socket for SimSocket {
     ) -> anyhow::Result<SendOutcome> {
         let outcome = self.inner.send(to, envelope).await?;
         let bytes = outcome.num_bytes_sent + AUTH_OVERHEAD;
-        let mut s = self.net.lock();
-        let second = Instant::now().saturating_duration_since(s.origin).as_secs() as usize;
-        let stats = &mut s.stats;
-        stats.gossip_bytes[self.node] += bytes as u64;
-        stats.gossip_msgs[self.node] += 1;
-        if stats.per_second.len() <= second {
-            stats.per_second.resize(second + 1, 0);
-        }
-        stats.per_second[second] += bytes as u64;
-        stats.largest = stats.largest.max(bytes);
-        if bytes > s.network.mtu {
-            s.stats.over_mtu += 1;
-        }
+        self.net.lock().count_membership(self.node, bytes);
         Ok(outcome)
     }
 
