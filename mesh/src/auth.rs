@@ -51,6 +51,8 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// Bound on the verified-certificate cache; past it the cache is cleared and refilled from the
 /// certificates datagrams carry.
 const MAX_CACHED_CERTS: usize = 16_384;
+/// How long a certificate whose chain failed is refused without a new check.
+const REJECTED_FOR_MS: u64 = 10_000;
 
 /// Why an incoming datagram was dropped. Each maps to a `reason` label of
 /// `nexus_gossip_datagrams_dropped_total`.
@@ -144,8 +146,10 @@ pub struct GossipAuth {
     prefix: Vec<u8>,
     /// Verified certificates by node id, with the fingerprint of the DER they came from.
     verified: HashMap<NodeId, ([u8; 32], VerifiedMic)>,
-    /// Fingerprints of certificates whose chain failed, so a flood of them costs one check each.
-    rejected: HashSet<[u8; 32]>,
+    /// Fingerprints of certificates whose chain failed, with when (Unix ms), so a flood of
+    /// them costs one check each; a refusal is remembered for [`REJECTED_FOR_MS`] only, since
+    /// the trust store grows (a tenant CA learned from the fleet document a moment later).
+    rejected: HashMap<[u8; 32], u64>,
     denied: HashSet<NodeId>,
     /// Revoked serials, shared with the node's TLS verifiers.
     revocations: Option<Arc<FleetTrust>>,
@@ -186,7 +190,7 @@ impl GossipAuth {
             config,
             prefix,
             verified: HashMap::new(),
-            rejected: HashSet::new(),
+            rejected: HashMap::new(),
             denied: HashSet::new(),
             revocations: None,
             holders: HashMap::new(),
@@ -470,7 +474,11 @@ impl GossipAuth {
         now_unix_ms: u64,
     ) -> Result<(), DropReason> {
         let fingerprint = sha256_fingerprint(cert);
-        if self.rejected.contains(&fingerprint) {
+        if self
+            .rejected
+            .get(&fingerprint)
+            .is_some_and(|at| now_unix_ms.saturating_sub(*at) < REJECTED_FOR_MS)
+        {
             return Err(DropReason::UntrustedCertificate(
                 "certificate was rejected before".to_string(),
             ));
@@ -504,7 +512,7 @@ impl GossipAuth {
                 if self.rejected.len() >= MAX_CACHED_CERTS {
                     self.rejected.clear();
                 }
-                self.rejected.insert(fingerprint);
+                self.rejected.insert(fingerprint, now_unix_ms);
                 return Err(DropReason::UntrustedCertificate(err.to_string()));
             }
         };

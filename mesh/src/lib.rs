@@ -38,7 +38,8 @@ pub use broadcast::{
 pub use codec::ChitchatCodec;
 pub use detector::DetectorConfig;
 pub use membership::{
-    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
+    FORGET_OFFLINE_AFTER, ForgetReason, Forgotten, MAX_TOMBSTONES, Member, Membership,
+    MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
 };
 pub use runtime::{
     Clock, DEAD_INCARNATION_GRACE, DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError,

@@ -13,7 +13,12 @@
 //!
 //!   draining:        set by an operator; shown while the node is alive (offline wins)
 //!   decommissioned:  set by an operator; final; forgotten after `decommission_grace`
+//!   offline for `forget_offline_after`: forgotten
 //! ```
+//!
+//! A forgotten member leaves a tombstone (its incarnation and last heartbeats) for
+//! [`Membership::set_tombstone_ttl`], at most [`MAX_TOMBSTONES`] of them: gossip state of that
+//! incarnation still carried by some peer does not bring it back, a new incarnation does.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,7 +41,25 @@ pub struct MembershipConfig {
     /// How long a decommissioned node stays listed before it is forgotten.
     #[serde(with = "humantime_serde_compat")]
     pub decommission_grace: Duration,
+    /// How long a node may stay `offline` (in this node's view) before it is forgotten: dropped
+    /// from the table, from what the node lists and from what it remembers across restarts.
+    #[serde(
+        with = "humantime_serde_compat",
+        default = "default_forget_offline_after"
+    )]
+    pub forget_offline_after: Duration,
 }
+
+/// Default of [`MembershipConfig::forget_offline_after`]: a week, long enough to ride out a
+/// site outage over a long weekend.
+pub const FORGET_OFFLINE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn default_forget_offline_after() -> Duration {
+    FORGET_OFFLINE_AFTER
+}
+
+/// Most tombstones of forgotten members a table keeps; past it the ones expiring first go.
+pub const MAX_TOMBSTONES: usize = 4096;
 
 impl Default for MembershipConfig {
     /// Tuned for the default 250 ms gossip interval: at 50 nodes a live node's heartbeat reaches
@@ -48,6 +71,7 @@ impl Default for MembershipConfig {
             suspect_after: Duration::from_millis(1200),
             offline_after: Duration::from_millis(2000),
             decommission_grace: Duration::from_secs(24 * 3600),
+            forget_offline_after: FORGET_OFFLINE_AFTER,
         }
     }
 }
@@ -62,6 +86,12 @@ impl MembershipConfig {
             return Err(format!(
                 "membership.offline_after ({:?}) must be longer than membership.suspect_after ({:?})",
                 self.offline_after, self.suspect_after
+            ));
+        }
+        if self.forget_offline_after <= self.offline_after {
+            return Err(format!(
+                "membership.forget_offline_after ({:?}) must be longer than membership.offline_after ({:?}), or nodes are forgotten as soon as they go offline",
+                self.forget_offline_after, self.offline_after
             ));
         }
         Ok(())
@@ -289,6 +319,49 @@ pub struct Transition {
     pub to: NodeStatus,
 }
 
+/// Why a member was forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForgetReason {
+    /// Offline for longer than `forget_offline_after`.
+    Offline,
+    /// Decommissioned for longer than `decommission_grace`.
+    Decommissioned,
+}
+
+impl ForgetReason {
+    /// Lowercase name, as in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgetReason::Offline => "offline",
+            ForgetReason::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+/// A member dropped from the table by [`Membership::tick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Which node.
+    pub node_id: NodeId,
+    /// Why.
+    pub reason: ForgetReason,
+}
+
+/// What the table keeps of a forgotten member for a while.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    /// The incarnation forgotten: news of it (or an older one) does not re-create the member.
+    generation: u64,
+    /// Its highest heartbeat seen per pool (0: none seen there).
+    heartbeat: [u64; 2],
+    /// When a heartbeat beyond the one it was forgotten with was first seen: a peer's copy
+    /// catching up, or the node alive after all (which the heartbeat still advancing
+    /// `suspect_after` later tells).
+    stirred: Option<Duration>,
+    /// Monotonic time the tombstone expires.
+    until: Duration,
+}
+
 /// What one gossip state says about one node incarnation.
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -322,27 +395,107 @@ pub struct Membership {
     config: MembershipConfig,
     self_id: NodeId,
     members: BTreeMap<NodeId, Member>,
+    /// Forgotten members, for `tombstone_ttl` each, at most [`MAX_TOMBSTONES`].
+    tombstones: BTreeMap<NodeId, Tombstone>,
+    tombstone_ttl: Duration,
 }
 
 impl Membership {
-    /// A table holding only the local node.
+    /// A table holding only the local node. Tombstones last twice the default dead-incarnation
+    /// grace ([`crate::DEAD_INCARNATION_GRACE`]) until [`Membership::set_tombstone_ttl`].
     pub fn new(config: MembershipConfig, self_id: NodeId) -> Membership {
         Membership {
             config,
             self_id,
             members: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            tombstone_ttl: crate::DEAD_INCARNATION_GRACE.saturating_mul(2),
         }
     }
 
-    /// Restores a member remembered from before a restart. It keeps its last known status until
-    /// `offline_after` passes without news of it.
+    /// How long a forgotten member's tombstone lasts. It must outlast the gossip state of the
+    /// forgotten incarnation that peers may still carry: chitchat drops a dead incarnation's
+    /// state after its dead-incarnation grace, so twice that grace is enough.
+    pub fn set_tombstone_ttl(&mut self, ttl: Duration) {
+        self.tombstone_ttl = ttl;
+    }
+
+    /// Restores a member remembered from before a restart. One that was online gets the full
+    /// `offline_after` detection window to show up; one that was offline stays offline until news
+    /// of it arrives, its offline time running on from the record; one not heard from for longer
+    /// than `forget_offline_after` is offline since its last heartbeat, and so forgotten by the
+    /// next [`Membership::tick`].
     pub fn restore(&mut self, mut member: Member, now: Now) {
         member.heartbeat = [0; 2];
-        // Whatever it was when we last looked, it gets the full detection window to show up.
-        member.last_advance = Some(now.mono);
         member.accrual_live = [None; 2];
         member.accrual_armed = false;
+        let long_silent = member.last_heartbeat_ms.is_some_and(|at| {
+            now.wall_ms.saturating_sub(at) > self.config.forget_offline_after.as_millis() as u64
+        });
+        if long_silent && member.status != NodeStatus::Decommissioned {
+            if member.status != NodeStatus::Offline {
+                member.status = NodeStatus::Offline;
+                member.status_since_ms = member.last_heartbeat_ms.unwrap_or(now.wall_ms);
+            }
+            member.last_advance = None;
+        } else if member.status == NodeStatus::Offline {
+            member.last_advance = None;
+        } else {
+            member.last_advance = Some(now.mono);
+        }
         self.members.insert(member.node_id, member);
+    }
+
+    /// Whether news of `node`'s incarnation `generation` is about a forgotten incarnation and
+    /// must not re-create it. A newer generation clears the tombstone, and so does news of the
+    /// same one that `lives` (a sign of life: a long partition healed).
+    fn buried(
+        &mut self,
+        node: NodeId,
+        generation: u64,
+        lives: impl FnOnce(&mut Tombstone) -> bool,
+        now: Now,
+    ) -> bool {
+        let Some(tombstone) = self.tombstones.get_mut(&node) else {
+            return false;
+        };
+        let alive = tombstone.until <= now.mono
+            || generation > tombstone.generation
+            || (generation == tombstone.generation && lives(tombstone));
+        if alive {
+            self.tombstones.remove(&node);
+        }
+        !alive
+    }
+
+    /// Leaves a tombstone for `member`, dropping the ones expiring first past [`MAX_TOMBSTONES`].
+    fn bury(&mut self, member: &Member, now: Now) {
+        self.tombstones.insert(
+            member.node_id,
+            Tombstone {
+                generation: member.generation,
+                heartbeat: member.heartbeat,
+                stirred: None,
+                until: now.mono.saturating_add(self.tombstone_ttl),
+            },
+        );
+        if self.tombstones.len() > MAX_TOMBSTONES {
+            let mut by_expiry: Vec<(Duration, NodeId)> = self
+                .tombstones
+                .iter()
+                .map(|(id, t)| (t.until, *id))
+                .collect();
+            by_expiry.sort_unstable();
+            let excess = self.tombstones.len() - MAX_TOMBSTONES;
+            for (_, id) in by_expiry.into_iter().take(excess) {
+                self.tombstones.remove(&id);
+            }
+        }
+    }
+
+    /// How many tombstones of forgotten members the table holds.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Members, ordered by node id.
@@ -358,6 +511,28 @@ impl Membership {
     /// Records what gossip says about one node incarnation. Older incarnations are ignored; a
     /// newer one (a restart) replaces the previous.
     pub fn observe(&mut self, obs: Observation, now: Now) {
+        let proof = self.config.suspect_after;
+        if !self.members.contains_key(&obs.node_id)
+            && self.buried(
+                obs.node_id,
+                obs.generation,
+                // Peers' copies of a dead incarnation may hold a few heartbeats more than this
+                // node saw; they arrive in a burst and stop. A live node's keep coming: its
+                // heartbeat still advancing `suspect_after` after the first advance proves it.
+                |t| {
+                    let pool = obs.pool.index();
+                    if obs.heartbeat <= t.heartbeat[pool] {
+                        return false;
+                    }
+                    t.heartbeat[pool] = obs.heartbeat;
+                    let first = *t.stirred.get_or_insert(now.mono);
+                    now.mono.saturating_sub(first) >= proof
+                },
+                now,
+            )
+        {
+            return;
+        }
         let pool = obs.pool.index();
         let member = self
             .members
@@ -467,6 +642,17 @@ impl Membership {
             if report.subject == self.self_id || report.reporter == self.self_id {
                 continue;
             }
+            // A forgotten member comes back from a report only when a gateway sees it live
+            // (or a newer incarnation): a report that it is offline is not news.
+            let live = matches!(
+                report.status,
+                NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+            );
+            if !self.members.contains_key(&report.subject)
+                && self.buried(report.subject, report.generation, |_| live, now)
+            {
+                continue;
+            }
             let member = self
                 .members
                 .entry(report.subject)
@@ -501,10 +687,12 @@ impl Membership {
     }
 
     /// Re-derives every status at `now`; returns the changes. Decommissioned members past their
-    /// grace period are forgotten and returned in the second list.
-    pub fn tick(&mut self, now: Now) -> (Vec<Transition>, Vec<NodeId>) {
+    /// grace period, and members offline for longer than `forget_offline_after`, are forgotten
+    /// (each leaving a tombstone) and returned in the second list.
+    pub fn tick(&mut self, now: Now) -> (Vec<Transition>, Vec<Forgotten>) {
         let mut transitions = Vec::new();
         let mut forgotten = Vec::new();
+        self.tombstones.retain(|_, t| t.until > now.mono);
         // A report counts while its gateway is alive here.
         let alive_reporters: std::collections::BTreeSet<NodeId> = self
             .members
@@ -539,15 +727,27 @@ impl Membership {
                     member.accrual_armed = false;
                 }
             }
-            if let Some((OperatorAction::Decommission, at)) = member.operator
-                && now.wall_ms.saturating_sub(at)
-                    > self.config.decommission_grace.as_millis() as u64
-            {
-                forgotten.push(member.node_id);
+            let reason = match member.operator {
+                Some((OperatorAction::Decommission, at)) => (now.wall_ms.saturating_sub(at)
+                    > self.config.decommission_grace.as_millis() as u64)
+                    .then_some(ForgetReason::Decommissioned),
+                _ => (member.status == NodeStatus::Offline
+                    && member.node_id != self.self_id
+                    && now.wall_ms.saturating_sub(member.status_since_ms)
+                        > self.config.forget_offline_after.as_millis() as u64)
+                    .then_some(ForgetReason::Offline),
+            };
+            if let Some(reason) = reason {
+                forgotten.push(Forgotten {
+                    node_id: member.node_id,
+                    reason,
+                });
             }
         }
-        for id in &forgotten {
-            self.members.remove(id);
+        for gone in &forgotten {
+            if let Some(member) = self.members.remove(&gone.node_id) {
+                self.bury(&member, now);
+            }
         }
         (transitions, forgotten)
     }
@@ -766,7 +966,13 @@ mod tests {
         m.tick(at(20));
         assert_eq!(status(&m, 1), NodeStatus::Decommissioned);
         let (_, forgotten) = m.tick(at(61_000));
-        assert_eq!(forgotten, vec![id(1)]);
+        assert_eq!(
+            forgotten,
+            vec![Forgotten {
+                node_id: id(1),
+                reason: ForgetReason::Decommissioned
+            }]
+        );
         assert!(m.get(&id(1)).is_none());
     }
 
@@ -789,6 +995,15 @@ mod tests {
             bad.validate()
                 .unwrap_err()
                 .contains("membership.offline_after")
+        );
+        let bad = MembershipConfig {
+            forget_offline_after: Duration::from_secs(1),
+            ..MembershipConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("membership.forget_offline_after")
         );
     }
 
@@ -852,5 +1067,253 @@ mod tests {
         m.observe(unsampled(1, 2, 1), at(21_500));
         m.tick(at(22_800));
         assert_eq!(status(&m, 1), NodeStatus::Degraded);
+    }
+
+    /// Forgets offline members after a minute; tombstones last ten minutes.
+    fn forgetful() -> Membership {
+        let config = MembershipConfig {
+            forget_offline_after: Duration::from_secs(60),
+            ..MembershipConfig::default()
+        };
+        let mut m = Membership::new(config, id(0));
+        m.set_tombstone_ttl(Duration::from_secs(600));
+        m
+    }
+
+    fn offline(n: u8) -> Forgotten {
+        Forgotten {
+            node_id: id(n),
+            reason: ForgetReason::Offline,
+        }
+    }
+
+    /// Node 1 (generation 1, last heartbeat 7) goes offline at 2 s and is forgotten at 62.1 s;
+    /// node 2 keeps beating throughout.
+    fn forget_node_1(m: &mut Membership) {
+        m.observe(obs(1, 1, 7), at(0));
+        for (i, t) in (0..=62_100).step_by(500).enumerate() {
+            m.observe(obs(2, 1, i as u64 + 1), at(t));
+            let (_, forgotten) = m.tick(at(t));
+            if t < 62_000 {
+                assert!(forgotten.is_empty(), "forgotten at {t} ms: {forgotten:?}");
+            }
+        }
+        let (_, forgotten) = m.tick(at(62_100));
+        assert_eq!(forgotten, vec![offline(1)]);
+        assert!(m.get(&id(1)).is_none());
+        assert_eq!(status(m, 2), NodeStatus::Online);
+    }
+
+    #[test]
+    fn an_offline_member_is_forgotten_after_forget_offline_after_and_live_ones_stay() {
+        let mut m = forgetful();
+        m.observe(obs(1, 1, 7), at(0));
+        m.observe(obs(2, 1, 1), at(0));
+        m.observe(obs(2, 1, 2), at(1_500));
+        m.tick(at(2_000));
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        assert_eq!(status(&m, 2), NodeStatus::Online);
+        let since = m.get(&id(1)).unwrap().status_since_ms;
+        assert_eq!(since, at(2_000).wall_ms);
+        // Node 2 beats again; node 1 stays silent.
+        m.observe(obs(2, 1, 3), at(61_000));
+        let (_, forgotten) = m.tick(at(62_000));
+        assert!(
+            forgotten.is_empty(),
+            "offline for exactly the limit is kept"
+        );
+        let (_, forgotten) = m.tick(at(62_001));
+        assert_eq!(forgotten, vec![offline(1)]);
+        assert!(m.get(&id(1)).is_none());
+        assert_eq!(m.members().count(), 1);
+        assert_eq!(m.tombstones(), 1);
+        // A degraded member is not offline: never forgotten for it.
+        let mut sick = obs(3, 1, 1);
+        sick.health = Some("store: disk I/O error".into());
+        m.observe(sick.clone(), at(62_001));
+        for t in [100_000, 200_000, 300_000] {
+            sick.heartbeat += 1;
+            m.observe(sick.clone(), at(t));
+            m.observe(obs(2, 1, sick.heartbeat + 1), at(t));
+            assert!(m.tick(at(t)).1.is_empty());
+            assert_eq!(status(&m, 3), NodeStatus::Degraded);
+        }
+    }
+
+    #[test]
+    fn stale_gossip_of_a_forgotten_incarnation_does_not_bring_it_back() {
+        let mut m = forgetful();
+        forget_node_1(&mut m);
+        // A peer still carries its last state, or an older incarnation's: ignored.
+        m.observe(obs(1, 1, 7), at(63_000));
+        m.observe(obs(1, 1, 3), at(63_000));
+        m.observe(obs(1, 0, 900), at(63_000));
+        let mut wan = obs(1, 1, 40);
+        wan.pool = Pool::Wan;
+        m.observe(wan, at(63_000));
+        // Peers that saw a few heartbeats more than this node did pass them on: a burst that
+        // stops, not a sign of life.
+        m.observe(obs(1, 1, 9), at(63_000));
+        m.observe(obs(1, 1, 10), at(63_400));
+        m.observe(obs(1, 1, 10), at(66_000));
+        // A detector verdict or a sign of life about an unknown node adds nothing either.
+        m.heard(id(1), 1, at(63_000));
+        m.declare_down(id(1), 1, at(63_000));
+        // So does a gateway still reporting it offline, or reporting an older incarnation.
+        let report = |status, generation| Report {
+            subject: id(1),
+            reporter: id(2),
+            status,
+            generation,
+        };
+        m.set_reports(
+            [
+                report(NodeStatus::Offline, 1),
+                report(NodeStatus::Online, 0),
+            ],
+            at(63_000),
+        );
+        let (transitions, forgotten) = m.tick(at(63_000));
+        assert!(m.get(&id(1)).is_none(), "{:?}", m.get(&id(1)));
+        assert!(transitions.is_empty() && forgotten.is_empty());
+        assert_eq!(m.members().count(), 1);
+    }
+
+    #[test]
+    fn a_new_incarnation_of_a_forgotten_node_is_admitted_as_a_fresh_member() {
+        let mut m = forgetful();
+        forget_node_1(&mut m);
+        m.observe(obs(1, 2, 1), at(63_000));
+        m.tick(at(63_000));
+        let member = m.get(&id(1)).expect("the restarted node is a member again");
+        assert_eq!(member.generation, 2);
+        assert_eq!(member.status, NodeStatus::Online);
+        assert_eq!(member.status_since_ms, at(63_000).wall_ms);
+        assert_eq!(m.tombstones(), 0);
+        // From then on the dead incarnation is ignored as for any member.
+        m.observe(obs(1, 1, 99), at(63_100));
+        assert_eq!(m.get(&id(1)).unwrap().generation, 2);
+
+        // The same incarnation whose heartbeat keeps advancing lives: a long partition healed.
+        let mut m = forgetful();
+        forget_node_1(&mut m);
+        for (heartbeat, t) in [(8, 63_000), (9, 63_500), (10, 64_000)] {
+            m.observe(obs(1, 1, heartbeat), at(t));
+            m.tick(at(t));
+            assert!(m.get(&id(1)).is_none(), "not yet at {t} ms");
+        }
+        m.observe(obs(1, 1, 11), at(64_200));
+        m.tick(at(64_200));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        assert_eq!(m.tombstones(), 0);
+
+        // And so for a member of another site its gateway sees live again.
+        let mut m = forgetful();
+        forget_node_1(&mut m);
+        m.set_reports(
+            [Report {
+                subject: id(1),
+                reporter: id(2),
+                status: NodeStatus::Online,
+                generation: 1,
+            }],
+            at(63_000),
+        );
+        m.tick(at(63_000));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        assert!(m.get(&id(1)).unwrap().is_remote());
+    }
+
+    #[test]
+    fn tombstones_expire_and_their_number_is_bounded() {
+        let mut m = forgetful();
+        forget_node_1(&mut m);
+        assert_eq!(m.tombstones(), 1);
+        m.tick(at(62_100 + 599_000));
+        assert_eq!(m.tombstones(), 1);
+        m.tick(at(62_100 + 600_001));
+        assert_eq!(m.tombstones(), 0, "expired");
+        // Past its tombstone, the table no longer tells stale state from news: by then chitchat
+        // has dropped the incarnation's state everywhere.
+        m.observe(obs(1, 1, 7), at(62_100 + 600_002));
+        assert!(m.get(&id(1)).is_some());
+
+        // Count: forgetting more than MAX_TOMBSTONES members keeps the newest tombstones.
+        let mut m = forgetful();
+        let wide = |n: usize| {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
+            NodeId(bytes)
+        };
+        let extra = 10;
+        // The first `extra` go offline (and are forgotten) first.
+        for (range, t) in [(0..extra, 0), (extra..MAX_TOMBSTONES + extra, 10_000)] {
+            for n in range {
+                let mut o = obs(1, 1, 1);
+                o.node_id = wide(n);
+                m.observe(o, at(t));
+            }
+            m.tick(at(t + 5_000));
+        }
+        assert_eq!(m.tick(at(70_000)).1.len(), extra);
+        assert_eq!(m.tombstones(), extra);
+        assert_eq!(m.tick(at(80_000)).1.len(), MAX_TOMBSTONES);
+        assert_eq!(m.tombstones(), MAX_TOMBSTONES);
+        assert_eq!(m.members().count(), 0);
+        // The oldest tombstones went: their stale state is news again, the others' is not.
+        for n in [0, extra - 1] {
+            let mut o = obs(1, 1, 1);
+            o.node_id = wide(n);
+            m.observe(o, at(80_001));
+            assert!(m.get(&wide(n)).is_some(), "tombstone {n} was dropped");
+        }
+        for n in [extra, MAX_TOMBSTONES + extra - 1] {
+            let mut o = obs(1, 1, 1);
+            o.node_id = wide(n);
+            m.observe(o, at(80_001));
+            assert!(m.get(&wide(n)).is_none(), "tombstone {n} is kept");
+        }
+    }
+
+    #[test]
+    fn restored_members_offline_or_long_silent_stay_offline_and_are_forgotten_in_time() {
+        let day = 24 * 3600 * 1000;
+        let mut before = Membership::new(MembershipConfig::default(), id(0));
+        for n in 1..=3 {
+            before.observe(obs(n, 1, 1), at(0));
+        }
+        before.tick(at(3_000));
+        let record = |n: u8| before.get(&id(n)).cloned().unwrap();
+        // 1: went offline 6 days ago; 2: offline for 8 days; 3: online when this node stopped,
+        // 8 days ago (not heard of since).
+        let mut one = record(1);
+        (one.status_since_ms, one.last_heartbeat_ms) = (at(0).wall_ms, Some(at(0).wall_ms));
+        let mut two = record(2);
+        two.status_since_ms = at(0).wall_ms - 2 * day;
+        let mut three = record(3);
+        three.status = NodeStatus::Online;
+        three.last_heartbeat_ms = Some(at(0).wall_ms - 2 * day);
+
+        let restart = |ms: u64| Now {
+            mono: Duration::from_millis(ms),
+            wall_ms: at(0).wall_ms + 6 * day + ms,
+        };
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        for member in [one, two, three] {
+            m.restore(member, restart(0));
+        }
+        let (transitions, forgotten) = m.tick(restart(10));
+        assert!(transitions.is_empty(), "{transitions:?}");
+        assert_eq!(forgotten, vec![offline(2), offline(3)]);
+        assert_eq!(status(&m, 1), NodeStatus::Offline, "no flap to online");
+        // Node 1 is forgotten once its week is up, counted from the record.
+        assert!(m.tick(restart(day - 10)).1.is_empty());
+        assert_eq!(m.tick(restart(day + 10)).1, vec![offline(1)]);
+        // Unless news of it comes first: then it is back.
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        m.restore(record(1), restart(0));
+        m.observe(obs(1, 1, 2), restart(100));
+        m.tick(restart(100));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
     }
 }

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::auth::GossipAuth;
 use crate::detector::{Action, Datagram, Detector, DetectorConfig, Signal};
 use crate::membership::{
-    Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report, Transition,
+    ForgetReason, Member, Membership, MembershipConfig, NodeStatus, Now, Observation, Pool, Report,
+    Transition,
 };
 use crate::transport::{AuthenticatedTransport, Datagrams, unix_ms};
 use crate::wire::{
@@ -33,8 +34,9 @@ pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Default of [`MeshConfig::dead_incarnation_grace`]: how long chitchat keeps the state of an
 /// incarnation it considers dead. Every dead incarnation
-/// (each restart leaves one) rides in every digest until then, so it is kept short; `Membership`
-/// remembers offline nodes on its own, and chitchat re-admits a returning incarnation whose
+/// (each restart leaves one) rides in every digest until then (until half of it, in fact: then
+/// chitchat leaves it out of digests), so it is kept short; `Membership` remembers offline nodes
+/// on its own (for `forget_offline_after`), and chitchat re-admits a returning incarnation whose
 /// heartbeat moved on, so a site cut off for longer than this still comes back.
 pub const DEAD_INCARNATION_GRACE: Duration = Duration::from_secs(300);
 
@@ -55,7 +57,8 @@ pub struct MeshConfig {
     pub membership: MembershipConfig,
     /// How often gossip state is folded into the membership table.
     pub tick_interval: Duration,
-    /// How long chitchat keeps a dead incarnation's state (see [`DEAD_INCARNATION_GRACE`]).
+    /// How long chitchat keeps a dead incarnation's state (see [`DEAD_INCARNATION_GRACE`]); a
+    /// forgotten member's tombstone lasts twice this.
     pub dead_incarnation_grace: Duration,
     /// Where to start gossiping in the WAN pool (gateways and anchors only).
     pub wan_seeds: Vec<SocketAddr>,
@@ -219,6 +222,7 @@ impl Mesh {
             wall_ms: clock.wall_ms(),
         });
         let mut membership = Membership::new(config.membership.clone(), config.node_id);
+        membership.set_tombstone_ttl(config.dead_incarnation_grace.saturating_mul(2));
         for member in restored {
             if member.node_id != config.node_id {
                 membership.restore(member, now());
@@ -860,14 +864,28 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
             }
         }
         if !forgotten.is_empty() {
-            for id in &forgotten {
-                tracing::info!(node = %id, "decommissioned node forgotten after its grace period");
+            for gone in &forgotten {
+                match gone.reason {
+                    ForgetReason::Decommissioned => tracing::info!(
+                        node = %gone.node_id,
+                        "decommissioned node forgotten after its grace period"
+                    ),
+                    ForgetReason::Offline => tracing::info!(
+                        node = %gone.node_id,
+                        "node forgotten after being offline for membership.forget_offline_after"
+                    ),
+                }
+                metrics::counter!("nexus_members_forgotten_total", "reason" => gone.reason.as_str())
+                    .increment(1);
             }
             // Its site report goes too, so the WAN pool forgets it as well.
             if let Some((_, wan)) = pools.iter().find(|(pool, _)| *pool == Pool::Wan) {
                 let mut wan = wan.lock().await;
-                for id in &forgotten {
-                    wan.self_node_state().delete(&site_report_key(id));
+                for gone in &forgotten {
+                    let key = site_report_key(&gone.node_id);
+                    if wan.self_node_state().get(&key).is_some() {
+                        wan.self_node_state().delete(&key);
+                    }
                 }
             }
         }

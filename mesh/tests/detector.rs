@@ -29,6 +29,7 @@ async fn a_killed_node_is_declared_down_by_its_monitors_long_before_gossip_would
         suspect_after: Duration::from_secs(20),
         offline_after: Duration::from_secs(40),
         decommission_grace: Duration::from_secs(3600),
+        forget_offline_after: Duration::from_secs(3600),
     };
     let detector = DetectorConfig {
         suspect_after: Duration::from_secs(2),

@@ -6,77 +6,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
-use common::{Fleet, Net, Udp, eventually, unix_ms};
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use common::{Fleet, Net, Udp, counters, eventually, unix_ms};
 use nexus_ca::NodeId;
 use nexus_mesh::{Mesh, NodeStatus};
-
-/// Counts every counter increment, by name and labels.
-#[derive(Default)]
-struct Counters {
-    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
-}
-
-impl Counters {
-    fn get(&self, name_and_labels: &str) -> u64 {
-        let counters = self.counters.lock().unwrap();
-        counters
-            .get(name_and_labels)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-}
-
-struct CountingRecorder(&'static Counters);
-
-impl Recorder for CountingRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let counter = self
-            .0
-            .counters
-            .lock()
-            .unwrap()
-            .entry(name)
-            .or_default()
-            .clone();
-        Counter::from_arc(counter)
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
-fn counters() -> &'static Counters {
-    static COUNTERS: OnceLock<&'static Counters> = OnceLock::new();
-    COUNTERS.get_or_init(|| {
-        let counters: &'static Counters = Box::leak(Box::default());
-        metrics::set_global_recorder(CountingRecorder(counters))
-            .expect("no other recorder in this test binary");
-        counters
-    })
-}
 
 fn dropped(reason: &str) -> u64 {
     counters().get(&format!(

@@ -3,12 +3,13 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use nexus_ca::{CertificateAuthority, MicProfile, NodeId, NodeKey, Role, TrustStore};
 use nexus_mesh::{
     Datagrams, GossipAuth, GossipAuthConfig, MembershipConfig, MemoryNetwork, Mesh, MeshConfig,
@@ -149,8 +150,21 @@ impl Fleet {
         datagrams: Box<dyn Datagrams>,
         seeds: Vec<SocketAddr>,
     ) -> Mesh {
+        self.start_with(identity, generation, datagrams, seeds, |_| {})
+            .await
+    }
+
+    /// Starts a mesh node with the fast test timings, changed by `tweak`.
+    pub async fn start_with(
+        &self,
+        identity: &Identity,
+        generation: u64,
+        datagrams: Box<dyn Datagrams>,
+        seeds: Vec<SocketAddr>,
+        tweak: impl FnOnce(&mut MeshConfig),
+    ) -> Mesh {
         let timing = timing();
-        let config = MeshConfig {
+        let mut config = MeshConfig {
             fleet_id: self.id.clone(),
             node_id: identity.node_id(),
             generation,
@@ -160,6 +174,7 @@ impl Fleet {
                 suspect_after: timing.suspect_after,
                 offline_after: timing.offline_after,
                 decommission_grace: Duration::from_secs(3600),
+                forget_offline_after: Duration::from_secs(3600),
             },
             tick_interval: timing.tick_interval,
             // Short, so partition tests also cover chitchat forgetting and re-admitting a node.
@@ -169,6 +184,7 @@ impl Fleet {
             observer: None,
             detector: nexus_mesh::DetectorConfig::default(),
         };
+        tweak(&mut config);
         Mesh::start(
             config,
             datagrams,
@@ -278,4 +294,65 @@ pub fn sees(mesh: &Mesh, expected: &BTreeMap<NodeId, NodeStatus>) -> Result<(), 
     } else {
         Err(format!("expected {expected:?}, node sees {actual:?}"))
     }
+}
+
+/// Counts every counter increment, by name and labels.
+#[derive(Default)]
+pub struct Counters {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl Counters {
+    pub fn get(&self, name_and_labels: &str) -> u64 {
+        let counters = self.counters.lock().unwrap();
+        counters
+            .get(name_and_labels)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+struct CountingRecorder(&'static Counters);
+
+impl Recorder for CountingRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let counter = self
+            .0
+            .counters
+            .lock()
+            .unwrap()
+            .entry(name)
+            .or_default()
+            .clone();
+        Counter::from_arc(counter)
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+/// The process-wide counting recorder, installed on first use: a binary that calls this holds
+/// only tests that tolerate each other's counts.
+pub fn counters() -> &'static Counters {
+    static COUNTERS: OnceLock<&'static Counters> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        let counters: &'static Counters = Box::leak(Box::default());
+        metrics::set_global_recorder(CountingRecorder(counters))
+            .expect("no other recorder in this test binary");
+        counters
+    })
 }
