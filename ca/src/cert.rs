@@ -1,4 +1,4 @@
-//! Certificates: the fleet root CA, anchor intermediate CAs, and machine
+//! Certificates: the fleet root CA, anchor intermediate CAs, tenant CAs, and machine
 //! identity certificates (MICs) for nodes, plus PEM helpers and CSR checks.
 //!
 //! # Hierarchy
@@ -6,13 +6,25 @@
 //! ```text
 //! fleet root CA      CN "Nexus fleet root <fleet_id>", O "Nexus Cloud", CA:TRUE, 10 years
 //! └─ anchor CA       CN "Nexus anchor CA <anchor node id>", O "Nexus Cloud", OU <fleet_id>,
-//!    │               CA:TRUE pathlen 0, 5 years (never past the root's notAfter)
-//!    └─ node MIC     see below
+//!    │               CA:TRUE pathlen 1, 5 years (never past the root's notAfter)
+//!    ├─ tenant CA    CN <tenant>, O "Nexus Cloud", OU <fleet_id>,
+//!    │  │            SAN URI nexus://<fleet_id>/<tenant>/ca/<anchor node id>,
+//!    │  │            CA:TRUE pathlen 0, never past the anchor CA's notAfter
+//!    │  └─ node MIC  of that tenant only (role node)
+//!    └─ node MIC     any tenant; anchors' own MICs
 //! ```
 //!
 //! All keys are ed25519. The fleet id is stored in the root's CN (after the fixed
-//! prefix) and in the intermediate's OU so both can be read back from the
+//! prefix) and in the intermediates' OU so it can be read back from the
 //! certificates alone.
+//!
+//! Each anchor makes its own CA for each tenant ([`CertificateAuthority::new_tenant_ca_with`]),
+//! certified by its anchor CA; its key never leaves that anchor. A tenant CA issues MICs of its
+//! own tenant only, and every verifier refuses a MIC whose tenant is not its tenant CA's (see
+//! [`crate::TrustStore::verify_mic`]): a tenant CA's key can mint nothing outside its tenant.
+//! Anchor CAs made before tenant CAs existed carry pathlen 0 and cannot certify a CA below
+//! them ([`CertificateAuthority::can_certify_tenant_cas`]); re-certifying the same key
+//! ([`CertificateAuthority::certify_intermediate`]) gives them pathlen 1.
 //!
 //! # MIC layout
 //!
@@ -62,6 +74,11 @@ const ORGANIZATION: &str = "Nexus Cloud";
 const ROOT_CN_PREFIX: &str = "Nexus fleet root ";
 /// Intermediate CA subject CN prefix; the anchor's node id follows it.
 const INTERMEDIATE_CN_PREFIX: &str = "Nexus anchor CA ";
+/// pathLenConstraint of anchor CAs: room for one tenant CA between an anchor CA and a MIC.
+const ANCHOR_PATHLEN: u8 = 1;
+/// The path segment after the tenant in a tenant CA's SAN URI,
+/// `nexus://<fleet>/<tenant>/ca/<anchor>`.
+const TENANT_CA_SEGMENT: &str = "ca";
 /// Scheme of all Nexus SAN URIs.
 const URI_SCHEME: &str = "nexus://";
 /// DNS SAN suffix of a MIC.
@@ -231,15 +248,26 @@ pub struct CertificateAuthority {
     cert_der: CertDer,
     key: Arc<dyn CaSigner>,
     fleet_id: String,
-    is_root: bool,
+    kind: CaKind,
     not_after: OffsetDateTime,
+}
+
+/// Which of the three Nexus CAs a [`CertificateAuthority`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum CaKind {
+    /// The self-signed fleet root.
+    Root,
+    /// An anchor's intermediate, under the root.
+    Anchor,
+    /// An anchor's CA for one tenant, under that anchor's intermediate.
+    Tenant(String),
 }
 
 impl fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertificateAuthority")
             .field("fleet_id", &self.fleet_id)
-            .field("is_root", &self.is_root)
+            .field("kind", &self.kind)
             .field("fingerprint", &hex::encode(self.fingerprint()))
             .field("key", &self.key.describe())
             .finish_non_exhaustive()
@@ -274,12 +302,12 @@ impl CertificateAuthority {
             cert_der: cert.der().to_vec(),
             key,
             fleet_id: fleet_id.to_string(),
-            is_root: true,
+            kind: CaKind::Root,
             not_after: truncate_to_seconds(params.not_after),
         })
     }
 
-    /// New anchor intermediate CA signed by this root (CA:TRUE pathlen 0,
+    /// New anchor intermediate CA signed by this root (CA:TRUE pathlen 1,
     /// 5 years but not past the root's expiry, CN `"Nexus anchor CA <anchor node id>"`).
     ///
     /// The intermediate gets its own freshly generated in-memory key; `fleet_id` must be this
@@ -299,8 +327,9 @@ impl CertificateAuthority {
         anchor: NodeId,
         key: Arc<dyn CaSigner>,
     ) -> Result<CertificateAuthority, CaError> {
-        if !self.is_root {
-            // A pathlen-0 intermediate cannot sign further CAs; chains would not verify.
+        if !self.is_root() {
+            // Anchor CAs sit directly under the root; a deeper one would leave no room for
+            // tenant CAs and chains would not verify.
             return Err(CaError::Generate(
                 "anchor intermediates must be signed by the fleet root CA, not by another \
                  intermediate"
@@ -310,7 +339,7 @@ impl CertificateAuthority {
         self.check_fleet(fleet_id)?;
         let now = OffsetDateTime::now_utc();
         let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(ANCHOR_PATHLEN));
         params.not_before = now - CLOCK_SKEW;
         params.not_after = (now + INTERMEDIATE_VALIDITY).min(self.not_after);
         params.use_authority_key_identifier_extension = true;
@@ -322,7 +351,7 @@ impl CertificateAuthority {
             cert_der: cert.der().to_vec(),
             key,
             fleet_id: fleet_id.to_string(),
-            is_root: false,
+            kind: CaKind::Anchor,
             not_after: truncate_to_seconds(params.not_after),
         })
     }
@@ -332,7 +361,8 @@ impl CertificateAuthority {
     /// the same profile as [`new_intermediate_with`](Self::new_intermediate_with).
     ///
     /// Re-certifying an existing intermediate's key keeps every MIC it issued valid: issuer name
-    /// and key identifier are unchanged.
+    /// and key identifier are unchanged. The new certificate has pathlen 1 even when the old one
+    /// had pathlen 0 (made before tenant CAs), so re-certification lets an anchor make tenant CAs.
     pub fn certify_intermediate(
         &self,
         fleet_id: &str,
@@ -340,7 +370,7 @@ impl CertificateAuthority {
         public_key: &[u8; 32],
         validity: std::time::Duration,
     ) -> Result<CertDer, CaError> {
-        if !self.is_root {
+        if !self.is_root() {
             return Err(CaError::Generate(
                 "anchor intermediates must be signed by the fleet root CA, not by another \
                  intermediate"
@@ -357,7 +387,7 @@ impl CertificateAuthority {
             time::Duration::try_from(validity).map_err(|e| CaError::BadValidity(e.to_string()))?;
         let now = OffsetDateTime::now_utc();
         let mut params = ca_params(format!("{INTERMEDIATE_CN_PREFIX}{anchor}"), Some(fleet_id));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(ANCHOR_PATHLEN));
         params.not_before = now - CLOCK_SKEW;
         params.not_after = (now + validity.min(INTERMEDIATE_VALIDITY)).min(self.not_after);
         params.use_authority_key_identifier_extension = true;
@@ -395,15 +425,18 @@ impl CertificateAuthority {
             return Err(CaError::NotACa { subject });
         }
         let is_root = cert.subject().as_raw() == cert.issuer().as_raw();
-        let fleet_id = if is_root {
-            root_fleet_id(&cert)?
+        let (fleet_id, kind) = if is_root {
+            (root_fleet_id(&cert)?, CaKind::Root)
+        } else if let Some((fleet, tenant, _)) = tenant_ca_uri(&cert)? {
+            (fleet, CaKind::Tenant(tenant))
         } else {
-            first_attr(cert.subject().iter_organizational_unit()).ok_or_else(|| {
+            let fleet = first_attr(cert.subject().iter_organizational_unit()).ok_or_else(|| {
                 CaError::NotAMic(format!(
                     "CA certificate {subject:?} has no OU naming its fleet; it was not made by \
                      Nexus"
                 ))
-            })?
+            })?;
+            (fleet, CaKind::Anchor)
         };
         let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
             .map_err(|e| CaError::BadCertificate(e.to_string()))?;
@@ -411,9 +444,124 @@ impl CertificateAuthority {
             cert_der,
             key,
             fleet_id,
-            is_root,
+            kind,
             not_after,
         })
+    }
+
+    /// Whether this is an anchor CA whose certificate allows a CA below it (pathlen 1 or
+    /// more). Anchor CAs certified before tenant CAs existed have pathlen 0: chains through a
+    /// tenant CA under them would not verify, so they keep issuing MICs themselves until they
+    /// are re-certified ([`certify_intermediate`](Self::certify_intermediate) gives pathlen 1).
+    pub fn can_certify_tenant_cas(&self) -> bool {
+        if self.kind != CaKind::Anchor {
+            return false;
+        }
+        let Ok(cert) = parse_cert(&self.cert_der) else {
+            return false;
+        };
+        match cert.basic_constraints() {
+            Ok(Some(bc)) => bc.value.ca && bc.value.path_len_constraint.is_none_or(|n| n >= 1),
+            _ => false,
+        }
+    }
+
+    /// The tenant this CA certifies, for a tenant CA (`None` for the root and anchor CAs).
+    pub fn tenant(&self) -> Option<&str> {
+        match &self.kind {
+            CaKind::Tenant(tenant) => Some(tenant),
+            _ => None,
+        }
+    }
+
+    /// New CA for `tenant` under this anchor CA, its key kept by `key`: subject CN `<tenant>`,
+    /// O "Nexus Cloud", OU the fleet id, SAN URI `nexus://<fleet>/<tenant>/ca/<anchor>`,
+    /// CA:TRUE pathlen 0, keyCertSign + cRLSign, valid for `validity` but never past this
+    /// anchor CA's notAfter.
+    ///
+    /// Fails on the root, on a tenant CA, and on an anchor CA that cannot certify CAs
+    /// ([`can_certify_tenant_cas`](Self::can_certify_tenant_cas)).
+    pub fn new_tenant_ca_with(
+        &self,
+        tenant: &str,
+        key: Arc<dyn CaSigner>,
+        validity: Duration,
+    ) -> Result<CertificateAuthority, CaError> {
+        let cert_der = self.certify_tenant_ca(tenant, &key.public_key(), validity)?;
+        let not_after = {
+            let cert = parse_cert(&cert_der)?;
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+                .map_err(|e| CaError::BadCertificate(e.to_string()))?
+        };
+        Ok(CertificateAuthority {
+            cert_der,
+            key,
+            fleet_id: self.fleet_id.clone(),
+            kind: CaKind::Tenant(tenant.to_string()),
+            not_after,
+        })
+    }
+
+    /// Certifies `public_key` (raw ed25519) as this anchor's CA for `tenant`, with the profile
+    /// of [`new_tenant_ca_with`](Self::new_tenant_ca_with). Re-certifying a tenant CA's key
+    /// (renewal) keeps every MIC it issued valid: subject and key identifier are unchanged.
+    pub fn certify_tenant_ca(
+        &self,
+        tenant: &str,
+        public_key: &[u8; 32],
+        validity: Duration,
+    ) -> Result<CertDer, CaError> {
+        if self.kind != CaKind::Anchor {
+            return Err(CaError::Generate(
+                "tenant CAs are certified by an anchor intermediate CA, not by the fleet root \
+                 or another tenant CA"
+                    .into(),
+            ));
+        }
+        if !self.can_certify_tenant_cas() {
+            return Err(CaError::Generate(
+                "this anchor CA was certified with pathlen 0 (before tenant CAs) and cannot \
+                 certify a CA below it; it gets pathlen 1 when it is re-certified"
+                    .into(),
+            ));
+        }
+        validate_name("tenant", tenant, false)?;
+        if ed25519_dalek::VerifyingKey::from_bytes(public_key).is_err() {
+            return Err(CaError::BadKey(
+                "the public key is not a valid ed25519 point".into(),
+            ));
+        }
+        if *public_key == self.key.public_key() {
+            return Err(CaError::BadKey(
+                "a tenant CA needs its own key, not the anchor CA's".into(),
+            ));
+        }
+        if validity.is_zero() {
+            return Err(CaError::BadValidity(
+                "the validity must be longer than zero".into(),
+            ));
+        }
+        let validity =
+            time::Duration::try_from(validity).map_err(|e| CaError::BadValidity(e.to_string()))?;
+        let (anchor, _, _, _) = CertificateAuthority::describe_intermediate(&self.cert_der)?;
+        let fleet = self.fleet_id.as_str();
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(tenant.to_string(), Some(fleet));
+        params.subject_alt_names = vec![san_uri(format!(
+            "{URI_SCHEME}{fleet}/{tenant}/{TENANT_CA_SEGMENT}/{anchor}"
+        ))?];
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now
+            .checked_add(validity)
+            .unwrap_or(self.not_after)
+            .min(self.not_after);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = self.issuer()?;
+        let cert = params
+            .signed_by(&RcgenPublicKey(*public_key), &issuer)
+            .map_err(|e| issuer.key().error(e))?;
+        Ok(cert.der().to_vec())
     }
 
     /// The CA certificate, DER.
@@ -442,9 +590,14 @@ impl CertificateAuthority {
         &self.fleet_id
     }
 
-    /// Whether this is the self-signed fleet root (as opposed to an anchor intermediate).
+    /// Whether this is the self-signed fleet root (as opposed to an anchor or tenant CA).
     pub fn is_root(&self) -> bool {
-        self.is_root
+        self.kind == CaKind::Root
+    }
+
+    /// When this CA's certificate expires, Unix seconds.
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after.unix_timestamp()
     }
 
     /// SHA-256 of the CA certificate (for a root: what join tokens carry).
@@ -468,6 +621,49 @@ impl CertificateAuthority {
             cert.validity().not_before.timestamp(),
             cert.validity().not_after.timestamp(),
         ))
+    }
+
+    /// What a Nexus tenant CA certificate says: its fleet, tenant, anchor, key and validity.
+    /// Fails for anything but a tenant CA (see the module docs for the profile); checks no
+    /// signature (see [`crate::TrustStore::add_tenant_ca`]).
+    pub fn describe_tenant_ca(der: &[u8]) -> Result<TenantCaInfo, CaError> {
+        let cert = parse_cert(der)?;
+        let subject = cert.subject().to_string();
+        let (fleet_id, tenant, anchor) = tenant_ca_uri(&cert)?.ok_or_else(|| {
+            CaError::NotAMic(format!(
+                "{subject:?} is not a Nexus tenant CA: it has no \
+                 nexus://<fleet>/<tenant>/ca/<anchor> SAN URI"
+            ))
+        })?;
+        let constraints = cert
+            .basic_constraints()
+            .map_err(|e| CaError::BadCertificate(format!("bad basicConstraints: {e}")))?;
+        match constraints {
+            Some(bc) if bc.value.ca && bc.value.path_len_constraint == Some(0) => {}
+            Some(bc) if bc.value.ca => {
+                return Err(CaError::ChainInvalid(format!(
+                    "tenant CA {subject:?} allows CAs below it (pathlen {:?}); a tenant CA must \
+                     have pathlen 0",
+                    bc.value.path_len_constraint
+                )));
+            }
+            _ => return Err(CaError::NotACa { subject }),
+        }
+        let cn = first_attr(cert.subject().iter_common_name()).unwrap_or_default();
+        if cn != tenant {
+            return Err(CaError::NotAMic(format!(
+                "tenant CA {subject:?} names tenant {tenant:?} in its SAN URI but {cn:?} in its \
+                 subject"
+            )));
+        }
+        Ok(TenantCaInfo {
+            fleet_id,
+            tenant,
+            anchor,
+            public_key: ed25519_public_key(&cert, "the tenant CA")?,
+            not_before_unix: cert.validity().not_before.timestamp(),
+            not_after_unix: cert.validity().not_after.timestamp(),
+        })
     }
 
     /// A PKCS#10 CSR (PEM) signed with this CA's key (whatever backend holds it), proving
@@ -507,7 +703,9 @@ impl CertificateAuthority {
     /// Issue a node MIC for `public_key` (raw ed25519) with the profile.
     ///
     /// The node id in the profile must equal `NodeId::from_public_key(public_key)`,
-    /// and the profile's fleet must be this CA's fleet. See the module docs for the layout.
+    /// and the profile's fleet must be this CA's fleet. A tenant CA issues only node MICs of
+    /// its own tenant ([`CaError::TenantMismatch`] otherwise). See the module docs for the
+    /// layout.
     pub fn issue_mic(
         &self,
         public_key: &[u8; 32],
@@ -533,6 +731,20 @@ impl CertificateAuthority {
             profile.tenant.as_str()
         };
         validate_name("tenant", tenant, false)?;
+        if let CaKind::Tenant(own) = &self.kind {
+            if own != tenant {
+                return Err(CaError::TenantMismatch {
+                    mic_tenant: tenant.to_string(),
+                    ca_tenant: own.clone(),
+                });
+            }
+            if profile.role != Role::Node {
+                return Err(CaError::Generate(format!(
+                    "a tenant CA certifies nodes only; the {} MIC must come from the anchor CA",
+                    profile.role
+                )));
+            }
+        }
         validate_name("site", &profile.site, true)?;
         if profile.validity.is_zero() {
             return Err(CaError::BadValidity(
@@ -620,6 +832,62 @@ impl CertificateAuthority {
         )
         .map_err(|e| CaError::Generate(e.to_string()))
     }
+}
+
+/// What a tenant CA certificate says about itself ([`CertificateAuthority::describe_tenant_ca`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantCaInfo {
+    /// The fleet (from the SAN URI; the OU says the same).
+    pub fleet_id: String,
+    /// The tenant whose MICs it may issue.
+    pub tenant: String,
+    /// The anchor holding its key (whose anchor CA certified it).
+    pub anchor: NodeId,
+    /// Its raw ed25519 key.
+    pub public_key: [u8; 32],
+    /// notBefore as Unix seconds.
+    pub not_before_unix: i64,
+    /// notAfter as Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// `(fleet, tenant, anchor)` from a tenant CA's `nexus://<fleet>/<tenant>/ca/<anchor>` SAN URI;
+/// `None` when the certificate has no such URI (it is not a tenant CA).
+pub(crate) fn tenant_ca_uri(
+    cert: &X509Certificate<'_>,
+) -> Result<Option<(String, String, NodeId)>, CaError> {
+    let Some(sans) = cert
+        .subject_alternative_name()
+        .map_err(|e| CaError::BadCertificate(format!("bad subjectAltName: {e}")))?
+    else {
+        return Ok(None);
+    };
+    for name in &sans.value.general_names {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(path) = uri.strip_prefix(URI_SCHEME) else {
+            continue;
+        };
+        if let [fleet, tenant, TENANT_CA_SEGMENT, anchor] =
+            path.split('/').collect::<Vec<_>>().as_slice()
+        {
+            validate_name("tenant", tenant, false)?;
+            return Ok(Some((
+                fleet.to_string(),
+                tenant.to_string(),
+                anchor.parse()?,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The anchor an anchor CA certificate was made for, from its CN; `None` for other
+/// certificates.
+pub(crate) fn anchor_ca_node(cert: &X509Certificate<'_>) -> Option<String> {
+    first_attr(cert.subject().iter_common_name())
+        .and_then(|cn| cn.strip_prefix(INTERMEDIATE_CN_PREFIX).map(str::to_string))
 }
 
 fn ca_params(cn: String, fleet_ou: Option<&str>) -> rcgen::CertificateParams {
@@ -932,6 +1200,260 @@ pub(crate) mod tests {
         }
     }
 
+    /// A fleet's anchor CA and its CA for `tenant`, with a node of that tenant and its MIC.
+    pub(crate) struct TenantFleet {
+        pub fleet: Fleet,
+        pub tenant_ca: CertificateAuthority,
+        pub node_key: NodeKey,
+        pub node_mic: CertDer,
+    }
+
+    pub(crate) fn tenant_fleet(fleet_id: &str, tenant: &str) -> TenantFleet {
+        let fleet = fleet(fleet_id);
+        let tenant_ca = fleet
+            .intermediate
+            .new_tenant_ca_with(
+                tenant,
+                Arc::new(NodeKey::generate()),
+                Duration::from_secs(365 * 24 * 3600),
+            )
+            .unwrap();
+        let node_key = NodeKey::generate();
+        let mut p = profile(fleet_id, &node_key, Role::Node);
+        p.tenant = tenant.to_string();
+        let node_mic = tenant_ca.issue_mic(&node_key.public_key(), &p).unwrap();
+        TenantFleet {
+            fleet,
+            tenant_ca,
+            node_key,
+            node_mic,
+        }
+    }
+
+    /// A MIC `ca` signs without the tenant checks of `issue_mic`: what a rogue or buggy
+    /// tenant CA could produce.
+    pub(crate) fn forge_mic(
+        ca: &CertificateAuthority,
+        key: &NodeKey,
+        profile: &MicProfile,
+    ) -> CertDer {
+        let unchecked = CertificateAuthority {
+            cert_der: ca.cert_der.clone(),
+            key: ca.key.clone(),
+            fleet_id: ca.fleet_id.clone(),
+            kind: CaKind::Anchor,
+            not_after: ca.not_after,
+        };
+        unchecked.issue_mic(&key.public_key(), profile).unwrap()
+    }
+
+    /// An anchor CA with the profile anchors had before tenant CAs: pathlen 0.
+    pub(crate) fn legacy_intermediate(
+        root: &CertificateAuthority,
+        anchor: NodeId,
+    ) -> CertificateAuthority {
+        let key: Arc<dyn CaSigner> = Arc::new(NodeKey::generate());
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(
+            format!("{INTERMEDIATE_CN_PREFIX}{anchor}"),
+            Some(root.fleet_id()),
+        );
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + INTERMEDIATE_VALIDITY;
+        params.use_authority_key_identifier_extension = true;
+        let issuer = root.issuer().unwrap();
+        let cert = params.signed_by(&RcgenSigner::new(&*key), &issuer).unwrap();
+        CertificateAuthority {
+            cert_der: cert.der().to_vec(),
+            key,
+            fleet_id: root.fleet_id().to_string(),
+            kind: CaKind::Anchor,
+            not_after: truncate_to_seconds(params.not_after),
+        }
+    }
+
+    /// A tenant CA certified by `anchor` whatever its pathlen says.
+    pub(crate) fn force_tenant_ca(
+        anchor: &CertificateAuthority,
+        tenant: &str,
+    ) -> CertificateAuthority {
+        let unchecked = CertificateAuthority {
+            cert_der: anchor.cert_der.clone(),
+            key: anchor.key.clone(),
+            fleet_id: anchor.fleet_id.clone(),
+            kind: CaKind::Anchor,
+            not_after: anchor.not_after,
+        };
+        let key: Arc<dyn CaSigner> = Arc::new(NodeKey::generate());
+        let (id, _, _, _) = CertificateAuthority::describe_intermediate(&anchor.cert_der).unwrap();
+        let fleet = anchor.fleet_id();
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(tenant.to_string(), Some(fleet));
+        params.subject_alt_names = vec![
+            san_uri(format!(
+                "{URI_SCHEME}{fleet}/{tenant}/{TENANT_CA_SEGMENT}/{id}"
+            ))
+            .unwrap(),
+        ];
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + time::Duration::days(1);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = unchecked.issuer().unwrap();
+        let cert = params.signed_by(&RcgenSigner::new(&*key), &issuer).unwrap();
+        CertificateAuthority {
+            cert_der: cert.der().to_vec(),
+            key,
+            fleet_id: fleet.to_string(),
+            kind: CaKind::Tenant(tenant.to_string()),
+            not_after: truncate_to_seconds(params.not_after),
+        }
+    }
+
+    #[test]
+    fn tenant_ca_profile() {
+        let t = tenant_fleet("acme", "blue");
+        let ca = &t.tenant_ca;
+        assert_eq!(ca.tenant(), Some("blue"));
+        assert_eq!(ca.fleet_id(), "acme");
+        assert!(!ca.is_root() && !ca.can_certify_tenant_cas());
+        assert!(t.fleet.intermediate.can_certify_tenant_cas());
+        assert!(!t.fleet.root.can_certify_tenant_cas());
+        let info = CertificateAuthority::describe_tenant_ca(ca.cert_der()).unwrap();
+        assert_eq!(info.tenant, "blue");
+        assert_eq!(info.fleet_id, "acme");
+        assert_eq!(info.anchor, t.fleet.anchor_key.node_id());
+        assert_eq!(info.public_key, ca.public_key());
+        // Never outlives the anchor CA that certified it.
+        assert!(ca.not_after_unix() <= t.fleet.intermediate.not_after_unix());
+        let long = t
+            .fleet
+            .intermediate
+            .new_tenant_ca_with(
+                "blue",
+                Arc::new(NodeKey::generate()),
+                Duration::from_secs(100 * 365 * 24 * 3600),
+            )
+            .unwrap();
+        assert_eq!(long.not_after_unix(), t.fleet.intermediate.not_after_unix());
+        // An anchor CA is not a tenant CA, and a tenant CA certifies no CA.
+        assert!(CertificateAuthority::describe_tenant_ca(t.fleet.intermediate.cert_der()).is_err());
+        let err = ca
+            .certify_tenant_ca(
+                "blue",
+                &NodeKey::generate().public_key(),
+                Duration::from_secs(60),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("anchor intermediate"), "{err}");
+        assert!(
+            t.fleet
+                .root
+                .certify_tenant_ca(
+                    "blue",
+                    &NodeKey::generate().public_key(),
+                    Duration::from_secs(60)
+                )
+                .is_err()
+        );
+        assert!(
+            t.fleet
+                .intermediate
+                .certify_tenant_ca(
+                    "a/b",
+                    &NodeKey::generate().public_key(),
+                    Duration::from_secs(60)
+                )
+                .is_err()
+        );
+        // Its own key, never the anchor CA's.
+        let err = t
+            .fleet
+            .intermediate
+            .certify_tenant_ca(
+                "blue",
+                &t.fleet.intermediate.public_key(),
+                Duration::from_secs(60),
+            )
+            .unwrap_err();
+        assert!(matches!(err, CaError::BadKey(_)), "{err}");
+        // Reloaded from PEM it is still blue's CA.
+        let reloaded = CertificateAuthority::load(&ca.cert_pem(), &ca.key_pem().unwrap()).unwrap();
+        assert_eq!(reloaded.tenant(), Some("blue"));
+        assert_eq!(reloaded.fleet_id(), "acme");
+        // The MIC it issued reads back as blue's, issued by the tenant CA.
+        let mic = read_mic(&t.node_mic).unwrap();
+        assert_eq!(mic.tenant, "blue");
+        assert_eq!(mic.role, Role::Node);
+        assert!(mic.not_after_unix <= ca.not_after_unix());
+    }
+
+    #[test]
+    fn a_tenant_ca_issues_only_its_tenants_node_mics() {
+        let t = tenant_fleet("acme", "blue");
+        let key = NodeKey::generate();
+        let mut p = profile("acme", &key, Role::Node);
+        p.tenant = "green".into();
+        let err = t.tenant_ca.issue_mic(&key.public_key(), &p).unwrap_err();
+        assert_eq!(
+            err,
+            CaError::TenantMismatch {
+                mic_tenant: "green".into(),
+                ca_tenant: "blue".into()
+            }
+        );
+        assert!(err.to_string().contains("only its own tenant"), "{err}");
+        // The default tenant is a tenant like any other.
+        p.tenant = String::new();
+        assert!(matches!(
+            t.tenant_ca.issue_mic(&key.public_key(), &p),
+            Err(CaError::TenantMismatch { .. })
+        ));
+        let mut p = profile("acme", &key, Role::Anchor);
+        p.tenant = "blue".into();
+        let err = t.tenant_ca.issue_mic(&key.public_key(), &p).unwrap_err();
+        assert!(err.to_string().contains("nodes only"), "{err}");
+    }
+
+    #[test]
+    fn legacy_anchor_cas_cannot_certify_tenant_cas_until_recertified() {
+        let f = fleet("acme");
+        let anchor = f.anchor_key.node_id();
+        let legacy = legacy_intermediate(&f.root, anchor);
+        assert!(!legacy.can_certify_tenant_cas());
+        let err = legacy
+            .new_tenant_ca_with(
+                "blue",
+                Arc::new(NodeKey::generate()),
+                Duration::from_secs(60),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("pathlen 0"), "{err}");
+        // Re-certifying its key gives it room for a tenant CA.
+        let renewed = f
+            .root
+            .certify_intermediate(
+                "acme",
+                anchor,
+                &legacy.public_key(),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let renewed =
+            CertificateAuthority::load_with(&der_to_pem(&renewed), legacy.key.clone()).unwrap();
+        assert!(renewed.can_certify_tenant_cas());
+        assert!(
+            renewed
+                .new_tenant_ca_with(
+                    "blue",
+                    Arc::new(NodeKey::generate()),
+                    Duration::from_secs(60)
+                )
+                .is_ok()
+        );
+    }
+
     #[test]
     fn a_recertified_intermediate_keeps_its_mics_valid() {
         let f = fleet("acme");
@@ -1116,6 +1638,77 @@ pub(crate) mod tests {
             ),
             Err(e) => panic!("could not run openssl: {e}"),
         }
+    }
+
+    #[test]
+    fn openssl_verifies_a_chain_through_a_tenant_ca() {
+        let t = tenant_fleet("acme", "blue");
+        let dir = tempfile::Builder::new()
+            .prefix("nexus-ca-openssl-tenant-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("root.pem");
+        let untrusted = dir.path().join("untrusted.pem");
+        let tenant_ca = dir.path().join("tenant-ca.pem");
+        let node = dir.path().join("node.pem");
+        std::fs::write(&root, t.fleet.root.cert_pem()).unwrap();
+        std::fs::write(
+            &untrusted,
+            format!(
+                "{}{}",
+                t.fleet.intermediate.cert_pem(),
+                t.tenant_ca.cert_pem()
+            ),
+        )
+        .unwrap();
+        std::fs::write(&tenant_ca, t.tenant_ca.cert_pem()).unwrap();
+        std::fs::write(&node, der_to_pem(&t.node_mic)).unwrap();
+        let verify = |untrusted: &std::path::Path| {
+            run(std::process::Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(&root)
+                .arg("-untrusted")
+                .arg(untrusted)
+                .arg(&node))
+        };
+        let out = verify(&untrusted);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(": OK"),
+            "openssl verify failed:\n{stdout}\n{stderr}"
+        );
+        // Without the anchor CA the tenant CA leads nowhere.
+        assert!(!verify(&tenant_ca).status.success());
+
+        let out = run(std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&tenant_ca));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Subject: CN = blue, O = Nexus Cloud, OU = acme"),
+            "{text}"
+        );
+        let anchor = t.fleet.anchor_key.node_id();
+        assert!(
+            text.contains(&format!("URI:nexus://acme/blue/ca/{anchor}")),
+            "{text}"
+        );
+        assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+        assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+        let inter = dir.path().join("intermediate.pem");
+        std::fs::write(&inter, t.fleet.intermediate.cert_pem()).unwrap();
+        let out = run(std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&inter));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
     }
 
     #[test]

@@ -143,6 +143,18 @@ pub enum CaError {
     #[error("certificate chain is not valid: {0}")]
     ChainInvalid(String),
 
+    /// A MIC names another tenant than the tenant CA that issued it (or is asked of).
+    #[error(
+        "a MIC of tenant {mic_tenant:?} cannot come from the tenant CA of tenant {ca_tenant:?}: \
+         a tenant CA certifies only its own tenant's machines; issue it from that tenant's CA"
+    )]
+    TenantMismatch {
+        /// The tenant the MIC names.
+        mic_tenant: String,
+        /// The tenant of the tenant CA.
+        ca_tenant: String,
+    },
+
     /// Certificate generation failed inside rcgen.
     #[error("could not generate the certificate: {0}")]
     Generate(String),

@@ -5,13 +5,13 @@
 //!
 //! * [`identity`]: [`NodeId`] (derived from the ed25519 public key) and [`NodeKey`],
 //!   signatures and CSRs.
-//! * [`cert`]: the fleet root and anchor intermediate CAs ([`CertificateAuthority`]),
+//! * [`cert`]: the fleet root, anchor intermediate and tenant CAs ([`CertificateAuthority`]),
 //!   MIC issuance and layout, PEM helpers, CSR verification, [`read_mic`].
 //! * [`keys`]: where CA keys live, behind [`CaSigner`]: in memory, a 0600 PKCS#8 file
 //!   ([`FileKey`], optionally passphrase-encrypted) or a PKCS#11 token ([`Pkcs11Key`]).
 //! * [`crl`]: CRLs signed by anchor intermediates and the [`RevocationSet`] a node enforces.
-//! * [`trust`]: [`TrustStore`], the root and intermediates a node trusts, and
-//!   webpki-based MIC verification.
+//! * [`trust`]: [`TrustStore`], the root, anchor intermediates and tenant CAs a node trusts,
+//!   and webpki-based MIC verification (a tenant CA's MICs must name its tenant).
 //! * [`tls`]: rustls 0.23 configurations (ring provider, TLS 1.3) for an anchor's
 //!   endpoint and for a joining node that only knows the root fingerprint.
 //! * [`peer`]: mutual TLS between fleet members and for the HTTPS API ([`FleetTrust`],
@@ -71,8 +71,9 @@ pub mod token;
 pub mod trust;
 
 pub use cert::{
-    BACKDATE_SECS, CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, VerifiedMic,
-    der_to_pem, pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint, validate_name,
+    BACKDATE_SECS, CertDer, CertificateAuthority, DEFAULT_TENANT, MicProfile, Role, TenantCaInfo,
+    VerifiedMic, der_to_pem, pem_to_der, public_key_from_csr, read_mic, sha256_fingerprint,
+    validate_name,
 };
 pub use crl::{
     Installed, RevocationSet, RevokeReason, Revoked, VerifiedCrl, normalize_serial, verify_crl,

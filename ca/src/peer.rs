@@ -1,7 +1,8 @@
 //! Mutual TLS between fleet members (node-to-node QUIC) and for the HTTPS API.
 //!
-//! Both sides present their MIC chain `[mic, intermediates…, root]` and check the other's with
-//! [`FleetTrust::verify_peer`]: chain to this fleet's root through an anchor intermediate
+//! Both sides present their MIC chain `[mic, tenant CA (if one issued it), intermediates…,
+//! root]` and check the other's with [`FleetTrust::verify_peer`]: chain to this fleet's root
+//! through an anchor intermediate, and a tenant CA of the MIC's own tenant where one issued it
 //! (webpki, ed25519), valid now, right fleet, **not revoked**. The node's own certificate sits in
 //! a [`Credentials`] that can be swapped at run time, so a renewed MIC is used by the next
 //! handshake while established connections continue undisturbed.
@@ -41,7 +42,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// What a node trusts about its fleet right now: the root, the anchor intermediates (which grow
-/// when an anchor is promoted) and the revoked serials.
+/// when an anchor is promoted), the tenant CAs (which grow as anchors make them) and the revoked
+/// serials.
 #[derive(Debug)]
 pub struct FleetTrust {
     store: RwLock<TrustStore>,
@@ -134,6 +136,17 @@ impl FleetTrust {
             .add_intermediate(der)
     }
 
+    /// Adds a tenant CA (checked to be signed by a known anchor CA, see
+    /// [`TrustStore::add_tenant_ca`]); `Ok(true)` when it was not known before.
+    pub fn add_tenant_ca(&self, der: CertDer) -> Result<bool, CaError> {
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        if store.tenant_cas().contains(&der) {
+            return Ok(false);
+        }
+        store.add_tenant_ca(der)?;
+        Ok(true)
+    }
+
     /// The revoked serials this node enforces.
     pub fn revocations(&self) -> &RevocationSet {
         &self.revocations
@@ -148,7 +161,9 @@ impl FleetTrust {
     /// Checks a peer's MIC: chain, validity at `now_unix`, fleet, and revocation.
     ///
     /// `presented` are intermediates the peer sent; one this node does not know yet is used if
-    /// the fleet root signed it (a newly promoted anchor's CA).
+    /// the fleet root signed it (a newly promoted anchor's CA), or if it is a tenant CA signed by
+    /// a known (or so presented) anchor CA (one this node has not learned from the fleet
+    /// configuration yet). They are used for this check only, not kept.
     pub fn verify_peer(
         &self,
         der: &[u8],
@@ -169,12 +184,23 @@ impl FleetTrust {
         now_unix: i64,
     ) -> Result<VerifiedMic, CaError> {
         let mut store = self.store();
+        let mut maybe_tenant_cas = Vec::new();
         for extra in presented {
             let extra = extra.as_ref();
-            if extra != store.root_der() && !store.intermediates().iter().any(|i| i == extra) {
-                // Not a fleet intermediate (another fleet's, or a leaf): simply not used.
-                let _ = store.add_intermediate(extra.to_vec());
+            if extra == store.root_der()
+                || store.intermediates().iter().any(|i| i == extra)
+                || store.tenant_cas().iter().any(|i| i == extra)
+            {
+                continue;
             }
+            // Not a fleet intermediate (another fleet's, or a leaf): simply not used.
+            if store.add_intermediate(extra.to_vec()).is_err() {
+                maybe_tenant_cas.push(extra);
+            }
+        }
+        // After the anchor CAs, which the tenant CAs chain to.
+        for extra in maybe_tenant_cas {
+            let _ = store.add_tenant_ca(extra.to_vec());
         }
         let mic = store.verify_mic(der, now_unix)?;
         if self.revocations.is_revoked(&mic.serial_hex) {
@@ -572,6 +598,69 @@ mod tests {
         // server presenting b's certificate is refused by a as a client.
         let err = dial((&b, &tb), (&a, &ta), &node_server_name(&b_key.node_id())).unwrap_err();
         assert!(format!("{err:?}").contains("revoked"), "{err:?}");
+    }
+
+    #[test]
+    fn a_tenant_node_is_accepted_from_its_presented_chain_before_its_tenant_ca_is_learned() {
+        let t = crate::cert::tests::tenant_fleet("acme", "blue");
+        let f = &t.fleet;
+        // The server knows the tenant CA and presents it; the client has only the anchor CA.
+        let server_store = TrustStore::new(
+            f.root.cert_der().to_vec(),
+            vec![
+                f.intermediate.cert_der().to_vec(),
+                t.tenant_ca.cert_der().to_vec(),
+            ],
+        )
+        .unwrap();
+        let server = Credentials::new(server_store.chain_for(&t.node_mic), &t.node_key).unwrap();
+        let server_trust = FleetTrust::new(server_store);
+        let client_key = NodeKey::generate();
+        let client = Credentials::new(chain(f, &client_key, Role::Node), &client_key).unwrap();
+        let client_trust = trust(f);
+        dial(
+            (&server, &server_trust),
+            (&client, &client_trust),
+            &node_server_name(&t.node_key.node_id()),
+        )
+        .unwrap();
+        // Presented certificates are used for the check, not kept.
+        assert!(client_trust.store().tenant_cas().is_empty());
+        // Without the tenant CA in the chain the client cannot place the server's MIC.
+        let bare = Credentials::new(
+            vec![
+                t.node_mic.clone(),
+                f.intermediate.cert_der().to_vec(),
+                f.root.cert_der().to_vec(),
+            ],
+            &t.node_key,
+        )
+        .unwrap();
+        assert!(
+            dial(
+                (&bare, &server_trust),
+                (&client, &client_trust),
+                &node_server_name(&t.node_key.node_id()),
+            )
+            .is_err()
+        );
+        // Learned (from the fleet configuration), it is enough.
+        assert!(
+            client_trust
+                .add_tenant_ca(t.tenant_ca.cert_der().to_vec())
+                .unwrap()
+        );
+        assert!(
+            !client_trust
+                .add_tenant_ca(t.tenant_ca.cert_der().to_vec())
+                .unwrap()
+        );
+        dial(
+            (&bare, &server_trust),
+            (&client, &client_trust),
+            &node_server_name(&t.node_key.node_id()),
+        )
+        .unwrap();
     }
 
     #[test]
