@@ -12,7 +12,9 @@
 //!    limit per policy and source node, redirect, weight override);
 //! 4. delivers frames addressed to this node locally, drops frames to destinations outside the
 //!    forwarding table (`no_route`), and transmits the rest on the egress port with the hop limit
-//!    decremented (and the destination rewritten for a redirect). Ethernet addresses are left as
+//!    decremented (and the destination rewritten for a redirect). Frames it delivers or
+//!    transmits are held to the tenant's quotas first ([`crate::quota`]: concurrent connections
+//!    and bandwidth, [`EngineConfig::limits`]). Ethernet addresses are left as
 //!    received (no next-hop resolution yet), so a forwarded frame is never taken in again by
 //!    another node of the segment. Frames for this node are counted as delivered; there is no
 //!    local consumer behind the data plane yet unless [`EngineConfig::local_sink`] is set.
@@ -32,6 +34,7 @@ use foldhash::fast::RandomState;
 use crate::frame::{self, ParseError};
 use crate::nic::{BURST, NicError, Packet, Port};
 use crate::policy::{Action, Classifier, Decision, PolicyHandle};
+use crate::quota::{self, Admission, LimitsHandle, Quota};
 
 /// Why the data plane dropped a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,17 +51,23 @@ pub enum DropReason {
     HopLimit,
     /// The egress NIC did not take the frame (ring full).
     TxFull,
+    /// A new connection while the tenant's `max_connections` are open.
+    QuotaConnections,
+    /// Over the tenant's `max_bandwidth_bps`.
+    QuotaBandwidth,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Parse,
         DropReason::Deny,
         DropReason::Ratelimit,
         DropReason::NoRoute,
         DropReason::HopLimit,
         DropReason::TxFull,
+        DropReason::QuotaConnections,
+        DropReason::QuotaBandwidth,
     ];
 
     /// Stable label (`reason` in metrics).
@@ -70,6 +79,8 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::HopLimit => "hop_limit",
             DropReason::TxFull => "tx_full",
+            DropReason::QuotaConnections => "quota_connections",
+            DropReason::QuotaBandwidth => "quota_bandwidth",
         }
     }
 }
@@ -116,6 +127,14 @@ pub struct Stats {
     pub policy_hits: Mutex<HashMap<String, u64>>,
     /// Rate-limit buckets in use.
     pub buckets: AtomicU64,
+    /// Connections (source node id, stream id) opened since the engine started: a connection
+    /// closed for being idle and seen again counts again. Monotonic.
+    pub flows_opened: AtomicU64,
+    /// Connections open now (a gauge).
+    pub connections: AtomicU64,
+    /// Frames passed without being tracked as a connection: the connection table was full
+    /// ([`quota::MAX_CONNECTIONS`]) and no limit at or below its size was set.
+    pub connections_untracked: AtomicU64,
     /// Whether the ingress or egress NIC reports its link down (checked every second).
     pub link_down: AtomicBool,
 }
@@ -152,6 +171,9 @@ pub struct EngineConfig {
     /// Record the forwarding latency of every n-th burst in the
     /// `nexus_dataplane_forward_latency_seconds` histogram (0: never).
     pub latency_sample_every: u32,
+    /// The tenant's quotas (unlimited until set); keep a clone to change them while the engine
+    /// runs.
+    pub limits: Arc<LimitsHandle>,
 }
 
 impl EngineConfig {
@@ -161,6 +183,7 @@ impl EngineConfig {
             local,
             local_sink: None,
             latency_sample_every: 64,
+            limits: Arc::new(LimitsHandle::default()),
         }
     }
 }
@@ -261,7 +284,11 @@ struct FlowEntry {
     /// Index of the flow's rate-limit bucket in [`Buckets`], valid in `bucket_epoch`.
     bucket: u32,
     bucket_epoch: u32,
+    /// Where the flow's last connection is in the quota's table (a hint, checked on use).
+    conn: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<FlowEntry>() == 64, "one cache line");
 
 impl FlowEntry {
     #[inline(always)]
@@ -288,6 +315,8 @@ struct Local {
     redirected: u64,
     weighted: u64,
     nic_errors: u64,
+    flows_opened: u64,
+    untracked: u64,
     hits: Vec<u64>,
 }
 
@@ -302,6 +331,10 @@ pub struct Engine<P: Port> {
     local: Local,
     /// Rate-limit state: (rule uid, source) → theoretical arrival time, ns since `epoch`.
     buckets: Buckets,
+    /// Tenant quotas: open connections and the bandwidth bucket.
+    quota: Quota,
+    /// Time since `epoch` set by hand ([`Engine::set_manual_time`]), instead of the clock.
+    manual_ns: Option<u64>,
     /// Decisions by flow, valid for one classifier generation; also what active flows are
     /// counted from.
     flows: Box<[FlowEntry]>,
@@ -345,6 +378,8 @@ impl<P: Port> Engine<P> {
             stats,
             config,
             buckets: Buckets::default(),
+            quota: Quota::new(),
+            manual_ns: None,
             flows: vec![FlowEntry::default(); FLOW_SLOTS].into_boxed_slice(),
             dropped: Vec::with_capacity(BURST),
             epoch: Instant::now(),
@@ -361,6 +396,24 @@ impl<P: Port> Engine<P> {
     /// The shared counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Drives the engine's clock by hand from now on: rate limits, quotas and flow ages read
+    /// `now` (time since the engine started) instead of the monotonic clock, so tests and
+    /// simulations do not depend on how fast they run. Time never goes back: an earlier `now`
+    /// than the last one set is ignored.
+    pub fn set_manual_time(&mut self, now: Duration) {
+        let now = now.as_nanos() as u64;
+        self.manual_ns = Some(self.manual_ns.map_or(now, |t| t.max(now)));
+    }
+
+    /// Nanoseconds since the engine started at `at` (or as set by hand).
+    #[inline]
+    fn clock_ns(&self, at: Instant) -> u64 {
+        match self.manual_ns {
+            Some(ns) => ns,
+            None => at.duration_since(self.epoch).as_nanos() as u64,
+        }
     }
 
     /// The ingress port.
@@ -419,8 +472,10 @@ impl<P: Port> Engine<P> {
         }
         let started = Instant::now();
         self.refresh_classifier();
-        let now_ns = started.duration_since(self.epoch).as_nanos() as u64;
+        let now_ns = self.clock_ns(started);
         let now_s = (now_ns / 1_000_000_000) as u32 + 1;
+        self.quota
+            .begin_burst(self.config.limits.get(), now_ns, now_s);
         let mut out = std::mem::take(&mut self.out_burst);
         let mut dropped = std::mem::take(&mut self.dropped);
         // Descriptors first (their address is known), then each frame's first bytes a few
@@ -521,8 +576,9 @@ impl<P: Port> Engine<P> {
     #[inline]
     fn forward(&mut self, pkt: &mut P::Packet, now_ns: u64, now_s: u32) -> bool {
         let data = pkt.data();
+        let len = data.len();
         self.local.rx_packets += 1;
-        self.local.rx_bytes += data.len() as u64;
+        self.local.rx_bytes += len as u64;
         if let Some(mac) = &self.mac
             && data.get(..6).is_some_and(|dst| dst != mac)
         {
@@ -579,6 +635,9 @@ impl<P: Port> Engine<P> {
             }
         }
         if dst == self.config.local {
+            if !self.admit(&h, slot, len, now_s) {
+                return false;
+            }
             self.local.local_packets += 1;
             if let Some(sink) = &self.config.local_sink {
                 let _ = sink.try_send(pkt.data().to_vec());
@@ -594,12 +653,37 @@ impl<P: Port> Engine<P> {
             self.local.drops[DropReason::NoRoute as usize] += 1;
             return false;
         }
+        if !self.admit(&h, slot, len, now_s) {
+            return false;
+        }
         let data = pkt.data_mut();
         if redirected {
             frame::set_dst(data, &h, &dst);
         }
         frame::set_hops(data, &h, h.hops - 1);
         true
+    }
+
+    /// Holds a frame the policies let through to the tenant's quotas; false (counted) when one
+    /// drops it.
+    #[inline]
+    fn admit(&mut self, h: &frame::Header, slot: usize, len: usize, now_s: u32) -> bool {
+        let hint = &mut self.flows[slot].conn;
+        match self.quota.admit(h.src, h.stream_id, len, hint, now_s) {
+            Ok(Admission::Existing) => true,
+            Ok(Admission::Opened) => {
+                self.local.flows_opened += 1;
+                true
+            }
+            Ok(Admission::Untracked) => {
+                self.local.untracked += 1;
+                true
+            }
+            Err(reason) => {
+                self.local.drops[reason as usize] += 1;
+                false
+            }
+        }
     }
 
     /// GCRA: a frame conforms when it arrives no earlier than its bucket's theoretical arrival
@@ -666,6 +750,8 @@ impl<P: Port> Engine<P> {
             return (e.decision(), slot);
         }
         let d = self.classifier.decide(h);
+        // A new generation keeps the flow's connection hint.
+        let conn = if same_flow { e.conn } else { quota::NIL };
         *e = FlowEntry {
             src: h.src,
             dst: h.dst,
@@ -677,6 +763,7 @@ impl<P: Port> Engine<P> {
             last_seen: now_s,
             bucket: u32::MAX,
             bucket_epoch: 0,
+            conn,
         };
         (d, slot)
     }
@@ -725,6 +812,8 @@ impl<P: Port> Engine<P> {
         add(&s.redirected, &mut l.redirected);
         add(&s.weighted, &mut l.weighted);
         add(&s.nic_errors, &mut l.nic_errors);
+        add(&s.flows_opened, &mut l.flows_opened);
+        add(&s.connections_untracked, &mut l.untracked);
         for (a, v) in s.drops.iter().zip(l.drops.iter_mut()) {
             add(a, v);
         }
@@ -733,7 +822,10 @@ impl<P: Port> Engine<P> {
         }
         if self.last_flow_count.elapsed() >= Duration::from_secs(1) {
             self.last_flow_count = Instant::now();
-            let now_s = self.epoch.elapsed().as_secs() as u32 + 1;
+            let now_ns = self.clock_ns(Instant::now());
+            let now_s = (now_ns / 1_000_000_000) as u32 + 1;
+            // Idle connections close even when no burst comes.
+            self.quota.expire(now_s);
             let live = self
                 .flows
                 .iter()
@@ -748,10 +840,12 @@ impl<P: Port> Engine<P> {
             let down = self.rx.link_down() || self.tx.as_ref().is_some_and(|t| t.link_down());
             self.stats.link_down.store(down, Ordering::Relaxed);
             if self.buckets.tat.len() > MAX_BUCKETS / 2 {
-                let now = self.epoch.elapsed().as_nanos() as u64;
-                self.buckets.sweep(now);
+                self.buckets.sweep(now_ns);
             }
         }
+        self.stats
+            .connections
+            .store(self.quota.connections() as u64, Ordering::Relaxed);
     }
 }
 
@@ -768,8 +862,10 @@ mod tests {
     use crate::frame::FrameSpec;
     use crate::nic::memory::{self, MemPacket, MemoryPort};
     use crate::policy::{KnownNode, PolicySet, Scope};
+    use crate::quota::TenantLimits;
     use nexus_ca::NodeId;
     use nexus_crdt::{ActionType, RouteAction, RouteMatch, RoutePolicy};
+    use std::collections::HashSet;
 
     const LOCAL: [u8; 16] = [0xaa; 16];
     const SRC: [u8; 16] = [1; 16];
@@ -804,6 +900,7 @@ mod tests {
         engine: Engine<MemoryPort>,
         wire: MemoryPort,
         handle: Arc<PolicyHandle>,
+        limits: Arc<LimitsHandle>,
     }
 
     fn rig(set: &PolicySet) -> Rig {
@@ -811,17 +908,14 @@ mod tests {
         wire.set_wait(Duration::from_millis(20));
         dp.set_wait(Duration::from_millis(20));
         let handle = Arc::new(PolicyHandle::new(Classifier::compile(set)));
-        let engine = Engine::new(
-            dp,
-            None,
-            handle.clone(),
-            Arc::new(Stats::default()),
-            EngineConfig::new(LOCAL),
-        );
+        let config = EngineConfig::new(LOCAL);
+        let limits = config.limits.clone();
+        let engine = Engine::new(dp, None, handle.clone(), Arc::new(Stats::default()), config);
         Rig {
             engine,
             wire,
             handle,
+            limits,
         }
     }
 
@@ -840,6 +934,24 @@ mod tests {
 
     fn frame(src: [u8; 16], dst: [u8; 16], t: u16) -> Vec<u8> {
         FrameSpec::new(src, dst, t).ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], 128, t as u8)
+    }
+
+    /// A frame of connection (`src`, `stream`) to DST, `len` bytes long.
+    fn conn_frame(src: [u8; 16], stream: u32, len: usize) -> Vec<u8> {
+        let mut spec = FrameSpec::new(src, DST, 1);
+        spec.stream_id = stream;
+        spec.ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], len, stream as u8)
+    }
+
+    fn limits(max_connections: Option<u64>, max_bandwidth_bps: Option<u64>) -> TenantLimits {
+        TenantLimits {
+            max_connections,
+            max_bandwidth_bps,
+        }
+    }
+
+    fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
     }
 
     #[test]
@@ -939,5 +1051,171 @@ mod tests {
                 .load(Ordering::Relaxed)
                 > 0
         );
+    }
+
+    #[test]
+    fn the_connection_past_the_limit_is_dropped_while_the_first_ones_pass() {
+        let mut r = rig(&set(vec![]));
+        r.engine.set_manual_time(Duration::ZERO);
+        r.limits.set(limits(Some(3), None));
+        // Three connections: two streams of SRC, one of OTHER; then a fourth, twice.
+        let first = vec![
+            conn_frame(SRC, 1, 100),
+            conn_frame(SRC, 2, 100),
+            conn_frame(OTHER, 1, 100),
+        ];
+        assert_eq!(r.send(first.clone()).len(), 3);
+        let fourth = conn_frame(SRC, 3, 100);
+        assert!(r.send(vec![fourth.clone(), fourth.clone()]).is_empty());
+        // The first three keep passing, mixed with the refused one.
+        let mut mixed = first.clone();
+        mixed.insert(1, fourth);
+        let got = r.send(mixed);
+        assert_eq!(got.len(), 3);
+        let streams: Vec<u32> = got
+            .iter()
+            .map(|g| frame::parse(g).unwrap().stream_id)
+            .collect();
+        assert_eq!(streams, [1, 2, 1]);
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::QuotaConnections), 3);
+        assert_eq!(st.dropped_total(), 3);
+        assert_eq!(get(&st.flows_opened), 3);
+        assert_eq!(get(&st.connections), 3);
+    }
+
+    #[test]
+    fn a_connection_idle_past_the_window_frees_its_slot() {
+        let mut r = rig(&set(vec![]));
+        r.engine.set_manual_time(Duration::ZERO);
+        r.limits.set(limits(Some(2), None));
+        assert_eq!(
+            r.send(vec![conn_frame(SRC, 1, 100), conn_frame(SRC, 2, 100)])
+                .len(),
+            2
+        );
+        // Stream 2 stays busy; stream 1 goes quiet.
+        r.engine.set_manual_time(Duration::from_secs(20));
+        assert_eq!(r.send(vec![conn_frame(SRC, 2, 100)]).len(), 1);
+        r.engine.set_manual_time(Duration::from_secs(29));
+        assert!(
+            r.send(vec![conn_frame(SRC, 3, 100)]).is_empty(),
+            "29 s idle: still open"
+        );
+        r.engine.set_manual_time(Duration::from_secs(32));
+        assert_eq!(r.send(vec![conn_frame(SRC, 3, 100)]).len(), 1);
+        assert_eq!(get(&r.engine.stats().connections), 2);
+        // Stream 1 is back but over the limit now: it is a new connection.
+        assert!(r.send(vec![conn_frame(SRC, 1, 100)]).is_empty());
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::QuotaConnections), 2);
+        assert_eq!(get(&st.flows_opened), 3);
+    }
+
+    #[test]
+    fn a_bandwidth_cap_drops_the_excess() {
+        let mut r = rig(&set(vec![]));
+        r.engine.set_manual_time(Duration::ZERO);
+        // 8 Mbit/s: 1,000,000 bytes a second, a burst of as much.
+        r.limits.set(limits(None, Some(8_000_000)));
+        let offer = |n: usize| (0..n).map(|_| conn_frame(SRC, 1, 1_000)).collect();
+        assert_eq!(r.send(offer(1_500)).len(), 1_000, "the burst");
+        let mut passed = 0;
+        // Then 2 s at twice the rate, in 20 ms steps: each earns 20 frames.
+        for step in 1..=100u64 {
+            r.engine.set_manual_time(Duration::from_millis(20 * step));
+            passed += r.send(offer(40)).len();
+        }
+        assert_eq!(passed, 2_000);
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::QuotaBandwidth), 500 + 2_000);
+        assert_eq!(get(&st.tx_bytes), 3_000 * 1_000);
+        assert_eq!(get(&st.flows_opened), 1, "one connection throughout");
+    }
+
+    #[test]
+    fn limits_changed_at_runtime_take_effect_at_the_next_burst() {
+        let mut r = rig(&set(vec![]));
+        r.engine.set_manual_time(Duration::ZERO);
+        let streams =
+            |range: std::ops::Range<u32>| range.map(|s| conn_frame(SRC, s, 500)).collect();
+        assert_eq!(r.send(streams(0..10)).len(), 10);
+        r.limits.set(limits(Some(12), None));
+        assert_eq!(r.send(streams(10..20)).len(), 2);
+        // Lowered below what is open: the open ones go on, new ones wait.
+        r.limits.set(limits(Some(5), None));
+        assert_eq!(r.send(streams(0..12)).len(), 12);
+        assert!(r.send(streams(20..21)).is_empty());
+        // A bandwidth cap added: 40,000 bit/s has a burst of one jumbo frame's worth (9,216
+        // bytes: 18 frames of 500), and the clock stands still.
+        r.limits.set(limits(Some(5), Some(40_000)));
+        assert_eq!(r.send(streams(0..12)).len(), 12);
+        assert_eq!(r.send(streams(0..12)).len(), 6);
+        r.limits.set(TenantLimits::UNLIMITED);
+        assert_eq!(r.send(streams(0..40)).len(), 40);
+        let st = r.engine.stats();
+        assert_eq!(get(&st.flows_opened), 40);
+        assert_eq!(st.dropped(DropReason::QuotaConnections), 8 + 1);
+        assert_eq!(st.dropped(DropReason::QuotaBandwidth), 6);
+    }
+
+    #[test]
+    fn without_limits_nothing_is_dropped_and_connections_are_counted() {
+        let mut r = rig(&set(vec![]));
+        let frames: Vec<Vec<u8>> = (0..2_000u32)
+            .map(|i| conn_frame(if i % 2 == 0 { SRC } else { OTHER }, i / 4, 1_500))
+            .collect();
+        assert_eq!(r.send(frames).len(), 2_000);
+        let st = r.engine.stats();
+        assert_eq!(st.dropped_total(), 0);
+        // (source, stream): 500 streams from each source.
+        assert_eq!(get(&st.flows_opened), 1_000);
+        assert_eq!(get(&st.connections), 1_000);
+        assert_eq!(get(&st.connections_untracked), 0);
+    }
+
+    #[test]
+    fn frames_the_policies_or_routing_drop_use_no_quota_and_local_ones_do() {
+        let mut r = rig(&set(vec![policy(
+            "deny-7",
+            1,
+            RouteAction::new(ActionType::Deny),
+            types(&[7]),
+        )]));
+        r.limits.set(limits(Some(1), None));
+        let mut denied = FrameSpec::new(SRC, DST, 7);
+        denied.stream_id = 1;
+        let mut lost = FrameSpec::new(SRC, [9; 16], 1);
+        lost.stream_id = 2;
+        let mut local = FrameSpec::new(SRC, LOCAL, 1);
+        local.stream_id = 4;
+        let eth = |f: &FrameSpec| f.ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], 128, 0);
+        let got = r.send(vec![
+            eth(&denied),
+            eth(&lost),
+            conn_frame(SRC, 3, 128),
+            eth(&local),
+        ]);
+        assert_eq!(got.len(), 1, "stream 3 took the one slot");
+        let st = r.engine.stats();
+        assert_eq!(st.dropped(DropReason::Deny), 1);
+        assert_eq!(st.dropped(DropReason::NoRoute), 1);
+        assert_eq!(
+            st.dropped(DropReason::QuotaConnections),
+            1,
+            "the local frame"
+        );
+        assert_eq!(get(&st.local_packets), 0);
+        assert_eq!(get(&st.flows_opened), 1);
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_label() {
+        let labels: HashSet<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "ALL is in declaration order");
+        }
+        assert!(labels.contains("quota_connections") && labels.contains("quota_bandwidth"));
     }
 }

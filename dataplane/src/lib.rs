@@ -4,6 +4,8 @@
 //! - [`frame`]: the Nexus frame and its strict parser;
 //! - [`policy`]: route policies compiled into a classifier built for speed, swapped atomically;
 //! - [`engine`]: the run-to-completion loop (receive a burst, classify, rewrite, transmit);
+//! - [`quota`]: the tenant's connection and bandwidth quotas the engine enforces
+//!   ([`TenantLimits`], changed at runtime through a [`LimitsHandle`]);
 //! - [`nic`]: the NIC backends (DPDK, AF_PACKET, memory) behind one trait.
 //!
 //! Packets never touch the control plane: the node compiles the replicated configuration into a
@@ -14,3 +16,6 @@ pub mod engine;
 pub mod frame;
 pub mod nic;
 pub mod policy;
+pub mod quota;
+
+pub use quota::{LimitsHandle, TenantLimits};

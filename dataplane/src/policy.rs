@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
-use nexus_crdt::{ActionType, RoutePolicy};
+use nexus_crdt::{ActionType, RoutePolicy, SourceTenant};
 
 use crate::frame::{Header, Mode};
 
@@ -72,6 +72,9 @@ pub struct PolicySet {
     pub disabled: HashSet<String>,
     /// Nodes frames may be forwarded to (the forwarding table), with their capabilities.
     pub nodes: Vec<KnownNode>,
+    /// The nodes of this node's tenant: `source_tenant: own` matches frames from these,
+    /// `other` frames from any other source.
+    pub own_tenant: HashSet<[u8; 16]>,
     /// Configuration version(s) this set was built from, for logs and `/v1` status.
     pub version: String,
 }
@@ -284,21 +287,44 @@ impl Classifier {
             msg[usize::from(t)] = arena.intern(s);
         }
 
-        // Source nodes.
+        // Source nodes: a rule matches a source when its list is empty or names it, and its
+        // `source_tenant` (if any) agrees with whether the source is of this node's tenant.
+        let tenant_ok = |p: &RoutePolicy, own: bool| match p.matches.source_tenant {
+            None => true,
+            Some(SourceTenant::Own) => own,
+            Some(SourceTenant::Other) => !own,
+        };
         let mut src_any = empty.clone();
-        let mut src_named: HashMap<[u8; 16], Vec<u64>> = HashMap::new();
+        let mut src_own = empty.clone();
         for (i, (_, p)) in active.iter().enumerate() {
             if p.matches.source_node_ids.is_empty() {
-                set_bit(&mut src_any, i);
+                if tenant_ok(p, false) {
+                    set_bit(&mut src_any, i);
+                }
+                if tenant_ok(p, true) {
+                    set_bit(&mut src_own, i);
+                }
             }
         }
+        let mut src_named: HashMap<[u8; 16], Vec<u64>> = HashMap::new();
         for (i, (_, p)) in active.iter().enumerate() {
             for id in &p.matches.source_node_ids {
-                set_bit(src_named.entry(id.0).or_insert_with(|| src_any.clone()), i);
+                let own = set.own_tenant.contains(&id.0);
+                if tenant_ok(p, own) {
+                    let base = if own { &src_own } else { &src_any };
+                    set_bit(src_named.entry(id.0).or_insert_with(|| base.clone()), i);
+                }
             }
         }
-        let src_other = arena.intern(src_any);
-        let mut src = HashMap::with_capacity_and_hasher(src_named.len(), RandomState::default());
+        let src_other = arena.intern(src_any.clone());
+        let own_any = arena.intern(src_own);
+        let mut src = HashMap::with_capacity_and_hasher(
+            src_named.len() + set.own_tenant.len(),
+            RandomState::default(),
+        );
+        for id in &set.own_tenant {
+            src.insert(*id, own_any);
+        }
         for (id, s) in src_named {
             src.insert(id, arena.intern(s));
         }
@@ -535,10 +561,21 @@ impl PolicyHandle {
 pub mod reference {
     use super::*;
 
-    /// Whether `p` matches a frame `h` whose destination has `dst_caps` (`None`: unknown node).
-    pub fn matches(p: &RoutePolicy, h: &Header, dst_caps: Option<&[String]>) -> bool {
+    /// Whether `p` matches a frame `h` whose destination has `dst_caps` (`None`: unknown node)
+    /// and whose source is (`own_src`) or is not of this node's tenant.
+    pub fn matches(
+        p: &RoutePolicy,
+        h: &Header,
+        dst_caps: Option<&[String]>,
+        own_src: bool,
+    ) -> bool {
         let m = &p.matches;
         (m.source_node_ids.is_empty() || m.source_node_ids.iter().any(|id| id.0 == h.src))
+            && match m.source_tenant {
+                None => true,
+                Some(SourceTenant::Own) => own_src,
+                Some(SourceTenant::Other) => !own_src,
+            }
             && (m.stream_modes.is_empty()
                 || m.stream_modes.iter().any(|s| Mode::from(*s) == h.mode))
             && (m.message_types.is_empty() || m.message_types.contains(&h.msg_type))
@@ -565,7 +602,7 @@ pub mod reference {
                 ActionType::Ratelimit => p.action.rate_limit.is_some_and(|r| r > 0),
                 _ => true,
             })
-            .filter(|(_, p)| matches(p, h, dst_caps))
+            .filter(|(_, p)| matches(p, h, dst_caps, set.own_tenant.contains(&h.src)))
             .min_by(|a, b| (a.1.priority, a.0, &a.1.id).cmp(&(b.1.priority, b.0, &b.1.id)))
             .map(|(_, p)| p.id.as_str())
     }
@@ -730,6 +767,65 @@ mod tests {
         assert_eq!(handle.load().generation(), 2);
     }
 
+    #[test]
+    fn tenant_default_policies_allow_within_and_deny_across_tenants() {
+        let scoped = |id: &str, prio: u32, kind: ActionType, tenant: Option<SourceTenant>| {
+            let m = RouteMatch {
+                source_tenant: tenant,
+                ..Default::default()
+            };
+            (Scope::Tenant, policy(id, prio, kind, m))
+        };
+        let mut set = PolicySet {
+            policies: vec![
+                scoped("allow-own", 999, ActionType::Allow, Some(SourceTenant::Own)),
+                scoped(
+                    "deny-other",
+                    1000,
+                    ActionType::Deny,
+                    Some(SourceTenant::Other),
+                ),
+            ],
+            own_tenant: [[1; 16], [2; 16]].into_iter().collect(),
+            ..Default::default()
+        };
+        let c = Classifier::compile(&set);
+        let decided = |c: &Classifier, src: u8| {
+            c.classify(&header(src, 2, Mode::Be, 0))
+                .map(|i| c.rule(i).id.clone())
+        };
+        assert_eq!(decided(&c, 1).as_deref(), Some("allow-own"));
+        assert_eq!(
+            decided(&c, 9).as_deref(),
+            Some("deny-other"),
+            "unknown source"
+        );
+        // A policy the tenant writes (lower priority number) decides first.
+        let partner = RouteMatch {
+            source_node_ids: vec![NodeId([9; 16])],
+            ..Default::default()
+        };
+        set.policies.push((
+            Scope::Tenant,
+            policy("partner", 10, ActionType::Allow, partner),
+        ));
+        let c = Classifier::compile(&set);
+        assert_eq!(decided(&c, 9).as_deref(), Some("partner"));
+        assert_eq!(decided(&c, 8).as_deref(), Some("deny-other"));
+        // Naming a source does not make it one of the tenant's.
+        let named_other = RouteMatch {
+            source_node_ids: vec![NodeId([8; 16])],
+            source_tenant: Some(SourceTenant::Own),
+            ..Default::default()
+        };
+        set.policies.push((
+            Scope::Tenant,
+            policy("never", 1, ActionType::Deny, named_other),
+        ));
+        let c = Classifier::compile(&set);
+        assert_eq!(decided(&c, 8).as_deref(), Some("deny-other"));
+    }
+
     const IDS: u8 = 6;
     const CAPS: [&str; 3] = ["gpu", "edge", "core"];
 
@@ -755,9 +851,10 @@ mod tests {
             0..8u32,
             any::<bool>(),
             any::<bool>(),
+            0..3u8,
         )
             .prop_map(
-                move |(ids, caps, modes, types, kind, scope, prio, enabled, broken)| {
+                move |(ids, caps, modes, types, kind, scope, prio, enabled, broken, tenant)| {
                     let m = RouteMatch {
                         source_node_ids: ids.into_iter().map(|b| NodeId([b; 16])).collect(),
                         dest_capabilities: caps.into_iter().map(|c| CAPS[c].to_string()).collect(),
@@ -773,6 +870,8 @@ mod tests {
                             })
                             .collect(),
                         message_types: types,
+                        source_tenant: [None, Some(SourceTenant::Own), Some(SourceTenant::Other)]
+                            [tenant as usize],
                     };
                     let mut p = policy(&format!("p{i:03}"), prio, kind, m);
                     p.enabled = enabled || !i.is_multiple_of(3);
@@ -812,6 +911,8 @@ mod tests {
                     })
                     .collect(),
                 policies,
+                // Sources 0..2 are of this node's tenant.
+                own_tenant: (0..3u8).map(|i| [i; 16]).collect(),
                 version: String::new(),
             })
     }

@@ -423,6 +423,7 @@ impl Workload {
             policies,
             disabled: Default::default(),
             nodes: self.fleet.clone(),
+            own_tenant: Default::default(),
             version: format!("bench-{rules}"),
         }
     }
