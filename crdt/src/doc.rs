@@ -705,6 +705,8 @@ impl Model for FleetDoc {
             snapshots: lenient_map(doc, "snapshots", &mut malformed),
             members: lenient_map(doc, "members", &mut malformed),
             api_keys: lenient_map(doc, "api_keys", &mut malformed),
+            tenant_cas: lenient_map(doc, "tenant_cas", &mut malformed),
+            duties: lenient_map(doc, "duties", &mut malformed),
         };
         Hydrated { model, malformed }
     }
@@ -720,7 +722,9 @@ impl Model for FleetDoc {
         reconcile_map_diff(tx, "policies", &old.policies, &new.policies)?;
         reconcile_map_diff(tx, "snapshots", &old.snapshots, &new.snapshots)?;
         reconcile_map_diff(tx, "members", &old.members, &new.members)?;
-        reconcile_map_diff(tx, "api_keys", &old.api_keys, &new.api_keys)
+        reconcile_map_diff(tx, "api_keys", &old.api_keys, &new.api_keys)?;
+        reconcile_map_diff(tx, "tenant_cas", &old.tenant_cas, &new.tenant_cas)?;
+        reconcile_map_diff(tx, "duties", &old.duties, &new.duties)
     }
 
     fn outside_site(_old: &Self, _new: &Self, _site: &str) -> Option<String> {

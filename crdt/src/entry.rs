@@ -17,8 +17,8 @@ use autosurgeon::{Hydrate, Reconcile, hydrate_prop, reconcile_prop};
 use crate::doc::{Batch, ConfigDoc, LocalAuthor};
 use crate::error::{LocalError, Unauthorized};
 use crate::model::{
-    Anchor, ApiKeyRecord, FirmwareTarget, Member, NodeOverride, OidcProvider, Revocation,
-    RoutePolicy, Snapshot, Tenant, split_site_key,
+    Anchor, ApiKeyRecord, DutyLease, FirmwareTarget, Member, NodeOverride, OidcProvider,
+    Revocation, RoutePolicy, Snapshot, Tenant, TenantCa, split_site_key,
 };
 use crate::signed::{Caller, CallerRole, DocId, SignedChange, authorize};
 use crate::validate::Problem;
@@ -96,9 +96,16 @@ pub const OIDC_PROVIDERS: Collection<OidcProvider> = Collection::new("oidc", tru
 /// Fleet document: the fleet's members by node id.
 pub const MEMBERS: Collection<Member> = Collection::new("members", false, false);
 
+/// Fleet document: tenant CAs by `<tenant>/<anchor node id>`.
+pub const TENANT_CAS: Collection<TenantCa> = Collection::new("tenant_cas", false, false);
+/// Fleet document: fleet duty leases by duty name.
+pub const DUTIES: Collection<DutyLease> = Collection::new("duties", false, false);
+
 /// Every collection's name.
 const COLLECTION_NAMES: &[&str] = &[
     MEMBERS.name,
+    TENANT_CAS.name,
+    DUTIES.name,
     FLEET_SNAPSHOTS.name,
     TENANTS.name,
     ANCHORS.name,

@@ -21,6 +21,8 @@
 //!   changes ([`ConfigDoc::apply_remote`]), heads and their digest, [`ConfigDoc::version`],
 //!   save / incremental save / load, and sync ([`ConfigDoc::generate_sync_message`],
 //!   [`ConfigDoc::receive_sync_message`] with a per-peer [`PeerSync`]).
+//! * [`usage`]: per-tenant usage counters (rows per node, tenant and hour that only grow and
+//!   merge by per-field max), the node's [`usage::Meter`] and range sums for billing.
 //! * Object-level access for large documents: [`ConfigDoc::entry`],
 //!   [`ConfigDoc::apply_local_entry`] and [`ConfigDoc::touched_objects`] over typed
 //!   [`Collection`]s ([`ROUTES`], [`TENANTS`], …), so a write or a merge costs the objects it
@@ -115,6 +117,7 @@
 //! [`ConfigDoc::hydrate`] and quarantined as well.
 
 pub mod model;
+pub mod usage;
 pub mod validate;
 
 mod doc;
@@ -130,15 +133,15 @@ mod tests;
 pub use automerge::ChangeHash;
 pub use doc::{Applied, ConfigDoc, Hydrated, LocalAuthor, Model};
 pub use entry::{
-    ANCHORS, Collection, FIRMWARE_TARGETS, FLEET_API_KEYS, FLEET_SNAPSHOTS, MEMBERS,
+    ANCHORS, Collection, DUTIES, FIRMWARE_TARGETS, FLEET_API_KEYS, FLEET_SNAPSHOTS, MEMBERS,
     NODE_OVERRIDES, OIDC_PROVIDERS, ObjectRef, POLICIES, REVOCATIONS, ROUTES, SITE_NODE_OVERRIDES,
-    SITE_ROUTES, TENANT_API_KEYS, TENANT_SNAPSHOTS, TENANTS,
+    SITE_ROUTES, TENANT_API_KEYS, TENANT_CAS, TENANT_SNAPSHOTS, TENANTS,
 };
 pub use error::{ChangeError, DocError, LocalError, RemoteError, SyncError, Unauthorized};
 pub use model::{
-    ActionType, Anchor, ApiKeyRecord, FirmwareTarget, FleetDoc, FleetSettings, Member,
+    ActionType, Anchor, ApiKeyRecord, DutyLease, FirmwareTarget, FleetDoc, FleetSettings, Member,
     NodeOverride, OidcProvider, Revocation, RouteAction, RouteMatch, RoutePolicy, Snapshot,
-    StreamMode, Tenant, TenantDoc, TenantQuotas, site_key, split_site_key,
+    SourceTenant, StreamMode, Tenant, TenantCa, TenantDoc, TenantQuotas, site_key, split_site_key,
 };
 pub use signed::{
     AuthorDirectory, AuthorFacts, Caller, CallerRole, DocId, KnownAuthor, MAX_CHANGE_BYTES,

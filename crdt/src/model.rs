@@ -57,6 +57,47 @@ pub struct FleetDoc {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    /// Tenant CAs by `<tenant>/<anchor node id>`: each anchor's CA for one tenant, under the
+    /// anchor's intermediate. Replicated so every node can check MICs that chain through them.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub tenant_cas: BTreeMap<String, TenantCa>,
+    /// Fleet duties (garbage collection, node lifecycle, …) by name: who holds each, until when,
+    /// and its fencing epoch.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub duties: BTreeMap<String, DutyLease>,
+}
+
+/// One anchor's CA for one tenant (keyed `<tenant>/<anchor node id>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct TenantCa {
+    /// The tenant.
+    pub tenant: String,
+    /// The anchor holding its key (node id, 32 hex characters).
+    pub anchor: String,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+    /// When it was created, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Who holds a fleet duty (keyed by duty name).
+///
+/// The holder keeps its duty while gossip shows it alive: its heartbeats renew the lease, so
+/// holding costs no writes. Another anchor takes over only after the holder was silent for
+/// the lease, with the epoch one higher. A holder that finds a higher epoch, or another holder,
+/// stops (fencing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
+pub struct DutyLease {
+    /// The holding anchor (node id, 32 hex characters).
+    pub holder: String,
+    /// Fencing epoch: strictly increases with every change of holder.
+    pub epoch: u64,
+    /// When this holder took the duty, Unix milliseconds.
+    pub acquired_at: i64,
+    /// How long the holder may be silent before another anchor takes the duty over, ms.
+    pub lease_ms: i64,
 }
 
 /// An API key as the configuration records it (keyed by key id). The secret itself is never
@@ -133,6 +174,17 @@ pub struct Member {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub decommissioned_at: Option<i64>,
+    /// Set by the `lifecycle` duty when the node has been offline longer than the fleet's
+    /// offline grace: since when it is offline, Unix milliseconds. Cleared when it is back.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub offline_since: Option<i64>,
+    /// Set by the `lifecycle` duty once a decommissioned node's grace has passed: it is gone
+    /// from the fleet, and the `gc` duty removes configuration that still names it. The record
+    /// stays as a tombstone, so the node is never recorded again.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub removed_at: Option<i64>,
 }
 
 impl FleetDoc {
@@ -245,7 +297,8 @@ pub struct Tenant {
     #[serde(default)]
     #[schema(minimum = 0)]
     pub created_at: i64,
-    /// Quotas: the API rate is enforced on every node; node, connection and bandwidth limits are recorded.
+    /// Quotas: `max_nodes` is enforced by anchors at join; connections and bandwidth by every
+    /// node's data plane (per node); the API rate on every node.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub quotas: TenantQuotas,
@@ -443,6 +496,37 @@ pub struct RouteMatch {
     pub stream_modes: Vec<StreamMode>,
     /// Message types.
     pub message_types: Vec<u16>,
+    /// Whose nodes the source must be: `own` (the policy's tenant) or `other` (any other
+    /// tenant's); absent: anyone's. A tenant's default policies use it (allow within the
+    /// tenant, deny across tenants).
+    #[autosurgeon(missing = "Default::default")]
+    pub source_tenant: Option<SourceTenant>,
+}
+
+/// Whose nodes a route policy's source must be (see [`RouteMatch::source_tenant`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Reconcile,
+    Hydrate,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceTenant {
+    /// Nodes of the policy's own tenant.
+    #[autosurgeon(rename = "own")]
+    Own,
+    /// Nodes of any other tenant.
+    #[autosurgeon(rename = "other")]
+    Other,
 }
 
 /// A stream mode.

@@ -94,6 +94,7 @@ fn route(id: &str, tenant: &str) -> RoutePolicy {
             dest_capabilities: vec!["nic.dpdk".into()],
             stream_modes: vec![StreamMode::RO, StreamMode::BE],
             message_types: vec![1, 7],
+            source_tenant: None,
         },
         action: RouteAction::new(ActionType::Allow),
         enabled: true,

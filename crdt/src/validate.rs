@@ -137,6 +137,8 @@ pub fn effective_fleet_with(fleet: &FleetDoc, mut problems: Vec<Problem>) -> Eff
     retain(&mut config.revocations, "revocations", &bad);
     retain(&mut config.policies, "policies", &bad);
     retain(&mut config.api_keys, "api_keys", &bad);
+    retain(&mut config.tenant_cas, "tenant_cas", &bad);
+    retain(&mut config.duties, "duties", &bad);
     Effective {
         config,
         quarantined: quarantine_list(bad),
@@ -472,6 +474,42 @@ fn check_fleet(fleet: &FleetDoc) -> Vec<Problem> {
     }
     for (id, k) in &fleet.api_keys {
         check_api_key(&mut c, &format!("api_keys.{id}"), id, k, &["fleet-admin"]);
+    }
+    for (key, ca) in &fleet.tenant_cas {
+        let obj = format!("tenant_cas.{key}");
+        if *key != format!("{}/{}", ca.tenant, ca.anchor) {
+            c.add(
+                &obj,
+                &obj,
+                "the key must be <tenant>/<anchor node id> of the record",
+            );
+        }
+        if ca.anchor.parse::<NodeId>().is_err() {
+            c.add(
+                &obj,
+                format!("{obj}.anchor"),
+                "must be a node id: 32 hex characters",
+            );
+        }
+        if !ca.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            c.add(&obj, format!("{obj}.cert_pem"), "must be a PEM certificate");
+        }
+        c.time(&obj, &format!("{obj}.created_at"), ca.created_at);
+    }
+    for (name, lease) in &fleet.duties {
+        let obj = format!("duties.{name}");
+        c.id(&obj, &obj, name);
+        if lease.holder.parse::<NodeId>().is_err() {
+            c.add(
+                &obj,
+                format!("{obj}.holder"),
+                "must be a node id: 32 hex characters",
+            );
+        }
+        c.time(&obj, &format!("{obj}.acquired_at"), lease.acquired_at);
+        if lease.lease_ms < 0 {
+            c.add(&obj, format!("{obj}.lease_ms"), "must not be negative");
+        }
     }
     c.problems
 }
