@@ -15,12 +15,12 @@
 //!
 //! | permission | who | routes |
 //! |---|---|---|
-//! | read | every authenticated caller | `GET` of nodes, routes, firmware, tenants (own), fleet policies and settings, config status and snapshots, transparency, anchors, whoami, watch |
+//! | read | every authenticated caller | `GET` of nodes, routes, firmware, tenants and their usage (own), fleet policies and settings, config status and snapshots, transparency (signed tree heads, proofs), anchors, whoami, watch |
 //! | tenant-write | operator, admin, fleet admin | writes of routes, site routes, firmware targets; snapshots and rollback; drain |
 //! | tenant-admin | admin, fleet admin | API keys, OIDC, audit, join tokens, MICs (list, revoke), decommission |
-//! | fleet-admin | fleet admin | tenants (create, change, delete), fleet policies and settings, anchors, issuing MICs from CSRs |
+//! | fleet-admin | fleet admin | tenants (create, change, delete), fleet policies and settings, anchors, issuing MICs from CSRs, the transparency log's entries (every tenant's certificates) |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -72,8 +72,13 @@ pub fn permission(method: &Method, route: &str) -> Permission {
         "/v1/mics",
         "/v1/mics/{serial}",
     ];
+    // The transparency log's entries name every tenant's nodes and certificates: a tenant's
+    // caller checks its own with inclusion proofs (by serial) and signed tree heads instead.
+    let fleet_reads = ["/v1/transparency/entries"];
     if read {
-        return if admin_reads.contains(&route) {
+        return if fleet_reads.contains(&route) {
+            FleetAdmin
+        } else if admin_reads.contains(&route) {
             TenantAdmin
         } else {
             Read
@@ -132,6 +137,56 @@ pub fn require(caller: &Caller, permission: Permission) -> Result<(), ApiError> 
             permission.holders()
         ),
     ))
+}
+
+/// Narrows a configuration status (`GET /v1/config/status`, gRPC `GetConfigStatus`) to what a
+/// caller of `tenant` may see: the fleet document and its own tenant's, each spread over the
+/// nodes it may see only (its tenant's, and the anchors, which `GET /v1/anchors` shows every
+/// caller). The spread is counted again over those nodes, so it says neither which nor how many
+/// nodes other tenants have.
+pub fn confine_config_status(backend: &dyn Backend, tenant: &str, status: &mut serde_json::Value) {
+    let visible: HashSet<String> = backend
+        .nodes()
+        .into_iter()
+        .filter(|n| n.tenant_id == tenant || n.role == "anchor")
+        .map(|n| n.node_id)
+        .collect();
+    confine_status_to(status, tenant, &visible);
+}
+
+/// [`confine_config_status`] with the nodes the caller may see.
+fn confine_status_to(status: &mut serde_json::Value, tenant: &str, visible: &HashSet<String>) {
+    use serde_json::Value;
+    let own = format!("tenant/{tenant}");
+    for list in ["documents", "local"] {
+        if let Some(items) = status.get_mut(list).and_then(Value::as_array_mut) {
+            items.retain(|d| d["document"] == "fleet" || d["document"] == own.as_str());
+        }
+    }
+    let Some(documents) = status.get_mut("documents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for document in documents {
+        let Some(states) = document.get_mut("states").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for state in states.iter_mut() {
+            let kept: Vec<Value> = state["node_ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter(|id| id.as_str().is_some_and(|id| visible.contains(id)))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            state["nodes"] = kept.len().into();
+            state["node_ids"] = Value::Array(kept);
+        }
+        states.retain(|s| s["nodes"] != 0);
+        let converged = states.len() == 1;
+        document["converged"] = converged.into();
+    }
 }
 
 fn unauthenticated(message: impl Into<String>) -> ApiError {
@@ -308,6 +363,9 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
             );
             return Ok(response);
         }
+        if let Some(tenant) = crate::usage::billed_tenant(&caller, request.uri().query()) {
+            gate.backend.record_api_call(&tenant);
+        }
         request.extensions_mut().insert(caller);
         Ok(next.run(request).await)
     }
@@ -347,8 +405,59 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
     response
 }
 
+/// The metrics text without the series of tenants other than `own` (all tenants' when `own` is
+/// `None`): a series names a tenant by a `tenant="…"` label or `document="tenant/…"`.
+pub fn confine_metrics(text: &str, own: Option<&str>) -> String {
+    let foreign = |labels: &str, key: &str| {
+        let needle = format!("{key}=\"");
+        labels.match_indices(&needle).any(|(at, _)| {
+            let start = at + needle.len();
+            // A label key, not the end of another label's name (`xtenant="`).
+            let whole = at == 0 || matches!(labels.as_bytes()[at - 1], b'{' | b',');
+            let value = labels[start..].split('"').next().unwrap_or("");
+            let tenant = if key == "document" {
+                match value.strip_prefix("tenant/") {
+                    Some(t) => t,
+                    None => return false,
+                }
+            } else {
+                value
+            };
+            whole && !tenant.is_empty() && Some(tenant) != own
+        })
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let labels = match (line.find('{'), line.find('}')) {
+            (Some(a), Some(b)) if !line.starts_with('#') && a < b => &line[a..=b],
+            _ => "",
+        };
+        if foreign(labels, "tenant") || foreign(labels, "document") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_of_other_tenants_are_left_out() {
+        let text = "# TYPE a counter\na{tenant=\"acme\"} 1\na{tenant=\"globex\"} 2\nb{document=\"tenant/acme\"} 3\nb{document=\"fleet\"} 4\nc 5\nd{xtenant=\"acme\"} 6\n";
+        let anonymous = confine_metrics(text, None);
+        assert_eq!(
+            anonymous,
+            "# TYPE a counter\nb{document=\"fleet\"} 4\nc 5\nd{xtenant=\"acme\"} 6\n"
+        );
+        let globex = confine_metrics(text, Some("globex"));
+        assert!(globex.contains("a{tenant=\"globex\"} 2"), "{globex}");
+        assert!(
+            !globex.contains("acme\"} 1") && !globex.contains("tenant/acme"),
+            "{globex}"
+        );
+    }
     use super::*;
 
     fn caller(role: &str) -> Caller {
@@ -405,6 +514,50 @@ mod tests {
         assert_eq!(
             permission(&Method::PUT, "/v1/tenants/{id}"),
             Permission::FleetAdmin
+        );
+        // Log entries list every tenant's certificates; heads and proofs name none.
+        assert_eq!(
+            permission(&Method::GET, "/v1/transparency/entries"),
+            Permission::FleetAdmin
+        );
+        assert_eq!(
+            permission(&Method::GET, "/v1/transparency/proof/inclusion"),
+            Permission::Read
+        );
+    }
+
+    #[test]
+    fn a_tenants_config_status_names_only_the_nodes_it_may_see() {
+        let mut status = serde_json::json!({
+            "documents": [
+                {"document": "fleet", "converged": false, "states": [
+                    {"version": 9, "nodes": 3, "node_ids": ["anchor", "mine", "theirs"]},
+                    {"version": 8, "nodes": 1, "node_ids": ["theirs-too"]},
+                ]},
+                {"document": "tenant/acme", "converged": true, "states": [
+                    {"version": 4, "nodes": 2, "node_ids": ["anchor", "mine"]},
+                ]},
+                {"document": "tenant/globex", "converged": true, "states": [
+                    {"version": 2, "nodes": 2, "node_ids": ["anchor", "theirs"]},
+                ]},
+            ],
+            "local": [{"document": "fleet"}, {"document": "tenant/globex"}],
+        });
+        let visible: HashSet<String> = ["anchor", "mine"].map(String::from).into();
+        confine_status_to(&mut status, "acme", &visible);
+        assert_eq!(
+            status,
+            serde_json::json!({
+                "documents": [
+                    {"document": "fleet", "converged": true, "states": [
+                        {"version": 9, "nodes": 2, "node_ids": ["anchor", "mine"]},
+                    ]},
+                    {"document": "tenant/acme", "converged": true, "states": [
+                        {"version": 4, "nodes": 2, "node_ids": ["anchor", "mine"]},
+                    ]},
+                ],
+                "local": [{"document": "fleet"}],
+            })
         );
     }
 

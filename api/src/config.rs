@@ -122,7 +122,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> Result<T, Ap
     })
 }
 
-fn caller_of(caller: Option<axum::Extension<Caller>>) -> Caller {
+pub(crate) fn caller_of(caller: Option<axum::Extension<Caller>>) -> Caller {
     caller.map(|c| c.0).unwrap_or(Caller {
         identity: String::new(),
         role: String::new(),
@@ -226,6 +226,12 @@ pub(crate) async fn if_match(
         .get(header::IF_MATCH)
         .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
     IF_MATCH.scope(wanted, next.run(request)).await
+}
+
+/// Runs `write` as if the request had no `If-Match` (writes a handler makes on its own behalf,
+/// beside the object the caller named).
+pub(crate) async fn without_if_match<F: std::future::Future>(write: F) -> F::Output {
+    IF_MATCH.scope(None, write).await
 }
 
 /// The entity tag of a stored object: the first 128 bits of the SHA-256 of its JSON (the same
@@ -397,7 +403,7 @@ fn tagged(mut response: Response, tag: &str) -> Response {
     response
 }
 
-async fn put_one(
+pub(crate) async fn put_one(
     backend: Shared,
     kind: ConfigKind,
     caller: Caller,
@@ -517,7 +523,7 @@ async fn patch_one(
     put_one(backend, kind, caller, scoped, id, value).await
 }
 
-async fn delete_one(
+pub(crate) async fn delete_one(
     backend: Shared,
     kind: ConfigKind,
     caller: Caller,
@@ -560,7 +566,7 @@ async fn delete_one(
 
 /// `POST` creates: an object that already exists here is a 409 (replace it with `PUT`, change
 /// it with `PATCH`). Another node may create the same id concurrently; the merge keeps one.
-async fn refuse_existing(
+pub(crate) async fn refuse_existing(
     backend: &Shared,
     kind: &ConfigKind,
     caller: &Ext,

@@ -183,6 +183,9 @@ impl NexusService {
                     ),
                 ));
             }
+            if let Some(tenant) = &caller.tenant {
+                backend.record_api_call(tenant);
+            }
             handler(caller, request.into_inner()).await
         }
         .await;
@@ -604,16 +607,10 @@ impl Nexus for NexusService {
             request,
             |caller, _| async move {
                 let mut status = backend.config_status().await?;
-                // A caller confined to a tenant sees the fleet document and its own tenant's.
+                // A caller confined to a tenant sees the fleet document and its own tenant's,
+                // spread over the nodes it may see.
                 if let Some(tenant) = caller.tenant {
-                    let own = format!("tenant/{tenant}");
-                    for list in ["documents", "local"] {
-                        if let Some(items) = status.get_mut(list).and_then(|v| v.as_array_mut()) {
-                            items.retain(|d| {
-                                d["document"] == "fleet" || d["document"] == own.as_str()
-                            });
-                        }
-                    }
+                    crate::auth::confine_config_status(&*backend, &tenant, &mut status);
                 }
                 Ok(proto::ConfigStatus {
                     status: Some(json_to_struct(status)),
@@ -731,6 +728,7 @@ fn node(n: wire::Node) -> proto::Node {
             local_packets: d.local_packets,
             drops: d.drops.into_iter().collect(),
             active_flows: d.active_flows,
+            connections: d.connections,
             rules: d.rules,
             routes: d.routes,
             policy_generation: d.policy_generation,

@@ -20,7 +20,9 @@ pub mod config;
 pub mod cursor;
 pub mod grpc;
 pub mod openapi;
+pub mod tenants;
 pub mod transparency;
+pub mod usage;
 pub mod watch;
 pub mod wire;
 
@@ -168,6 +170,28 @@ pub trait Backend: Send + Sync + 'static {
         _provider: Option<serde_json::Value>,
     ) -> Result<Option<serde_json::Value>, ApiError> {
         Err(no_config())
+    }
+    /// Checks an OIDC provider body for `tenant` without writing it (onboarding checks every
+    /// input before it writes anything).
+    async fn check_oidc(
+        &self,
+        _tenant: &str,
+        _provider: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        Err(no_config())
+    }
+    /// Checks an API key lifetime (`90d`) without creating a key.
+    fn check_key_ttl(&self, _ttl: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// Anchors: makes sure this anchor has a CA for `tenant`, creating it; its certificate
+    /// (PEM), or `None` when this node issues no tenant CAs.
+    async fn ensure_tenant_ca(&self, _tenant: &str) -> Result<Option<String>, ApiError> {
+        Ok(None)
+    }
+    /// The fleet duties as this node sees them.
+    fn duties(&self) -> Vec<tenants::Duty> {
+        Vec::new()
     }
     /// Every node this node knows of, ordered by node id.
     fn nodes(&self) -> Vec<Node>;
@@ -341,6 +365,21 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Prometheus text exposition of this node's metrics.
     fn metrics(&self) -> String;
+    /// Counts one API call answered for a caller of `tenant` (usage metering; must not block).
+    fn record_api_call(&self, _tenant: &str) {}
+    /// `tenant`'s usage over `range` as this anchor rolled it up (anchors; others 421).
+    async fn usage(
+        &self,
+        _tenant: &str,
+        _range: nexus_crdt::usage::UsageRange,
+    ) -> Result<usage::UsageTotals, ApiError> {
+        Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_an_anchor",
+            "anchors roll usage up and this node is not one: ask an anchor (GET /v1/nodes shows \
+             which nodes have role anchor)",
+        ))
+    }
 }
 
 type Shared = Arc<dyn Backend>;
@@ -391,6 +430,7 @@ pub fn router(backend: Shared) -> Router {
                 .delete(access::delete_oidc),
         )
         .route("/v1/audit", get(access::audit))
+        .route("/v1/tenants/{id}/usage", get(usage::usage))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
         .route("/v1/nodes/{id}/drain", post(drain_node))
@@ -450,7 +490,7 @@ pub fn router(backend: Shared) -> Router {
         )
         .route(
             "/v1/tenants",
-            get(config::list_tenants).post(config::create_tenant),
+            get(config::list_tenants).post(tenants::onboard_tenant),
         )
         .route(
             "/v1/tenants/{id}",
@@ -470,6 +510,7 @@ pub fn router(backend: Shared) -> Router {
                 .patch(config::patch_fleet_policy)
                 .delete(config::delete_fleet_policy),
         )
+        .route("/v1/fleet/duties", get(tenants::list_duties))
         .route(
             "/v1/fleet/settings",
             get(config::get_settings)
@@ -1020,18 +1061,40 @@ async fn healthz(State(backend): State<Shared>) -> Response {
     path = "/metrics",
     tag = "system",
     summary = "This node's metrics (Prometheus text exposition)",
-    security(()),
+    description = "Open to scrapers without credentials, but series naming a tenant (a `tenant` label, or `document=\"tenant/…\"`) are shown only to a fleet admin and, for its own tenant, to that tenant's callers: scrape with the fleet admin key (`authorization: {credentials: …}` in Prometheus) to get them all.",
+    security((), ("api_key" = [])),
     responses(
         (status = 200, description = "Prometheus text format 0.0.4.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "Credentials were sent and refused.", body = ErrorBody),
     ),
 )]
-async fn metrics_text(State(backend): State<Shared>) -> Response {
+async fn metrics_text(State(backend): State<Shared>, request: Request) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let peer = request.extensions().get::<PeerCertificates>().cloned();
+    let caller = if authorization.is_some() || peer.is_some() {
+        match auth::authenticate(backend.as_ref(), authorization, peer.as_ref()).await {
+            Ok(caller) => Some(caller),
+            Err(err) if authorization.is_some() => return err.into_response(),
+            // A client certificate that is not a member's reads like no credentials.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let text = backend.metrics();
+    let text = match &caller {
+        Some(c) if c.role == "fleet-admin" && c.tenant.is_none() => text,
+        other => auth::confine_metrics(&text, other.as_ref().and_then(|c| c.tenant.as_deref())),
+    };
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        backend.metrics(),
+        text,
     )
         .into_response()
 }
@@ -1540,14 +1603,10 @@ async fn config_status(
     caller: Option<axum::Extension<Caller>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut status = backend.config_status().await?;
-    // A caller confined to a tenant sees the fleet document and its own tenant's only.
+    // A caller confined to a tenant sees the fleet document and its own tenant's only, spread
+    // over the nodes it may see.
     if let Some(tenant) = caller.and_then(|c| c.0.tenant) {
-        let own = format!("tenant/{tenant}");
-        for list in ["documents", "local"] {
-            if let Some(items) = status.get_mut(list).and_then(|v| v.as_array_mut()) {
-                items.retain(|d| d["document"] == "fleet" || d["document"] == own.as_str());
-            }
-        }
+        auth::confine_config_status(&*backend, &tenant, &mut status);
     }
     Ok(Json(status))
 }

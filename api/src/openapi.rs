@@ -80,7 +80,7 @@ use nexus_crdt::{
         crate::config::patch_firmware,
         crate::config::delete_firmware,
         crate::config::list_tenants,
-        crate::config::create_tenant,
+        crate::tenants::onboard_tenant,
         crate::config::get_tenant,
         crate::config::put_tenant,
         crate::config::patch_tenant,
@@ -91,6 +91,7 @@ use nexus_crdt::{
         crate::config::put_fleet_policy,
         crate::config::patch_fleet_policy,
         crate::config::delete_fleet_policy,
+        crate::tenants::list_duties,
         crate::config::get_settings,
         crate::config::put_settings,
         crate::config::patch_settings,
@@ -107,6 +108,7 @@ use nexus_crdt::{
         crate::access::put_oidc,
         crate::access::delete_oidc,
         crate::access::audit,
+        crate::usage::usage,
         crate::watch::watch,
         crate::healthz,
         crate::get_crl,
@@ -479,6 +481,46 @@ derived_schema!(
     /// `POST /v1/tenants` body: the tenant record and its new `id`.
     NewTenant from Tenant, |o| {
         id_property(&mut o, 63, "The new tenant's id: 1..=63 letters, digits, '-', '_' or '.'.");
+        let boolean = |description: &str| {
+            RefOr::T(Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some(description))
+                    .build(),
+            ))
+        };
+        o.properties.insert(
+            "admin_key".into(),
+            boolean("Create a first admin API key, returned once in the answer (default true)."),
+        );
+        o.properties.insert(
+            "admin_key_ttl".into(),
+            RefOr::T(Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The admin key's lifetime (`90d`); it never expires when absent."))
+                    .build(),
+            )),
+        );
+        o.properties.insert(
+            "oidc".into(),
+            RefOr::T(Schema::Object(object_of::<nexus_crdt::OidcProvider>())),
+        );
+        o.properties.insert(
+            "default_policies".into(),
+            boolean("Write the default policies: allow within the tenant (priority 999), deny from other tenants (1000). Default true."),
+        );
+    }
+);
+derived_schema!(
+    /// `POST /v1/tenants` answer: the tenant as stored and what onboarding created.
+    OnboardedTenant from Tenant, |o| {
+        id_property(&mut o, 63, "The tenant's id.");
+        quarantined_property(&mut o);
+        let more = object_of::<crate::tenants::Onboarded>();
+        for (name, schema) in more.properties {
+            o.properties.insert(name, schema);
+        }
     }
 );
 derived_schema!(

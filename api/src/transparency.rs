@@ -1,9 +1,10 @@
 //! `/v1/transparency/*`: an anchor's certificate transparency log (RFC 6962 Merkle tree of every
-//! MIC it issued and revoked). Read-only, for any authenticated caller: the point of the log is
-//! that anyone in the fleet can audit it.
+//! MIC it issued and revoked). Read-only. Heads and proofs are for any authenticated caller: the
+//! point of the log is that anyone in the fleet can audit it. The entries name every tenant's
+//! nodes, so only a fleet admin lists them.
 //!
 //! - `GET /v1/transparency/sth`: the signed tree head.
-//! - `GET /v1/transparency/entries?start=&end=`: entries `start..end` (end exclusive, at most
+//! - `GET /v1/transparency/entries?start=&end=` (fleet admin): entries `start..end` (end exclusive, at most
 //!   [`MAX_LIMIT`] per call; `next_start` says where to go on), or the entries of one
 //!   `serial=`, `node_id=` or `issuer=` (same shape, same paging).
 //! - `GET /v1/transparency/proof/inclusion?serial=[&kind=]` or `?leaf_hash=`, optional `size=`.

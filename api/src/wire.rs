@@ -63,6 +63,10 @@ pub struct Node {
     /// Whether that MIC is on a revocation list the answering node holds.
     #[serde(default)]
     pub certificate_revoked: bool,
+    /// RFC 3339: set once the node has been offline longer than the fleet's offline grace
+    /// (`duties.offline_grace` on anchors): since when it is offline. Cleared when it returns.
+    #[serde(default)]
+    pub offline_since: Option<String>,
 }
 
 /// What a node's data plane reports about itself.
@@ -79,10 +83,13 @@ pub struct DataplaneSummary {
     /// Frames delivered to this node.
     pub local_packets: u64,
     /// Frames dropped, by reason (`parse`, `deny`, `ratelimit`, `no_route`, `hop_limit`,
-    /// `tx_full`).
+    /// `tx_full`, `quota_connections`, `quota_bandwidth`).
     pub drops: BTreeMap<String, u64>,
     /// Flows seen in the last 30 s (approximate).
     pub active_flows: u64,
+    /// Connections (source node, stream) open now, as the tenant's connection quota counts them.
+    #[serde(default)]
+    pub connections: u64,
     /// Route-policy rules compiled in.
     pub rules: u64,
     /// Destinations in the forwarding table.

@@ -44,6 +44,7 @@ fn node(id: String) -> Node {
         certificate_serial: None,
         certificate_expires_at: None,
         certificate_revoked: false,
+        offline_since: None,
     }
 }
 
