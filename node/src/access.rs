@@ -488,19 +488,7 @@ impl Access {
         let replication = self.replication()?;
         let expires_at = match &request.ttl {
             None => None,
-            Some(ttl) => {
-                let d = humantime::parse_duration(ttl).map_err(|e| {
-                    ApiError::bad_request(format!(
-                        "ttl must be a duration such as 30d or 12h, got {ttl:?}: {e}"
-                    ))
-                })?;
-                if d < Duration::from_secs(60) || d > Duration::from_secs(5 * 365 * 86_400) {
-                    return Err(ApiError::bad_request(format!(
-                        "ttl must be between 1 minute and 5 years, got {ttl:?}"
-                    )));
-                }
-                Some(now_ms() as i64 + d.as_millis() as i64)
-            }
+            Some(ttl) => Some(now_ms() as i64 + key_ttl(ttl)?.as_millis() as i64),
         };
         let id = hex::encode(rand::random::<[u8; 8]>());
         let secret = format!("nxk_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
@@ -614,6 +602,49 @@ impl Access {
     }
 
     /// Sets or removes a tenant's OIDC provider.
+    /// Checks an OIDC provider body for `tenant` as [`put_oidc`](Self::put_oidc) would.
+    pub fn check_oidc(
+        &self,
+        tenant: &str,
+        body: serde_json::Value,
+    ) -> Result<OidcProvider, ApiError> {
+        let p: OidcProvider = serde_json::from_value(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid OIDC provider body: {e} (fields: issuer, audience, jwks_uri, \
+                 role_claim, default_role)"
+            ))
+        })?;
+        let records = self
+            .replication()?
+            .access_records()
+            .map_err(crate::backend::write_error)?;
+        if records
+            .oidc
+            .iter()
+            .any(|(t, _, other)| t != tenant && other.issuer == p.issuer)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "issuer_taken",
+                format!(
+                    "issuer {:?} is already configured for another tenant; an issuer's \
+                     users sign in to one tenant (give each tenant its own issuer or \
+                     client)",
+                    p.issuer
+                ),
+            ));
+        }
+        let problems = nexus_crdt::validate::oidc_problems(OIDC_DEFAULT, &p);
+        if !problems.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                problems.join("; "),
+            ));
+        }
+        Ok(p)
+    }
+
     pub async fn put_oidc(
         &self,
         caller: &nexus_crdt::Caller,
@@ -625,43 +656,7 @@ impl Access {
             DocId::tenant(tenant).map_err(|e| ApiError::bad_request(format!("tenant: {e}")))?;
         let value = match provider {
             None => None,
-            Some(body) => {
-                let p: OidcProvider = serde_json::from_value(body).map_err(|e| {
-                    ApiError::bad_request(format!(
-                        "invalid OIDC provider body: {e} (fields: issuer, audience, jwks_uri, \
-                         role_claim, default_role)"
-                    ))
-                })?;
-                let records = self
-                    .replication()?
-                    .access_records()
-                    .map_err(crate::backend::write_error)?;
-                if records
-                    .oidc
-                    .iter()
-                    .any(|(t, _, other)| t != tenant && other.issuer == p.issuer)
-                {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "issuer_taken",
-                        format!(
-                            "issuer {:?} is already configured for another tenant; an issuer's \
-                             users sign in to one tenant (give each tenant its own issuer or \
-                             client)",
-                            p.issuer
-                        ),
-                    ));
-                }
-                let problems = nexus_crdt::validate::oidc_problems(OIDC_DEFAULT, &p);
-                if !problems.is_empty() {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_config",
-                        problems.join("; "),
-                    ));
-                }
-                Some(p)
-            }
+            Some(body) => Some(self.check_oidc(tenant, body)?),
         };
         let replication = self.replication()?;
         replication
@@ -676,4 +671,19 @@ impl Access {
             .map_err(crate::backend::write_error)?;
         Ok(value.and_then(|p| serde_json::to_value(p).ok()))
     }
+}
+
+/// An API key lifetime (`30d`, `12h`): 1 minute to 5 years.
+pub fn key_ttl(ttl: &str) -> Result<Duration, ApiError> {
+    let d = humantime::parse_duration(ttl).map_err(|e| {
+        ApiError::bad_request(format!(
+            "ttl must be a duration such as 30d or 12h, got {ttl:?}: {e}"
+        ))
+    })?;
+    if d < Duration::from_secs(60) || d > Duration::from_secs(5 * 365 * 86_400) {
+        return Err(ApiError::bad_request(format!(
+            "ttl must be between 1 minute and 5 years, got {ttl:?}"
+        )));
+    }
+    Ok(d)
 }

@@ -151,7 +151,9 @@ fn load(dir: &DataDir, store: &Store) -> anyhow::Result<Loaded> {
         .next()
         .with_context(|| format!("{} holds no certificate", dir.trust_root().display()))?;
     let intermediates = pem_to_der(&datadir::read(&dir.trust_intermediates())?)?;
-    let trust = TrustStore::new(root, intermediates)?;
+    let mut trust = TrustStore::new(root, intermediates)?;
+    // Before the MIC is checked: a tenant CA may have issued it.
+    crate::tenant_ca::load_trusted(dir, &mut trust)?;
     let mic = trust
         .verify_mic(&mic_der, (crate::now_ms() / 1000) as i64)
         .with_context(|| {
@@ -236,9 +238,8 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         }
     }
     metrics::gauge!("nexus_revoked_certificates").set(fleet.revocations().len() as f64);
-    let mut chain = vec![loaded.mic_der.clone()];
-    chain.extend(loaded.trust.intermediates().iter().cloned());
-    chain.push(loaded.trust.root_der().to_vec());
+    // [MIC, its tenant CA if one issued it, anchor CAs…, root].
+    let chain = loaded.trust.chain_for(&loaded.mic_der);
     let credentials = Credentials::new(chain, &loaded.key)?;
 
     // The NIC opens first: a node that cannot drive it says so before it joins the fleet.
@@ -385,40 +386,6 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         None => None,
     };
     let remote_uses: crate::peer::RemoteUses = Default::default();
-    let admitter = if let Some(anchor) = &anchor_ca {
-        let ca = anchor.ca.clone();
-        let seeds_mesh = mesh.clone();
-        let own_gossip = gossip_addr;
-        Some(Arc::new(Admitter {
-            store: store.clone(),
-            ca,
-            mic_lifetime: config.mic_lifetime,
-            remote_uses: remote_uses.clone(),
-            fleet_id: loaded.identity.fleet_id.clone(),
-            root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
-            intermediates_pem: loaded
-                .trust
-                .intermediates()
-                .iter()
-                .map(|d| nexus_ca::der_to_pem(d))
-                .collect(),
-            seeds: Arc::new(move || {
-                let mut seeds = vec![own_gossip.to_string()];
-                seeds.extend(
-                    seeds_mesh
-                        .members()
-                        .into_iter()
-                        .filter(|m| m.status == nexus_mesh::NodeStatus::Online)
-                        .filter_map(|m| m.gossip_addr.map(|a| a.to_string()))
-                        .filter(|a| *a != own_gossip.to_string())
-                        .take(7),
-                );
-                seeds
-            }),
-        }))
-    } else {
-        None
-    };
     let (restart_tx, mut restart_rx) = watch::channel(false);
     let peer = PeerService::new(
         fleet.clone(),
@@ -432,7 +399,7 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         config.mic_renew_before,
         info.clone(),
         restart_tx,
-        remote_uses,
+        remote_uses.clone(),
     );
     if let Some(log) = &transparency {
         let store = store.clone();
@@ -465,6 +432,51 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         .ensure_tenant(&loaded.identity.tenant)
         .await
         .context("registering this anchor's tenant in the fleet configuration")?;
+    // Anchors' CAs per tenant, and the tenant CAs every node trusts (see tenant_ca.rs).
+    let tenant_cas = crate::tenant_ca::TenantCas::new(
+        dir.clone(),
+        fleet.clone(),
+        replication.clone(),
+        peer.anchor
+            .as_ref()
+            .map(|a| (node_id, a.ca.clone(), a.ca_lifetime)),
+    )?;
+    peer.set_tenant_cas(tenant_cas.clone());
+    let admitter = if peer.anchor.is_some() {
+        let seeds_mesh = mesh.clone();
+        let own_gossip = gossip_addr;
+        Some(Arc::new(Admitter {
+            store: store.clone(),
+            mic_lifetime: config.mic_lifetime,
+            remote_uses,
+            fleet_id: loaded.identity.fleet_id.clone(),
+            root_pem: nexus_ca::der_to_pem(loaded.trust.root_der()),
+            intermediates_pem: loaded
+                .trust
+                .intermediates()
+                .iter()
+                .map(|d| nexus_ca::der_to_pem(d))
+                .collect(),
+            seeds: Arc::new(move || {
+                let mut seeds = vec![own_gossip.to_string()];
+                seeds.extend(
+                    seeds_mesh
+                        .members()
+                        .into_iter()
+                        .filter(|m| m.status == nexus_mesh::NodeStatus::Online)
+                        .filter_map(|m| m.gossip_addr.map(|a| a.to_string()))
+                        .filter(|a| *a != own_gossip.to_string())
+                        .take(7),
+                );
+                seeds
+            }),
+            tenant_cas: tenant_cas.clone(),
+            replication: replication.clone(),
+            quota_lock: Default::default(),
+        }))
+    } else {
+        None
+    };
     peer.refresh_own_crl()
         .await
         .context("signing this anchor's certificate revocation list")?;
@@ -481,6 +493,16 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     let audit = crate::audit::AuditLog::open(&dir.audit_db(), loaded.key.node_id())
         .context("opening the audit log")?;
     peer.set_audit(audit.clone());
+    let usage = crate::usage::Usage::open(
+        store.clone(),
+        node_id,
+        &loaded.identity.tenant,
+        loaded.role,
+        config.usage_report_interval,
+        config.usage_retention,
+    )
+    .context("opening the usage meter")?;
+    peer.set_usage(usage.clone());
 
     // Before the API serves: a watcher's first event id must postdate the journal's baseline.
     let (events, events_producer) = crate::events::open(crate::events::Sources {
@@ -494,6 +516,15 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         "store".to_string(),
         "ok".to_string(),
     )])));
+    let duties = Arc::new(crate::duties::Duties::new(
+        node_id,
+        loaded.role,
+        mesh.clone(),
+        replication.clone(),
+        store.clone(),
+        config.duties.clone(),
+        config.membership.decommission_grace,
+    ));
     let backend = Arc::new(
         NodeBackend::new(
             mesh.clone(),
@@ -507,7 +538,10 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         .with_transparency(transparency)
         .with_replication(replication.clone())
         .with_events(Arc::new(events))
-        .with_audit(audit.clone()),
+        .with_audit(audit.clone())
+        .with_usage(usage.clone())
+        .with_duties(duties.clone())
+        .with_tenant_cas(tenant_cas.clone()),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
@@ -572,6 +606,17 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
         stop_rx.clone(),
     ));
     let anti_entropy = tokio::spawn(replication.clone().run(stop_rx.clone()));
+    let tenant_trust = tokio::spawn(tenant_cas.clone().run(stop_rx.clone()));
+    let usage_task = {
+        let dataplane = dataplane.clone();
+        tokio::spawn(usage.run(
+            move || dataplane.traffic_totals(),
+            mesh.clone(),
+            peer.clone(),
+            stop_rx.clone(),
+        ))
+    };
+    let duties_task = tokio::spawn(duties.run(stop_rx.clone()));
     let events_task = tokio::spawn(events_producer.run(stop_rx.clone()));
     let dataplane_sync = tokio::spawn(crate::dataplane::run(
         dataplane.clone(),
@@ -629,7 +674,11 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
     maintenance.abort();
     audit_shipping.abort();
     anti_entropy.abort();
+    tenant_trust.abort();
+    duties_task.abort();
     events_task.abort();
+    // Its last save: what was counted since the previous one survives the stop.
+    let _ = tokio::time::timeout(Duration::from_secs(5), usage_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), dataplane_sync).await;
     dataplane.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
@@ -706,5 +755,117 @@ async fn background(
                 metrics.run_upkeep();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member remembered as offline since long before a restart is forgotten by the first fold
+    /// and leaves the store with the next save, so the restart after that does not bring it back;
+    /// one offline for less than `forget_offline_after` is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_offline_past_the_limit_are_forgotten_and_leave_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nexus.db")).unwrap();
+        let day = 24 * 3600 * 1000;
+        let now = crate::now_ms();
+        let record = |n: u8, offline_for_ms: u64| {
+            let id = NodeId([n; 16]);
+            let json = serde_json::json!({
+                "node_id": id, "generation": 1, "gossip_addr": null, "info": null,
+                "health": "ok", "self_status": "active", "status": "offline",
+                "status_since_ms": now - offline_for_ms,
+                "last_heartbeat_ms": now - offline_for_ms - 2_000, "operator": null,
+            });
+            (id, (id.to_string(), json.to_string()))
+        };
+        let (long_gone, long_gone_row) = record(1, 8 * day);
+        let (recent, recent_row) = record(2, day);
+        store
+            .save_members(&[long_gone_row, recent_row], &[])
+            .unwrap();
+        let restored: Vec<Member> = store
+            .members()
+            .unwrap()
+            .iter()
+            .map(|json| serde_json::from_str(json).unwrap())
+            .collect();
+        assert_eq!(restored.len(), 2);
+
+        // A mesh of one, with a fleet PKI of its own, on a loopback port.
+        let root = nexus_ca::CertificateAuthority::new_fleet_root("forget.test").unwrap();
+        let intermediate = root
+            .new_intermediate("forget.test", NodeKey::generate().node_id())
+            .unwrap();
+        let trust = TrustStore::new(
+            root.cert_der().to_vec(),
+            vec![intermediate.cert_der().to_vec()],
+        )
+        .unwrap();
+        let key = Arc::new(NodeKey::generate());
+        let mic = intermediate
+            .issue_mic(
+                &key.public_key(),
+                &nexus_ca::MicProfile {
+                    fleet_id: "forget.test".into(),
+                    node_id: key.node_id(),
+                    tenant: String::new(),
+                    site: "lab-1".into(),
+                    role: Role::Node,
+                    validity: Duration::from_secs(3600),
+                },
+            )
+            .unwrap();
+        let info: NodeInfo = serde_json::from_value(serde_json::json!({
+            "hostname": "test", "role": "node", "site": "lab-1", "tenant": "default",
+            "api_addr": "127.0.0.1:1", "quic_addr": "127.0.0.1:2", "nexlink_version": "0",
+            "nexroute_version": "0", "trust_level": 1, "config_version": 0, "created_at_ms": 0,
+        }))
+        .unwrap();
+        let mesh = Mesh::start(
+            MeshConfig {
+                fleet_id: "forget.test".into(),
+                node_id: key.node_id(),
+                generation: now,
+                gossip_interval: Duration::from_millis(100),
+                seeds: Vec::new(),
+                membership: nexus_mesh::MembershipConfig::default(),
+                tick_interval: Duration::from_millis(20),
+                dead_incarnation_grace: nexus_mesh::DEAD_INCARNATION_GRACE,
+                wan_seeds: Vec::new(),
+                clock: nexus_mesh::Clock::system(),
+                observer: None,
+                detector: nexus_mesh::DetectorConfig::default(),
+            },
+            Box::new(UdpDatagrams::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap()),
+            None,
+            None,
+            GossipAuth::new(key, mic, trust, GossipAuthConfig::default()),
+            &info,
+            restored,
+        )
+        .await
+        .unwrap();
+        let start = Instant::now();
+        while mesh.member(&long_gone).is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the long-offline member was never forgotten"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(mesh.member(&recent).is_some(), "the recent one is kept");
+        persist_members(&mesh, &store);
+        let remembered: Vec<NodeId> = store
+            .members()
+            .unwrap()
+            .iter()
+            .map(|json| serde_json::from_str::<Member>(json).unwrap().node_id)
+            .collect();
+        assert!(!remembered.contains(&long_gone), "{remembered:?}");
+        assert!(remembered.contains(&recent), "{remembered:?}");
+        mesh.shutdown();
     }
 }

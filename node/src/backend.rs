@@ -48,6 +48,12 @@ pub struct NodeBackend {
     replication: Option<Arc<crate::replication::Replication>>,
     /// The event journal `GET /v1/watch` streams.
     events: Option<Arc<dyn nexus_api::watch::EventSource>>,
+    /// Fleet duties (anchors).
+    duties: Option<Arc<crate::duties::Duties>>,
+    /// This anchor's CAs per tenant.
+    tenant_cas: Option<Arc<crate::tenant_ca::TenantCas>>,
+    /// Usage metering and (anchors) the roll-up.
+    usage: Option<Arc<crate::usage::Usage>>,
 }
 
 impl NodeBackend {
@@ -83,7 +89,28 @@ impl NodeBackend {
             transparency: None,
             replication: None,
             events: None,
+            duties: None,
+            tenant_cas: None,
+            usage: None,
         })
+    }
+
+    /// Creates tenant CAs with `tenant_cas` when a tenant is onboarded.
+    pub fn with_tenant_cas(mut self, tenant_cas: Arc<crate::tenant_ca::TenantCas>) -> NodeBackend {
+        self.tenant_cas = Some(tenant_cas);
+        self
+    }
+
+    /// Reports `duties` on `GET /v1/fleet/duties`.
+    pub fn with_duties(mut self, duties: Arc<crate::duties::Duties>) -> NodeBackend {
+        self.duties = Some(duties);
+        self
+    }
+
+    /// Meters API calls into `usage` and serves `GET /v1/tenants/{id}/usage` from it.
+    pub fn with_usage(mut self, usage: Arc<crate::usage::Usage>) -> NodeBackend {
+        self.usage = Some(usage);
+        self
     }
 
     /// Serves `transparency` (an anchor's log) on `/v1/transparency`.
@@ -190,6 +217,11 @@ impl NodeBackend {
             .certificate_serial
             .as_deref()
             .is_some_and(|s| self.peer.fleet.revocations().is_revoked(s));
+        node.offline_since = self
+            .replication
+            .as_ref()
+            .and_then(|r| r.offline_since(&member.node_id.to_hex()))
+            .map(|ms| rfc3339_ms(ms.max(0) as u64));
         node
     }
 
@@ -307,6 +339,7 @@ pub fn to_wire(member: &Member) -> Node {
             .filter(|ms| *ms > 0)
             .map(rfc3339_ms),
         certificate_revoked: false,
+        offline_since: None,
     }
 }
 
@@ -525,6 +558,46 @@ impl Backend for NodeBackend {
         self.access
             .put_oidc(&crdt_caller(caller)?, tenant, provider)
             .await
+    }
+
+    async fn check_oidc(&self, tenant: &str, provider: &serde_json::Value) -> Result<(), ApiError> {
+        self.access.check_oidc(tenant, provider.clone()).map(|_| ())
+    }
+
+    async fn ensure_tenant_ca(&self, tenant: &str) -> Result<Option<String>, ApiError> {
+        let Some(cas) = &self.tenant_cas else {
+            return Ok(None);
+        };
+        if self.role != Role::Anchor {
+            return Ok(None);
+        }
+        let ca = cas
+            .ensure_tenant_ca(tenant)
+            .await
+            .map_err(|e| ApiError::internal(format!("creating the tenant CA: {e:#}")))?;
+        Ok(ca.map(|ca| ca.cert_pem()))
+    }
+
+    fn check_key_ttl(&self, ttl: &str) -> Result<(), ApiError> {
+        crate::access::key_ttl(ttl).map(|_| ())
+    }
+
+    fn duties(&self) -> Vec<nexus_api::tenants::Duty> {
+        self.duties
+            .as_ref()
+            .map(|d| d.status())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| nexus_api::tenants::Duty {
+                name: d.name,
+                holder: d.holder,
+                epoch: d.epoch,
+                acquired_at: d.acquired_at,
+                held_here: d.held_here,
+                last_run_at: d.last_run_at,
+                last_result: d.last_result,
+            })
+            .collect()
     }
 
     fn nodes(&self) -> Vec<Node> {
@@ -1178,6 +1251,42 @@ impl Backend for NodeBackend {
 
     fn metrics(&self) -> String {
         self.metrics.render()
+    }
+
+    fn record_api_call(&self, tenant: &str) {
+        if let Some(usage) = &self.usage {
+            usage.api_call(tenant, || {
+                self.replication.as_ref().is_some_and(|r| {
+                    r.get(&crate::replication::Kind::Tenant, None, tenant)
+                        .is_ok()
+                })
+            });
+        }
+    }
+
+    async fn usage(
+        &self,
+        tenant: &str,
+        range: nexus_crdt::usage::UsageRange,
+    ) -> Result<nexus_api::usage::UsageTotals, ApiError> {
+        let usage = match &self.usage {
+            Some(usage) if self.role == Role::Anchor => usage.clone(),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "not_an_anchor",
+                    format!(
+                        "anchors roll up the usage every node reports and this node is not one: \
+                         ask an anchor ({})",
+                        self.anchor_apis()
+                    ),
+                ));
+            }
+        };
+        usage
+            .totals(tenant, range)
+            .await
+            .map_err(|err| ApiError::internal(format!("reading usage: {err:#}")))
     }
 }
 

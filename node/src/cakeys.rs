@@ -26,6 +26,11 @@
 //!
 //! A data directory without `ca/keys.toml` (made before it existed) is read as `backend = "file"`
 //! without a passphrase.
+//!
+//! The anchor's tenant CAs (see `tenant_ca.rs`) keep their keys in the same backend as its
+//! intermediate: `ca/tenants/<tenant>.key` (0600, encrypted with the same passphrase when the
+//! intermediate's is), or a key pair labelled `nexus-tenant-<anchor node id>-<tenant>` in the
+//! same PKCS#11 token. Their certificates are `ca/tenants/<tenant>.pem` either way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -352,6 +357,122 @@ pub fn load_root_ca(dir: &DataDir) -> anyhow::Result<Option<CertificateAuthority
     Ok(Some(ca))
 }
 
+/// `ca/tenants/<tenant>.pem`: this anchor's CA certificate for `tenant`.
+pub fn tenant_ca_cert(dir: &DataDir, tenant: &str) -> PathBuf {
+    dir.root()
+        .join("ca")
+        .join("tenants")
+        .join(format!("{tenant}.pem"))
+}
+
+/// `ca/tenants/<tenant>.key`: the key of this anchor's CA for `tenant` (file backend).
+pub fn tenant_ca_key(dir: &DataDir, tenant: &str) -> PathBuf {
+    dir.root()
+        .join("ca")
+        .join("tenants")
+        .join(format!("{tenant}.key"))
+}
+
+/// The PKCS#11 label of this anchor's CA key for `tenant` (pkcs11 backend).
+pub fn tenant_ca_key_label(anchor: NodeId, tenant: &str) -> String {
+    format!("nexus-tenant-{anchor}-{tenant}")
+}
+
+fn pkcs11_token(module: &Path, token: &str, pin_file: &Path) -> Pkcs11Token {
+    Pkcs11Token {
+        module: module.to_path_buf(),
+        label: token.to_string(),
+        pin_file: pin_file.to_path_buf(),
+    }
+}
+
+/// Makes a key for this anchor's CA for `tenant` in the backend `keys` names (the one holding
+/// the anchor's intermediate key). A key left by an attempt that stopped before its certificate
+/// was written is reused, so a crash never strands a tenant.
+///
+/// Blocks: scrypt for an encrypted file, a token login.
+pub fn create_tenant_ca_key(
+    dir: &DataDir,
+    keys: &KeysFile,
+    anchor: NodeId,
+    tenant: &str,
+) -> anyhow::Result<Arc<dyn CaSigner>> {
+    match keys {
+        KeysFile::File { passphrase_file } => {
+            let path = tenant_ca_key(dir, tenant);
+            let passphrase = passphrase(passphrase_file.as_ref())?;
+            let secret = passphrase.as_ref().map(|s| s.as_str());
+            if path.exists() {
+                return Ok(Arc::new(FileKey::load(&path, secret)?));
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            Ok(Arc::new(FileKey::create(&path, secret)?))
+        }
+        KeysFile::Pkcs11 {
+            module,
+            token,
+            pin_file,
+            ..
+        } => {
+            let token = pkcs11_token(module, token, pin_file);
+            let label = tenant_ca_key_label(anchor, tenant);
+            match Pkcs11Key::generate(&token, &label) {
+                Ok(key) => Ok(Arc::new(key)),
+                Err(nexus_ca::CaError::HsmKeyExists { .. }) => {
+                    Ok(Arc::new(Pkcs11Key::open(&token, &label)?))
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+    }
+}
+
+/// Loads this anchor's CA for `tenant` (certificate `ca/tenants/<tenant>.pem`, key in the
+/// backend `keys` names); `None` when there is no certificate yet.
+///
+/// Blocks: scrypt for an encrypted file, a token login.
+pub fn load_tenant_ca(
+    dir: &DataDir,
+    keys: &KeysFile,
+    anchor: NodeId,
+    tenant: &str,
+) -> anyhow::Result<Option<CertificateAuthority>> {
+    let cert = tenant_ca_cert(dir, tenant);
+    if !cert.exists() {
+        return Ok(None);
+    }
+    let signer: Arc<dyn CaSigner> = match keys {
+        KeysFile::File { passphrase_file } => {
+            let passphrase = passphrase(passphrase_file.as_ref())?;
+            Arc::new(FileKey::load(
+                &tenant_ca_key(dir, tenant),
+                passphrase.as_ref().map(|s| s.as_str()),
+            )?)
+        }
+        KeysFile::Pkcs11 {
+            module,
+            token,
+            pin_file,
+            ..
+        } => Arc::new(Pkcs11Key::open(
+            &pkcs11_token(module, token, pin_file),
+            &tenant_ca_key_label(anchor, tenant),
+        )?),
+    };
+    let ca = CertificateAuthority::load_with(&datadir::read(&cert)?, signer)
+        .with_context(|| format!("this anchor's CA for tenant {tenant} ({})", cert.display()))?;
+    if ca.tenant() != Some(tenant) {
+        anyhow::bail!(
+            "{} is not a CA for tenant {tenant}: move it away and it is made again",
+            cert.display()
+        );
+    }
+    Ok(Some(ca))
+}
+
 /// A CSR signed with this anchor's CA key (to have the root re-certify it), PEM.
 pub fn ca_csr(dir: &DataDir) -> anyhow::Result<String> {
     let ca = load_anchor_ca(dir)?;
@@ -421,6 +542,77 @@ mod tests {
             KeysFile::File {
                 passphrase_file: Some("/p".into())
             }
+        );
+    }
+
+    #[test]
+    fn tenant_ca_keys_are_files_encrypted_like_the_anchors() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let pass = dir.path().join("ca.pass");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&pass)
+                .unwrap();
+            f.write_all(b"tenant ca passphrase\n").unwrap();
+        }
+        let keys = KeysFile::File {
+            passphrase_file: Some(pass.clone()),
+        };
+        let root = CertificateAuthority::new_fleet_root("f1").unwrap();
+        let anchor = NodeKey::generate().node_id();
+        let anchor_ca = root.new_intermediate("f1", anchor).unwrap();
+        assert!(
+            load_tenant_ca(&data, &keys, anchor, "acme")
+                .unwrap()
+                .is_none()
+        );
+        let key = create_tenant_ca_key(&data, &keys, anchor, "acme").unwrap();
+        let public = key.public_key();
+        let text = std::fs::read_to_string(tenant_ca_key(&data, "acme")).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+            "{text}"
+        );
+        // A key left without its certificate (a crash in between) is reused, not replaced.
+        let again = create_tenant_ca_key(&data, &keys, anchor, "acme").unwrap();
+        assert_eq!(again.public_key(), public);
+        let ca = anchor_ca
+            .new_tenant_ca_with("acme", key, std::time::Duration::from_secs(3600))
+            .unwrap();
+        datadir::write_public(&tenant_ca_cert(&data, "acme"), &ca.cert_pem()).unwrap();
+        let loaded = load_tenant_ca(&data, &keys, anchor, "acme")
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.tenant(), Some("acme"));
+        assert_eq!(loaded.public_key(), public);
+        // Another tenant's certificate under this name is refused.
+        let other = anchor_ca
+            .new_tenant_ca_with(
+                "globex",
+                Arc::new(NodeKey::generate()),
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let wrong = tenant_ca_cert(&data, "globex");
+        datadir::write_public(&wrong, &other.cert_pem()).unwrap();
+        std::fs::copy(tenant_ca_key(&data, "acme"), tenant_ca_key(&data, "globex")).unwrap();
+        let err = format!(
+            "{:#}",
+            load_tenant_ca(&data, &keys, anchor, "globex").unwrap_err()
+        );
+        assert!(
+            err.contains("does not match") || err.contains("not a CA for"),
+            "{err}"
+        );
+        assert_eq!(
+            tenant_ca_key_label(anchor, "acme"),
+            format!("nexus-tenant-{anchor}-acme")
         );
     }
 

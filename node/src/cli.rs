@@ -139,7 +139,9 @@ enum TenantsCommand {
         /// Tenant id.
         id: String,
     },
-    /// Create a tenant; the file (YAML or JSON) may give its name and quotas.
+    /// Onboard a tenant: its record, its CA, a first admin API key (printed once, or written
+    /// with --admin-key-out) and default policies; the file (YAML or JSON) may give its name,
+    /// quotas and an `oidc` provider.
     Create {
         /// Tenant id; also its display name unless --name or the file gives one.
         #[arg(value_name = "ID")]
@@ -150,6 +152,19 @@ enum TenantsCommand {
         /// Display name.
         #[arg(long)]
         name: Option<String>,
+        /// Write the first admin API key's secret to this new file (owner-only) instead of
+        /// printing it.
+        #[arg(long, value_name = "FILE")]
+        admin_key_out: Option<PathBuf>,
+        /// Create no admin API key (e.g. when the tenant signs in with OIDC only).
+        #[arg(long)]
+        no_admin_key: bool,
+        /// Lifetime of the admin key (`90d`); it never expires when absent.
+        #[arg(long, value_name = "DURATION")]
+        admin_key_ttl: Option<String>,
+        /// Write no default policies (allow within the tenant, deny from other tenants).
+        #[arg(long)]
+        no_default_policies: bool,
     },
     /// Change a tenant: the file is a merge patch (the fields it names change, null removes one).
     Update {
@@ -163,6 +178,21 @@ enum TenantsCommand {
     Delete {
         /// Tenant id.
         id: String,
+    },
+    /// A tenant's usage per hour or day: traffic, connections, API calls, node-hours (ask an
+    /// anchor); `-o csv` prints the billing CSV.
+    Usage {
+        /// Tenant id.
+        id: String,
+        /// Start: RFC 3339 (2025-01-01T00:00:00Z) or Unix ms [default: 24 hours before --to]
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// End, exclusive: RFC 3339 or Unix ms [default: now]
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Period length: hour (at most 31 days) or day (at most 366 days) [default: hour]
+        #[arg(long, value_name = "hour|day")]
+        granularity: Option<String>,
     },
 }
 
@@ -521,6 +551,8 @@ pub enum Output {
     Json,
     /// YAML.
     Yaml,
+    /// CSV (`nexus tenants usage` only).
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1012,11 +1044,31 @@ async fn tenants(args: TenantsArgs) -> anyhow::Result<ExitCode> {
     match args.command.unwrap_or(TenantsCommand::List) {
         TenantsCommand::List => tenants.list(client).await,
         TenantsCommand::Get { id } => tenants.get(client, &id).await,
-        TenantsCommand::Create { id, file, name } => {
-            config::tenant_create(client, &id, file.as_deref(), name).await
+        TenantsCommand::Create {
+            id,
+            file,
+            name,
+            admin_key_out,
+            no_admin_key,
+            admin_key_ttl,
+            no_default_policies,
+        } => {
+            let onboarding = config::TenantOnboarding {
+                admin_key_out,
+                no_admin_key,
+                admin_key_ttl,
+                no_default_policies,
+            };
+            config::tenant_create(client, &id, file.as_deref(), name, onboarding).await
         }
         TenantsCommand::Update { id, file } => config::tenant_update(client, &id, &file).await,
         TenantsCommand::Delete { id } => tenants.delete(client, &id).await,
+        TenantsCommand::Usage {
+            id,
+            from,
+            to,
+            granularity,
+        } => crate::client_usage::tenant_usage(client, &id, from, to, granularity).await,
     }
 }
 

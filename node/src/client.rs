@@ -147,6 +147,10 @@ impl Api {
         timeout: Option<Duration>,
         idle: Option<Duration>,
     ) -> anyhow::Result<Api> {
+        if args.output == Output::Csv {
+            // Refused before anything is sent: a command must not act and then fail to print.
+            bail!("-o csv is only for `nexus tenants usage`: use -o table, json or yaml");
+        }
         let settings = crate::profile::resolve(args)?;
         let key = match &settings.key {
             Some(key) => Some(match &key.value {
@@ -483,6 +487,7 @@ pub(crate) fn print_structured<T: Serialize + ?Sized>(
     match output {
         Output::Json | Output::Table => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_norway::to_string(value)?),
+        Output::Csv => bail!("-o csv is only for `nexus tenants usage`: use -o json or -o yaml"),
     }
     Ok(())
 }

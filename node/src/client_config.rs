@@ -262,6 +262,7 @@ pub async fn tenant_create(
     id: &str,
     file: Option<&Path>,
     name: Option<String>,
+    onboarding: TenantOnboarding,
 ) -> anyhow::Result<ExitCode> {
     let mut body = match file {
         Some(file) => read_object(file)?,
@@ -280,22 +281,137 @@ pub async fn tenant_create(
     } else if !map.contains_key("name") {
         map.insert("name".into(), Value::String(id.to_string()));
     }
+    if onboarding.no_admin_key {
+        if onboarding.admin_key_out.is_some() {
+            bail!("--admin-key-out and --no-admin-key contradict each other: drop one");
+        }
+        map.insert("admin_key".into(), Value::Bool(false));
+    }
+    if let Some(ttl) = &onboarding.admin_key_ttl {
+        map.insert("admin_key_ttl".into(), Value::String(ttl.clone()));
+    }
+    if onboarding.no_default_policies {
+        map.insert("default_policies".into(), Value::Bool(false));
+    }
+    // The key file is created (empty, owner-only) before the tenant is, so a path that cannot
+    // be written fails before the only copy of the secret exists.
+    let key_file = match &onboarding.admin_key_out {
+        Some(path) => Some((path.clone(), create_secret_file(path)?)),
+        None => None,
+    };
     let api = Api::new(args)?;
-    let reply = api
+    let reply = match api
         .request(reqwest::Method::POST, "/v1/tenants", Some(&body))
-        .await?;
-    let value: Value = reply.json("/v1/tenants")?;
+        .await
+    {
+        Ok(reply) => reply,
+        Err(err) => {
+            if let Some((path, _)) = &key_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err);
+        }
+    };
+    let mut value: Value = reply.json("/v1/tenants")?;
+    let secret = value
+        .pointer("/admin_key/secret")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some((path, mut out)) = key_file {
+        use std::io::Write as _;
+        let Some(secret) = &secret else {
+            let _ = std::fs::remove_file(&path);
+            bail!(
+                "tenant {id} was created, but the anchor returned no admin key to write to {}: \
+                 create one with `nexus keys create --tenant {id} --role admin`",
+                path.display()
+            );
+        };
+        out.write_all(format!("{secret}\n").as_bytes())
+            .and_then(|_| out.sync_all())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "tenant {id} was created, but its admin key could not be written to {}: {e}; \
+                     the key is: {secret}",
+                    path.display()
+                )
+            })?;
+        if let Some(key) = value.pointer_mut("/admin_key/secret") {
+            *key = Value::String(format!("(written to {})", path.display()));
+        }
+    }
     match args.output {
-        Output::Table => println!(
-            "tenant {id} created{}",
-            reply
-                .config_version()
-                .map(|v| format!(" (config version {v})"))
-                .unwrap_or_default()
-        ),
+        Output::Table => {
+            println!(
+                "tenant {id} created{}",
+                reply
+                    .config_version()
+                    .map(|v| format!(" (config version {v})"))
+                    .unwrap_or_default()
+            );
+            match (&onboarding.admin_key_out, &secret) {
+                (Some(path), Some(_)) => {
+                    println!("admin API key written to {} (owner-only)", path.display())
+                }
+                (None, Some(secret)) => {
+                    println!("admin API key (shown once, keep it safe): {secret}")
+                }
+                _ => {}
+            }
+            if value
+                .get("certificate_authority")
+                .is_some_and(Value::is_string)
+            {
+                println!("tenant CA created: its nodes' certificates chain through it");
+            }
+            if let Some(issuer) = value.get("oidc_issuer").and_then(Value::as_str) {
+                println!("accepts OIDC tokens from {issuer}");
+            }
+            if let Some(policies) = value.get("default_policies").and_then(Value::as_array)
+                && !policies.is_empty()
+            {
+                let ids: Vec<&str> = policies.iter().filter_map(Value::as_str).collect();
+                println!("default policies: {}", ids.join(", "));
+            }
+        }
         output => print_structured(output, &value)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `nexus tenants create` onboarding flags.
+#[derive(Debug, Default, Clone)]
+pub struct TenantOnboarding {
+    /// Write the admin key's secret here instead of printing it.
+    pub admin_key_out: Option<std::path::PathBuf>,
+    /// Create no admin key.
+    pub no_admin_key: bool,
+    /// The admin key's lifetime.
+    pub admin_key_ttl: Option<String>,
+    /// Write no default policies.
+    pub no_default_policies: bool,
+}
+
+/// Creates `path` for a secret: new (never overwrites), readable by the owner only.
+fn create_secret_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "--admin-key-out {}: the file exists; choose a new path (an existing file is \
+                 never overwritten)",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("--admin-key-out {}: cannot create it: {e}", path.display())
+        }
+    })
 }
 
 /// `nexus tenants update ID -f FILE`: a JSON merge patch (RFC 7396) of the tenant: the fields

@@ -267,6 +267,7 @@ fn print_event(output: Output, event: &SseEvent) -> anyhow::Result<()> {
             let doc = json!({"event_id": event.id, "event": event.event, "data": data});
             print!("---\n{}", serde_norway::to_string(&doc)?);
         }
+        Output::Csv => anyhow::bail!("-o csv is only for `nexus tenants usage`"),
     }
     Ok(())
 }

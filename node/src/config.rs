@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub membership: Option<MembershipFile>,
     /// Failure detector.
     pub detector: Option<DetectorFile>,
+    /// Fleet duties on anchors: leases, node lifecycle, garbage collection.
+    pub duties: Option<crate::duties::DutiesFile>,
     /// Certificate lifetimes and renewal.
     pub certificates: Option<CertificatesFile>,
     /// The HTTP API.
@@ -46,6 +48,19 @@ pub struct FileConfig {
     /// The data plane's NIC: `memory`, `af_packet:<iface>[,<egress iface>]` or
     /// `dpdk:<EAL arguments>`.
     pub nic: Option<String>,
+    /// Usage metering.
+    pub usage: Option<UsageFile>,
+}
+
+/// `[usage]` table.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFile {
+    /// Time between two reports of this node's usage to the anchors (`60s`; 1s to 1h).
+    pub report_interval: Option<String>,
+    /// How long usage rows are kept (`400d`; at least 1h): the roll-up on anchors, rows every
+    /// anchor acknowledged on nodes.
+    pub retention: Option<String>,
 }
 
 /// `[trust]` table.
@@ -103,6 +118,8 @@ pub struct MembershipFile {
     pub offline_after: Option<String>,
     /// How long a decommissioned node stays listed.
     pub decommission_grace: Option<String>,
+    /// How long an offline node stays listed (and remembered) before it is forgotten.
+    pub forget_offline_after: Option<String>,
 }
 
 /// Address flags shared by `init`, `join` and `run` (flag or `NEXUS_*` env, resolved by clap).
@@ -134,6 +151,8 @@ pub struct NodeConfig {
     pub gossip: SocketAddr,
     /// The failure detector's settings, when it runs.
     pub detector: Option<nexus_mesh::DetectorConfig>,
+    /// Fleet duties (anchors).
+    pub duties: crate::duties::DutiesConfig,
     /// QUIC listen address.
     pub quic: SocketAddr,
     /// Extra gossip seeds.
@@ -156,6 +175,10 @@ pub struct NodeConfig {
     pub require_logged: bool,
     /// The data plane's NIC.
     pub nic: nexus_dataplane::nic::NicSpec,
+    /// Time between two usage reports to the anchors (`[usage] report_interval`).
+    pub usage_report_interval: Duration,
+    /// How long usage rows are kept (`[usage] retention`).
+    pub usage_retention: Duration,
 }
 
 /// Default lifetime of a node MIC.
@@ -248,7 +271,10 @@ impl NodeConfig {
             bail!("config key `gossip_interval` must be between 10ms and 60s");
         }
         let defaults = MembershipConfig::default();
-        let m = file.membership.clone().unwrap_or_default();
+        let mut m = file.membership.clone().unwrap_or_default();
+        if let Ok(value) = std::env::var("NEXUS_DECOMMISSION_GRACE") {
+            m.decommission_grace = Some(value);
+        }
         let membership = MembershipConfig {
             suspect_after: duration(
                 &m.suspect_after,
@@ -264,6 +290,11 @@ impl NodeConfig {
                 &m.decommission_grace,
                 "membership.decommission_grace",
                 defaults.decommission_grace,
+            )?,
+            forget_offline_after: duration(
+                &m.forget_offline_after,
+                "membership.forget_offline_after",
+                defaults.forget_offline_after,
             )?,
         };
         membership.validate().map_err(anyhow::Error::msg)?;
@@ -369,10 +400,37 @@ impl NodeConfig {
         } else {
             None
         };
+        let duties = crate::duties::DutiesConfig::resolve(file.duties.as_ref())?;
+        let mut u = file.usage.clone().unwrap_or_default();
+        if let Ok(value) = std::env::var("NEXUS_USAGE_REPORT_INTERVAL") {
+            u.report_interval = Some(value);
+        }
+        let usage_report_interval = duration(
+            &u.report_interval,
+            "usage.report_interval",
+            crate::usage::DEFAULT_REPORT_INTERVAL,
+        )?;
+        if usage_report_interval < Duration::from_secs(1)
+            || usage_report_interval > Duration::from_secs(3600)
+        {
+            bail!(
+                "config key `usage.report_interval` (or NEXUS_USAGE_REPORT_INTERVAL) must be \
+                 between 1s and 1h, got {usage_report_interval:?}"
+            );
+        }
+        let usage_retention = duration(
+            &u.retention,
+            "usage.retention",
+            crate::usage::DEFAULT_RETENTION,
+        )?;
+        if usage_retention < Duration::from_secs(3600) {
+            bail!("config key `usage.retention` must be at least 1h, got {usage_retention:?}");
+        }
         Ok(NodeConfig {
             api,
             gossip,
             detector,
+            duties,
             quic,
             seeds,
             log: file.log.clone().unwrap_or_else(|| "info".to_string()),
@@ -384,6 +442,8 @@ impl NodeConfig {
             api_plaintext,
             require_logged,
             nic,
+            usage_report_interval,
+            usage_retention,
         })
     }
 }
@@ -453,6 +513,27 @@ mod tests {
         assert!(
             format!("{err:#}").contains("membership.offline_after"),
             "{err:#}"
+        );
+
+        let file: FileConfig =
+            toml::from_str("[membership]\nforget_offline_after = \"1s\"").unwrap();
+        let err = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("membership.forget_offline_after"),
+            "{err:#}"
+        );
+        let file: FileConfig =
+            toml::from_str("[membership]\nforget_offline_after = \"3d\"").unwrap();
+        let config = NodeConfig::resolve(&file, &AddrFlags::default(), &[]).unwrap();
+        assert_eq!(
+            config.membership.forget_offline_after,
+            Duration::from_secs(3 * 24 * 3600)
+        );
+        let config =
+            NodeConfig::resolve(&FileConfig::default(), &AddrFlags::default(), &[]).unwrap();
+        assert_eq!(
+            config.membership.forget_offline_after,
+            nexus_mesh::FORGET_OFFLINE_AFTER
         );
 
         assert!(

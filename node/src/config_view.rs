@@ -88,6 +88,18 @@ macro_rules! with_collection {
                 );
                 $body
             }
+            (View::Fleet(m), "tenant_cas") => {
+                let ($c, $map, $bad) = (
+                    nexus_crdt::TENANT_CAS,
+                    &mut m.model.tenant_cas,
+                    &mut m.malformed,
+                );
+                $body
+            }
+            (View::Fleet(m), "duties") => {
+                let ($c, $map, $bad) = (nexus_crdt::DUTIES, &mut m.model.duties, &mut m.malformed);
+                $body
+            }
             (View::Tenant(m), "api_keys") => {
                 let ($c, $map, $bad) = (
                     nexus_crdt::TENANT_API_KEYS,
@@ -161,6 +173,8 @@ const FLEET_COLLECTIONS: &[&str] = &[
     "snapshots",
     "members",
     "api_keys",
+    "tenant_cas",
+    "duties",
 ];
 const TENANT_COLLECTIONS: &[&str] = &[
     "routes",

@@ -7,6 +7,10 @@
 //! - [`run`] recompiles the classifier whenever the configuration or the membership changes
 //!   (off the runtime's threads) and publishes it atomically; it also exports the counters as
 //!   metrics every second and publishes a summary in gossip every five seconds.
+//! - With the policies come the tenant's quotas (`max_connections`, `max_bandwidth_mbps` of the
+//!   fleet document's tenant record): they are handed to the engine whenever the configuration
+//!   changes, and frames they drop are counted per tenant and quota and logged at most once
+//!   every [`QUOTA_WARN_EVERY`] per quota, saying how to raise it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,8 @@ use nexus_dataplane::frame::ParseError;
 use nexus_dataplane::nic::memory::{self, MemoryPort};
 use nexus_dataplane::nic::{NicInfo, NicSpec, Port};
 use nexus_dataplane::policy::{Classifier, KnownNode, PolicyHandle, PolicySet, Scope};
+use nexus_dataplane::quota::MAX_CONNECTIONS;
+use nexus_dataplane::{LimitsHandle, TenantLimits};
 use nexus_mesh::Mesh;
 use tokio::sync::watch;
 
@@ -37,6 +43,112 @@ pub struct DataPlane {
     _wire: Option<Mutex<MemoryPort>>,
     /// Inputs of the classifier in force, to skip recompiling the same thing.
     compiled: Mutex<Option<u64>>,
+    /// The tenant's quotas the engine enforces.
+    limits: Arc<LimitsHandle>,
+    /// Whose quotas they are, and when drops were last logged.
+    quota_report: Mutex<QuotaReport>,
+}
+
+/// Least time between two warnings about the same quota.
+pub const QUOTA_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A tenant quota the data plane enforces, as it is named in metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// `max_connections`.
+    Connections,
+    /// `max_bandwidth_mbps`.
+    Bandwidth,
+}
+
+impl QuotaKind {
+    /// Both.
+    pub const ALL: [QuotaKind; 2] = [QuotaKind::Connections, QuotaKind::Bandwidth];
+
+    /// `quota` label of `nexus_tenant_quota_drops_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            QuotaKind::Connections => "connections",
+            QuotaKind::Bandwidth => "bandwidth",
+        }
+    }
+
+    /// The engine's drop reason for it.
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            QuotaKind::Connections => DropReason::QuotaConnections,
+            QuotaKind::Bandwidth => DropReason::QuotaBandwidth,
+        }
+    }
+}
+
+/// Quota drops seen, for warnings at most once per [`QUOTA_WARN_EVERY`] per quota.
+#[derive(Debug, Default)]
+pub struct QuotaReport {
+    /// The node's tenant (empty until the configuration was read).
+    tenant: String,
+    /// Per [`QuotaKind::ALL`]: drops counted at the last warning (or at start), and when.
+    warned: [(u64, Option<Instant>); 2],
+}
+
+impl QuotaReport {
+    /// Frames of `kind` dropped since the last warning, when that is more than none and the
+    /// last warning about `kind` is at least [`QUOTA_WARN_EVERY`] old; the warning is then
+    /// taken as given at `now`.
+    pub fn due(&mut self, kind: QuotaKind, dropped: u64, now: Instant) -> Option<u64> {
+        let (seen, at) = &mut self.warned[kind as usize];
+        if dropped <= *seen || at.is_some_and(|t| now.duration_since(t) < QUOTA_WARN_EVERY) {
+            return None;
+        }
+        let new = dropped - *seen;
+        *seen = dropped;
+        *at = Some(now);
+        Some(new)
+    }
+}
+
+/// The engine's limits for a tenant's quotas (megabits are 10^6 bits).
+pub fn tenant_limits(quotas: &nexus_crdt::TenantQuotas) -> TenantLimits {
+    TenantLimits {
+        max_connections: quotas.max_connections,
+        max_bandwidth_bps: quotas
+            .max_bandwidth_mbps
+            .map(|mbps| mbps.saturating_mul(1_000_000)),
+    }
+}
+
+/// The limit of `kind` in `limits`, in the units of the tenant's quotas (`100 connections`,
+/// `50 Mbit/s`).
+pub fn quota_limit(kind: QuotaKind, limits: TenantLimits) -> String {
+    match kind {
+        QuotaKind::Connections => limits
+            .max_connections
+            .map_or("none".to_string(), |n| format!("{n} connections")),
+        QuotaKind::Bandwidth => limits.max_bandwidth_bps.map_or("none".to_string(), |bps| {
+            if bps % 1_000_000 == 0 {
+                format!("{} Mbit/s", bps / 1_000_000)
+            } else {
+                format!("{bps} bit/s")
+            }
+        }),
+    }
+}
+
+/// The warning for `dropped` frames over `kind` of `tenant`'s quotas `limits`: which quota,
+/// its limit and how to raise it.
+pub fn quota_warning(tenant: &str, kind: QuotaKind, limits: TenantLimits, dropped: u64) -> String {
+    let limit = quota_limit(kind, limits);
+    let (what, field) = match kind {
+        QuotaKind::Connections => (
+            "connection quota (frames of new connections are dropped while that many are open)",
+            "max_connections",
+        ),
+        QuotaKind::Bandwidth => ("bandwidth quota", "max_bandwidth_mbps"),
+    };
+    format!(
+        "tenant `{tenant}` is over its {what}: {dropped} frames dropped, limit {limit}; raise it \
+         with `PATCH /v1/tenants/{tenant}` and {{\"quotas\": {{\"{field}\": N}}}}"
+    )
 }
 
 impl DataPlane {
@@ -54,10 +166,11 @@ impl DataPlane {
             wire = Some(Mutex::new(a));
             memory_port = Some(b);
         }
+        let config = EngineConfig::new(local.0);
+        let limits = config.limits.clone();
         let thread = {
             let (spec, handle, stats, stop) =
                 (spec.clone(), handle.clone(), stats.clone(), stop.clone());
-            let config = EngineConfig::new(local.0);
             std::thread::Builder::new()
                 .name("nexus-dataplane".into())
                 .spawn(move || {
@@ -145,6 +258,8 @@ impl DataPlane {
             thread: Mutex::new(Some(thread)),
             _wire: wire,
             compiled: Mutex::new(None),
+            limits,
+            quota_report: Mutex::new(QuotaReport::default()),
         })
     }
 
@@ -153,9 +268,50 @@ impl DataPlane {
         &self.info
     }
 
+    /// The engine's monotonic totals since it started (usage metering reads them).
+    pub fn traffic_totals(&self) -> nexus_crdt::usage::TrafficTotals {
+        nexus_crdt::usage::TrafficTotals {
+            rx_bytes: self.stats.rx_bytes.load(Ordering::Relaxed),
+            flows_opened: self.stats.flows_opened.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hands `tenant`'s quotas to the engine (from its next burst); returns whether they
+    /// changed.
+    pub fn apply_quotas(&self, tenant: &str, quotas: &nexus_crdt::TenantQuotas) -> bool {
+        let mut report = self.quota_report.lock().unwrap_or_else(|p| p.into_inner());
+        if report.tenant != tenant {
+            report.tenant = tenant.to_string();
+        }
+        drop(report);
+        let limits = tenant_limits(quotas);
+        if !self.limits.set(limits) {
+            return false;
+        }
+        tracing::info!(
+            tenant,
+            max_connections = ?quotas.max_connections,
+            max_bandwidth_mbps = ?quotas.max_bandwidth_mbps,
+            "tenant quotas applied to the data plane"
+        );
+        if let Some(n) = quotas.max_connections
+            && n > MAX_CONNECTIONS as u64
+        {
+            tracing::warn!(
+                tenant,
+                max_connections = n,
+                "the data plane tracks at most {MAX_CONNECTIONS} connections: beyond that, \
+                 frames of connections it does not hold pass uncounted"
+            );
+        }
+        true
+    }
+
     /// Compiles `sources` (with the destinations' capabilities) and publishes the classifier,
-    /// unless the inputs are the ones in force. Returns the new generation.
+    /// unless the inputs are the ones in force; the tenant's quotas are handed over either way.
+    /// Returns the new generation.
     pub fn update(&self, sources: PolicySources, peers: &Peers) -> Option<u64> {
+        self.apply_quotas(&sources.tenant, &sources.quotas);
         let set = policy_set(sources, peers);
         let fingerprint = fingerprint(&set);
         let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,6 +356,7 @@ impl DataPlane {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             active_flows: s.active_flows.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
             rules: c.rules().len() as u64,
             routes: c.route_count() as u64,
             policy_generation: c.generation(),
@@ -242,6 +399,27 @@ impl DataPlane {
         metrics::counter!("nexus_dataplane_nic_errors_total").absolute(get(&s.nic_errors));
         metrics::gauge!("nexus_dataplane_active_flows").set(get(&s.active_flows) as f64);
         metrics::gauge!("nexus_dataplane_ratelimit_buckets").set(get(&s.buckets) as f64);
+        metrics::gauge!("nexus_dataplane_connections").set(get(&s.connections) as f64);
+        metrics::counter!("nexus_dataplane_connections_opened_total")
+            .absolute(get(&s.flows_opened));
+        metrics::counter!("nexus_dataplane_connections_untracked_total")
+            .absolute(get(&s.connections_untracked));
+        let tenant = self
+            .quota_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tenant
+            .clone();
+        if !tenant.is_empty() {
+            for kind in QuotaKind::ALL {
+                metrics::counter!(
+                    "nexus_tenant_quota_drops_total",
+                    "tenant" => tenant.clone(),
+                    "quota" => kind.label()
+                )
+                .absolute(s.dropped(kind.drop_reason()));
+            }
+        }
         let hits = s
             .policy_hits
             .lock()
@@ -249,6 +427,28 @@ impl DataPlane {
             .clone();
         for (policy, n) in hits {
             metrics::counter!("nexus_dataplane_policy_hits_total", "policy" => policy).absolute(n);
+        }
+    }
+
+    /// Logs frames the tenant's quotas dropped since the last warning, at most once every
+    /// [`QUOTA_WARN_EVERY`] per quota.
+    pub fn warn_quota_drops(&self) {
+        let now = Instant::now();
+        let limits = self.limits.get();
+        let mut report = self.quota_report.lock().unwrap_or_else(|p| p.into_inner());
+        for kind in QuotaKind::ALL {
+            let Some(dropped) = report.due(kind, self.stats.dropped(kind.drop_reason()), now)
+            else {
+                continue;
+            };
+            tracing::warn!(
+                tenant = %report.tenant,
+                quota = kind.label(),
+                limit = %quota_limit(kind, limits),
+                dropped,
+                "{}",
+                quota_warning(&report.tenant, kind, limits, dropped)
+            );
         }
     }
 
@@ -350,6 +550,7 @@ pub fn policy_set(sources: PolicySources, peers: &Peers) -> PolicySet {
         policies,
         disabled: sources.disabled.into_iter().collect::<HashSet<_>>(),
         nodes,
+        own_tenant: sources.tenant_members.iter().map(|id| id.0).collect(),
         version: sources.version,
     }
 }
@@ -462,6 +663,7 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
             _ = tick.tick() => {
                 ticks += 1;
                 dp.export_metrics();
+                dp.warn_quota_drops();
                 let verdict = dp.health(&mut nic_errors_seen);
                 health
                     .lock()
@@ -484,4 +686,126 @@ pub async fn run(dp: Arc<DataPlane>, control: Control, mut stop: watch::Receiver
         }
     }
     dp.export_metrics();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_dataplane::frame::FrameSpec;
+    use nexus_dataplane::nic::memory::MemPacket;
+
+    fn quotas(connections: Option<u64>, mbps: Option<u64>) -> nexus_crdt::TenantQuotas {
+        nexus_crdt::TenantQuotas {
+            max_connections: connections,
+            max_bandwidth_mbps: mbps,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quotas_become_engine_limits_in_bits_per_second() {
+        assert_eq!(tenant_limits(&quotas(None, None)), TenantLimits::UNLIMITED);
+        assert_eq!(
+            tenant_limits(&quotas(Some(100), Some(50))),
+            TenantLimits {
+                max_connections: Some(100),
+                max_bandwidth_bps: Some(50_000_000),
+            }
+        );
+        assert_eq!(
+            tenant_limits(&quotas(None, Some(u64::MAX))).max_bandwidth_bps,
+            Some(u64::MAX),
+            "saturates"
+        );
+    }
+
+    #[test]
+    fn a_quota_warning_comes_at_most_every_ten_seconds_and_only_after_new_drops() {
+        let mut r = QuotaReport::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            r.due(QuotaKind::Connections, 0, t0),
+            None,
+            "nothing dropped"
+        );
+        assert_eq!(r.due(QuotaKind::Connections, 5, t0), Some(5));
+        assert_eq!(
+            r.due(QuotaKind::Connections, 9, t0 + Duration::from_secs(9)),
+            None
+        );
+        // The other quota has a clock of its own.
+        assert_eq!(
+            r.due(QuotaKind::Bandwidth, 3, t0 + Duration::from_secs(9)),
+            Some(3)
+        );
+        // Ten seconds on: what was dropped since the last warning.
+        assert_eq!(
+            r.due(QuotaKind::Connections, 12, t0 + Duration::from_secs(10)),
+            Some(7)
+        );
+        assert_eq!(
+            r.due(QuotaKind::Connections, 12, t0 + Duration::from_secs(60)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_warning_names_the_quota_its_limit_and_how_to_raise_it() {
+        let limits = tenant_limits(&quotas(Some(100), Some(50)));
+        let w = quota_warning("acme", QuotaKind::Connections, limits, 7);
+        assert!(w.contains("connection quota"), "{w}");
+        assert!(w.contains("7 frames dropped, limit 100 connections"), "{w}");
+        assert!(
+            w.contains(r#"`PATCH /v1/tenants/acme` and {"quotas": {"max_connections": N}}"#),
+            "{w}"
+        );
+        let w = quota_warning("acme", QuotaKind::Bandwidth, limits, 3);
+        assert!(
+            w.contains("bandwidth quota: 3 frames dropped, limit 50 Mbit/s"),
+            "{w}"
+        );
+        assert!(
+            w.contains(r#"{"quotas": {"max_bandwidth_mbps": N}}"#),
+            "{w}"
+        );
+    }
+
+    /// The quotas reach the running engine, and what they drop shows in the summary.
+    #[test]
+    fn quotas_applied_to_a_running_data_plane_drop_and_show_in_the_summary() {
+        let local = NodeId([0xaa; 16]);
+        let dp = DataPlane::start(&NicSpec::Memory, local).unwrap();
+        assert!(dp.apply_quotas("acme", &quotas(Some(1), None)));
+        assert!(
+            !dp.apply_quotas("acme", &quotas(Some(1), None)),
+            "unchanged"
+        );
+        let mut frames: Vec<MemPacket> = [1u32, 2, 1]
+            .iter()
+            .map(|&stream| {
+                let mut spec = FrameSpec::new([1; 16], local.0, 1);
+                spec.stream_id = stream;
+                MemPacket(spec.ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], 100, 0))
+            })
+            .collect();
+        let wire = dp._wire.as_ref().unwrap();
+        assert_eq!(wire.lock().unwrap().tx_burst(&mut frames).unwrap(), 3);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let summary = loop {
+            let s = dp.summary();
+            if s.local_packets + s.drops.values().sum::<u64>() >= 3 || Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(summary.local_packets, 2, "{summary:?}");
+        assert_eq!(
+            summary.drops.get("quota_connections"),
+            Some(&1),
+            "{summary:?}"
+        );
+        assert_eq!(summary.connections, 1);
+        assert_eq!(dp.stats.flows_opened.load(Ordering::Relaxed), 1);
+        dp.shutdown();
+    }
 }

@@ -3,8 +3,19 @@
 //! The join protocol runs over QUIC (ALPN `nexus-join/1`): the joining node checks that the
 //! anchor's certificate chains to the root fingerprint in its token, opens one bidirectional
 //! stream, writes a [`JoinRequest`] (JSON) and reads a [`JoinResponse`]. The anchor checks the
-//! token, issues a MIC for the CSR's key and records the use in one SQLite transaction before it
+//! token and the tenant's node quota, issues a MIC for the CSR's key (from its CA for the
+//! token's tenant, see `tenant_ca.rs`) and records the use in one SQLite transaction before it
 //! answers.
+//!
+//! **Node quota.** When the fleet document gives the token's tenant `quotas.max_nodes`, the
+//! anchor counts that tenant's nodes: the fleet document's members of the tenant that are not
+//! decommissioned or removed, plus nodes this anchor certified for it (its `certificates`
+//! table: unrevoked, unexpired) that the fleet document does not record yet. A join that would
+//! go past the quota is refused (`quota_exceeded`); a node already counted joining again is not
+//! a new node. One anchor checks and admits one such join at a time, so it never overshoots by
+//! itself; two anchors admitting for the same tenant at the same moment each count what they
+//! know, and can together overshoot by at most one node per anchor until the fleet document
+//! brings their members together.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +37,10 @@ use crate::config::AddrFlags;
 use crate::datadir::{self, DataDir};
 use crate::store::{Enrollment, Identity, Store, TokenRow};
 use crate::{DEFAULT_SITE, DEFAULT_TENANT, now_ms};
+
+/// Most bytes of tenant CA certificates an admission answer carries (the node learns any
+/// others from the fleet document); keeps the answer well under [`MAX_RESPONSE`].
+const MAX_TENANT_CA_BYTES: usize = 256 * 1024;
 
 /// ALPN of the join protocol.
 pub const ALPN_JOIN: &[u8] = b"nexus-join/1";
@@ -98,7 +113,7 @@ pub struct Admission {
     pub labels: BTreeMap<String, String>,
     /// The node's MIC, PEM.
     pub cert_pem: String,
-    /// Anchor intermediates, PEM.
+    /// Anchor intermediates, then tenant CAs (the node's own tenant's first), PEM.
     pub intermediates_pem: Vec<String>,
     /// Fleet root, PEM.
     pub root_pem: String,
@@ -218,8 +233,6 @@ pub fn init(
 pub struct Admitter {
     /// This anchor's store.
     pub store: Arc<Store>,
-    /// This anchor's intermediate CA.
-    pub ca: Arc<CertificateAuthority>,
     /// Lifetime of the MICs it issues.
     pub mic_lifetime: Duration,
     /// Joins other anchors admitted with each token (a token's uses count fleet-wide).
@@ -232,6 +245,29 @@ pub struct Admitter {
     pub intermediates_pem: Vec<String>,
     /// Current gossip seeds to hand out.
     pub seeds: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// This anchor's tenant CAs (which issue tenants' MICs) and the fleet's (sent along).
+    pub tenant_cas: Arc<crate::tenant_ca::TenantCas>,
+    /// The replicated configuration: tenants' quotas and the fleet's members.
+    pub replication: Arc<crate::replication::Replication>,
+    /// Held while a join of a tenant with a node quota is counted and admitted.
+    pub quota_lock: std::sync::Mutex<()>,
+}
+
+/// A join request that passed the checks needing no state.
+struct Parsed {
+    request: JoinRequest,
+    secret: [u8; 32],
+    public_key: [u8; 32],
+    node_id: NodeId,
+}
+
+/// What the fleet document says about a tenant's node quota.
+struct QuotaFacts {
+    max_nodes: u64,
+    /// Members of the tenant that are neither decommissioned nor removed.
+    counted: std::collections::HashSet<String>,
+    /// Every member the fleet document records (any tenant, any state).
+    recorded: std::collections::HashSet<String>,
 }
 
 fn refused(code: &str, message: impl Into<String>) -> JoinResponse {
@@ -254,11 +290,11 @@ fn refusal_code(refusal: &Refusal) -> &'static str {
 
 impl Admitter {
     /// Decides one join request. Every refusal is logged and counted.
-    pub fn handle(&self, request_bytes: &[u8]) -> JoinResponse {
-        let response = self.decide(request_bytes);
+    pub async fn handle(self: &Arc<Self>, request_bytes: &[u8]) -> JoinResponse {
+        let response = self.decide(request_bytes).await;
         let outcome = match &response {
             JoinResponse::Accepted(admission) => {
-                tracing::info!(node = %admission.node_id, site = %admission.site, "node admitted");
+                tracing::info!(node = %admission.node_id, site = %admission.site, tenant = %admission.tenant, "node admitted");
                 "accepted".to_string()
             }
             JoinResponse::Refused { code, message } => {
@@ -270,43 +306,229 @@ impl Admitter {
         response
     }
 
-    fn decide(&self, request_bytes: &[u8]) -> JoinResponse {
-        let request: JoinRequest = match serde_json::from_slice(request_bytes) {
-            Ok(request) => request,
-            Err(err) => return refused("malformed", format!("join request is not valid: {err}")),
-        };
+    /// The checks that need no state: format, version, secret and CSR.
+    fn parse(request_bytes: &[u8]) -> Result<Parsed, JoinResponse> {
+        let request: JoinRequest = serde_json::from_slice(request_bytes)
+            .map_err(|err| refused("malformed", format!("join request is not valid: {err}")))?;
         if request.v != 1 {
-            return refused(
+            return Err(refused(
                 "unsupported_version",
                 format!(
                     "join protocol version {} is not supported (this anchor speaks 1)",
                     request.v
                 ),
-            );
+            ));
         }
-        let secret: [u8; 32] = match URL_SAFE_NO_PAD
+        let secret: [u8; 32] = URL_SAFE_NO_PAD
             .decode(&request.secret)
             .ok()
             .and_then(|s| s.try_into().ok())
-        {
-            Some(secret) => secret,
-            None => {
-                return refused(
+            .ok_or_else(|| {
+                refused(
                     "malformed",
                     "join token secret is not 32 bytes of base64url",
-                );
+                )
+            })?;
+        let public_key = public_key_from_csr(&request.csr_pem).map_err(|err| {
+            refused(
+                "bad_csr",
+                format!("certificate signing request rejected: {err}"),
+            )
+        })?;
+        Ok(Parsed {
+            node_id: NodeId::from_public_key(&public_key),
+            request,
+            secret,
+            public_key,
+        })
+    }
+
+    /// The token checks: known, this fleet's, secret, not revoked, used up or expired.
+    fn check_token<'r>(
+        &self,
+        row: Option<&'r TokenRow>,
+        parsed: &Parsed,
+        now: u64,
+    ) -> Result<&'r TokenRow, JoinResponse> {
+        let record = row.map(|row| TokenRecord {
+            token_id: row.id.clone(),
+            secret_hash: row.secret_hash,
+            // Rounded up: the millisecond check below is the one that decides, in step with
+            // the `state` the API shows for the token.
+            expires_at_unix: row.expires_at_ms.div_ceil(1000) as i64,
+            max_uses: row.max_uses,
+            uses: row.uses.saturating_add(
+                self.remote_uses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&row.id)
+                    .copied()
+                    .unwrap_or(0),
+            ),
+            revoked: row.revoked_at_ms.is_some(),
+        });
+        check_admission(
+            record.as_ref(),
+            &parsed.request.fleet_id,
+            &self.fleet_id,
+            &parsed.secret,
+            (now / 1000) as i64,
+        )
+        .map_err(|refusal| refused(refusal_code(&refusal), refusal.to_string()))?;
+        let row = row.expect("check_admission refuses unknown tokens");
+        if row.expires_at_ms <= now {
+            let refusal = Refusal::Expired {
+                at_unix: (row.expires_at_ms / 1000) as i64,
+            };
+            return Err(refused(refusal_code(&refusal), refusal.to_string()));
+        }
+        Ok(row)
+    }
+
+    /// The tenant's node quota and members from the fleet document; `None` without a quota.
+    fn quota_facts(&self, tenant: &str) -> Result<Option<QuotaFacts>, JoinResponse> {
+        let read = self.replication.read_fleet(|fleet, quarantined| {
+            let max_nodes = fleet
+                .tenants
+                .get(tenant)
+                .filter(|_| !quarantined.contains_key(&format!("tenants.{tenant}")))
+                .and_then(|t| t.quotas.max_nodes)?;
+            let counted = fleet
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.tenant == tenant && m.decommissioned_at.is_none() && m.removed_at.is_none()
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            Some(QuotaFacts {
+                max_nodes,
+                counted,
+                recorded: fleet.members.keys().cloned().collect(),
+            })
+        });
+        match read {
+            Ok(facts) => Ok(facts.flatten()),
+            Err(err) => Err(refused(
+                "internal",
+                format!("the anchor could not read the tenant's quota: {err:?}"),
+            )),
+        }
+    }
+
+    /// Refuses the join of `node` when `tenant` is at its node quota. Runs under
+    /// [`Admitter::quota_lock`], before the admission transaction.
+    fn check_quota(
+        &self,
+        tenant: &str,
+        node: &NodeId,
+        mut facts: QuotaFacts,
+    ) -> Result<(), JoinResponse> {
+        let now = now_ms();
+        let rows = self.store.certificates(None).map_err(|err| {
+            refused(
+                "internal",
+                format!("the anchor could not read its certificates: {err}"),
+            )
+        })?;
+        // Nodes this anchor certified that the fleet document does not record yet.
+        for row in rows {
+            if facts.recorded.contains(&row.node_id)
+                || facts.counted.contains(&row.node_id)
+                || row.revoked_at_ms.is_some()
+                || row.not_after_ms <= now
+            {
+                continue;
+            }
+            let of_tenant = pem_to_der(&row.cert_pem)
+                .ok()
+                .and_then(|ders| ders.into_iter().next())
+                .and_then(|der| nexus_ca::read_mic(&der).ok())
+                .is_some_and(|mic| mic.tenant == tenant);
+            if of_tenant {
+                facts.counted.insert(row.node_id);
+            }
+        }
+        let id = node.to_hex();
+        let have = facts.counted.len() as u64;
+        if facts.counted.contains(&id) || have < facts.max_nodes {
+            return Ok(());
+        }
+        metrics::counter!("nexus_join_quota_refusals_total").increment(1);
+        Err(refused(
+            "quota_exceeded",
+            format!(
+                "tenant {tenant} already has {have} node{}, its quota (max_nodes {}): raise \
+                 quotas.max_nodes (PATCH /v1/tenants/{tenant}) or decommission a node",
+                if have == 1 { "" } else { "s" },
+                facts.max_nodes
+            ),
+        ))
+    }
+
+    async fn decide(self: &Arc<Self>, request_bytes: &[u8]) -> JoinResponse {
+        let parsed = match Self::parse(request_bytes) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return refusal,
+        };
+        // The token first (read, checked again in the transaction below): a refused token
+        // costs no CA work and learns nothing about quotas.
+        let tenant = {
+            let store = self.store.clone();
+            let rows = match tokio::task::spawn_blocking(move || store.tokens()).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(err)) => {
+                    return refused(
+                        "internal",
+                        format!("the anchor could not read its tokens: {err}"),
+                    );
+                }
+                Err(err) => return refused("internal", err.to_string()),
+            };
+            let row = rows.iter().find(|r| r.id == parsed.request.token_id);
+            match self.check_token(row, &parsed, now_ms()) {
+                Ok(row) => row.tenant.clone(),
+                Err(refusal) => return refusal,
             }
         };
-        let public_key = match public_key_from_csr(&request.csr_pem) {
-            Ok(pk) => pk,
+        let issuer = match self.tenant_cas.issuer_for(&tenant).await {
+            Ok(issuer) => issuer,
             Err(err) => {
                 return refused(
-                    "bad_csr",
-                    format!("certificate signing request rejected: {err}"),
+                    "issue_failed",
+                    format!(
+                        "the anchor could not prepare its CA for tenant {tenant}: {err:#}; try \
+                         again, or use another anchor"
+                    ),
                 );
             }
         };
-        let node_id = NodeId::from_public_key(&public_key);
+        let quota = match self.quota_facts(&tenant) {
+            Ok(quota) => quota,
+            Err(refusal) => return refusal,
+        };
+        // Each admission costs a signature and a synced SQLite write: off the runtime.
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _counting = quota
+                .is_some()
+                .then(|| me.quota_lock.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Some(facts) = quota
+                && let Err(refusal) = me.check_quota(&tenant, &parsed.node_id, facts)
+            {
+                return refusal;
+            }
+            me.admit(&parsed, &tenant, &issuer)
+        })
+        .await
+        .unwrap_or_else(|err| refused("internal", format!("the admission failed: {err}")))
+    }
+
+    /// The admission transaction: the token checked again, the MIC issued by `issuer`, the use
+    /// and the enrollment recorded.
+    fn admit(&self, parsed: &Parsed, tenant: &str, issuer: &CertificateAuthority) -> JoinResponse {
+        let request = &parsed.request;
+        let (public_key, node_id) = (parsed.public_key, parsed.node_id);
         let now = now_ms();
         // Read before the admission transaction: the store serializes access.
         let api_keys = match self.store.api_keys() {
@@ -325,38 +547,15 @@ impl Admitter {
                 );
             }
         };
+        let mut intermediates_pem = self.intermediates_pem.clone();
+        intermediates_pem.extend(self.tenant_cas.trusted_pems(tenant, MAX_TENANT_CA_BYTES));
         let decided = self.store.admit(&request.token_id, |row: Option<&TokenRow>| {
-            let record = row.map(|row| TokenRecord {
-                token_id: row.id.clone(),
-                secret_hash: row.secret_hash,
-                // Rounded up: the millisecond check below is the one that decides, in step with
-                // the `state` the API shows for the token.
-                expires_at_unix: row.expires_at_ms.div_ceil(1000) as i64,
-                max_uses: row.max_uses,
-                uses: row.uses.saturating_add(
-                    self.remote_uses
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&row.id)
-                        .copied()
-                        .unwrap_or(0),
-                ),
-                revoked: row.revoked_at_ms.is_some(),
-            });
-            check_admission(
-                record.as_ref(),
-                &request.fleet_id,
-                &self.fleet_id,
-                &secret,
-                (now / 1000) as i64,
-            )
-            .map_err(|refusal| refused(refusal_code(&refusal), refusal.to_string()))?;
-            let row = row.expect("check_admission refuses unknown tokens");
-            if row.expires_at_ms <= now {
-                let refusal = Refusal::Expired {
-                    at_unix: (row.expires_at_ms / 1000) as i64,
-                };
-                return Err(refused(refusal_code(&refusal), refusal.to_string()));
+            let row = self.check_token(row, parsed, now)?;
+            if row.tenant != tenant {
+                return Err(refused(
+                    "internal",
+                    format!("the token's tenant changed from {tenant} to {} while it was being used: try again", row.tenant),
+                ));
             }
             let site = match (&row.site, &request.site) {
                 (Some(fixed), Some(asked)) if fixed != asked => {
@@ -383,8 +582,7 @@ impl Admitter {
             }
             let mut labels = request.labels.clone();
             labels.extend(row.labels.clone());
-            let cert = self
-                .ca
+            let cert = issuer
                 .issue_mic(
                     &public_key,
                     &MicProfile {
@@ -408,7 +606,7 @@ impl Admitter {
                 site,
                 labels,
                 cert_pem: cert_pem.clone(),
-                intermediates_pem: self.intermediates_pem.clone(),
+                intermediates_pem,
                 root_pem: self.root_pem.clone(),
                 seeds: (self.seeds)(),
                 api_keys,
@@ -499,12 +697,8 @@ async fn serve_one(
             )
         }
         (Some(admitter), Ok(permit)) => {
-            let admitter = admitter.clone();
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                admitter.handle(&request)
-            })
-            .await?
+            let _permit = permit;
+            admitter.handle(&request).await
         }
     };
     let bytes = serde_json::to_vec(&response)?;
@@ -666,10 +860,22 @@ pub fn persist_admission(
     datadir::write_secret(&dir.node_key(), &key.to_pkcs8_pem())?;
     datadir::write_public(&dir.node_cert(), &admission.cert_pem)?;
     datadir::write_public(&dir.trust_root(), &admission.root_pem)?;
-    datadir::write_public(
-        &dir.trust_intermediates(),
-        &admission.intermediates_pem.concat(),
-    )?;
+    // Anchor CAs and tenant CAs are kept apart (see `tenant_ca.rs`); `nexus run` checks both
+    // against the root before it uses them.
+    let (mut anchors, mut tenants) = (String::new(), String::new());
+    for pem in &admission.intermediates_pem {
+        for der in pem_to_der(pem)? {
+            if crate::tenant_ca::is_tenant_ca(&der) {
+                tenants.push_str(&der_to_pem(&der));
+            } else {
+                anchors.push_str(&der_to_pem(&der));
+            }
+        }
+    }
+    datadir::write_public(&dir.trust_intermediates(), &anchors)?;
+    if !tenants.is_empty() {
+        datadir::write_public(&crate::tenant_ca::trusted_file(dir), &tenants)?;
+    }
     write_config(dir, flags)?;
     let api_keys = admission
         .api_keys

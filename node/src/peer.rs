@@ -124,6 +124,13 @@ pub enum PeerRequest {
         /// Entries, oldest first (at most [`crate::audit::SHIP_BATCH`]).
         entries: Vec<nexus_api::wire::AuditEntry>,
     },
+    /// The caller's own usage rows (cumulative) for the answering anchor to roll up.
+    ReportUsage {
+        /// The caller's change number of the last row (what the acknowledgement covers).
+        upto: u64,
+        /// Rows, oldest change first (at most [`crate::usage::MAX_REPORT_ROWS`]).
+        rows: Vec<nexus_crdt::usage::UsageRow>,
+    },
 }
 
 /// A join token as anchors share it in gossip: everything but the secret, whose SHA-256 only
@@ -194,6 +201,11 @@ pub enum PeerResponse {
     AuditAck {
         /// Sequence number.
         through: u64,
+    },
+    /// The anchor stored the caller's usage rows through this change number.
+    UsageAccepted {
+        /// The `upto` of the report.
+        upto: u64,
     },
     /// Refused, with a reason for the operator.
     Refused {
@@ -269,8 +281,12 @@ pub struct PeerService {
     outgoing: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
     /// Replicated configuration, once loaded.
     replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
+    /// Anchors: their CAs per tenant (renewed node MICs come from the tenant's CA).
+    tenant_cas: std::sync::OnceLock<Arc<crate::tenant_ca::TenantCas>>,
     /// The audit log (anchors keep the entries other nodes ship).
     audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    /// Usage metering (anchors roll up what nodes report).
+    usage: std::sync::OnceLock<Arc<crate::usage::Usage>>,
     /// Anchors: this anchor's transparency log and its mirrors of the others'.
     logs: std::sync::OnceLock<(
         Arc<crate::transparency::Transparency>,
@@ -333,7 +349,9 @@ impl PeerService {
             published: Mutex::new(HashMap::new()),
             logs: std::sync::OnceLock::new(),
             replication: std::sync::OnceLock::new(),
+            tenant_cas: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
+            usage: std::sync::OnceLock::new(),
             outgoing: Mutex::new(HashMap::new()),
             info: Mutex::new(info),
         })
@@ -495,6 +513,12 @@ impl PeerService {
                     Ok(Err(err)) => refused("refused", format!("{err:#}")),
                     Err(err) => refused("internal", err.to_string()),
                 }
+            }
+            PeerRequest::ReportUsage { upto, rows } => {
+                let Some(usage) = self.usage.get().cloned() else {
+                    return refused("not_ready", "usage metering is not open yet");
+                };
+                usage.accept(caller, upto, rows).await
             }
             PeerRequest::ProveLogged { serial } => {
                 let Some((log, _)) = self.logs.get().cloned() else {
@@ -837,9 +861,19 @@ impl PeerService {
         let _ = self.audit.set(audit);
     }
 
+    /// Hands usage metering to the peer protocol.
+    pub fn set_usage(&self, usage: Arc<crate::usage::Usage>) {
+        let _ = self.usage.set(usage);
+    }
+
     /// Hands the replicated configuration to the peer protocol.
     pub fn set_replication(&self, replication: Arc<crate::replication::Replication>) {
         let _ = self.replication.set(replication);
+    }
+
+    /// Hands this anchor's tenant CAs to the renewal service.
+    pub fn set_tenant_cas(&self, tenant_cas: Arc<crate::tenant_ca::TenantCas>) {
+        let _ = self.tenant_cas.set(tenant_cas);
     }
 
     /// The mirrors of the other anchors' logs (anchors).
@@ -1203,9 +1237,18 @@ impl PeerService {
             role: caller.role,
             validity: anchor.mic_lifetime,
         };
+        // A node keeps the issuer it joined with: its tenant's CA (the anchor's own CA for the
+        // default tenant, for anchors, and where the anchor CA cannot certify tenant CAs).
+        let issuer = match (self.tenant_cas.get(), caller.role) {
+            (Some(cas), Role::Node) => match cas.issuer_for(&caller.tenant).await {
+                Ok(issuer) => issuer,
+                Err(err) => return refused("issue_failed", format!("{err:#}")),
+            },
+            _ => anchor.ca.clone(),
+        };
         let store = self.store.clone();
         let issued = tokio::task::spawn_blocking(move || {
-            let der = anchor.ca.issue_mic(&public_key, &profile)?;
+            let der = issuer.issue_mic(&public_key, &profile)?;
             let serial = read_mic(&der)?.serial_hex;
             let cert_pem = der_to_pem(&der);
             store.record_certificate(

@@ -261,8 +261,15 @@ pub struct PolicySources {
     pub disabled: Vec<String>,
     /// Fleet members not decommissioned.
     pub members: Vec<NodeId>,
+    /// Those of them in the node's tenant (`source_tenant: own`).
+    pub tenant_members: Vec<NodeId>,
     /// Versions of the documents read, `fleet:12,tenant/acme:40`.
     pub version: String,
+    /// The node's tenant.
+    pub tenant: String,
+    /// Its quotas (fleet document, `tenants.<id>.quotas`); the data plane enforces the
+    /// connection and bandwidth ones.
+    pub quotas: nexus_crdt::TenantQuotas,
 }
 
 /// What [`Replication::access_records`] reads.
@@ -320,10 +327,46 @@ pub struct Replication {
     started: Instant,
     /// What `record_members` last reconciled: (certificate rows, decommissioned nodes).
     members_seen: Mutex<Option<(usize, usize)>>,
+    /// Pushed changes that arrived before changes they depend on (pushes race each other
+    /// down different branches of the broadcast tree), by document: applied as soon as what
+    /// they wait for arrives, by push or by sync. At most [`PENDING_PUSHES`] per document, for
+    /// at most [`PENDING_FOR`] each; a change still waiting then is refused.
+    pending: Mutex<HashMap<String, Vec<(WireChange, Instant)>>>,
+}
+
+/// Pushed changes held per document while their dependencies are missing; beyond, the
+/// oldest are dropped (anti-entropy brings them again if they are real).
+const PENDING_PUSHES: usize = 1024;
+/// How long a held push may wait: what it depends on comes by push or anti-entropy well
+/// within this, unless it never existed (a change filed under the wrong document).
+const PENDING_FOR: Duration = Duration::from_secs(60);
+
+/// What became of one pushed change.
+enum Received {
+    /// New here, applied.
+    Applied,
+    /// Already here, or for a document this node does not hold.
+    Known,
+    /// Waits for changes it depends on.
+    Waiting(DocId),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drops held pushes that waited longer than [`PENDING_FOR`], as refused changes.
+fn expire_pending(held: &mut Vec<(WireChange, Instant)>) {
+    let before = held.len();
+    held.retain(|(_, since)| since.elapsed() < PENDING_FOR);
+    for _ in held.len()..before {
+        refuse_held("what it depends on did not arrive within 60 s");
+    }
+}
+
+fn refuse_held(why: &str) {
+    metrics::counter!("nexus_config_changes_refused_total").increment(1);
+    tracing::warn!(reason = why, "refused a held configuration change");
 }
 
 /// Parses `fleet` / `tenant/<id>`.
@@ -374,6 +417,7 @@ impl Replication {
             responding: Mutex::new(HashMap::new()),
             quarantine: Mutex::new(HashMap::new()),
             members_seen: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
             anti_entropy: Mutex::new(nexus_mesh::AntiEntropy::new()),
             started: Instant::now(),
         })
@@ -533,6 +577,9 @@ impl Replication {
             if let Some(have) = current.get(&node) {
                 record.enrolled_at = have.enrolled_at;
                 record.decommissioned_at = have.decommissioned_at;
+                // The lifecycle duty's marks are not this anchor's to change.
+                record.offline_since = have.offline_since;
+                record.removed_at = have.removed_at;
             }
             if gone && record.decommissioned_at.is_none() {
                 record.decommissioned_at = Some(now);
@@ -555,6 +602,58 @@ impl Replication {
         if all_done {
             *lock(&self.members_seen) = Some(fingerprint);
         }
+    }
+
+    /// Since when the lifecycle duty has flagged `node` (hex id) as offline past its grace.
+    pub fn offline_since(&self, node: &str) -> Option<i64> {
+        self.with_held(&DocId::Fleet, |h| {
+            h.fleet()
+                .and_then(|f| f.model.members.get(node))
+                .filter(|m| m.removed_at.is_none())
+                .and_then(|m| m.offline_since)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The fleet document as this node holds it (before quarantine), if it holds one.
+    pub fn fleet_model(&self) -> Option<nexus_crdt::FleetDoc> {
+        self.with_held(&DocId::Fleet, |h| h.fleet().map(|f| f.model.clone()))
+            .ok()
+            .flatten()
+    }
+
+    /// A tenant's document as this node holds it, if it holds it (anchors hold every tenant's).
+    pub fn tenant_model(&self, tenant: &str) -> Option<nexus_crdt::TenantDoc> {
+        let id = DocId::tenant(tenant).ok()?;
+        if !self.holds(&id) {
+            return None;
+        }
+        self.with_held(&id, |h| h.tenant().map(|t| t.model.clone()))
+            .ok()
+            .flatten()
+    }
+
+    /// Anchors: writes (`Some`) or deletes (`None`) one object as the fleet's own machinery
+    /// (fleet duties, member records), durable before it returns; the document's new version,
+    /// `None` when nothing changed.
+    pub async fn write_as_system<V>(
+        self: &Arc<Self>,
+        doc: &DocId,
+        collection: nexus_crdt::Collection<V>,
+        key: &str,
+        value: Option<V>,
+    ) -> Result<Option<u64>, WriteError>
+    where
+        V: Hydrate + autosurgeon::Reconcile + Clone + PartialEq + Send,
+    {
+        if self.role != Role::Anchor {
+            return Err(WriteError::NotHere(
+                "only anchors write on the fleet's behalf".into(),
+            ));
+        }
+        self.write(doc, &Self::system_caller(), collection, key, value, None)
+            .await
     }
 
     fn system_caller() -> Caller {
@@ -781,7 +880,20 @@ impl Replication {
                 .filter(|(_, m)| m.decommissioned_at.is_none())
                 .filter_map(|(id, _)| id.parse().ok())
                 .collect();
+            out.tenant_members = fleet
+                .model
+                .members
+                .iter()
+                .filter(|(_, m)| m.decommissioned_at.is_none() && m.tenant == self.tenant)
+                .filter_map(|(id, _)| id.parse().ok())
+                .collect();
+            if !fleet_q.contains_key(&format!("tenants.{}", self.tenant))
+                && let Some(t) = fleet.model.tenants.get(&self.tenant)
+            {
+                out.quotas = t.quotas.clone();
+            }
         }
+        out.tenant = self.tenant.clone();
         if let (Some(id), Some(q)) = (&tenant_id, &tenant_q)
             && let Some(held) = docs.get(&id.to_string())
             && let Some(t) = held.tenant()
@@ -943,6 +1055,19 @@ impl Replication {
             )));
         }
         self.write(doc, caller, collection, key, value, None).await
+    }
+
+    /// Reads the fleet document as this node holds it, with the quarantined objects
+    /// (`tenants.acme` → reasons); `None` while it is not loaded.
+    pub fn read_fleet<T>(
+        &self,
+        read: impl FnOnce(&FleetDoc, &BTreeMap<String, Vec<String>>) -> T,
+    ) -> Result<Option<T>, WriteError> {
+        let (docs, quarantined) = self.open_judged(&DocId::Fleet)?;
+        Ok(docs
+            .get("fleet")
+            .and_then(Held::fleet)
+            .map(|f| read(&f.model, &quarantined)))
     }
 
     /// Anchors: makes sure `tenant` exists in the fleet document (a tenant's routes need it).
@@ -1586,46 +1711,34 @@ impl Replication {
     ) -> Vec<WireChange> {
         let mut new = Vec::new();
         for wire in changes {
-            let outcome = (|| -> anyhow::Result<bool> {
-                let envelope = STANDARD.decode(&wire.envelope)?;
-                let mic = STANDARD.decode(&wire.author_mic)?;
-                let change = SignedChange::decode(&envelope)?;
-                if !self.holds(&change.doc_id) {
-                    return Ok(false);
-                }
-                let at_unix = (change.timestamp_ms / 1000).min((crate::now_ms() / 1000) as i64);
-                let directory = MicDirectory {
-                    fleet: &self.fleet,
-                    mic: &mic,
-                    at_unix,
-                };
-                let applied = self.with_held(&change.doc_id, |held| {
-                    let doc = held.doc(&self.store)?;
-                    let applied = doc.apply_remote(&change, &directory)?;
-                    if applied == Applied::Duplicate {
-                        return Ok::<_, anyhow::Error>(false);
-                    }
-                    verified(wire);
-                    let touched = doc.touched_objects([&change]);
-                    let row = (
-                        hex::encode(change.change_hash.0),
-                        envelope.clone(),
-                        mic.clone(),
-                    );
-                    let job = held.commit(vec![row], &touched)?;
-                    self.persister.submit(job, false);
-                    record_lag("push", &change, &touched);
-                    Ok(true)
-                })??;
-                Ok(applied)
-            })();
-            match outcome {
-                Ok(true) => {
+            match self.receive_one(wire, verified) {
+                Ok(Received::Applied) => {
                     new.push(wire.clone());
                     metrics::counter!("nexus_config_changes_total", "origin" => "remote")
                         .increment(1);
+                    if let Ok(change) = STANDARD
+                        .decode(&wire.envelope)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|e| Ok(SignedChange::decode(&e)?))
+                    {
+                        new.extend(self.apply_pending(&change.doc_id, verified));
+                    }
                 }
-                Ok(false) => {}
+                Ok(Received::Known) => {}
+                Ok(Received::Waiting(doc)) => {
+                    let mut pending = lock(&self.pending);
+                    let held = pending.entry(doc.to_string()).or_default();
+                    expire_pending(held);
+                    if !held.iter().any(|(w, _)| w.envelope == wire.envelope) {
+                        if held.len() >= PENDING_PUSHES {
+                            held.remove(0);
+                            refuse_held("more changes are waiting than are held");
+                        }
+                        held.push((wire.clone(), Instant::now()));
+                    }
+                    metrics::counter!("nexus_config_changes_pending_total").increment(1);
+                    tracing::debug!(doc = %doc, "holding a pushed change until what it depends on arrives");
+                }
                 Err(err) => {
                     metrics::counter!("nexus_config_changes_refused_total").increment(1);
                     tracing::warn!(error = %format!("{err:#}"), "refused a configuration change");
@@ -1633,6 +1746,95 @@ impl Replication {
             }
         }
         new
+    }
+
+    /// Applies the held pushes of `doc` whose dependencies are here now (repeatedly: one may
+    /// unblock the next); returns them.
+    fn apply_pending(
+        &self,
+        doc: &DocId,
+        verified: &(dyn Fn(&WireChange) + Sync),
+    ) -> Vec<WireChange> {
+        let mut applied = Vec::new();
+        loop {
+            let mut waiting = lock(&self.pending)
+                .remove(&doc.to_string())
+                .unwrap_or_default();
+            expire_pending(&mut waiting);
+            if waiting.is_empty() {
+                return applied;
+            }
+            let mut still = Vec::new();
+            let mut progress = false;
+            for (wire, since) in waiting {
+                match self.receive_one(&wire, verified) {
+                    Ok(Received::Applied) => {
+                        progress = true;
+                        metrics::counter!("nexus_config_changes_total", "origin" => "remote")
+                            .increment(1);
+                        applied.push(wire);
+                    }
+                    Ok(Received::Waiting(_)) => still.push((wire, since)),
+                    Ok(Received::Known) => {}
+                    Err(err) => {
+                        metrics::counter!("nexus_config_changes_refused_total").increment(1);
+                        tracing::warn!(error = %format!("{err:#}"), "refused a configuration change");
+                    }
+                }
+            }
+            if !still.is_empty() {
+                let mut pending = lock(&self.pending);
+                let held = pending.entry(doc.to_string()).or_default();
+                still.append(held);
+                *held = still;
+            }
+            if !progress {
+                return applied;
+            }
+        }
+    }
+
+    fn receive_one(
+        &self,
+        wire: &WireChange,
+        verified: &(dyn Fn(&WireChange) + Sync),
+    ) -> anyhow::Result<Received> {
+        let envelope = STANDARD.decode(&wire.envelope)?;
+        let mic = STANDARD.decode(&wire.author_mic)?;
+        let change = SignedChange::decode(&envelope)?;
+        if !self.holds(&change.doc_id) {
+            return Ok(Received::Known);
+        }
+        let at_unix = (change.timestamp_ms / 1000).min((crate::now_ms() / 1000) as i64);
+        let directory = MicDirectory {
+            fleet: &self.fleet,
+            mic: &mic,
+            at_unix,
+        };
+        self.with_held(&change.doc_id, |held| {
+            let doc = held.doc(&self.store)?;
+            let applied = match doc.apply_remote(&change, &directory) {
+                Ok(applied) => applied,
+                Err(nexus_crdt::RemoteError::MissingDependencies { .. }) => {
+                    return Ok(Received::Waiting(change.doc_id.clone()));
+                }
+                Err(err) => return Err(err.into()),
+            };
+            if applied == Applied::Duplicate {
+                return Ok::<_, anyhow::Error>(Received::Known);
+            }
+            verified(wire);
+            let touched = doc.touched_objects([&change]);
+            let row = (
+                hex::encode(change.change_hash.0),
+                envelope.clone(),
+                mic.clone(),
+            );
+            let job = held.commit(vec![row], &touched)?;
+            self.persister.submit(job, false);
+            record_lag("push", &change, &touched);
+            Ok(Received::Applied)
+        })?
     }
 
     /// Handles a pushed batch: applies it and relays what was new down the broadcast tree.
@@ -1835,6 +2037,20 @@ impl Replication {
     /// Takes the peer's message: verifies every envelope, applies, stores (one transaction)
     /// and refreshes the materialized model. Returns how many changes were new.
     fn absorb(&self, id: &DocId, state: &mut PeerSync, wire: &WireSync) -> anyhow::Result<usize> {
+        let new = self.absorb_packet(id, state, wire)?;
+        if new > 0 {
+            // What sync brought may be what held pushes were waiting for.
+            self.apply_pending(id, &|_| {});
+        }
+        Ok(new)
+    }
+
+    fn absorb_packet(
+        &self,
+        id: &DocId,
+        state: &mut PeerSync,
+        wire: &WireSync,
+    ) -> anyhow::Result<usize> {
         let Some(packet) = &wire.packet else {
             return Ok(0);
         };

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
+use nexus_crdt::usage::{PeriodTotals, UsageCounters, UsageRange, UsageRow};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// Storage errors: the message names the file and what to do.
@@ -210,6 +211,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE config_mics (fingerprint TEXT PRIMARY KEY, der BLOB NOT NULL);
     ALTER TABLE config_changes ADD COLUMN mic_fingerprint TEXT;",
+    // 11: usage metering (see `crate::usage`). `usage_local`: this node's own rows, cumulative,
+    // one per tenant and hour; `seq` numbers every change of a row, so what an anchor has not
+    // acknowledged (`usage_acks`) is `seq > through`. `usage_rollup` (anchors): every node's
+    // rows, merged by per-field max.
+    "CREATE TABLE usage_local (
+        tenant TEXT NOT NULL,
+        hour_ms INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        connections INTEGER NOT NULL,
+        api_calls INTEGER NOT NULL,
+        node_seconds INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (tenant, hour_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_local_seq ON usage_local(seq);
+    CREATE TABLE usage_acks (anchor TEXT PRIMARY KEY, through INTEGER NOT NULL);
+    CREATE TABLE usage_rollup (
+        tenant TEXT NOT NULL,
+        hour_ms INTEGER NOT NULL,
+        node_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        connections INTEGER NOT NULL,
+        api_calls INTEGER NOT NULL,
+        node_seconds INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, hour_ms, node_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// One stored object of a configuration view (`config_objects`).
@@ -989,6 +1017,11 @@ impl Store {
     /// Stores a token another anchor created (`origin`), or its revocation. Uses are this
     /// anchor's own count.
     pub fn import_token(&self, row: &TokenRow, origin: &str) -> Result<bool, StoreError> {
+        // An expired token admits nobody; importing it would only bring back what garbage
+        // collection removed.
+        if row.expires_at_ms <= crate::now_ms() {
+            return Ok(false);
+        }
         self.with(|c| {
             let inserted = c.execute(
                 "INSERT OR IGNORE INTO tokens (id, secret_hash, tenant, site, labels, max_uses, uses, expires_at_ms, created_at_ms, revoked_at_ms, origin)
@@ -1564,6 +1597,303 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         created_at_ms: r.get::<_, i64>(8)? as u64,
         revoked_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
     })
+}
+
+/// Garbage collection of this node's own records (each node sweeps its own file).
+impl Store {
+    /// Deletes join tokens that expired before `before_ms` (they can admit nobody); the count.
+    pub fn delete_tokens_expired_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM tokens WHERE expires_at_ms < ?1",
+                params![before_ms as i64],
+            )
+        })
+    }
+
+    /// Deletes certificate records that expired before `before_ms`, except each node's newest
+    /// (what the fleet records about a node comes from it); the count.
+    pub fn delete_certificates_expired_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM certificates WHERE not_after_ms > 0 AND not_after_ms < ?1
+                   AND issued_at_ms < (SELECT MAX(issued_at_ms) FROM certificates newest
+                                       WHERE newest.node_id = certificates.node_id)",
+                params![before_ms as i64],
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage metering (see `crate::usage`): this node's own rows, what each anchor acknowledged, and
+// on anchors the roll-up of every node's rows.
+
+fn usage_counters(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<UsageCounters> {
+    let get = |i: usize| r.get::<_, i64>(first + i).map(|v| v.max(0) as u64);
+    Ok(UsageCounters {
+        bytes: get(0)?,
+        connections: get(1)?,
+        api_calls: get(2)?,
+        node_seconds: get(3)?,
+    })
+}
+
+/// Merges `row` into `usage_rollup` inside the caller's transaction (per-field max); whether it
+/// was a new row.
+fn merge_rollup_row(
+    tx: &rusqlite::Transaction<'_>,
+    row: &UsageRow,
+    now_ms: u64,
+) -> rusqlite::Result<bool> {
+    let c = &row.counters;
+    let values = params![
+        row.tenant,
+        clamp_i64(row.hour_ms),
+        row.node_id,
+        clamp_i64(c.bytes),
+        clamp_i64(c.connections),
+        clamp_i64(c.api_calls),
+        clamp_i64(c.node_seconds),
+        clamp_i64(now_ms)
+    ];
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO usage_rollup (tenant, hour_ms, node_id, bytes, connections,
+                 api_calls, node_seconds, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(values)?;
+    if inserted == 0 {
+        tx.prepare_cached(
+            "UPDATE usage_rollup SET bytes = max(bytes, ?4), connections = max(connections, ?5),
+                 api_calls = max(api_calls, ?6), node_seconds = max(node_seconds, ?7),
+                 updated_at_ms = ?8
+             WHERE tenant = ?1 AND hour_ms = ?2 AND node_id = ?3
+               AND (bytes < ?4 OR connections < ?5 OR api_calls < ?6 OR node_seconds < ?7)",
+        )?
+        .execute(values)?;
+    }
+    Ok(inserted > 0)
+}
+
+impl Store {
+    /// This node's own usage rows of hours from `since_hour_ms` on (what a restarted meter
+    /// continues), as rows of `node_id`.
+    pub fn usage_local_since(
+        &self,
+        node_id: &str,
+        since_hour_ms: u64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT tenant, hour_ms, bytes, connections, api_calls, node_seconds
+                 FROM usage_local WHERE hour_ms >= ?1 ORDER BY tenant, hour_ms",
+            )?;
+            stmt.query_map([clamp_i64(since_hour_ms)], |r| {
+                Ok(UsageRow {
+                    node_id: node_id.to_string(),
+                    tenant: r.get(0)?,
+                    hour_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                    counters: usage_counters(r, 2)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Stores this node's rows (cumulative values, merged by per-field max with what is
+    /// stored, so a row never shrinks) in one transaction, numbering each changed row; with
+    /// `rollup` (an anchor) also merges them into the roll-up. Returns how many rows were new
+    /// to the roll-up.
+    pub fn save_usage(&self, rows: &[UsageRow], rollup: bool) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut seq: i64 =
+                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM usage_local", [], |r| {
+                    r.get(0)
+                })?;
+            let mut new = 0;
+            for row in rows {
+                let c = &row.counters;
+                seq += 1;
+                tx.prepare_cached(
+                    "INSERT INTO usage_local (tenant, hour_ms, bytes, connections, api_calls,
+                         node_seconds, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (tenant, hour_ms) DO UPDATE SET
+                         bytes = max(bytes, excluded.bytes),
+                         connections = max(connections, excluded.connections),
+                         api_calls = max(api_calls, excluded.api_calls),
+                         node_seconds = max(node_seconds, excluded.node_seconds),
+                         seq = excluded.seq",
+                )?
+                .execute(params![
+                    row.tenant,
+                    clamp_i64(row.hour_ms),
+                    clamp_i64(c.bytes),
+                    clamp_i64(c.connections),
+                    clamp_i64(c.api_calls),
+                    clamp_i64(c.node_seconds),
+                    seq
+                ])?;
+                if rollup && merge_rollup_row(&tx, row, crate::now_ms())? {
+                    new += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+    }
+
+    /// This node's rows changed since `anchor` last acknowledged, oldest change first, at most
+    /// `limit`, each with its change number.
+    pub fn usage_unreported(
+        &self,
+        node_id: &str,
+        anchor: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, UsageRow)>, StoreError> {
+        self.with(|c| {
+            let through: i64 = c
+                .query_row(
+                    "SELECT through FROM usage_acks WHERE anchor = ?1",
+                    [anchor],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, tenant, hour_ms, bytes, connections, api_calls, node_seconds
+                 FROM usage_local WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            stmt.query_map(params![through, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.max(0) as u64,
+                    UsageRow {
+                        node_id: node_id.to_string(),
+                        tenant: r.get(1)?,
+                        hour_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                        counters: usage_counters(r, 3)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    /// Records that `anchor` holds this node's rows through change `through`.
+    pub fn usage_acknowledged(&self, anchor: &str, through: u64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO usage_acks (anchor, through) VALUES (?1, ?2)
+                 ON CONFLICT (anchor) DO UPDATE SET through = max(through, excluded.through)",
+                params![anchor, clamp_i64(through)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Anchors: merges reported rows into the roll-up (per-field max) in one transaction;
+    /// how many rows were new.
+    pub fn merge_usage(&self, rows: &[UsageRow]) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = crate::now_ms();
+            let mut new = 0;
+            for row in rows {
+                if merge_rollup_row(&tx, row, now)? {
+                    new += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+    }
+
+    /// Anchors: `tenant`'s sums per period of `range` (periods with rows only) and the
+    /// distinct nodes that ran over the range (rows with node-seconds).
+    pub fn usage_totals(
+        &self,
+        tenant: &str,
+        range: &UsageRange,
+    ) -> Result<(Vec<PeriodTotals>, u64), StoreError> {
+        self.with(|c| {
+            let period = range.granularity.period_ms() as i64;
+            let bounds = params![
+                tenant,
+                clamp_i64(range.from_ms),
+                clamp_i64(range.to_ms),
+                period
+            ];
+            let mut stmt = c.prepare_cached(
+                "SELECT hour_ms - hour_ms % ?4 AS period, SUM(bytes), SUM(connections),
+                     SUM(api_calls), SUM(node_seconds),
+                     COUNT(DISTINCT CASE WHEN node_seconds > 0 THEN node_id END)
+                 FROM usage_rollup WHERE tenant = ?1 AND hour_ms >= ?2 AND hour_ms < ?3
+                 GROUP BY period ORDER BY period",
+            )?;
+            let periods = stmt
+                .query_map(bounds, |r| {
+                    Ok(PeriodTotals {
+                        period_start_ms: r.get::<_, i64>(0)?.max(0) as u64,
+                        counters: usage_counters(r, 1)?,
+                        nodes: r.get::<_, i64>(5)?.max(0) as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let nodes: i64 = c.query_row(
+                "SELECT COUNT(DISTINCT node_id) FROM usage_rollup
+                 WHERE tenant = ?1 AND hour_ms >= ?2 AND hour_ms < ?3 AND node_seconds > 0",
+                params![tenant, clamp_i64(range.from_ms), clamp_i64(range.to_ms)],
+                |r| r.get(0),
+            )?;
+            Ok((periods, nodes.max(0) as u64))
+        })
+    }
+
+    /// Anchors: rows in the roll-up.
+    pub fn usage_rollup_rows(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM usage_rollup", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// Deletes usage rows of hours before `before_hour_ms`: the roll-up's (anchors' retention)
+    /// and this node's own rows every anchor it reported to holds (`anchors`); returns the
+    /// roll-up rows deleted.
+    pub fn prune_usage_before(
+        &self,
+        before_hour_ms: u64,
+        anchors: &[String],
+    ) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rollup = tx.execute(
+                "DELETE FROM usage_rollup WHERE hour_ms < ?1",
+                [clamp_i64(before_hour_ms)],
+            )?;
+            let mut acked = i64::MAX;
+            for anchor in anchors {
+                let through: i64 = tx
+                    .query_row(
+                        "SELECT through FROM usage_acks WHERE anchor = ?1",
+                        [anchor],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                acked = acked.min(through);
+            }
+            tx.execute(
+                "DELETE FROM usage_local WHERE hour_ms < ?1 AND seq <= ?2",
+                params![clamp_i64(before_hour_ms), acked],
+            )?;
+            tx.commit()?;
+            Ok(rollup)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,13 @@ impl EnvelopeSource for Envelopes {
 /// One node's replicated configuration: what its SQLite store holds (it survives crashes).
 struct Replica {
     docs: BTreeMap<String, ConfigDoc>,
+    /// Pushed changes that arrived before changes they depend on, by document, as the node's
+    /// replication holds them: applied (and pushed on) once what they wait for arrives.
+    pending: HashMap<String, Vec<(Arc<SignedChange>, Arrival)>>,
 }
+
+/// Held pushes per document, as on a node.
+const PENDING_PUSHES: usize = 1024;
 
 impl Replica {
     fn advertised(&self) -> HashMap<String, (u64, String)> {
@@ -286,7 +292,10 @@ impl World {
             started: false,
             mesh: None,
             tasks: Vec::new(),
-            replica: Arc::new(Mutex::new(Replica { docs })),
+            replica: Arc::new(Mutex::new(Replica {
+                docs,
+                pending: HashMap::new(),
+            })),
             skew_ms: Arc::new(AtomicI64::new(0)),
             remembered: Vec::new(),
             generation: 0,
@@ -496,6 +505,7 @@ async fn start_node(world: &Arc<World>, node: usize) {
             suspect_after: m.suspect_after.0,
             offline_after: m.offline_after.0,
             decommission_grace: Duration::from_secs(24 * 3600),
+            ..MembershipConfig::default()
         },
         tick_interval: m.tick_interval.0,
         dead_incarnation_grace: nexus_mesh::DEAD_INCARNATION_GRACE,
@@ -792,6 +802,15 @@ fn receive_push(world: &Arc<World>, from: usize, node: usize, push: Push) {
     let new = match outcome {
         Some(Ok(nexus_crdt::Applied::New)) => true,
         Some(Ok(_)) => false,
+        Some(Err(nexus_crdt::RemoteError::MissingDependencies { .. })) => {
+            let mut replica = lock(&replica);
+            let held = replica.pending.entry(key.clone()).or_default();
+            if held.len() >= PENDING_PUSHES {
+                held.remove(0);
+            }
+            held.push((push.change.clone(), push.arrival));
+            false
+        }
         Some(Err(err)) => {
             tracing::debug!(node, error = %err, "simulated node refused a pushed change");
             lock(&world.record).refused_changes += 1;
@@ -815,7 +834,48 @@ fn receive_push(world: &Arc<World>, from: usize, node: usize, push: Push) {
     if new {
         took(world, node, &[push.change.change_hash]);
         start_trees(world, node, &push.change, push.arrival);
+        apply_pending(world, node, &key);
         spawn_publish(world, node);
+    }
+}
+
+/// Applies the held pushes of document `key` on `node` whose dependencies are there now
+/// (repeatedly: one may unblock the next), and pushes them on like any new push.
+fn apply_pending(world: &Arc<World>, node: usize, key: &str) {
+    let replica = world.replica(node);
+    loop {
+        let applied: Vec<(Arc<SignedChange>, Arrival)> = {
+            let directory = lock(&world.directory);
+            let mut replica = lock(&replica);
+            let waiting = replica.pending.remove(key).unwrap_or_default();
+            let Some(doc) = replica.docs.get_mut(key) else {
+                return;
+            };
+            let mut applied = Vec::new();
+            let mut still = Vec::new();
+            for (change, arrival) in waiting {
+                match doc.apply_remote(&change, &*directory) {
+                    Ok(nexus_crdt::Applied::New) => applied.push((change, arrival)),
+                    Ok(_) => {}
+                    Err(nexus_crdt::RemoteError::MissingDependencies { .. }) => {
+                        still.push((change, arrival));
+                    }
+                    Err(_) => lock(&world.record).refused_changes += 1,
+                }
+            }
+            if !still.is_empty() {
+                replica.pending.insert(key.to_string(), still);
+            }
+            applied
+        };
+        if applied.is_empty() {
+            return;
+        }
+        let hashes: Vec<ChangeHash> = applied.iter().map(|(c, _)| c.change_hash).collect();
+        took(world, node, &hashes);
+        for (change, arrival) in &applied {
+            start_trees(world, node, change, *arrival);
+        }
     }
 }
 
@@ -944,6 +1004,8 @@ async fn sync_session(world: &Arc<World>, a: usize, b: usize, doc: &str) -> usiz
                     }
                     if !hashes.is_empty() {
                         took(world, to, &hashes);
+                        // What sync brought may be what held pushes were waiting for.
+                        apply_pending(world, to, doc);
                         if to == b {
                             spawn_publish(world, b);
                         }
@@ -987,6 +1049,7 @@ fn write(world: &Arc<World>, node: usize, document: &str, label: &str, seq: usiz
             dest_capabilities: vec![],
             stream_modes: vec![StreamMode::BE],
             message_types: vec![(seq % 200) as u16],
+            source_tenant: None,
         },
         action: RouteAction::new(ActionType::Allow),
         enabled: true,

@@ -467,6 +467,7 @@ impl Scenario {
             suspect_after: m.suspect_after.0,
             offline_after: m.offline_after.0,
             decommission_grace: Duration::from_secs(3600),
+            ..Default::default()
         }
         .validate()
         .map_err(|e| anyhow::anyhow!("{}", e.replace("membership.", "mesh.")))?;
