@@ -523,6 +523,25 @@ impl Fleet {
         self.call(reqwest::Method::GET, api, path).await
     }
 
+    /// Sends `method` with a JSON body to `api` with the admin key.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        api: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .request(method, format!("{api}{path}"))
+            .bearer_auth(&self.admin_key)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// POST a JSON body to `api` with the admin key.
     pub async fn post_json(
         &self,

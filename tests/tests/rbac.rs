@@ -412,6 +412,8 @@ async fn roles_tenants_audit_and_rate_limits() {
     let metrics = api
         .http
         .get(format!("{}/metrics", api.base))
+        // Series naming a tenant are a fleet admin's to read.
+        .bearer_auth(&root)
         .send()
         .await
         .unwrap();

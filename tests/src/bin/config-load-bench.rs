@@ -149,6 +149,7 @@ fn route(i: usize, tenant: &str, created_at: i64) -> RoutePolicy {
             dest_capabilities: Vec::new(),
             stream_modes: vec![StreamMode::RO],
             message_types: vec![7],
+            source_tenant: None,
         },
         action: RouteAction::new(ActionType::Allow),
         enabled: true,
