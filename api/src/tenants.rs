@@ -10,8 +10,10 @@
 //! | `default-deny-other-tenants` | 1000 | `source_tenant: other` | deny |
 //!
 //! Priority 1000 is the lowest there is, so any policy the tenant writes decides first. Every
-//! input is checked before anything is written; if a later step fails, the tenant record is
-//! removed again and the error names the step.
+//! input is checked before anything is written; if a step fails, what was made is removed
+//! again and the error names the step (and what could not be removed, if anything). The admin
+//! key is made last, so once it exists nothing can fail and its secret always reaches the
+//! caller.
 
 use axum::Json;
 use axum::extract::State;
@@ -168,10 +170,15 @@ pub(crate) async fn onboard_tenant(
     }
     match crate::config::without_if_match(finish(&backend, &who, &id, &onboarding)).await {
         Ok(onboarded) => {
-            let stored = backend
+            // Nothing may fail from here on: the admin key exists, and its secret is only in
+            // this answer.
+            let (mut value, version) = match backend
                 .config_get(ConfigKind::Tenants, None, id.clone())
-                .await?;
-            let mut value = stored.value;
+                .await
+            {
+                Ok(stored) => (stored.value, Some(stored.version)),
+                Err(_) => (json!({"id": id}), None),
+            };
             if let (Some(map), Ok(Value::Object(more))) =
                 (value.as_object_mut(), serde_json::to_value(&onboarded))
             {
@@ -179,32 +186,83 @@ pub(crate) async fn onboard_tenant(
             }
             let mut response = (StatusCode::CREATED, Json(value)).into_response();
             let headers = response.headers_mut();
-            headers.insert("x-config-version", stored.version.into());
+            if let Some(version) = version {
+                headers.insert("x-config-version", version.into());
+            }
             if let Ok(location) = format!("/v1/tenants/{id}").parse() {
                 headers.insert(axum::http::header::LOCATION, location);
             }
             Ok(response)
         }
-        Err((step, err)) => {
-            // Best effort: the tenant without its admin is of no use to anyone.
-            let _ = crate::config::without_if_match(delete_one(
-                backend.clone(),
-                ConfigKind::Tenants,
-                who,
-                None,
-                id.clone(),
-            ))
-            .await;
+        Err(failed) => {
+            let undone = crate::config::without_if_match(undo(&backend, &who, &id, &failed)).await;
+            let after = match undone {
+                Ok(()) => "the tenant and what was made for it were removed again; fix the cause \
+                           and retry"
+                    .to_string(),
+                Err(left) => format!(
+                    "removing what was made failed too ({left}): delete tenant {id:?} and its \
+                     policies by hand before retrying"
+                ),
+            };
+            let err = failed.error;
             Err(ApiError::new(
                 err.status,
                 err.code,
                 format!(
-                    "onboarding tenant {id:?} failed at {step} (the tenant was removed again; \
-                     fix the cause and retry): {}",
-                    err.message
+                    "onboarding tenant {id:?} failed at {} ({after}): {}",
+                    failed.step, err.message
                 ),
             ))
         }
+    }
+}
+
+/// How far onboarding got before a step failed.
+struct Failed {
+    step: &'static str,
+    error: ApiError,
+    oidc: bool,
+    policies: Vec<String>,
+}
+
+/// Removes what onboarding made before it failed, newest first (no admin key exists then: it
+/// is made last).
+async fn undo(backend: &Shared, who: &Caller, id: &str, failed: &Failed) -> Result<(), String> {
+    let mut left = Vec::new();
+    for policy in failed.policies.iter().rev() {
+        if let Err(e) = delete_one(
+            backend.clone(),
+            ConfigKind::Routes,
+            who.clone(),
+            Some(id.to_string()),
+            policy.clone(),
+        )
+        .await
+        {
+            left.push(format!("policy {policy}: {}", e.message));
+        }
+    }
+    if failed.oidc
+        && let Err(e) = backend.put_oidc(who, id, None).await
+    {
+        left.push(format!("OIDC provider: {}", e.message));
+    }
+    if let Err(e) = delete_one(
+        backend.clone(),
+        ConfigKind::Tenants,
+        who.clone(),
+        None,
+        id.to_string(),
+    )
+    .await
+    {
+        left.push(format!("tenant record: {}", e.message));
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(left.join("; "))
     }
 }
 
@@ -213,35 +271,29 @@ async fn finish(
     who: &Caller,
     id: &str,
     onboarding: &Onboarding,
-) -> Result<Onboarded, (&'static str, ApiError)> {
-    let certificate_authority = backend
-        .ensure_tenant_ca(id)
-        .await
-        .map_err(|e| ("creating the tenant CA", e))?;
-    let admin_key = if onboarding.admin_key.unwrap_or(true) {
-        Some(
-            backend
-                .create_key(
-                    who,
-                    CreateKey {
-                        name: format!("{id} admin"),
-                        role: "admin".into(),
-                        tenant: Some(id.to_string()),
-                        ttl: onboarding.admin_key_ttl.clone(),
-                    },
-                )
-                .await
-                .map_err(|e| ("creating the admin API key", e))?,
-        )
-    } else {
-        None
+) -> Result<Onboarded, Failed> {
+    let mut failed = Failed {
+        step: "",
+        error: ApiError::internal(""),
+        oidc: false,
+        policies: Vec::new(),
+    };
+    let fail = |step: &'static str, error: ApiError, so_far: &Failed| Failed {
+        step,
+        error,
+        oidc: so_far.oidc,
+        policies: so_far.policies.clone(),
+    };
+    let certificate_authority = match backend.ensure_tenant_ca(id).await {
+        Ok(ca) => ca,
+        Err(e) => return Err(fail("creating the tenant CA", e, &failed)),
     };
     let oidc_issuer = match &onboarding.oidc {
         Some(provider) => {
-            backend
-                .put_oidc(who, id, Some(provider.clone()))
-                .await
-                .map_err(|e| ("setting the OIDC provider", e))?;
+            if let Err(e) = backend.put_oidc(who, id, Some(provider.clone())).await {
+                return Err(fail("setting the OIDC provider", e, &failed));
+            }
+            failed.oidc = true;
             provider
                 .get("issuer")
                 .and_then(Value::as_str)
@@ -249,10 +301,9 @@ async fn finish(
         }
         None => None,
     };
-    let mut default_policies = Vec::new();
     if onboarding.default_policies.unwrap_or(true) {
         for policy in DEFAULT_POLICIES {
-            let written = put_one(
+            match put_one(
                 backend.clone(),
                 ConfigKind::Routes,
                 who.clone(),
@@ -261,17 +312,43 @@ async fn finish(
                 default_policy(policy),
             )
             .await
-            .map_err(|e| ("writing the default policies", e))?;
-            if written.status().is_success() {
-                default_policies.push(policy.to_string());
+            {
+                Ok(written) if written.status().is_success() => {
+                    failed.policies.push(policy.to_string())
+                }
+                Ok(written) => {
+                    let e = ApiError::internal(format!("answered {}", written.status()));
+                    return Err(fail("writing the default policies", e, &failed));
+                }
+                Err(e) => return Err(fail("writing the default policies", e, &failed)),
             }
         }
     }
+    // Last: once the key exists nothing else can fail, so its secret always reaches the caller.
+    let admin_key = if onboarding.admin_key.unwrap_or(true) {
+        let created = backend
+            .create_key(
+                who,
+                CreateKey {
+                    name: format!("{id} admin"),
+                    role: "admin".into(),
+                    tenant: Some(id.to_string()),
+                    ttl: onboarding.admin_key_ttl.clone(),
+                },
+            )
+            .await;
+        match created {
+            Ok(key) => Some(key),
+            Err(e) => return Err(fail("creating the admin API key", e, &failed)),
+        }
+    } else {
+        None
+    };
     Ok(Onboarded {
         admin_key,
         certificate_authority,
         oidc_issuer,
-        default_policies,
+        default_policies: failed.policies,
     })
 }
 

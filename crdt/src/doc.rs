@@ -554,7 +554,7 @@ fn genesis(id: &DocId) -> Automerge {
 /// change creates these maps, so they never conflict.
 fn derived_collections(id: &DocId) -> &'static [&'static str] {
     match id {
-        DocId::Fleet => &["snapshots", "members"],
+        DocId::Fleet => &["snapshots", "members", "tenant_cas", "duties"],
         DocId::Tenant(_) => &["snapshots"],
     }
 }

@@ -293,26 +293,48 @@ pub async fn tenant_create(
     if onboarding.no_default_policies {
         map.insert("default_policies".into(), Value::Bool(false));
     }
+    let api = Api::new(args)?;
     // The key file is created (empty, owner-only) before the tenant is, so a path that cannot
     // be written fails before the only copy of the secret exists.
     let key_file = match &onboarding.admin_key_out {
         Some(path) => Some((path.clone(), create_secret_file(path)?)),
         None => None,
     };
-    let api = Api::new(args)?;
+    let remove_key_file = || {
+        if let Some((path, _)) = &key_file {
+            let _ = std::fs::remove_file(path);
+        }
+    };
     let reply = match api
         .request(reqwest::Method::POST, "/v1/tenants", Some(&body))
         .await
     {
         Ok(reply) => reply,
         Err(err) => {
-            if let Some((path, _)) = &key_file {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(err);
+            remove_key_file();
+            return Err(err.context(format!(
+                "if the anchor was reached, tenant {id} may exist now (`nexus tenants get {id}`); \
+                 its admin key is then lost: revoke it and create another with `nexus keys \
+                 create --tenant {id} --role admin`"
+            )));
         }
     };
-    let mut value: Value = reply.json("/v1/tenants")?;
+    let mut value: Value = match reply.json("/v1/tenants") {
+        Ok(value) => value,
+        // The anchor refused (the error says why): nothing was created.
+        Err(err) if !reply.status.is_success() => {
+            remove_key_file();
+            return Err(err);
+        }
+        Err(err) => {
+            remove_key_file();
+            return Err(err.context(format!(
+                "tenant {id} may have been created but the answer was unreadable: check with \
+                 `nexus tenants get {id}` and create an admin key with `nexus keys create \
+                 --tenant {id} --role admin`"
+            )));
+        }
+    };
     let secret = value
         .pointer("/admin_key/secret")
         .and_then(Value::as_str)

@@ -401,6 +401,15 @@ impl NodeConfig {
             None
         };
         let duties = crate::duties::DutiesConfig::resolve(file.duties.as_ref())?;
+        if duties.offline_grace >= membership.forget_offline_after {
+            bail!(
+                "config key `duties.offline_grace` ({:?}) must be shorter than \
+                 `membership.forget_offline_after` ({:?}): a node is forgotten before it could be \
+                 flagged otherwise",
+                duties.offline_grace,
+                membership.forget_offline_after
+            );
+        }
         let mut u = file.usage.clone().unwrap_or_default();
         if let Ok(value) = std::env::var("NEXUS_USAGE_REPORT_INTERVAL") {
             u.report_interval = Some(value);

@@ -151,31 +151,36 @@ pub enum Turn {
     Wait,
 }
 
-/// The lease rule (see the module docs), I/O-free. `live` are the anchors alive in this
-/// node's view, itself included; `holder_silent_ms` is how long the recorded holder has not
-/// been among them (0 while it is); `highest` is the highest epoch this anchor has seen for
-/// the duty.
+/// The lease rule (see the module docs), I/O-free. `live` are the active anchors alive in
+/// this node's view (itself among them only while it is one); `vacant_ms` is how long the duty
+/// has had no live holder here (its holder silent, or none); `highest` is the highest epoch
+/// this anchor has seen for the duty.
+///
+/// The live anchor of rank k (0 = lowest node id) takes a vacant duty once it has been vacant
+/// for k leases, plus one when a holder is recorded (it may only be slow to gossip): the
+/// lowest first, the others in turn if it does not (a full disk, an old build).
 pub fn turn(
     me: &NodeId,
     lease: Option<&DutyLease>,
     live: &BTreeSet<NodeId>,
-    holder_silent_ms: i64,
+    vacant_ms: i64,
     config: &DutiesConfig,
     highest: u64,
 ) -> Turn {
-    if let Some(l) = lease {
-        if l.holder == me.to_hex() {
-            return Turn::Hold { epoch: l.epoch };
-        }
-        if holder_silent_ms < config.lease.as_millis() as i64 {
-            return Turn::Wait;
-        }
+    let Some(rank) = live.iter().position(|id| id == me) else {
+        return Turn::Wait;
+    };
+    if let Some(l) = lease
+        && l.holder == me.to_hex()
+    {
+        return Turn::Hold { epoch: l.epoch };
     }
-    match live.iter().next() {
-        Some(first) if first == me => Turn::Take {
-            epoch: lease.map_or(0, |l| l.epoch).max(highest) + 1,
-        },
-        _ => Turn::Wait,
+    let leases = rank as i64 + i64::from(lease.is_some());
+    if vacant_ms < leases.saturating_mul(config.lease.as_millis() as i64) {
+        return Turn::Wait;
+    }
+    Turn::Take {
+        epoch: lease.map_or(0, |l| l.epoch).max(highest) + 1,
     }
 }
 
@@ -281,66 +286,80 @@ impl Duties {
             .collect()
     }
 
-    /// Anchors alive in this node's view (itself included), by the fleet's member records.
-    fn live_anchors(&self, fleet: &FleetDoc) -> BTreeSet<NodeId> {
-        let mut live: BTreeSet<NodeId> = self
+    /// The duty's record and the anchors alive in this node's view, by the fleet's member
+    /// records: itself included only while its own record is an active anchor's (a
+    /// decommissioned anchor still running holds nothing).
+    fn view(&self, duty: &str) -> Option<(Option<DutyLease>, BTreeSet<NodeId>)> {
+        let mut candidates: Vec<NodeId> = self
             .mesh
             .members()
             .into_iter()
             .filter(|m| alive(m.status))
-            .filter(|m| {
-                fleet.members.get(&m.node_id.to_hex()).is_some_and(|r| {
-                    r.role == "anchor" && r.decommissioned_at.is_none() && r.removed_at.is_none()
-                })
-            })
             .map(|m| m.node_id)
             .collect();
-        live.insert(self.node_id);
-        live
+        candidates.push(self.node_id);
+        self.replication.with_fleet(|fleet| {
+            let active = |id: &NodeId| {
+                fleet.members.get(&id.to_hex()).is_some_and(|r| {
+                    r.role == "anchor" && r.decommissioned_at.is_none() && r.removed_at.is_none()
+                })
+            };
+            let live = candidates.into_iter().filter(active).collect();
+            (fleet.duties.get(duty).cloned(), live)
+        })
     }
 
     /// Whether this node still holds `duty` with `epoch` (checked before every write a duty
     /// makes: the fence).
     pub fn still_holds(&self, duty: &str, epoch: u64) -> bool {
+        let me = self.node_id.to_hex();
         self.replication
-            .fleet_model()
-            .and_then(|fleet| fleet.duties.get(duty).cloned())
-            .is_some_and(|l| l.holder == self.node_id.to_hex() && l.epoch == epoch)
+            .with_fleet(|fleet| {
+                fleet
+                    .duties
+                    .get(duty)
+                    .is_some_and(|l| l.holder == me && l.epoch == epoch)
+            })
+            .unwrap_or(false)
     }
 
     /// Applies the lease rule for `duty` now; the epoch to work with when this node holds it
     /// and may act.
     async fn claim(self: &Arc<Self>, duty: &str) -> Option<u64> {
-        let fleet = self.replication.fleet_model()?;
+        let (lease, live) = self.view(duty)?;
+        let lease = lease.as_ref();
         let now = crate::now_ms() as i64;
-        let lease = fleet.duties.get(duty);
         let highest = {
             let mut local = lock(&self.local);
             let seen = local.highest.entry(duty.to_string()).or_default();
             *seen = (*seen).max(lease.map_or(0, |l| l.epoch));
             *seen
         };
-        let live = self.live_anchors(&fleet);
-        let silent_ms = {
+        // How long the duty has been vacant in this view: its holder silent (not a live
+        // anchor), or no holder at all. Keyed by the record it is about, so a new record (a
+        // merge, a take-over) starts a new clock.
+        let vacant_ms = {
             let mut local = lock(&self.local);
-            match lease.and_then(|l| l.holder.parse::<NodeId>().ok()) {
-                Some(holder) if !live.contains(&holder) => {
-                    let since = *local.silent_since.entry(holder.to_hex()).or_insert(now);
-                    now - since
-                }
-                Some(holder) => {
-                    local.silent_since.remove(&holder.to_hex());
-                    0
-                }
-                // A record that names no node id holds nothing.
-                None => i64::MAX,
+            let holder = lease.and_then(|l| l.holder.parse::<NodeId>().ok());
+            let key = match (lease, holder) {
+                (Some(l), Some(h)) => format!("{duty}/{h}/{}", l.epoch),
+                _ => format!("{duty}/none"),
+            };
+            local
+                .silent_since
+                .retain(|k, _| !k.starts_with(&format!("{duty}/")) || *k == key);
+            if holder.is_some_and(|h| live.contains(&h)) {
+                local.silent_since.remove(&key);
+                0
+            } else {
+                now - *local.silent_since.entry(key).or_insert(now)
             }
         };
         let mut decided = turn(
             &self.node_id,
             lease,
             &live,
-            silent_ms,
+            vacant_ms,
             &self.config,
             highest,
         );
@@ -453,10 +472,6 @@ impl Duties {
 
     /// The `lifecycle` duty: offline flags and removal of decommissioned members.
     async fn lifecycle(self: &Arc<Self>, epoch: u64) -> anyhow::Result<usize> {
-        let fleet = self
-            .replication
-            .fleet_model()
-            .context("no fleet document")?;
         let now = crate::now_ms() as i64;
         let grace = self.config.offline_grace.as_millis() as i64;
         let removal = self.decommission_grace.as_millis() as i64;
@@ -466,53 +481,85 @@ impl Duties {
             .into_iter()
             .map(|m| (m.node_id.to_hex(), m))
             .collect();
-        let mut changed = 0;
-        for (id, record) in &fleet.members {
-            if record.removed_at.is_some() {
-                continue;
-            }
-            let mut next = record.clone();
-            if let Some(at) = record.decommissioned_at {
-                if now - at > removal {
-                    next.removed_at = Some(now);
-                    next.offline_since = None;
-                }
-            } else if let Some(member) = seen.get(id) {
-                let since = member.status_since_ms as i64;
-                match member.status {
-                    NodeStatus::Offline if now - since > grace && next.offline_since.is_none() => {
-                        next.offline_since = Some(since);
+        // Decided on the record as it is now, in place; each mark is written on the record as
+        // it is when written (read again then), so a field another anchor or an operator
+        // changed meanwhile is never put back.
+        let (marks, flagged) = self
+            .replication
+            .with_fleet(|fleet| {
+                let mut marks = Vec::new();
+                for (id, record) in &fleet.members {
+                    if record.removed_at.is_some() {
+                        continue;
                     }
-                    status if alive(status) => next.offline_since = None,
-                    _ => {}
+                    if let Some(at) = record.decommissioned_at {
+                        if now - at > removal {
+                            marks.push((id.clone(), Mark::Removed(now)));
+                        }
+                    } else if let Some(member) = seen.get(id) {
+                        let since = member.status_since_ms as i64;
+                        match member.status {
+                            NodeStatus::Offline
+                                if now - since > grace && record.offline_since.is_none() =>
+                            {
+                                marks.push((id.clone(), Mark::Offline(Some(since))));
+                            }
+                            status if alive(status) && record.offline_since.is_some() => {
+                                marks.push((id.clone(), Mark::Offline(None)));
+                            }
+                            _ => {}
+                        }
+                    }
                 }
-            }
-            if next == *record {
-                continue;
-            }
+                let flagged = fleet
+                    .members
+                    .values()
+                    .filter(|m| m.offline_since.is_some() && m.removed_at.is_none())
+                    .count();
+                (marks, flagged)
+            })
+            .context("no fleet document")?;
+        metrics::gauge!("nexus_nodes_offline_flagged").set(flagged as f64);
+        let mut changed = 0;
+        for (id, mark) in marks {
             if !self.still_holds(LIFECYCLE, epoch) {
                 anyhow::bail!("lost the duty (epoch {epoch}) during the run");
             }
+            let Some(mut record) = self
+                .replication
+                .with_fleet(|f| f.members.get(&id).cloned())
+                .flatten()
+            else {
+                continue;
+            };
+            match mark {
+                Mark::Removed(at) if record.removed_at.is_none() => {
+                    record.removed_at = Some(at);
+                    record.offline_since = None;
+                }
+                Mark::Offline(since) if record.removed_at.is_none() => {
+                    record.offline_since = since;
+                }
+                _ => continue,
+            }
             self.replication
-                .write_as_system(&DocId::Fleet, nexus_crdt::MEMBERS, id, Some(next.clone()))
+                .write_as_system(&DocId::Fleet, nexus_crdt::MEMBERS, &id, Some(record))
                 .await
                 .map_err(|e| anyhow::anyhow!("recording member {id}: {e:?}"))?;
             changed += 1;
-            if next.removed_at.is_some() {
-                tracing::info!(node = %id, epoch, "removed a decommissioned node after its grace");
-                metrics::counter!("nexus_nodes_removed_total").increment(1);
-            } else if next.offline_since.is_some() {
-                tracing::warn!(node = %id, epoch, since = next.offline_since, "node offline longer than its grace: flagged");
-            } else {
-                tracing::info!(node = %id, epoch, "flagged node is back online");
+            match mark {
+                Mark::Removed(_) => {
+                    tracing::info!(node = %id, epoch, "removed a decommissioned node after its grace");
+                    metrics::counter!("nexus_nodes_removed_total").increment(1);
+                }
+                Mark::Offline(Some(since)) => {
+                    tracing::warn!(node = %id, epoch, since, "node offline longer than its grace: flagged");
+                }
+                Mark::Offline(None) => {
+                    tracing::info!(node = %id, epoch, "flagged node is back online");
+                }
             }
         }
-        let flagged = fleet
-            .members
-            .values()
-            .filter(|m| m.offline_since.is_some() && m.removed_at.is_none())
-            .count();
-        metrics::gauge!("nexus_nodes_offline_flagged").set(flagged as f64);
         Ok(changed)
     }
 
@@ -528,6 +575,12 @@ impl Duties {
             crate::now_ms() as i64,
             self.config.retention,
         );
+        let removed: BTreeSet<NodeId> = fleet
+            .members
+            .iter()
+            .filter(|(_, m)| m.removed_at.is_some())
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect();
         let mut changed = 0;
         for step in plan {
             if !self.still_holds(GC, epoch) {
@@ -538,7 +591,7 @@ impl Duties {
                     doc,
                     collection,
                     key,
-                    keep,
+                    ..
                 } => {
                     let c = if *collection == "site_routes" {
                         nexus_crdt::SITE_ROUTES
@@ -547,11 +600,33 @@ impl Duties {
                     } else {
                         nexus_crdt::ROUTES
                     };
+                    // The route as it is now (a tenant admin may have changed it since the
+                    // plan was made): only the removed sources go.
+                    let fresh = match doc {
+                        DocId::Fleet => self
+                            .replication
+                            .with_fleet(|f| f.policies.get(key).cloned()),
+                        DocId::Tenant(t) => self.replication.with_tenant(t, |d| {
+                            if *collection == "site_routes" {
+                                d.site_routes.get(key).cloned()
+                            } else {
+                                d.routes.get(key).cloned()
+                            }
+                        }),
+                    }
+                    .flatten();
+                    let Some(fresh) = fresh else { continue };
+                    let mut keep = fresh.clone();
+                    keep.matches
+                        .source_node_ids
+                        .retain(|n| !removed.contains(n));
+                    if keep == fresh {
+                        continue;
+                    }
+                    let keep = (!keep.matches.source_node_ids.is_empty()).then_some(keep);
                     (
                         "route",
-                        self.replication
-                            .write_as_system(doc, c, key, keep.as_deref().cloned())
-                            .await,
+                        self.replication.write_as_system(doc, c, key, keep).await,
                     )
                 }
                 GcStep::Override {
@@ -630,6 +705,15 @@ impl Duties {
             Err(err) => tracing::warn!(error = %err, "cannot remove expired records"),
         }
     }
+}
+
+/// A lifecycle mark on one member record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// `removed_at`.
+    Removed(i64),
+    /// `offline_since` set, or cleared.
+    Offline(Option<i64>),
 }
 
 /// One write of a garbage-collection sweep.
@@ -794,6 +878,17 @@ mod tests {
             Turn::Take { epoch: 1 }
         );
         assert_eq!(turn(&id(2), None, &live, 0, &config(), 0), Turn::Wait);
+        // The next in rank takes it if the lowest has not within a lease.
+        assert_eq!(
+            turn(&id(2), None, &live, 15_000, &config(), 0),
+            Turn::Take { epoch: 1 }
+        );
+        // An anchor that is not an active one (decommissioned, say) never takes or holds.
+        assert_eq!(turn(&id(9), None, &live, 99_000, &config(), 0), Turn::Wait);
+        assert_eq!(
+            turn(&id(9), Some(&lease(9, 2)), &live, 0, &config(), 2),
+            Turn::Wait
+        );
     }
 
     #[test]
@@ -819,10 +914,14 @@ mod tests {
             turn(&id(1), Some(&l), &live, 15_000, &config(), 4),
             Turn::Take { epoch: 5 }
         );
-        // Only the preferred live anchor takes it.
+        // The next in rank waits one lease more.
         assert_eq!(
-            turn(&id(3), Some(&l), &live, 60_000, &config(), 4),
+            turn(&id(3), Some(&l), &live, 29_999, &config(), 4),
             Turn::Wait
+        );
+        assert_eq!(
+            turn(&id(3), Some(&l), &live, 30_000, &config(), 4),
+            Turn::Take { epoch: 5 }
         );
         // Never below an epoch already seen (a merged record may carry a lower one).
         assert_eq!(

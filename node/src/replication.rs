@@ -574,10 +574,12 @@ impl Replication {
             if !write {
                 continue;
             }
-            if let Some(have) = current.get(&node) {
+            // Read again now: the lifecycle duty may have marked it since `current` was read,
+            // and its marks are not this anchor's to change.
+            let fresh = self.with_fleet(|f| f.members.get(&node).cloned()).flatten();
+            if let Some(have) = fresh.as_ref().or(current.get(&node)) {
                 record.enrolled_at = have.enrolled_at;
                 record.decommissioned_at = have.decommissioned_at;
-                // The lifecycle duty's marks are not this anchor's to change.
                 record.offline_since = have.offline_since;
                 record.removed_at = have.removed_at;
             }
@@ -614,6 +616,28 @@ impl Replication {
         })
         .ok()
         .flatten()
+    }
+
+    /// Reads the fleet document's model in place (before quarantine), without copying it.
+    pub fn with_fleet<T>(&self, read: impl FnOnce(&nexus_crdt::FleetDoc) -> T) -> Option<T> {
+        self.with_held(&DocId::Fleet, |h| h.fleet().map(|f| read(&f.model)))
+            .ok()
+            .flatten()
+    }
+
+    /// Reads a tenant document's model in place, if this node holds it.
+    pub fn with_tenant<T>(
+        &self,
+        tenant: &str,
+        read: impl FnOnce(&nexus_crdt::TenantDoc) -> T,
+    ) -> Option<T> {
+        let id = DocId::tenant(tenant).ok()?;
+        if !self.holds(&id) {
+            return None;
+        }
+        self.with_held(&id, |h| h.tenant().map(|t| read(&t.model)))
+            .ok()
+            .flatten()
     }
 
     /// The fleet document as this node holds it (before quarantine), if it holds one.
@@ -1711,7 +1735,7 @@ impl Replication {
     ) -> Vec<WireChange> {
         let mut new = Vec::new();
         for wire in changes {
-            match self.receive_one(wire, verified) {
+            match self.receive_one(wire, verified, Instant::now()) {
                 Ok(Received::Applied) => {
                     new.push(wire.clone());
                     metrics::counter!("nexus_config_changes_total", "origin" => "remote")
@@ -1721,21 +1745,11 @@ impl Replication {
                         .map_err(anyhow::Error::from)
                         .and_then(|e| Ok(SignedChange::decode(&e)?))
                     {
-                        new.extend(self.apply_pending(&change.doc_id, verified));
+                        new.extend(self.apply_pending(&change.doc_id));
                     }
                 }
                 Ok(Received::Known) => {}
                 Ok(Received::Waiting(doc)) => {
-                    let mut pending = lock(&self.pending);
-                    let held = pending.entry(doc.to_string()).or_default();
-                    expire_pending(held);
-                    if !held.iter().any(|(w, _)| w.envelope == wire.envelope) {
-                        if held.len() >= PENDING_PUSHES {
-                            held.remove(0);
-                            refuse_held("more changes are waiting than are held");
-                        }
-                        held.push((wire.clone(), Instant::now()));
-                    }
                     metrics::counter!("nexus_config_changes_pending_total").increment(1);
                     tracing::debug!(doc = %doc, "holding a pushed change until what it depends on arrives");
                 }
@@ -1749,44 +1763,36 @@ impl Replication {
     }
 
     /// Applies the held pushes of `doc` whose dependencies are here now (repeatedly: one may
-    /// unblock the next); returns them.
-    fn apply_pending(
-        &self,
-        doc: &DocId,
-        verified: &(dyn Fn(&WireChange) + Sync),
-    ) -> Vec<WireChange> {
+    /// unblock the next); returns them. They were relayed when they arrived.
+    fn apply_pending(&self, doc: &DocId) -> Vec<WireChange> {
         let mut applied = Vec::new();
         loop {
-            let mut waiting = lock(&self.pending)
+            let waiting = lock(&self.pending)
                 .remove(&doc.to_string())
                 .unwrap_or_default();
-            expire_pending(&mut waiting);
             if waiting.is_empty() {
                 return applied;
             }
-            let mut still = Vec::new();
             let mut progress = false;
             for (wire, since) in waiting {
-                match self.receive_one(&wire, verified) {
+                if since.elapsed() >= PENDING_FOR {
+                    refuse_held("what it depends on did not arrive within 60 s");
+                    continue;
+                }
+                // A change still waiting is held again by `receive_one`, with its first time.
+                match self.receive_one(&wire, &|_| {}, since) {
                     Ok(Received::Applied) => {
                         progress = true;
                         metrics::counter!("nexus_config_changes_total", "origin" => "remote")
                             .increment(1);
                         applied.push(wire);
                     }
-                    Ok(Received::Waiting(_)) => still.push((wire, since)),
-                    Ok(Received::Known) => {}
+                    Ok(Received::Waiting(_)) | Ok(Received::Known) => {}
                     Err(err) => {
                         metrics::counter!("nexus_config_changes_refused_total").increment(1);
                         tracing::warn!(error = %format!("{err:#}"), "refused a configuration change");
                     }
                 }
-            }
-            if !still.is_empty() {
-                let mut pending = lock(&self.pending);
-                let held = pending.entry(doc.to_string()).or_default();
-                still.append(held);
-                *held = still;
             }
             if !progress {
                 return applied;
@@ -1794,10 +1800,13 @@ impl Replication {
         }
     }
 
+    /// Applies one pushed change; one whose dependencies are missing is relayed and held
+    /// (since `since`).
     fn receive_one(
         &self,
         wire: &WireChange,
         verified: &(dyn Fn(&WireChange) + Sync),
+        since: Instant,
     ) -> anyhow::Result<Received> {
         let envelope = STANDARD.decode(&wire.envelope)?;
         let mic = STANDARD.decode(&wire.author_mic)?;
@@ -1816,6 +1825,20 @@ impl Replication {
             let applied = match doc.apply_remote(&change, &directory) {
                 Ok(applied) => applied,
                 Err(nexus_crdt::RemoteError::MissingDependencies { .. }) => {
+                    // Checked already (author, signature, authorization come before the
+                    // dependencies): relay it down its tree now, and hold it — under the
+                    // document's lock, so a dependency applied meanwhile cannot miss it.
+                    verified(wire);
+                    let mut pending = lock(&self.pending);
+                    let held = pending.entry(change.doc_id.to_string()).or_default();
+                    expire_pending(held);
+                    if !held.iter().any(|(w, _)| w.envelope == wire.envelope) {
+                        if held.len() >= PENDING_PUSHES {
+                            held.remove(0);
+                            refuse_held("more changes are waiting than are held");
+                        }
+                        held.push((wire.clone(), since));
+                    }
                     return Ok(Received::Waiting(change.doc_id.clone()));
                 }
                 Err(err) => return Err(err.into()),
@@ -2040,7 +2063,7 @@ impl Replication {
         let new = self.absorb_packet(id, state, wire)?;
         if new > 0 {
             // What sync brought may be what held pushes were waiting for.
-            self.apply_pending(id, &|_| {});
+            self.apply_pending(id);
         }
         Ok(new)
     }
