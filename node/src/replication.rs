@@ -1419,6 +1419,27 @@ impl Replication {
                          targets, overrides): delete those first"
                     )]));
                 }
+                // The default policies onboarding wrote go with the tenant.
+                if let Ok(doc) = DocId::tenant(object_id)
+                    && self.holds(&doc)
+                {
+                    for policy in nexus_api::tenants::DEFAULT_POLICIES {
+                        let present = self
+                            .with_tenant(object_id, |t| t.routes.contains_key(policy))
+                            .unwrap_or(false);
+                        if present {
+                            self.write::<nexus_crdt::RoutePolicy>(
+                                &doc,
+                                caller,
+                                nexus_crdt::ROUTES,
+                                policy,
+                                None,
+                                None,
+                            )
+                            .await?;
+                        }
+                    }
+                }
                 self.write::<nexus_crdt::Tenant>(&id, caller, nexus_crdt::TENANTS, &key, None, None)
                     .await
             }
@@ -2531,7 +2552,13 @@ fn tenant_has_objects(r: &Replication, tenant: &str) -> Result<bool, WriteError>
     }
     r.with_held(&id, |h| {
         h.tenant().is_some_and(|t| {
-            !(t.model.routes.is_empty()
+            // The default policies onboarding wrote do not count: they go with the tenant.
+            let own_routes = t
+                .model
+                .routes
+                .keys()
+                .any(|k| !nexus_api::tenants::DEFAULT_POLICIES.contains(&k.as_str()));
+            !(!own_routes
                 && t.model.firmware_targets.is_empty()
                 && t.model.node_overrides.is_empty()
                 && t.model.site_routes.is_empty()
