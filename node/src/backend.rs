@@ -583,21 +583,7 @@ impl Backend for NodeBackend {
     }
 
     fn duties(&self) -> Vec<nexus_api::tenants::Duty> {
-        self.duties
-            .as_ref()
-            .map(|d| d.status())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| nexus_api::tenants::Duty {
-                name: d.name,
-                holder: d.holder,
-                epoch: d.epoch,
-                acquired_at: d.acquired_at,
-                held_here: d.held_here,
-                last_run_at: d.last_run_at,
-                last_result: d.last_result,
-            })
-            .collect()
+        self.duties.as_ref().map(|d| d.status()).unwrap_or_default()
     }
 
     fn nodes(&self) -> Vec<Node> {

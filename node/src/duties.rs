@@ -184,25 +184,6 @@ pub fn turn(
     }
 }
 
-/// What an operator sees of one duty (`GET /v1/fleet/duties`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DutyStatus {
-    /// Duty name.
-    pub name: String,
-    /// The holding anchor, as this node's replica of the fleet document says.
-    pub holder: Option<String>,
-    /// Its fencing epoch.
-    pub epoch: u64,
-    /// When the holder took it, Unix ms.
-    pub acquired_at: Option<i64>,
-    /// Whether this node holds it now.
-    pub held_here: bool,
-    /// When this node last ran it, Unix ms.
-    pub last_run_at: Option<i64>,
-    /// What that run did (`removed 2 objects`) or why it failed.
-    pub last_result: Option<String>,
-}
-
 #[derive(Default)]
 struct Local {
     /// Highest epoch seen per duty.
@@ -265,15 +246,15 @@ impl Duties {
         }
     }
 
-    /// Every duty as this node sees it.
-    pub fn status(&self) -> Vec<DutyStatus> {
+    /// Every duty as this node sees it (`GET /v1/fleet/duties`).
+    pub fn status(&self) -> Vec<nexus_api::tenants::Duty> {
         let fleet = self.replication.fleet_model().unwrap_or_default();
         let local = lock(&self.local);
         ALL.iter()
             .map(|name| {
                 let lease = fleet.duties.get(*name);
                 let last = local.last.get(*name);
-                DutyStatus {
+                nexus_api::tenants::Duty {
                     name: name.to_string(),
                     holder: lease.map(|l| l.holder.clone()),
                     epoch: lease.map_or(0, |l| l.epoch),

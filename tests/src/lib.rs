@@ -549,15 +549,7 @@ impl Fleet {
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(format!("{api}{path}"))
-            .bearer_auth(&self.admin_key)
-            .json(body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        self.send_json(reqwest::Method::POST, api, path, body).await
     }
 
     /// Whether `/v1/config/status` on the anchor shows document `doc` at one version and
