@@ -202,26 +202,30 @@ impl NodeBackend {
     }
 
     fn wire(&self, member: &Member) -> Node {
+        let id = member.node_id.to_hex();
         let labels = self
             .replication
             .as_ref()
-            .and_then(|r| r.node_labels().remove(&member.node_id.to_hex()));
-        self.wire_with(member, labels)
+            .and_then(|r| r.node_labels().remove(&id));
+        let offline = self.replication.as_ref().and_then(|r| r.offline_since(&id));
+        self.wire_with(member, labels, offline)
     }
 
-    /// [`NodeBackend::wire`] with the operator labels already read (lists read them once).
-    fn wire_with(&self, member: &Member, labels: Option<BTreeMap<String, String>>) -> Node {
+    /// [`NodeBackend::wire`] with the operator labels and the offline flag already read (lists
+    /// read them once).
+    fn wire_with(
+        &self,
+        member: &Member,
+        labels: Option<BTreeMap<String, String>>,
+        offline_since: Option<i64>,
+    ) -> Node {
         let mut node = to_wire(member);
         node.labels.extend(labels.unwrap_or_default());
         node.certificate_revoked = node
             .certificate_serial
             .as_deref()
             .is_some_and(|s| self.peer.fleet.revocations().is_revoked(s));
-        node.offline_since = self
-            .replication
-            .as_ref()
-            .and_then(|r| r.offline_since(&member.node_id.to_hex()))
-            .map(|ms| rfc3339_ms(ms.max(0) as u64));
+        node.offline_since = offline_since.map(|ms| rfc3339_ms(ms.max(0) as u64));
         node
     }
 
@@ -592,10 +596,18 @@ impl Backend for NodeBackend {
             .as_ref()
             .map(|r| r.node_labels())
             .unwrap_or_default();
+        let mut offline = self
+            .replication
+            .as_ref()
+            .map(|r| r.offline_flags())
+            .unwrap_or_default();
         self.mesh
             .members()
             .iter()
-            .map(|m| self.wire_with(m, labels.remove(&m.node_id.to_hex())))
+            .map(|m| {
+                let id = m.node_id.to_hex();
+                self.wire_with(m, labels.remove(&id), offline.remove(&id))
+            })
             .collect()
     }
 

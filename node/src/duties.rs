@@ -596,15 +596,9 @@ impl Duties {
                         }),
                     }
                     .flatten();
-                    let Some(fresh) = fresh else { continue };
-                    let mut keep = fresh.clone();
-                    keep.matches
-                        .source_node_ids
-                        .retain(|n| !removed.contains(n));
-                    if keep == fresh {
+                    let Some(keep) = fresh.and_then(|p| without_sources(&p, &removed)) else {
                         continue;
-                    }
-                    let keep = (!keep.matches.source_node_ids.is_empty()).then_some(keep);
+                    };
                     (
                         "route",
                         self.replication.write_as_system(doc, c, key, keep).await,
@@ -722,6 +716,25 @@ pub enum GcStep {
     Anchor { key: String },
 }
 
+/// `p` without the sources in `removed`: `None` when it names none of them (nothing to
+/// write); `Some(None)` when every source is gone, so the route goes (an empty source list
+/// would match every node).
+fn without_sources(p: &RoutePolicy, removed: &BTreeSet<NodeId>) -> Option<Option<RoutePolicy>> {
+    if !p
+        .matches
+        .source_node_ids
+        .iter()
+        .any(|n| removed.contains(n))
+    {
+        return None;
+    }
+    let mut keep = p.clone();
+    keep.matches
+        .source_node_ids
+        .retain(|n| !removed.contains(n));
+    Some((!keep.matches.source_node_ids.is_empty()).then_some(keep))
+}
+
 /// What a sweep should write, I/O-free: the same inputs give the same steps on every anchor,
 /// and applying them twice changes nothing the second time.
 pub fn plan_gc(
@@ -739,25 +752,12 @@ pub fn plan_gc(
     let old = |at: Option<i64>| at.is_some_and(|t| now_ms - t > retention.as_millis() as i64);
     let mut steps = Vec::new();
     let route_step = |doc: &DocId, collection: &'static str, key: &str, p: &RoutePolicy| {
-        if !p
-            .matches
-            .source_node_ids
-            .iter()
-            .any(|n| removed.contains(n))
-        {
-            return None;
-        }
-        let mut keep = p.clone();
-        keep.matches
-            .source_node_ids
-            .retain(|n| !removed.contains(n));
-        // An empty source list matches every node: a route whose sources are all gone goes.
-        let keep = (!keep.matches.source_node_ids.is_empty()).then(|| Box::new(keep));
+        let keep = without_sources(p, &removed)?;
         Some(GcStep::Route {
             doc: doc.clone(),
             collection,
             key: key.to_string(),
-            keep,
+            keep: keep.map(Box::new),
         })
     };
     for (key, p) in &fleet.policies {

@@ -355,6 +355,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A member's offline flag, unless the node is removed.
+fn offline_mark(m: &nexus_crdt::Member) -> Option<i64> {
+    m.offline_since.filter(|_| m.removed_at.is_none())
+}
+
 /// Drops held pushes that waited longer than [`PENDING_FOR`], as refused changes.
 fn expire_pending(held: &mut Vec<(WireChange, Instant)>) {
     let before = held.len();
@@ -608,14 +613,20 @@ impl Replication {
 
     /// Since when the lifecycle duty has flagged `node` (hex id) as offline past its grace.
     pub fn offline_since(&self, node: &str) -> Option<i64> {
-        self.with_held(&DocId::Fleet, |h| {
-            h.fleet()
-                .and_then(|f| f.model.members.get(node))
-                .filter(|m| m.removed_at.is_none())
-                .and_then(|m| m.offline_since)
+        self.with_fleet(|f| f.members.get(node).and_then(offline_mark))
+            .flatten()
+    }
+
+    /// Every node the lifecycle duty has flagged offline past its grace, with since when (lists
+    /// read them once).
+    pub fn offline_flags(&self) -> HashMap<String, i64> {
+        self.with_fleet(|f| {
+            f.members
+                .iter()
+                .filter_map(|(id, m)| Some((id.clone(), offline_mark(m)?)))
+                .collect()
         })
-        .ok()
-        .flatten()
+        .unwrap_or_default()
     }
 
     /// Reads the fleet document's model in place (before quarantine), without copying it.
@@ -642,20 +653,12 @@ impl Replication {
 
     /// The fleet document as this node holds it (before quarantine), if it holds one.
     pub fn fleet_model(&self) -> Option<nexus_crdt::FleetDoc> {
-        self.with_held(&DocId::Fleet, |h| h.fleet().map(|f| f.model.clone()))
-            .ok()
-            .flatten()
+        self.with_fleet(Clone::clone)
     }
 
     /// A tenant's document as this node holds it, if it holds it (anchors hold every tenant's).
     pub fn tenant_model(&self, tenant: &str) -> Option<nexus_crdt::TenantDoc> {
-        let id = DocId::tenant(tenant).ok()?;
-        if !self.holds(&id) {
-            return None;
-        }
-        self.with_held(&id, |h| h.tenant().map(|t| t.model.clone()))
-            .ok()
-            .flatten()
+        self.with_tenant(tenant, Clone::clone)
     }
 
     /// Anchors: writes (`Some`) or deletes (`None`) one object as the fleet's own machinery
