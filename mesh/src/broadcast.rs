@@ -160,7 +160,10 @@ impl AntiEntropy {
             let Some((our_version, our_digest)) = ours.get(&ad.doc) else {
                 continue;
             };
-            if ad.node == self_id || ad.digest == *our_digest {
+            // A peer behind us never becomes a candidate with this digest (our version only
+            // grows): it is skipped before any bookkeeping, which matters when gossip still
+            // carries a whole pool's digests from before a change.
+            if ad.node == self_id || ad.digest == *our_digest || ad.version < *our_version {
                 continue;
             }
             let key = (ad.node, ad.doc.clone());
@@ -172,7 +175,7 @@ impl AntiEntropy {
                     continue;
                 }
             };
-            if now.saturating_sub(since) < SYNC_SETTLE || ad.version < *our_version {
+            if now.saturating_sub(since) < SYNC_SETTLE {
                 continue;
             }
             if self

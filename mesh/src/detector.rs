@@ -196,6 +196,8 @@ pub enum Action {
         about: NodeId,
         /// The signal.
         signal: Signal,
+        /// Heard from the site and passed on by this gateway: to the WAN pool only.
+        passed_on: bool,
     },
     /// `node` (incarnation `generation`) was heard from directly: a sign of life.
     Heard(NodeId, u64),
@@ -231,13 +233,14 @@ pub struct Detector {
     nonce: u64,
     /// Whether this node passes verdicts on (a gateway, to the WAN pool).
     relay: bool,
-    /// Verdicts this node declared, to send again (datagrams get lost): (when, node, generation,
-    /// copies left).
-    repeat: Vec<(Duration, NodeId, u64, usize)>,
+    /// Verdicts (and refutations) this node declared or passed on, to send again (datagrams
+    /// get lost): (when, signal, copies left, passed on).
+    repeat: Vec<(Duration, Signal, usize, bool)>,
 }
 
-/// Copies of a verdict the declaring node sends, `probe_gap` apart: with loss `p` a member
-/// misses all of them with probability `p^VERDICT_COPIES`.
+/// Copies of a verdict the declaring node sends, `probe_gap` apart, and that a gateway passes
+/// on to the WAN pool: with loss `p` a member misses all of them with probability
+/// `p^VERDICT_COPIES`.
 pub const VERDICT_COPIES: usize = 3;
 
 impl Detector {
@@ -265,6 +268,33 @@ impl Detector {
     pub fn relaying(mut self, relay: bool) -> Detector {
         self.relay = relay;
         self
+    }
+
+    /// Sends `signal` (a verdict or refutation just broadcast) again `probe_gap` apart, until
+    /// [`VERDICT_COPIES`] went out.
+    fn repeat_later(&mut self, now: Duration, signal: Signal, passed_on: bool) {
+        self.repeat.push((
+            now + self.config.probe_gap,
+            signal,
+            VERDICT_COPIES - 1,
+            passed_on,
+        ));
+    }
+
+    /// Whether a repeated signal still says what this node knows: a refutation since cancels a
+    /// verdict's copies, a new verdict a refutation's.
+    fn still_holds(&self, signal: &Signal) -> bool {
+        match *signal {
+            Signal::Down {
+                subject,
+                generation,
+            } => self.verdicts.contains_key(&(subject, generation)),
+            Signal::Alive {
+                subject,
+                generation,
+            } => !self.verdicts.contains_key(&(subject, generation)),
+            _ => false,
+        }
     }
 
     /// How long ago `node` was last heard from directly, if ever.
@@ -369,33 +399,37 @@ impl Detector {
                         subject: node,
                         generation,
                     },
+                    passed_on: false,
                 });
-                self.repeat.push((
-                    now + self.config.probe_gap,
-                    node,
-                    generation,
-                    VERDICT_COPIES - 1,
-                ));
+                self.repeat_later(
+                    now,
+                    Signal::Down {
+                        subject: node,
+                        generation,
+                    },
+                    false,
+                );
             }
         }
         let gap = self.config.probe_gap;
-        for (at, node, generation, left) in &mut self.repeat {
-            // A refutation in the meantime cancels the copies.
-            if *at <= now && *left > 0 && self.verdicts.contains_key(&(*node, *generation)) {
+        let mut repeat = std::mem::take(&mut self.repeat);
+        for (at, signal, left, passed_on) in &mut repeat {
+            if *at <= now && *left > 0 && self.still_holds(signal) {
+                let about = match *signal {
+                    Signal::Down { subject, .. } | Signal::Alive { subject, .. } => subject,
+                    _ => continue,
+                };
                 actions.push(Action::Broadcast {
-                    about: *node,
-                    signal: Signal::Down {
-                        subject: *node,
-                        generation: *generation,
-                    },
+                    about,
+                    signal: *signal,
+                    passed_on: *passed_on,
                 });
                 *left -= 1;
                 *at = now + gap;
             }
         }
-        self.repeat.retain(|(_, node, generation, left)| {
-            *left > 0 && self.verdicts.contains_key(&(*node, *generation))
-        });
+        repeat.retain(|(_, signal, left, _)| *left > 0 && self.still_holds(signal));
+        self.repeat = repeat;
         // Forget old bookkeeping (a verdict stays known long enough to re-tell a live node).
         let horizon = self.config.suspect_after * 40;
         self.verdicts
@@ -442,13 +476,16 @@ impl Detector {
                             .insert((subject, generation, true), now)
                             .is_none()
                     {
+                        let refutation = Signal::Alive {
+                            subject,
+                            generation,
+                        };
                         actions.push(Action::Broadcast {
                             about: subject,
-                            signal: Signal::Alive {
-                                subject,
-                                generation,
-                            },
+                            signal: refutation,
+                            passed_on: false,
                         });
+                        self.repeat_later(now, refutation, false);
                     } else if generation == self.generation {
                         // Told again (our refutation was lost somewhere): answer the teller.
                         actions.push(Action::Send(
@@ -473,7 +510,9 @@ impl Detector {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
+                        passed_on: true,
                     });
+                    self.repeat_later(now, datagram.signal, true);
                 }
             }
             Signal::Alive {
@@ -492,7 +531,9 @@ impl Detector {
                     actions.push(Action::Broadcast {
                         about: subject,
                         signal: datagram.signal,
+                        passed_on: true,
                     });
+                    self.repeat_later(now, datagram.signal, true);
                 }
             }
         }
@@ -673,7 +714,8 @@ mod tests {
             signal: Signal::Alive {
                 subject: id(5),
                 generation: 9
-            }
+            },
+            passed_on: false,
         }));
         let again = d.receive(ms(100), down_me);
         assert!(again.contains(&Action::Send(
@@ -741,5 +783,67 @@ mod tests {
                 generation: 2
             }
         )));
+    }
+
+    /// Copies of `signal` a poll at `at` sends, and whether they are passed on.
+    fn copies(actions: &[Action], signal: Signal) -> Vec<bool> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broadcast {
+                    signal: s,
+                    passed_on,
+                    ..
+                } if *s == signal => Some(*passed_on),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_passes_a_verdict_on_in_copies_until_it_is_refuted() {
+        let config = DetectorConfig::default();
+        let gap = config.probe_gap;
+        let mut gateway = Detector::new(config, id(5), 9).relaying(true);
+        let down = Signal::Down {
+            subject: id(7),
+            generation: 2,
+        };
+        let heard = |signal| Datagram {
+            sender: id(1),
+            generation: 1,
+            signal,
+        };
+        let first = gateway.receive(ms(0), heard(down));
+        assert_eq!(copies(&first, down), vec![true]);
+        // One datagram to each WAN member is lost with the link's loss rate: the gateway sends
+        // the rest of VERDICT_COPIES, probe_gap apart, all marked as passed on.
+        let mut sent = 1;
+        let mut at = Duration::ZERO;
+        for _ in 0..10 {
+            at += gap;
+            sent += copies(&gateway.poll(at, &[], |_| None), down).len();
+        }
+        assert_eq!(sent, VERDICT_COPIES);
+
+        // A refutation heard before the copies are out cancels them, and is passed on in
+        // copies of its own.
+        let mut gateway = Detector::new(DetectorConfig::default(), id(5), 9).relaying(true);
+        gateway.receive(ms(0), heard(down));
+        let alive = Signal::Alive {
+            subject: id(7),
+            generation: 2,
+        };
+        let refuted = gateway.receive(ms(1), heard(alive));
+        assert_eq!(copies(&refuted, alive), vec![true]);
+        let (mut downs, mut alives) = (0, 1);
+        let mut at = Duration::ZERO;
+        for _ in 0..10 {
+            at += gap;
+            let actions = gateway.poll(at, &[], |_| None);
+            downs += copies(&actions, down).len();
+            alives += copies(&actions, alive).len();
+        }
+        assert_eq!((downs, alives), (0, VERDICT_COPIES));
     }
 }

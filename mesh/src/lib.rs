@@ -43,7 +43,7 @@ pub use membership::{
 };
 pub use runtime::{
     Clock, DEAD_INCARNATION_GRACE, DEFAULT_GOSSIP_INTERVAL, Mesh, MeshConfig, MeshError,
-    MeshObserver, Observer, PoolSocket,
+    MeshObserver, Observer, PoolSocket, RumorConfig,
 };
 pub use transport::{
     AuthenticatedTransport, Datagrams, MemoryDatagrams, MemoryNetwork, UdpDatagrams,

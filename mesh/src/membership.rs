@@ -277,6 +277,12 @@ impl Member {
         !self.seen_in.iter().any(|s| *s) && !self.reports.is_empty()
     }
 
+    /// Whether this member's status comes from gateway reports and verdicts (a member of
+    /// another site) rather than from heartbeats heard here.
+    fn judged_by_reports(&self) -> bool {
+        self.is_remote() || (self.verdict.is_some() && self.seen_in == [false; 2])
+    }
+
     fn accrual(&self) -> bool {
         // Live if any pool that observed it holds it live; unobserved counts as live.
         let observed: Vec<bool> = self.accrual_live.iter().flatten().copied().collect();
@@ -398,7 +404,16 @@ pub struct Membership {
     /// Forgotten members, for `tombstone_ttl` each, at most [`MAX_TOMBSTONES`].
     tombstones: BTreeMap<NodeId, Tombstone>,
     tombstone_ttl: Duration,
+    /// Whether something the statuses of remote members (known only from reports) depend on
+    /// moved since `tick` last derived them: reports, verdicts, operator actions.
+    remote_dirty: bool,
+    /// Ticks since the remote members' statuses were last derived.
+    remote_age: u32,
 }
+
+/// Ticks between two passes over the remote members when nothing they depend on moved (their
+/// statuses then change only with time: a verdict running out, forgetting).
+const REMOTE_EVERY: u32 = 8;
 
 impl Membership {
     /// A table holding only the local node. Tombstones last twice the default dead-incarnation
@@ -410,6 +425,8 @@ impl Membership {
             members: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             tombstone_ttl: crate::DEAD_INCARNATION_GRACE.saturating_mul(2),
+            remote_dirty: true,
+            remote_age: 0,
         }
     }
 
@@ -426,6 +443,7 @@ impl Membership {
     /// than `forget_offline_after` is offline since its last heartbeat, and so forgotten by the
     /// next [`Membership::tick`].
     pub fn restore(&mut self, mut member: Member, now: Now) {
+        self.remote_dirty = true;
         member.heartbeat = [0; 2];
         member.accrual_live = [None; 2];
         member.accrual_armed = false;
@@ -604,23 +622,28 @@ impl Membership {
 
     /// A failure detector declared `node`'s incarnation `generation` down: offline from the
     /// next [`Membership::tick`] until it refutes or a newer incarnation shows up.
-    pub fn declare_down(&mut self, node: NodeId, generation: u64, now: Now) {
+    /// Returns whether this was news (the verdict was not known yet).
+    pub fn declare_down(&mut self, node: NodeId, generation: u64, now: Now) -> bool {
         if node == self.self_id {
-            return;
+            return false;
         }
         // Only members already known: a peer naming made-up ids must not grow the table.
         let Some(member) = self.members.get_mut(&node) else {
-            return;
+            return false;
         };
         // The verdict names an incarnation; it counts while that incarnation is the member's
         // (see `verdict_holds`), and a verdict on an older one gives way to a newer one.
         if generation >= member.generation && member.verdict.is_none_or(|(g, _)| g < generation) {
             member.verdict = Some((generation, now.mono));
+            self.remote_dirty = true;
+            return true;
         }
+        false
     }
 
     /// `node`'s incarnation `generation` refuted a verdict: it is alive.
-    pub fn declare_alive(&mut self, node: NodeId, generation: u64, now: Now) {
+    /// Returns whether this was news (a verdict was cleared).
+    pub fn declare_alive(&mut self, node: NodeId, generation: u64, now: Now) -> bool {
         if let Some(member) = self.members.get_mut(&node)
             && member.verdict.is_some_and(|(g, _)| g <= generation)
         {
@@ -629,17 +652,31 @@ impl Membership {
                 member.last_advance = Some(now.mono);
                 member.last_heartbeat_ms = Some(now.wall_ms);
             }
+            self.remote_dirty = true;
+            return true;
         }
+        false
     }
 
     /// Replaces every gateway report with `reports` (what the WAN pool says now). Reports about
     /// nodes observed here by heartbeat, and about this node, are ignored: first-hand news wins.
     pub fn set_reports(&mut self, reports: impl IntoIterator<Item = Report>, now: Now) {
+        self.remote_dirty = true;
         for member in self.members.values_mut() {
             member.reports.clear();
         }
         for report in reports {
             if report.subject == self.self_id || report.reporter == self.self_id {
+                continue;
+            }
+            // Only a gateway this node holds live speaks for its site.
+            let reporter_live = self.members.get(&report.reporter).is_some_and(|r| {
+                matches!(
+                    r.status,
+                    NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+                )
+            });
+            if !reporter_live {
                 continue;
             }
             // A forgotten member comes back from a report only when a gateway sees it live
@@ -682,7 +719,10 @@ impl Membership {
         match member.operator {
             Some((OperatorAction::Decommission, _)) => {}
             Some((_, previous)) if previous >= at_ms => {}
-            _ => member.operator = Some((action, at_ms)),
+            _ => {
+                member.operator = Some((action, at_ms));
+                self.remote_dirty = true;
+            }
         }
     }
 
@@ -693,55 +733,55 @@ impl Membership {
         let mut transitions = Vec::new();
         let mut forgotten = Vec::new();
         self.tombstones.retain(|_, t| t.until > now.mono);
-        // A report counts while its gateway is alive here.
-        let alive_reporters: std::collections::BTreeSet<NodeId> = self
-            .members
-            .values()
-            .filter(|m| {
-                !m.is_remote()
-                    && matches!(
-                        m.status,
-                        NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
-                    )
-            })
-            .map(|m| m.node_id)
-            .collect();
+        // First-hand members (heard in a pool here) first: their statuses move with time.
         for member in self.members.values_mut() {
-            let status = if member.is_remote()
-                || (member.verdict.is_some() && member.seen_in == [false; 2])
-            {
-                remote_status(&self.config, member, &alive_reporters, now)
-            } else {
-                derive_status(&self.config, self.self_id, member, now)
-            };
-            if status != member.status {
-                transitions.push(Transition {
-                    node_id: member.node_id,
-                    from: member.status,
-                    to: status,
-                });
-                member.status = status;
-                member.status_since_ms = now.wall_ms;
-                if status == NodeStatus::Offline {
-                    // Its samples are reset: wait to see it live again before trusting "dead".
-                    member.accrual_armed = false;
-                }
+            if !member.judged_by_reports() {
+                let status = derive_status(&self.config, self.self_id, member, now);
+                settle(
+                    &self.config,
+                    self.self_id,
+                    member,
+                    status,
+                    now,
+                    &mut transitions,
+                    &mut forgotten,
+                );
             }
-            let reason = match member.operator {
-                Some((OperatorAction::Decommission, at)) => (now.wall_ms.saturating_sub(at)
-                    > self.config.decommission_grace.as_millis() as u64)
-                    .then_some(ForgetReason::Decommissioned),
-                _ => (member.status == NodeStatus::Offline
-                    && member.node_id != self.self_id
-                    && now.wall_ms.saturating_sub(member.status_since_ms)
-                        > self.config.forget_offline_after.as_millis() as u64)
-                    .then_some(ForgetReason::Offline),
-            };
-            if let Some(reason) = reason {
-                forgotten.push(Forgotten {
-                    node_id: member.node_id,
-                    reason,
-                });
+        }
+        // Members of other sites (on a gateway or anchor: most of the fleet) take their status
+        // from reports and verdicts, which the table is told of: they are derived again when
+        // those moved, when a first-hand status changed (a gateway's liveness decides whether its
+        // reports count), and every few ticks for what time alone changes.
+        self.remote_age += 1;
+        if self.remote_dirty || !transitions.is_empty() || self.remote_age >= REMOTE_EVERY {
+            self.remote_dirty = false;
+            self.remote_age = 0;
+            // A report counts while its gateway is alive here.
+            let alive_reporters: std::collections::BTreeSet<NodeId> = self
+                .members
+                .values()
+                .filter(|m| {
+                    !m.is_remote()
+                        && matches!(
+                            m.status,
+                            NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
+                        )
+                })
+                .map(|m| m.node_id)
+                .collect();
+            for member in self.members.values_mut() {
+                if member.judged_by_reports() {
+                    let status = remote_status(&self.config, member, &alive_reporters, now);
+                    settle(
+                        &self.config,
+                        self.self_id,
+                        member,
+                        status,
+                        now,
+                        &mut transitions,
+                        &mut forgotten,
+                    );
+                }
             }
         }
         for gone in &forgotten {
@@ -760,6 +800,48 @@ impl Membership {
             *counts.entry(member.status).or_default() += 1;
         }
         counts
+    }
+}
+
+/// Records `member`'s newly derived `status` (a transition if it changed) and whether it is to
+/// be forgotten now.
+fn settle(
+    config: &MembershipConfig,
+    self_id: NodeId,
+    member: &mut Member,
+    status: NodeStatus,
+    now: Now,
+    transitions: &mut Vec<Transition>,
+    forgotten: &mut Vec<Forgotten>,
+) {
+    if status != member.status {
+        transitions.push(Transition {
+            node_id: member.node_id,
+            from: member.status,
+            to: status,
+        });
+        member.status = status;
+        member.status_since_ms = now.wall_ms;
+        if status == NodeStatus::Offline {
+            // Its samples are reset: wait to see it live again before trusting "dead".
+            member.accrual_armed = false;
+        }
+    }
+    let reason = match member.operator {
+        Some((OperatorAction::Decommission, at)) => (now.wall_ms.saturating_sub(at)
+            > config.decommission_grace.as_millis() as u64)
+            .then_some(ForgetReason::Decommissioned),
+        _ => (member.status == NodeStatus::Offline
+            && member.node_id != self_id
+            && now.wall_ms.saturating_sub(member.status_since_ms)
+                > config.forget_offline_after.as_millis() as u64)
+            .then_some(ForgetReason::Offline),
+    };
+    if let Some(reason) = reason {
+        forgotten.push(Forgotten {
+            node_id: member.node_id,
+            reason,
+        });
     }
 }
 
@@ -791,19 +873,21 @@ fn remote_status(
         NodeStatus::Offline => 3,
         NodeStatus::Decommissioned => 4,
     };
-    let reported: Vec<NodeStatus> = member
+    // Runs for every remote member on every fold of a gateway or anchor: no allocation.
+    let mut best: Option<NodeStatus> = None;
+    for (_, (status, _)) in member
         .reports
         .iter()
         .filter(|(reporter, _)| alive_reporters.contains(reporter))
-        .map(|(_, (status, _))| *status)
-        .collect();
-    if reported.contains(&NodeStatus::Decommissioned) {
-        return NodeStatus::Decommissioned;
+    {
+        if *status == NodeStatus::Decommissioned {
+            return NodeStatus::Decommissioned;
+        }
+        if best.is_none_or(|b| rank(*status) < rank(b)) {
+            best = Some(*status);
+        }
     }
-    reported
-        .into_iter()
-        .min_by_key(|s| rank(*s))
-        .unwrap_or(NodeStatus::Offline)
+    best.unwrap_or(NodeStatus::Offline)
 }
 
 /// Whether a detector verdict is about the member's current incarnation.

@@ -68,6 +68,55 @@ pub struct MeshConfig {
     pub observer: Option<Observer>,
     /// Timing of the failure detector (runs when the mesh is given a probe socket).
     pub detector: DetectorConfig,
+    /// Extra exchanges when gossip state changes between regular rounds.
+    pub rumor: RumorConfig,
+}
+
+/// News-triggered gossip: as soon as a node's gossip state gains a key value (its own, or one
+/// a peer brought), it runs one extra exchange with `fanout` random live members of that pool,
+/// at most once per `gap`. Every node that learns something passes it on the same way, so a
+/// change crosses a pool in a few network round trips while the regular rounds (the push-pull
+/// backstop) can run slowly. A pool without news sends nothing extra. Off when `fanout` is 0
+/// or when regular rounds are not slower than `gap` anyway.
+///
+/// Keys under a `quiet` prefix are not news: they change often on every node (the data-plane
+/// summary, configuration digests after each write) and travel with the next exchange that
+/// happens anyway. Rumoring them would turn every configuration write into a gossip round of
+/// the whole fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RumorConfig {
+    /// Members one piece of news is exchanged with.
+    pub fanout: usize,
+    /// Least time between two news-triggered rounds in one pool.
+    pub gap: Duration,
+    /// Key prefixes whose changes are not news.
+    pub quiet: Vec<String>,
+}
+
+impl Default for RumorConfig {
+    fn default() -> RumorConfig {
+        RumorConfig {
+            fanout: 3,
+            gap: Duration::from_secs(1),
+            quiet: vec![KEY_DATAPLANE.to_string()],
+        }
+    }
+}
+
+impl RumorConfig {
+    /// The default, with `prefixes` quiet as well.
+    pub fn quiet_also(prefixes: &[&str]) -> RumorConfig {
+        let mut config = RumorConfig::default();
+        config.quiet.extend(prefixes.iter().map(|p| p.to_string()));
+        config
+    }
+}
+
+impl RumorConfig {
+    /// Whether news-triggered rounds run with regular rounds every `gossip_interval`.
+    pub fn active(&self, gossip_interval: Duration) -> bool {
+        self.fanout > 0 && gossip_interval > self.gap
+    }
 }
 
 /// A source of wall-clock time in unix milliseconds.
@@ -138,12 +187,14 @@ pub enum MeshError {
 
 /// A running mesh.
 pub struct Mesh {
-    chitchat: ChitchatHandle,
+    chitchat: Arc<ChitchatHandle>,
     detector: Option<JoinHandle<()>>,
-    wan: Option<ChitchatHandle>,
+    wan: Option<Arc<ChitchatHandle>>,
+    rumors: Vec<JoinHandle<()>>,
     table: Arc<Mutex<Membership>>,
     auth: Option<Arc<Mutex<GossipAuth>>>,
     changes: watch::Receiver<u64>,
+    moved: Arc<std::sync::atomic::AtomicU64>,
     evicted: watch::Receiver<bool>,
     ticker: JoinHandle<()>,
     node_id: NodeId,
@@ -214,6 +265,17 @@ impl Mesh {
             ),
             None => None,
         };
+        let chitchat = Arc::new(chitchat);
+        let wan = wan.map(Arc::new);
+        let mut rumors = Vec::new();
+        if config.rumor.active(config.gossip_interval) {
+            for (index, pool) in std::iter::once(&chitchat).chain(&wan).enumerate() {
+                let seed = u64::from_le_bytes(config.node_id.0[..8].try_into().expect("8 bytes"))
+                    ^ config.generation.rotate_left(17)
+                    ^ index as u64;
+                rumors.push(spawn_rumors(pool.clone(), config.rumor.clone(), seed).await);
+            }
+        }
 
         let origin = Instant::now();
         let clock = config.clock.clone();
@@ -230,6 +292,7 @@ impl Mesh {
         }
         let table = Arc::new(Mutex::new(membership));
         let (changes_tx, changes) = watch::channel(0u64);
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (evicted_tx, evicted) = watch::channel(false);
         let mut pools = vec![(Pool::Site, chitchat.chitchat())];
         if let Some(wan) = &wan {
@@ -263,6 +326,7 @@ impl Mesh {
                 auth: auth.clone(),
                 self_id: config.node_id,
                 changes: changes_tx,
+                moved: moved.clone(),
                 evicted: evicted_tx,
                 observer: config.observer.clone(),
                 poke,
@@ -274,9 +338,11 @@ impl Mesh {
             chitchat,
             detector,
             wan,
+            rumors,
             table,
             auth,
             changes,
+            moved,
             evicted,
             ticker,
             node_id: config.node_id,
@@ -294,6 +360,11 @@ impl Mesh {
             out.push(wan.with_chitchat(f).await);
         }
         out
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
     }
 
     /// Whether this node is in the WAN pool (a gateway or an anchor).
@@ -319,6 +390,14 @@ impl Mesh {
     /// Bumped whenever a status changes; lets the node persist membership only when it changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// Moves whenever a fold saw gossip state change (a key value, an incarnation coming or
+    /// going, liveness). While it stands still, [`Mesh::published`] and
+    /// [`Mesh::published_prefix`] answer what they answered before, as of the last fold (at
+    /// most one tick interval ago): a caller polling them can keep its last answer.
+    pub fn state_version(&self) -> u64 {
+        self.moved.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts one gossip exchange with `addr` now, outside the regular rounds.
@@ -423,6 +502,9 @@ impl Mesh {
     /// Stops gossip (idempotent).
     pub fn shutdown(&self) {
         self.ticker.abort();
+        for rumors in &self.rumors {
+            rumors.abort();
+        }
         if let Some(detector) = &self.detector {
             detector.abort();
         }
@@ -431,6 +513,85 @@ impl Mesh {
         if let Some(wan) = &self.wan {
             let _ = wan.initiate_shutdown();
         }
+    }
+}
+
+/// Subscribes to `pool`'s key changes and starts its news-triggered rounds ([`RumorConfig`]).
+async fn spawn_rumors(pool: Arc<ChitchatHandle>, config: RumorConfig, seed: u64) -> JoinHandle<()> {
+    let news = Arc::new(tokio::sync::Notify::new());
+    let tell = news.clone();
+    let quiet = config.quiet.clone();
+    // Called with the pool's state locked: only wake the task.
+    pool.with_chitchat(|c| {
+        let (tell, quiet) = (tell.clone(), quiet.clone());
+        c.subscribe_event("", move |event| {
+            if !quiet.iter().any(|q| event.key.starts_with(q.as_str())) {
+                tell.notify_one();
+            }
+        })
+        .forever();
+    })
+    .await;
+    tokio::spawn(rumor_loop(pool, news, config, seed))
+}
+
+async fn rumor_loop(
+    pool: Arc<ChitchatHandle>,
+    news: Arc<tokio::sync::Notify>,
+    config: RumorConfig,
+    seed: u64,
+) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut last: Option<Instant> = None;
+    // A round started by news is followed by one more: the peers of one round may all have had
+    // the news already, and a node that nobody tells waits for the next regular round.
+    let mut follow_up = false;
+    loop {
+        // A node that knows nobody yet (its seeds were not up when it started) asks its seeds
+        // again every gap instead of waiting for the next regular round.
+        let lonely = pool.with_chitchat(|c| c.node_states().len() <= 1).await;
+        if lonely || follow_up {
+            follow_up = tokio::select! {
+                _ = news.notified() => true,
+                _ = tokio::time::sleep(config.gap) => false,
+            };
+        } else {
+            news.notified().await;
+            follow_up = true;
+        }
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + config.gap).await;
+        }
+        let peers = pool
+            .with_chitchat(|c| {
+                let me = c.self_chitchat_id();
+                if c.node_states().len() <= 1 {
+                    return c.seed_nodes().into_iter().collect();
+                }
+                let live: Vec<SocketAddr> = c
+                    .live_nodes()
+                    .filter(|id| *id != me)
+                    .map(|id| id.gossip_advertise_addr)
+                    .collect();
+                if !live.is_empty() {
+                    return live;
+                }
+                // Nobody is live yet (a new node): whoever is known, as chitchat does.
+                c.node_states()
+                    .keys()
+                    .filter(|id| *id != me)
+                    .map(|id| id.gossip_advertise_addr)
+                    .collect()
+            })
+            .await;
+        for addr in peers.choose_multiple(&mut rng, config.fanout) {
+            // Fails only once gossip has stopped.
+            let _ = pool.gossip(*addr);
+        }
+        metrics::counter!("nexus_gossip_rumor_rounds_total").increment(1);
+        last = Some(Instant::now());
     }
 }
 
@@ -464,7 +625,9 @@ async fn spawn_pool(
         failure_detector_config: FailureDetectorConfig {
             phi_threshold: 8.0,
             sampling_window_size: 100,
-            max_interval: Duration::from_secs(10),
+            // Heartbeats arrive relayed, about as often as rounds run somewhere in the pool;
+            // with slow rounds, gaps longer than 10 s are normal and still worth sampling.
+            max_interval: interval.saturating_mul(3).max(Duration::from_secs(10)),
             initial_interval: interval,
             dead_node_grace_period: config.dead_incarnation_grace,
         },
@@ -532,6 +695,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long a fold woken early (by a detector verdict) waits for the rest of a burst.
+const POKE_COALESCE: Duration = Duration::from_millis(20);
+
 /// What the ticker reads gossip state from and reports membership to.
 struct Folding {
     pools: Vec<(Pool, Arc<tokio::sync::Mutex<chitchat::Chitchat>>)>,
@@ -539,6 +705,7 @@ struct Folding {
     auth: Option<Arc<Mutex<GossipAuth>>>,
     self_id: NodeId,
     changes: watch::Sender<u64>,
+    moved: Arc<std::sync::atomic::AtomicU64>,
     evicted: watch::Sender<bool>,
     observer: Option<Observer>,
     /// Wakes the fold early (a detector verdict).
@@ -552,8 +719,6 @@ struct Read {
     actions: Vec<(NodeId, OperatorAction, u64)>,
     /// Operator actions this node already publishes in the pool, by target.
     published: HashMap<NodeId, String>,
-    /// WAN pool: gateways' reports on the members of their sites.
-    reports: Vec<Report>,
     /// WAN pool: the site reports this node already publishes, by subject.
     reported: HashMap<NodeId, String>,
     /// Whether any state moved (new keys or liveness) since the last fold.
@@ -575,19 +740,21 @@ struct Seen {
     reports: Vec<PublishedReport>,
 }
 
+/// What the fold remembers per incarnation of one pool. Looked up for every incarnation on
+/// every fold (on a gateway, hundreds of them): hashed with foldhash, not SipHash.
+type FoldCache = HashMap<ChitchatId, Seen, foldhash::fast::RandomState>;
+
 /// One `site/<subject>` key as a gateway publishes it: the subject, the value, and the value
 /// decoded (status, generation).
 type PublishedReport = (NodeId, String, Option<(NodeStatus, u64)>);
 
-fn read_pool(
-    chitchat: &chitchat::Chitchat,
-    pool: Pool,
-    cache: &mut HashMap<ChitchatId, Seen>,
-) -> Read {
+fn read_pool(chitchat: &chitchat::Chitchat, pool: Pool, cache: &mut FoldCache) -> Read {
     let mut read = Read::default();
     let me = chitchat.self_chitchat_id();
-    let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-    cache.retain(|id, _| chitchat.node_state(id).is_some());
+    let live: std::collections::HashSet<&ChitchatId, foldhash::fast::RandomState> =
+        chitchat.live_nodes().collect();
+    // Incarnations of the state that have an entry in the cache.
+    let mut cached = 0;
     for (id, state) in chitchat.node_states() {
         let heartbeat = u64::from(state.heartbeat());
         let max_version = state.max_version();
@@ -684,29 +851,47 @@ fn read_pool(
         let Some(seen) = cache.get(id) else {
             continue;
         };
+        cached += 1;
         for (target, action, at, value) in &seen.actions {
             if id == me {
                 read.published.insert(*target, value.clone());
             }
             read.actions.push((*target, *action, *at));
         }
-        for (subject, value, decoded) in &seen.reports {
-            if id == me {
+        if id == me {
+            for (subject, value, _) in &seen.reports {
                 read.reported.insert(*subject, value.clone());
-                continue;
             }
-            // Only a live reporter speaks for its site.
-            if is_live && let Some((status, generation)) = *decoded {
-                read.reports.push(Report {
+        }
+    }
+    // The cache holds more entries than the state's incarnations only when incarnations left
+    // the state (chitchat dropped a dead one).
+    if cache.len() != cached {
+        cache.retain(|id, _| chitchat.node_state(id).is_some());
+    }
+    read
+}
+
+/// Every gateway's reports on its site's members, from a WAN pool's fold cache (the fold
+/// keeps it current). Only a live reporter speaks for its site: `Membership::set_reports`
+/// checks the reporter's status (chitchat's own liveness is refreshed only by regular rounds,
+/// which may be slow).
+fn cached_reports(cache: &FoldCache, self_id: NodeId) -> Vec<Report> {
+    cache
+        .values()
+        .filter(|seen| seen.node_id != self_id)
+        .flat_map(|seen| {
+            seen.reports.iter().filter_map(|(subject, _, decoded)| {
+                let (status, generation) = (*decoded)?;
+                Some(Report {
                     subject: *subject,
                     reporter: seen.node_id,
                     status,
                     generation,
-                });
-            }
-        }
-    }
-    read
+                })
+            })
+        })
+        .collect()
 }
 
 /// A site report's value: `<status>:<generation>`.
@@ -726,6 +911,7 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
         auth,
         self_id,
         changes,
+        moved: moved_count,
         evicted,
         observer,
         poke,
@@ -734,14 +920,18 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut self_draining = false;
-    let mut caches: Vec<HashMap<ChitchatId, Seen>> = pools.iter().map(|_| HashMap::new()).collect();
+    let mut caches: Vec<FoldCache> = pools.iter().map(|_| FoldCache::default()).collect();
     // What is published is compared with the table when something moved, and every few
     // folds regardless (a restart can change a generation without a status change).
     let mut folds: u64 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = poke.notified() => {}
+            _ = poke.notified() => {
+                // Verdicts come in bursts (several crashes, copies from several gateways): one
+                // fold takes them all.
+                tokio::time::sleep(POKE_COALESCE).await;
+            }
         }
         let mut reads = Vec::with_capacity(pools.len());
         let mut incarnations = 0;
@@ -755,20 +945,27 @@ async fn tick_loop(folding: Folding, interval: Duration, now: Arc<impl Fn() -> N
         let now = now();
         folds += 1;
         let moved = reads.iter().any(|(_, read)| read.moved);
+        if moved {
+            moved_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let wan_moved = reads
             .iter()
             .any(|(pool, read)| *pool == Pool::Wan && read.moved);
         let (transitions, forgotten, counts, drain_self, grew, members, to_publish, to_report) = {
             let mut table = lock(&table);
             let before = table.members().count();
-            let mut reports = Vec::new();
             for (_, read) in &mut reads {
                 for obs in read.observations.drain(..) {
                     table.observe(obs, now);
                 }
-                reports.append(&mut read.reports);
             }
             if gateway && (wan_moved || folds % 8 == 1) {
+                let reports = pools
+                    .iter()
+                    .zip(&caches)
+                    .filter(|((pool, _), _)| *pool == Pool::Wan)
+                    .flat_map(|(_, cache)| cached_reports(cache, self_id))
+                    .collect::<Vec<_>>();
                 table.set_reports(reports, now);
             }
             for (_, read) in &reads {
@@ -995,7 +1192,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
     let mut polls: u64 = 0;
     let mut buf = vec![0u8; 2048];
     loop {
-        let (actions, declared_here) = tokio::select! {
+        let actions = tokio::select! {
             _ = ticker.tick() => {
                 polls += 1;
                 // On every status change, and every 10 polls regardless: a quick restart moves
@@ -1018,7 +1215,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                         );
                     }
                 }
-                (actions, true)
+                actions
             }
             received = datagrams.recv_from(&mut buf) => {
                 let (len, from) = match received {
@@ -1053,7 +1250,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                 };
                 // Answer where it came from: a new member may not be in the table yet.
                 view.addr.entry(datagram.sender).or_insert(from);
-                (detector.receive(now().mono, datagram), false)
+                detector.receive(now().mono, datagram)
             }
         };
         let mut poked = false;
@@ -1073,7 +1270,11 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                             sends.push((addr, signal));
                         }
                     }
-                    Action::Broadcast { about, signal } => {
+                    Action::Broadcast {
+                        about,
+                        signal,
+                        passed_on,
+                    } => {
                         // Everyone sharing a pool with the subject; a gateway also passes
                         // verdicts on its site's members to the WAN pool.
                         let about_pools = view.pools.get(&about).copied().unwrap_or([false; 2]);
@@ -1087,7 +1288,7 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                             // Passing on a verdict heard from the site: about a member of
                             // this gateway's site, to the WAN pool only.
                             let shares = shares
-                                && (declared_here
+                                && (!passed_on
                                     || about == self_id
                                     || (about_pools[0] && in_pools[1]));
                             if shares && let Some(addr) = view.addr.get(node) {
@@ -1105,13 +1306,15 @@ async fn detector_loop(probing: Probing, now: Arc<impl Fn() -> Now>) {
                     }
                     Action::Heard(node, generation) => table.heard(node, generation, at),
                     Action::Down(node, generation) => {
-                        table.declare_down(node, generation, at);
-                        metrics::counter!("nexus_detector_verdicts_total").increment(1);
-                        poked = true;
+                        // Copies of a verdict already applied do not wake the fold again
+                        // (on a gateway a fold walks the whole fleet's members).
+                        if table.declare_down(node, generation, at) {
+                            metrics::counter!("nexus_detector_verdicts_total").increment(1);
+                            poked = true;
+                        }
                     }
                     Action::Alive(node, generation) => {
-                        table.declare_alive(node, generation, at);
-                        poked = true;
+                        poked |= table.declare_alive(node, generation, at);
                     }
                 }
             }

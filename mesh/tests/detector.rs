@@ -51,6 +51,7 @@ async fn a_killed_node_is_declared_down_by_its_monitors_long_before_gossip_would
             clock: Clock::system(),
             observer: None,
             detector: detector.clone(),
+            rumor: nexus_mesh::RumorConfig::default(),
         };
         let gossip = net.bind(addr(1000 + i as u16)).unwrap();
         let probe = net.bind(addr(2000 + i as u16)).unwrap();

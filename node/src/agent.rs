@@ -323,6 +323,9 @@ pub async fn run(dir: DataDir, config: NodeConfig, sockets: Sockets) -> anyhow::
                 clock: nexus_mesh::Clock::system(),
                 observer: None,
                 detector: config.detector.clone().unwrap_or_default(),
+                rumor: nexus_mesh::RumorConfig::quiet_also(&[
+                    crate::replication::GOSSIP_PREFIX_CONFIG,
+                ]),
             },
             Box::new(UdpDatagrams::new(sockets.gossip)?),
             None,
@@ -838,6 +841,7 @@ mod tests {
                 clock: nexus_mesh::Clock::system(),
                 observer: None,
                 detector: nexus_mesh::DetectorConfig::default(),
+                rumor: nexus_mesh::RumorConfig::default(),
             },
             Box::new(UdpDatagrams::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap()),
             None,

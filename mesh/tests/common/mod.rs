@@ -183,6 +183,7 @@ impl Fleet {
             clock: nexus_mesh::Clock::system(),
             observer: None,
             detector: nexus_mesh::DetectorConfig::default(),
+            rumor: nexus_mesh::RumorConfig::default(),
         };
         tweak(&mut config);
         Mesh::start(
