@@ -39,7 +39,7 @@ const MIC_BYTES: usize = 420;
 /// Round trips one sync session may take (as on the node).
 const MAX_SYNC_ROUNDS: usize = 64;
 /// Gossip key of a document's digest (as on the node).
-const CFG_PREFIX: &str = "cfg/";
+pub(crate) const CFG_PREFIX: &str = "cfg/";
 
 /// A document as the simulation names it: `fleet` or `tenant:<t>`.
 fn doc_id(name: &str) -> DocId {
@@ -516,6 +516,7 @@ async fn start_node(world: &Arc<World>, node: usize) {
             node,
         }))),
         detector: scenario.mesh.detector(),
+        rumor: scenario.mesh.rumor(),
     };
     let info = NodeInfo {
         hostname: name,
@@ -897,6 +898,8 @@ async fn anti_entropy_loop(world: Arc<World>, node: usize, mesh: Arc<Mesh>) {
     let self_id = lock(&world.nodes)[node].id;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Option<u64> = None;
+    let mut advertised: Vec<nexus_mesh::Advertised> = Vec::new();
     loop {
         ticker.tick().await;
         let ours: HashMap<String, (u64, String)> = lock(&world.replica(node))
@@ -904,23 +907,37 @@ async fn anti_entropy_loop(world: Arc<World>, node: usize, mesh: Arc<Mesh>) {
             .into_iter()
             .map(|(doc, v)| (doc_key(&doc_id(&doc)), v))
             .collect();
-        let advertised: Vec<nexus_mesh::Advertised> = mesh
-            .published_prefix(CFG_PREFIX)
-            .await
-            .into_iter()
-            .filter_map(|(peer, key, value)| {
-                let doc = key.strip_prefix(CFG_PREFIX)?;
-                let (version, digest) = value.split_once(':')?;
-                Some(nexus_mesh::Advertised {
-                    node: peer,
-                    doc: doc.to_string(),
-                    version: version.parse().ok()?,
-                    digest: digest.to_string(),
+        // What peers publish is read again only when gossip state moved.
+        let version = mesh.state_version();
+        if seen != Some(version) {
+            seen = Some(version);
+            advertised = mesh
+                .published_prefix(CFG_PREFIX)
+                .await
+                .into_iter()
+                .filter_map(|(peer, key, value)| {
+                    let doc = key.strip_prefix(CFG_PREFIX)?;
+                    let (version, digest) = value.split_once(':')?;
+                    Some(nexus_mesh::Advertised {
+                        node: peer,
+                        doc: doc.to_string(),
+                        version: version.parse().ok()?,
+                        digest: digest.to_string(),
+                    })
                 })
+                .collect();
+        }
+        // Peers that agree with us, or are behind us, are no candidates: only the others are
+        // handed over.
+        let differing = advertised
+            .iter()
+            .filter(|ad| {
+                ours.get(&ad.doc)
+                    .is_some_and(|(v, d)| *d != ad.digest && ad.version >= *v)
             })
-            .collect();
+            .cloned();
         let now = world.now();
-        let candidates = rule.candidates(self_id, now, &ours, advertised);
+        let candidates = rule.candidates(self_id, now, &ours, differing);
         for (doc, peers) in candidates {
             let peers: Vec<usize> = peers
                 .iter()
@@ -1241,19 +1258,19 @@ fn select(world: &World, sel: &Selector) -> Vec<usize> {
     chosen.into_iter().collect()
 }
 
+/// The longest time over which the fleet's nodes start.
+const BOOT_SPREAD: Duration = Duration::from_secs(5);
+
 /// Runs the timeline; returns when the scenario's duration has passed.
 pub(crate) async fn run_timeline(engine: &Engine, progress: &dyn Fn(Duration)) {
     let world = &engine.world;
     let scenario = world.scenario.clone();
-    // Boot: every node starts at a random moment within one gossip interval, so rounds do not
-    // run in lockstep.
+    // Boot: every node starts at a random moment within one gossip interval (at most 5 s), so
+    // rounds do not run in lockstep.
+    let spread = scenario.mesh.gossip_interval.0.min(BOOT_SPREAD);
     let mut boot: Vec<(Duration, usize)> = (0..world.node_count())
         .map(|i| {
-            let at = scenario
-                .mesh
-                .gossip_interval
-                .0
-                .mul_f64(world.random(10_000) as f64 / 10_000.0);
+            let at = spread.mul_f64(world.random(10_000) as f64 / 10_000.0);
             (at, i)
         })
         .collect();

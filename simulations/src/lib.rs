@@ -84,6 +84,30 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
     Ok(report)
 }
 
+/// The seconds whose traffic counts as steady, from the quiet ones (after the boot, away from
+/// events): the longest unbroken run of them, cut to a whole number of gossip intervals so
+/// that it holds as many regular rounds as a node runs in that time (the fleet boots within a
+/// few seconds, so rounds come in bursts). Runs shorter than one interval are all taken
+/// together instead; the report then says the window may miss a round.
+fn steady_window(quiet: &[(usize, u64)], interval_s: usize) -> Vec<u64> {
+    let mut best: &[(usize, u64)] = &[];
+    let mut start = 0;
+    for i in 1..=quiet.len() {
+        if i == quiet.len() || quiet[i].0 != quiet[i - 1].0 + 1 {
+            if i - start > best.len() {
+                best = &quiet[start..i];
+            }
+            start = i;
+        }
+    }
+    if best.len() >= interval_s {
+        let whole = best.len() / interval_s * interval_s;
+        best[..whole].iter().map(|(_, b)| *b).collect()
+    } else {
+        quiet.iter().map(|(_, b)| *b).collect()
+    }
+}
+
 fn build_report(engine: &Engine, wall: Duration) -> Report {
     let world = &engine.world;
     let scenario = &world.scenario;
@@ -100,9 +124,10 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
         .iter()
         .map(|e| e.at.0.as_secs_f64())
         .collect();
-    let steady: Vec<u64> = stats
+    let quiet: Vec<(usize, u64)> = stats
         .per_second
         .iter()
+        .copied()
         .enumerate()
         .filter(|(s, _)| *s >= warmup && (*s as f64) < simulated.floor())
         .filter(|(s, _)| {
@@ -110,8 +135,16 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
                 .iter()
                 .any(|at| (*s as f64) + 1.0 > *at && (*s as f64) < at + 10.0)
         })
-        .map(|(_, b)| *b)
         .collect();
+    let interval_s = scenario
+        .mesh
+        .gossip_interval
+        .0
+        .as_secs_f64()
+        .ceil()
+        .max(1.0) as usize;
+    let steady = steady_window(&quiet, interval_s);
+    let short_window = !steady.is_empty() && steady.len() < interval_s;
     let steady_bits = (!steady.is_empty()).then(|| {
         steady.iter().sum::<u64>() as f64 * 8.0 / steady.len() as f64 / nodes.max(1) as f64
     });
@@ -295,6 +328,12 @@ fn build_report(engine: &Engine, wall: Duration) -> Report {
         assertions: Vec::new(),
         notes: undetected_examples
             .into_iter()
+            .chain(short_window.then(|| {
+                format!(
+                    "the steady window ({} s) is shorter than one gossip interval ({interval_s} s): its figure may miss a round",
+                    steady.len()
+                )
+            }))
             .chain([
             "chitchat picks gossip peers with its own unseeded generator: repeated runs differ slightly in gossip figures".into(),
             format!(
@@ -454,4 +493,20 @@ fn peak_rss() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steady_window;
+
+    #[test]
+    fn the_steady_window_is_the_longest_quiet_run_cut_to_whole_intervals() {
+        // Quiet seconds 10..=19 (10 s) and 30..=64 (35 s), one byte each, with gossip every 30 s.
+        let quiet: Vec<(usize, u64)> = (10..20).chain(30..65).map(|s| (s, 1)).collect();
+        assert_eq!(steady_window(&quiet, 30).len(), 30);
+        // No run holds a whole interval: every quiet second counts.
+        assert_eq!(steady_window(&quiet, 60).len(), 45);
+        assert_eq!(steady_window(&quiet, 5).len(), 35);
+        assert!(steady_window(&[], 30).is_empty());
+    }
 }

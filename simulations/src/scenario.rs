@@ -104,6 +104,11 @@ fn default_tenants() -> usize {
 pub struct MeshSettings {
     /// Time between gossip rounds.
     pub gossip_interval: Dur,
+    /// Members a node exchanges with as soon as it learns something new between rounds (0:
+    /// regular rounds only); see `nexus_mesh::RumorConfig`.
+    pub rumor_fanout: usize,
+    /// Least time between two news-triggered exchanges of a node in one pool.
+    pub rumor_gap: Dur,
     /// Silence after which a node is degraded.
     pub suspect_after: Dur,
     /// Silence after which a node is offline.
@@ -129,6 +134,15 @@ pub struct MeshSettings {
 }
 
 impl MeshSettings {
+    /// The news-triggered gossip's configuration.
+    pub fn rumor(&self) -> nexus_mesh::RumorConfig {
+        nexus_mesh::RumorConfig {
+            fanout: self.rumor_fanout,
+            gap: self.rumor_gap.0,
+            ..nexus_mesh::RumorConfig::quiet_also(&[crate::engine::CFG_PREFIX])
+        }
+    }
+
     /// The detector's configuration.
     pub fn detector(&self) -> nexus_mesh::DetectorConfig {
         nexus_mesh::DetectorConfig {
@@ -145,8 +159,11 @@ impl Default for MeshSettings {
     fn default() -> MeshSettings {
         let membership = nexus_mesh::MembershipConfig::default();
         let detector = nexus_mesh::DetectorConfig::default();
+        let rumor = nexus_mesh::RumorConfig::default();
         MeshSettings {
             gossip_interval: Dur(nexus_mesh::DEFAULT_GOSSIP_INTERVAL),
+            rumor_fanout: rumor.fanout,
+            rumor_gap: Dur(rumor.gap),
             suspect_after: Dur(membership.suspect_after),
             offline_after: Dur(membership.offline_after),
             tick_interval: Dur(Duration::from_millis(100)),
@@ -456,6 +473,12 @@ impl Scenario {
         let m = &self.mesh;
         if m.gossip_interval.0 < Duration::from_millis(10) {
             bail!("mesh.gossip_interval must be at least 10ms");
+        }
+        if m.rumor_fanout > 0 && m.rumor_gap.0 < Duration::from_millis(10) {
+            bail!("mesh.rumor_gap must be at least 10ms (or set mesh.rumor_fanout = 0)");
+        }
+        if m.rumor_fanout > 16 {
+            bail!("mesh.rumor_fanout must be at most 16");
         }
         if m.tick_interval.0 < Duration::from_millis(10) {
             bail!("mesh.tick_interval must be at least 10ms");

@@ -120,6 +120,36 @@ fn lossy_wan_still_spreads_every_change() {
 }
 
 #[test]
+fn slow_rounds_with_news_triggered_exchanges_keep_news_fast_and_gossip_cheap() {
+    let report = play("ci/slow-gossip.toml");
+    let summary = report.summary();
+    // Regular rounds run only every 30 s, yet the boot converged well inside the first one:
+    // joins travel by news-triggered exchanges.
+    assert!(
+        report.membership.converged_at_s.is_some_and(|s| s < 10.0),
+        "{summary}"
+    );
+    // The crashed gateway (its site's verdicts then reach the WAN pool through the other one)
+    // and the two nodes were seen offline by everyone who tracks them, nobody else was.
+    let d = &report.detection;
+    assert_eq!(d.crashed, 3, "{summary}");
+    assert_eq!(d.undetected, 0, "{summary}");
+    assert_eq!(d.false_positives, 0, "{summary}");
+    // Steady gossip was measured over a whole gossip interval, regular round included.
+    assert!(
+        report
+            .gossip
+            .steady_bits_per_node_per_s
+            .is_some_and(|b| b <= 10_000.0),
+        "{summary}"
+    );
+    assert!(
+        !report.notes.iter().any(|n| n.contains("may miss a round")),
+        "{summary}"
+    );
+}
+
+#[test]
 fn power_cut_loses_no_write() {
     let report = play("ci/power-cut.toml");
     let summary = report.summary();

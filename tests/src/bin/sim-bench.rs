@@ -6,6 +6,10 @@
 //! cargo build --release -p nexus-tests --bin nexus-sim-bench
 //! target/release/nexus-sim-bench --write docs/benchmarks.md simulations/scenarios/steady-1000.toml simulations/scenarios/fleet-10000.toml
 //! ```
+//!
+//! A scenario given as `FILE=DIR` is not played again: its figures are read from the report
+//! `nexus simulate FILE --out DIR` wrote (so long runs can be played one per core, side by
+//! side, and written up together).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,8 +44,36 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let mut reports = Vec::new();
-    for path in &scenarios {
-        let scenario = Scenario::load(path)?;
+    let mut commands = Vec::new();
+    for arg in &scenarios {
+        let arg = arg.display().to_string();
+        if let Some((file, dir)) = arg.split_once('=') {
+            let (path, out) = (PathBuf::from(file), PathBuf::from(dir));
+            let scenario = Scenario::load(&path)?;
+            let json = out.join("report.json");
+            let report: Report = serde_json::from_slice(
+                &std::fs::read(&json).map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
+            if report.scenario != scenario.name || report.seed != scenario.seed {
+                anyhow::bail!(
+                    "{} holds a report of {} (seed {}), not of {} (seed {})",
+                    json.display(),
+                    report.scenario,
+                    report.seed,
+                    scenario.name,
+                    scenario.seed
+                );
+            }
+            println!("{}\n", report.summary());
+            commands.push(format!(
+                "`target/release/nexus simulate {file} --out {dir}`"
+            ));
+            reports.push((path, scenario, report, out));
+            continue;
+        }
+        let path = PathBuf::from(&arg);
+        let scenario = Scenario::load(&path)?;
         eprintln!(
             "playing {} ({} nodes)…",
             scenario.name,
@@ -71,15 +103,23 @@ fn main() -> anyhow::Result<()> {
             section,
             "Every node runs the real `nexus_mesh::Mesh` (site and WAN pools, the membership table, the failure detector) and real `nexus_crdt` replicas spread by the mesh's broadcast and anti-entropy rules, over a simulated network in virtual time (`docs/simulation.md`). Figures from one run each; chitchat's peer choice is not seeded, so gossip figures vary a little between runs.\n"
         )?;
-        writeln!(
-            section,
-            "Command: `cargo build --release -p nexus-tests --bin nexus-sim-bench && target/release/nexus-sim-bench --write docs/benchmarks.md {}`  ",
+        let bench = format!(
+            "`cargo build --release -p nexus-node -p nexus-tests && target/release/nexus-sim-bench --write docs/benchmarks.md {}`",
             scenarios
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(" ")
-        )?;
+        );
+        if commands.is_empty() {
+            writeln!(section, "Command: {bench}  ")?;
+        } else {
+            writeln!(
+                section,
+                "Commands: {}, each on a core of its own; then {bench}  ",
+                commands.join(", ")
+            )?;
+        }
         writeln!(
             section,
             "Machine: {} ({} cores); one process, one thread, tokio's paused clock.\n",
