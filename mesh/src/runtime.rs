@@ -568,7 +568,10 @@ async fn rumor_loop(
             .with_chitchat(|c| {
                 let me = c.self_chitchat_id();
                 if c.node_states().len() <= 1 {
-                    return c.seed_nodes().into_iter().collect();
+                    // Sorted: the choice among them then comes from the seeded generator alone.
+                    let mut seeds: Vec<SocketAddr> = c.seed_nodes().into_iter().collect();
+                    seeds.sort();
+                    return seeds;
                 }
                 let live: Vec<SocketAddr> = c
                     .live_nodes()
