@@ -669,14 +669,17 @@ impl Membership {
             if report.subject == self.self_id || report.reporter == self.self_id {
                 continue;
             }
-            // Only a gateway this node holds live speaks for its site.
+            // Reports of every gateway are kept: `tick` counts those of gateways it holds live
+            // (so a gateway coming back speaks for its site again at once). But only a live one
+            // brings in a member or a newer incarnation of one.
             let reporter_live = self.members.get(&report.reporter).is_some_and(|r| {
                 matches!(
                     r.status,
                     NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
                 )
             });
-            if !reporter_live {
+            let known = self.members.get(&report.subject).map(|m| m.generation);
+            if !reporter_live && known.is_none_or(|g| report.generation > g) {
                 continue;
             }
             // A forgotten member comes back from a report only when a gateway sees it live
@@ -685,9 +688,7 @@ impl Membership {
                 report.status,
                 NodeStatus::Online | NodeStatus::Degraded | NodeStatus::Draining
             );
-            if !self.members.contains_key(&report.subject)
-                && self.buried(report.subject, report.generation, |_| live, now)
-            {
+            if known.is_none() && self.buried(report.subject, report.generation, |_| live, now) {
                 continue;
             }
             let member = self
@@ -1261,6 +1262,41 @@ mod tests {
         assert!(m.get(&id(1)).is_none(), "{:?}", m.get(&id(1)));
         assert!(transitions.is_empty() && forgotten.is_empty());
         assert_eq!(m.members().count(), 1);
+    }
+
+    #[test]
+    fn a_gateway_back_from_a_false_verdict_speaks_for_its_site_again_at_once() {
+        let mut m = Membership::new(MembershipConfig::default(), id(0));
+        // Gateway 2 is heard first-hand; it reports node 1 of its site online.
+        m.observe(obs(2, 1, 1), at(0));
+        let report = Report {
+            subject: id(1),
+            reporter: id(2),
+            status: NodeStatus::Online,
+            generation: 1,
+        };
+        m.set_reports([report], at(0));
+        m.tick(at(0));
+        assert_eq!(status(&m, 1), NodeStatus::Online);
+        // A verdict takes the gateway offline, and with it the site it speaks for.
+        assert!(m.declare_down(id(2), 1, at(100)));
+        assert!(!m.declare_down(id(2), 1, at(150)), "a copy is no news");
+        m.set_reports([report], at(200));
+        m.tick(at(200));
+        assert_eq!(status(&m, 2), NodeStatus::Offline);
+        assert_eq!(status(&m, 1), NodeStatus::Offline);
+        // A report of an offline gateway brings in nobody new.
+        let stranger = Report {
+            subject: id(3),
+            ..report
+        };
+        m.set_reports([report, stranger], at(300));
+        assert!(m.get(&id(3)).is_none());
+        // Refuted: the gateway is online again and its kept report counts in the same tick.
+        assert!(m.declare_alive(id(2), 1, at(400)));
+        m.tick(at(400));
+        assert_eq!(status(&m, 2), NodeStatus::Online);
+        assert_eq!(status(&m, 1), NodeStatus::Online);
     }
 
     #[test]

@@ -516,6 +516,16 @@ impl Mesh {
     }
 }
 
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // The news-triggered rounds hold the pools' handles: without them gone, a mesh dropped
+        // without `shutdown` would keep chitchat's command channel, and so its gossip, alive.
+        for rumors in &self.rumors {
+            rumors.abort();
+        }
+    }
+}
+
 /// Subscribes to `pool`'s key changes and starts its news-triggered rounds ([`RumorConfig`]).
 async fn spawn_rumors(pool: Arc<ChitchatHandle>, config: RumorConfig, seed: u64) -> JoinHandle<()> {
     let news = Arc::new(tokio::sync::Notify::new());
@@ -569,7 +579,11 @@ async fn rumor_loop(
                 let me = c.self_chitchat_id();
                 if c.node_states().len() <= 1 {
                     // Sorted: the choice among them then comes from the seeded generator alone.
-                    let mut seeds: Vec<SocketAddr> = c.seed_nodes().into_iter().collect();
+                    let mut seeds: Vec<SocketAddr> = c
+                        .seed_nodes()
+                        .into_iter()
+                        .filter(|addr| *addr != me.gossip_advertise_addr)
+                        .collect();
                     seeds.sort();
                     return seeds;
                 }
@@ -871,6 +885,7 @@ fn read_pool(chitchat: &chitchat::Chitchat, pool: Pool, cache: &mut FoldCache) -
     // the state (chitchat dropped a dead one).
     if cache.len() != cached {
         cache.retain(|id, _| chitchat.node_state(id).is_some());
+        read.moved = true;
     }
     read
 }
@@ -880,10 +895,23 @@ fn read_pool(chitchat: &chitchat::Chitchat, pool: Pool, cache: &mut FoldCache) -
 /// checks the reporter's status (chitchat's own liveness is refreshed only by regular rounds,
 /// which may be slow).
 fn cached_reports(cache: &FoldCache, self_id: NodeId) -> Vec<Report> {
-    cache
-        .values()
-        .filter(|seen| seen.node_id != self_id)
-        .flat_map(|seen| {
+    // Only each gateway's newest incarnation: chitchat keeps a restarted gateway's old state
+    // (and its old reports) for a while.
+    let mut newest: HashMap<NodeId, (u64, &Seen), foldhash::fast::RandomState> = HashMap::default();
+    for (id, seen) in cache {
+        if seen.node_id == self_id {
+            continue;
+        }
+        if newest
+            .get(&seen.node_id)
+            .is_none_or(|(g, _)| *g < id.generation_id)
+        {
+            newest.insert(seen.node_id, (id.generation_id, seen));
+        }
+    }
+    newest
+        .into_values()
+        .flat_map(|(_, seen)| {
             seen.reports.iter().filter_map(|(subject, _, decoded)| {
                 let (status, generation) = (*decoded)?;
                 Some(Report {
